@@ -1,0 +1,251 @@
+//! The one vocabulary every tracer backend speaks: what happened to which device, where, why, by whom.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    /// A device left one netns for another (`from` -> `to`).
+    Move,
+    /// A netns started handing back / destroying its devices (`from.netns`).
+    TeardownBegin,
+    /// That netns teardown finished.
+    TeardownEnd,
+    /// A device changed its name inside one netns.
+    Rename,
+    /// A device was created (`to`).
+    Register,
+    /// A device was destroyed (`from`).
+    Unregister,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Move => "move",
+            EventKind::TeardownBegin => "teardown-begin",
+            EventKind::TeardownEnd => "teardown-end",
+            EventKind::Rename => "rename",
+            EventKind::Register => "register",
+            EventKind::Unregister => "unregister",
+        }
+    }
+}
+
+/// Why it happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cause {
+    /// Somebody asked for it (`ip link set ... netns`, a rename, a delete).
+    Explicit,
+    /// The kernel did it because a netns was being destroyed.
+    NetnsTeardown,
+    /// The backend cannot tell.
+    Unknown,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Explicit => "explicit",
+            Cause::NetnsTeardown => "netns-teardown",
+            Cause::Unknown => "unknown",
+        }
+    }
+}
+
+/// Stable identity of one kernel `net_device` across renames and moves: a keyed hash of its
+/// address, never the raw pointer. Only meaningful within one tracer run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DeviceKey(#[serde(with = "hex_u64")] pub u64);
+
+impl fmt::Display for DeviceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+mod hex_u64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:016x}"))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let s = String::deserialize(d)?;
+        u64::from_str_radix(&s, 16).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A network namespace: its nsfs inode, plus the names it can be found by
+/// (`init_net`, `/run/netns/c1`, `/proc/123/ns/net`, ...), as last seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Netns {
+    pub inode: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+}
+
+/// The pseudo-name the namespace resolver gives the host's own netns.
+pub const INIT_NET: &str = "init_net";
+
+impl Netns {
+    pub fn is_init(&self) -> bool {
+        self.names.iter().any(|n| n == INIT_NET)
+    }
+}
+
+impl fmt::Display for Netns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_init() {
+            return f.write_str(INIT_NET);
+        }
+        write!(f, "{}", self.inode)?;
+        if let Some(first) = self.names.first() {
+            write!(f, " ({first})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a device was (or is): its name and ifindex inside one netns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Place {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifindex: Option<u32>,
+    pub netns: Netns,
+}
+
+/// Who made it happen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]", self.comm, self.tgid)
+    }
+}
+
+/// One observed transition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub time: DateTime<Utc>,
+    pub kind: EventKind,
+    pub cause: Cause,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceKey>,
+    /// `rtnl_link_ops->kind` (veth, macvlan, vlan, ...); absent for physical NICs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_kind: Option<String>,
+    /// Permanent hardware address (IFLA_PERM_ADDRESS / `dev->perm_addr`), when the device has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perm_addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Place>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Place>,
+    /// For unregister: whether the device's netns was being destroyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_dying: Option<bool>,
+    /// The kernel's return code where the probe saw one (0, or a negative errno).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<Actor>,
+}
+
+impl Event {
+    /// A new event of `kind` stamped now; the backend fills in the rest.
+    pub fn new(kind: EventKind, cause: Cause) -> Self {
+        Event {
+            time: Utc::now(),
+            kind,
+            cause,
+            device: None,
+            link_kind: None,
+            perm_addr: None,
+            from: None,
+            to: None,
+            netns_dying: None,
+            result: None,
+            by: None,
+        }
+    }
+
+    /// The name the device carries after the event, else before it.
+    pub fn current_name(&self) -> Option<&str> {
+        self.to
+            .as_ref()
+            .and_then(|p| p.name.as_deref())
+            .or_else(|| self.from.as_ref().and_then(|p| p.name.as_deref()))
+    }
+}
+
+/// Formats a hardware address as `aa:bb:cc:dd:ee:ff`; `None` for an empty or all-zero one.
+pub fn format_mac(bytes: &[u8]) -> Option<String> {
+    if bytes.iter().all(|b| *b == 0) {
+        return None;
+    }
+    Some(
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_keeps_every_field() {
+        let mut ev = Event::new(EventKind::Move, Cause::NetnsTeardown);
+        ev.device = Some(DeviceKey(0xdead_beef));
+        ev.from = Some(Place {
+            name: Some("eth0".into()),
+            ifindex: Some(3),
+            netns: Netns { inode: 4026532118, names: vec!["/run/netns/c1".into()] },
+        });
+        ev.to = Some(Place {
+            name: Some("dev3".into()),
+            ifindex: Some(3),
+            netns: Netns { inode: 4026531840, names: vec![INIT_NET.into()] },
+        });
+        ev.by = Some(Actor { pid: 57, tgid: 57, comm: "kworker/u4:1".into() });
+        let line = serde_json::to_string(&ev).unwrap();
+        assert!(line.contains(r#""kind":"move""#), "{line}");
+        assert!(line.contains(r#""cause":"netns-teardown""#), "{line}");
+        assert!(line.contains(r#""device":"00000000deadbeef""#), "{line}");
+        let back: Event = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn netns_display_names_init_net_and_paths() {
+        let init = Netns { inode: 1, names: vec![INIT_NET.into()] };
+        assert_eq!(init.to_string(), "init_net");
+        let c1 = Netns { inode: 4026532118, names: vec!["/run/netns/c1".into()] };
+        assert_eq!(c1.to_string(), "4026532118 (/run/netns/c1)");
+        let anon = Netns { inode: 7, names: vec![] };
+        assert_eq!(anon.to_string(), "7");
+    }
+
+    #[test]
+    fn mac_formatting_skips_zero_addresses() {
+        assert_eq!(format_mac(&[0; 6]), None);
+        assert_eq!(format_mac(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]).as_deref(), Some("52:54:00:12:34:56"));
+    }
+}

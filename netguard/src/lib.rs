@@ -1,0 +1,10 @@
+//! netguard: keeps container network interfaces from silently vanishing or losing their names.
+//!
+//! Data flows one way: kernel events ([`trace`]) -> what we remember ([`ledger`]) -> a plan
+//! against what the kernel says now ([`inventory`], [`restore`]) -> netlink actions.
+
+pub mod event;
+pub mod netns;
+pub mod recording;
+pub mod report;
+pub mod trace;

@@ -1,0 +1,1 @@
+//! Host tests of the tracer (netlink backend), each in namespaces it creates.

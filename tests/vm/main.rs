@@ -1,0 +1,2 @@
+//! The suite that runs inside the VM guest.
+fn main() {}
