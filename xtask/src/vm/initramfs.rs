@@ -23,8 +23,12 @@ pub fn build(kernel: &Kernel, suite_args: &[String], dir: &Path) -> anyhow::Resu
     let debug = shell::workspace_root().join("target/debug");
     copy_executable(Path::new("/bin/busybox"), &root.join("bin/busybox"))?;
     copy_executable(&which("ip")?, &root.join("sbin/ip"))?;
-    copy_executable(&debug.join("netguard"), &root.join("bin/netguard"))?;
-    copy_executable(&debug.join("vm-suite"), &root.join("bin/vm-suite"))?;
+    for binary in ["netguard", "vm-suite"] {
+        let target = root.join("bin").join(binary);
+        copy_executable(&debug.join(binary), &target)?;
+        // Debug info is most of a debug build's size, and the guest unpacks all of it.
+        shell::run(Command::new("strip").arg("--strip-debug").arg(&target))?;
+    }
     copy_modules(kernel, &root)?;
     write_init(&root, suite_args)?;
     let image = dir.join("initramfs").join(format!("{}.cpio", kernel.release));
