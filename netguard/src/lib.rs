@@ -3,8 +3,12 @@
 //! Data flows one way: kernel events ([`trace`]) -> what we remember ([`ledger`]) -> a plan
 //! against what the kernel says now ([`inventory`], [`restore`]) -> netlink actions.
 
+pub mod cni;
 pub mod event;
+pub mod inventory;
+pub mod ledger;
 pub mod netns;
 pub mod recording;
 pub mod report;
+pub mod restore;
 pub mod trace;
