@@ -1,1 +1,2 @@
 //! restorer
+pub mod plan;
