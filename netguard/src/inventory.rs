@@ -269,30 +269,32 @@ impl NetnsConn {
         first_link(query).await.map_err(self.err(format!("reading link {name}")))
     }
 
-    /// Addresses and routes of one link (dumps the kernel filters by ifindex).
-    pub async fn link_config(&self, ifindex: u32) -> Result<NetnsInventory, InventoryError> {
+    /// Addresses of one link (a dump the kernel filters by ifindex).
+    pub async fn addresses_of_link(&self, ifindex: u32) -> Result<Vec<IpNet>, InventoryError> {
         let _one_dump_at_a_time = self.dump_lock.lock().await;
         let mut query = self.handle.address().get().set_link_index_filter(ifindex);
         query.message_mut().header.index = ifindex;
         let addrs: Vec<AddressMessage> =
             query.execute().try_collect().await.map_err(self.err(format!("reading addresses of link {ifindex}")))?;
-        let mut routes = Vec::new();
-        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut query = RouteMessage::default();
-            query.header.address_family = family;
-            query.attributes.push(RouteAttribute::Oif(ifindex));
-            let part: Vec<RouteMessage> = self
-                .handle
-                .route()
-                .get(query)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(self.err(format!("reading routes of link {ifindex}")))?;
-            routes.extend(part.iter().filter_map(parse_route).filter(|r| r.oif == Some(ifindex)));
-        }
-        let addresses = addrs.iter().filter_map(parse_addr).filter(|a| a.ifindex == ifindex).collect();
-        Ok(NetnsInventory::new(self.inode, vec![], addresses, routes))
+        Ok(addrs.iter().filter_map(parse_addr).filter(|a| a.ifindex == ifindex).map(|a| a.net).collect())
+    }
+
+    /// Routes out of one link in the family of `like` (a dump the kernel filters by oif).
+    pub async fn routes_of_link(&self, ifindex: u32, like: IpAddr) -> Result<NetnsInventory, InventoryError> {
+        let _one_dump_at_a_time = self.dump_lock.lock().await;
+        let mut query = RouteMessage::default();
+        query.header.address_family = if like.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        query.attributes.push(RouteAttribute::Oif(ifindex));
+        let found: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(query)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.err(format!("reading routes of link {ifindex}")))?;
+        let routes = found.iter().filter_map(parse_route).filter(|r| r.oif == Some(ifindex)).collect();
+        Ok(NetnsInventory::new(self.inode, vec![], vec![], routes))
     }
 
     /// The nsid this netns gives `other` (how `link_netnsid` values here name it); `None`
@@ -332,6 +334,8 @@ async fn first_link(
     }
 }
 
+const OWN_NETNS: &str = "/proc/self/ns/net";
+
 /// A connection per netns, opened once and reused.
 pub struct Pool {
     host: PathBuf,
@@ -350,13 +354,22 @@ pub struct Pruned {
 impl Pool {
     /// `host`: the netns standing in for the host (`None`: our own, i.e. init_net).
     pub fn new(host: Option<PathBuf>) -> Pool {
-        Pool { host: host.unwrap_or_else(|| PathBuf::from("/proc/self/ns/net")), conns: Mutex::new(HashMap::new()) }
+        Pool { host: host.unwrap_or_else(|| PathBuf::from(OWN_NETNS)), conns: Mutex::new(HashMap::new()) }
     }
 
     pub fn path_of<'a>(&'a self, locator: &'a Locator) -> &'a Path {
         match locator {
             Locator::Host => &self.host,
             Locator::Path(p) => p,
+        }
+    }
+
+    /// How the host netns is named in status and events: `init_net`, or the stand-in's path.
+    pub fn host_name(&self) -> String {
+        if self.host == Path::new(OWN_NETNS) {
+            crate::event::INIT_NET.to_string()
+        } else {
+            self.host.display().to_string()
         }
     }
 

@@ -257,31 +257,23 @@ impl Ledger {
     /// Guards a NIC explicitly (also how tests stand a veth in for a NIC), at home under
     /// `home_name`. Replaces any record with the same identity.
     pub fn guard_nic(&mut self, identity: NicIdentity, home_name: &str, up: bool, location: Option<NicLocation>) {
-        let state = match &location {
-            Some(loc) if loc.name != home_name => NicState::Refunded,
-            _ => NicState::Home,
-        };
         tracing::info!("guarding NIC {identity} (home name {home_name})");
-        let record = NicRecord {
-            identity,
-            home_name: home_name.to_string(),
-            up,
-            location,
-            state,
-            reason: None,
-            since: Utc::now(),
-        };
-        self.put_nic(record);
+        self.put_nic(NicRecord::new(identity, home_name, up, location));
+    }
+
+    /// Whether a physical NIC seen live would be guarded on first sight: not known yet and
+    /// not excluded.
+    pub fn is_new_nic(&self, live: &NicIdentity, mac: Option<Mac>, name: &str) -> bool {
+        self.find_nic(live).is_none() && !self.is_excluded(name, &[live.perm_mac, mac])
     }
 
     /// A physical NIC seen in the host netns (inventory or event): guarded from first sight
     /// unless excluded, its home name being the name it has now.
     pub fn see_host_nic(&mut self, live: &NicIdentity, mac: Option<Mac>, up: bool, location: NicLocation) {
-        if self.find_nic(live).is_some() || self.is_excluded(&location.name, &[live.perm_mac, mac]) {
-            return;
+        if self.is_new_nic(live, mac, &location.name) {
+            let home = location.name.clone();
+            self.guard_nic(live.clone(), &home, up, Some(location));
         }
-        let home = location.name.clone();
-        self.guard_nic(live.clone(), &home, up, Some(location));
     }
 
     /// Sets where a guarded NIC is and how it stands (journalled only when it changes).
@@ -385,9 +377,10 @@ impl Ledger {
             }
             (EventKind::Register, None) if physical && at_host(&event.to) => {
                 let (Some(to), Some(id)) = (event.to.as_ref().and_then(location), perm_mac) else { return false };
-                let before = self.content.nics.len();
-                self.see_host_nic(&NicIdentity { perm_mac: Some(id), bus: None, driver: None }, None, false, to);
-                self.content.nics.len() != before
+                let identity = NicIdentity { perm_mac: Some(id), bus: None, driver: None };
+                let new = self.is_new_nic(&identity, None, &to.name);
+                self.see_host_nic(&identity, None, false, to);
+                new
             }
             (EventKind::Unregister, Some(identity)) => {
                 let reason = Some("device unregistered (driver unloaded or device removed)".to_string());

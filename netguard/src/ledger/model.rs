@@ -324,6 +324,17 @@ pub struct NicRecord {
     pub since: DateTime<Utc>,
 }
 
+impl NicRecord {
+    /// A NIC guarded from now on: home if it carries its home name, else refunded.
+    pub fn new(identity: NicIdentity, home_name: &str, up: bool, location: Option<NicLocation>) -> NicRecord {
+        let state = match &location {
+            Some(loc) if loc.name != home_name => NicState::Refunded,
+            _ => NicState::Home,
+        };
+        NicRecord { identity, home_name: home_name.to_string(), up, location, state, reason: None, since: Utc::now() }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MacvlanMode {
