@@ -167,7 +167,7 @@ async fn macvlan_comes_back_in_the_living_pod_netns_when_its_parent_returns() {
     let dir = TestDir::new("mv");
     let (mut ledger, restorer) = start(&host, &dir);
     let pod_loc = Locator::Path(pod.path());
-    let learned = learn(restorer.pool(), &mut ledger, &[pod_loc.clone()]).await.unwrap();
+    let learned = learn(restorer.pool(), &mut ledger, std::slice::from_ref(&pod_loc)).await.unwrap();
     assert_eq!(learned.guarded, vec![LinkKey { netns: pod_loc.clone(), name: "mv0".into() }], "{learned:?}");
     let mac = link(&pod, "mv0")["address"].clone();
     let inode = pod.inode();

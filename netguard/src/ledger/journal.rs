@@ -170,7 +170,7 @@ pub fn read_all(dir: &Path) -> Result<Replay, LedgerError> {
         }
     }
     // Higher suffix = older.
-    files.sort_by(|a, b| b.0.cmp(&a.0));
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
     let mut replay = Replay::default();
     for (_, path) in files {
         let file = File::open(&path).map_err(|source| LedgerError::Io { action: "read", path: path.clone(), source })?;

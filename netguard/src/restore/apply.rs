@@ -159,7 +159,7 @@ impl Executor {
     }
 
     /// Carries out one action and reads the result back.
-    pub async fn run(&self, action: &Action, seen: &mut Seen) -> Result<(), ActionError> {
+    async fn run(&self, action: &Action, seen: &mut Seen) -> Result<(), ActionError> {
         let fail = |kernel: String| ActionError {
             tried: action.to_string(),
             netns: action.netns().to_string(),

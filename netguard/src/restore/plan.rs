@@ -351,8 +351,7 @@ fn plan_veth(spec: &LinkSpec, peer: &VethPeer, inv: &NetnsInventory, world: &Wor
     let ours = inv.link_by_name(&spec.name);
     let theirs = peer_inv.link_by_name(&peer.name);
     let mut actions = Vec::new();
-    let why;
-    match (ours, theirs) {
+    let why = match (ours, theirs) {
         (Some(ours), Some(theirs)) => {
             let paired = ours.kind.as_deref() == Some("veth")
                 && theirs.kind.as_deref() == Some("veth")
@@ -366,7 +365,7 @@ fn plan_veth(spec: &LinkSpec, peer: &VethPeer, inv: &NetnsInventory, world: &Wor
             }
             configure_peer(peer, Some(theirs), bridge, &mut actions);
             configure(spec, inv, Some(ours), &mut actions);
-            why = (!actions.is_empty()).then(|| "repairing".to_string());
+            (!actions.is_empty()).then(|| "repairing".to_string())
         }
         (Some(_), None) => {
             return Err((Verdict::Conflict, format!("{} in {} exists but its peer {} does not", spec.name, spec.netns, peer.name)));
@@ -397,9 +396,9 @@ fn plan_veth(spec: &LinkSpec, peer: &VethPeer, inv: &NetnsInventory, world: &Wor
             });
             configure_peer(peer, None, bridge, &mut actions);
             configure(spec, inv, None, &mut actions);
-            why = Some(replaced.unwrap_or_else(|| format!("{} is missing", spec.name)));
+            Some(replaced.unwrap_or_else(|| format!("{} is missing", spec.name)))
         }
-    }
+    };
     Ok((actions, None, why))
 }
 
