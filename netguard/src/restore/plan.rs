@@ -402,9 +402,21 @@ fn plan_veth(spec: &LinkSpec, peer: &VethPeer, inv: &NetnsInventory, world: &Wor
     Ok((actions, None, why))
 }
 
+/// MAC and MTU of a link that exists but drifted (re-created by someone else, say).
+fn fix_drift(netns: &Locator, dev: &str, mac: Option<Mac>, mtu: Option<u32>, live: Option<&LiveLink>, actions: &mut Vec<Action>) {
+    let Some(live) = live else { return };
+    if let Some(mac) = mac.filter(|m| live.mac != Some(*m)) {
+        actions.push(Action::SetMac { netns: netns.clone(), dev: dev.to_string(), mac });
+    }
+    if let Some(mtu) = mtu.filter(|m| live.mtu != Some(*m)) {
+        actions.push(Action::SetMtu { netns: netns.clone(), dev: dev.to_string(), mtu });
+    }
+}
+
 /// Host side of a veth: up, THEN enslaved (a port enslaved while down may not attach).
 fn configure_peer(peer: &VethPeer, live: Option<&LiveLink>, bridge: Option<&LiveLink>, actions: &mut Vec<Action>) {
     let dev = || peer.name.clone();
+    fix_drift(&peer.netns, &peer.name, peer.mac, peer.mtu, live, actions);
     if peer.up && !live.is_some_and(|l| l.up) {
         actions.push(Action::SetUp { netns: peer.netns.clone(), dev: dev() });
     }
@@ -420,6 +432,7 @@ fn configure_peer(peer: &VethPeer, live: Option<&LiveLink>, bridge: Option<&Live
 fn configure(spec: &LinkSpec, inv: &NetnsInventory, live: Option<&LiveLink>, actions: &mut Vec<Action>) {
     let dev = || spec.name.clone();
     let netns = || spec.netns.clone();
+    fix_drift(&spec.netns, &spec.name, spec.mac, spec.mtu, live, actions);
     let have: Vec<IpNet> = live.map(|l| inv.addresses_of(l.ifindex).collect()).unwrap_or_default();
     for addr in spec.addresses.iter().filter(|a| !have.contains(a)) {
         actions.push(Action::AddAddress { netns: netns(), dev: dev(), addr: *addr });
@@ -711,6 +724,34 @@ mod tests {
         let vlan = plan.items.iter().find(|i| matches!(&i.target, Target::Link { kind: "vlan", .. })).unwrap();
         assert_eq!(vlan.verdict, Verdict::Waiting);
         assert!(vlan.reason.as_deref().unwrap().contains("parent NIC"), "{plan}");
+    }
+
+    #[test]
+    fn a_link_recreated_by_someone_else_gets_its_mac_and_mtu_back() {
+        let mut content = sample_content();
+        veth_only(&mut content);
+        let mut world = healthy_veth_world();
+        let inv = &world.netns[&c1()];
+        let links = inv
+            .links
+            .iter()
+            .cloned()
+            .map(|mut l| {
+                if l.name == "eth0" {
+                    l.mac = Some("02:77:00:00:00:01".parse().unwrap());
+                    l.mtu = Some(1400);
+                }
+                l
+            })
+            .collect();
+        let fixed = NetnsInventory::new(inv.inode, links, inv.addresses.clone(), inv.routes.clone());
+        world.netns.insert(c1(), fixed);
+        let plan = super::plan(&content, &world);
+        let text: Vec<String> = plan.items[0].actions.iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            text,
+            vec!["[/run/netns/c1] ip link set eth0 address 02:00:00:00:00:01", "[/run/netns/c1] ip link set eth0 mtu 1500"]
+        );
     }
 
     fn nic_only(content: &mut LedgerContent) {
