@@ -4,9 +4,13 @@
 //! against what the kernel says now ([`inventory`], [`restore`]) -> netlink actions.
 
 pub mod api;
+pub mod cni;
 pub mod config;
 pub mod event;
+pub mod inventory;
+pub mod ledger;
 pub mod netns;
 pub mod recording;
 pub mod report;
+pub mod restore;
 pub mod trace;

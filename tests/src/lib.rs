@@ -50,6 +50,56 @@ impl TestNetns {
     pub fn inode(&self) -> u64 {
         netguard::netns::inode_of(&self.path()).expect("test netns inode")
     }
+
+    /// `ip -n NAME ARGS`, returning stdout (for comparing dumps).
+    pub fn ip_out(&self, args: &[&str]) -> String {
+        let out = Command::new(IP).args(["-n", &self.name]).args(args).output().expect("run ip");
+        assert!(out.status.success(), "ip -n {} {}: {}", self.name, args.join(" "), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ip -j -n NAME ARGS`, parsed.
+    pub fn ip_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["-j"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ip_out(&all)).expect("ip -j output is JSON")
+    }
+
+    /// Deletes the netns and creates a new one at the same path (a container reboot): every
+    /// device in the old one goes with it.
+    pub fn recreate(&self) {
+        ip(&["netns", "del", &self.name]);
+        ip(&["netns", "add", &self.name]);
+        ip(&["-n", &self.name, "link", "set", "lo", "up"]);
+    }
+
+    /// `ping -c1 -W1 ADDR` from inside this netns.
+    pub fn ping(&self, addr: &str) -> bool {
+        Command::new(IP)
+            .args(["netns", "exec", &self.name, "ping", "-c1", "-W1", addr])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+}
+
+/// A scratch directory (a ledger's, say) removed on drop.
+pub struct TestDir(pub PathBuf);
+
+impl TestDir {
+    pub fn new(tag: &str) -> TestDir {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("ngt{}-{tag}{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create test dir");
+        TestDir(path)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Drop for TestNetns {
