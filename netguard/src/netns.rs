@@ -105,6 +105,12 @@ impl Resolver {
         self.lock().host_inode
     }
 
+    /// The inode of the real init_net (where the kernel hands back physical NICs of a dying
+    /// netns), when `/proc/1/ns/net` is readable.
+    pub fn init_inode(&self) -> Option<u64> {
+        self.lock().init_inode
+    }
+
     /// Re-reads every place namespaces are found by; returns the live ones (inode -> one path
     /// that opens it), host first.
     pub fn rescan(&self) -> BTreeMap<u64, PathBuf> {
