@@ -73,7 +73,7 @@ async fn start_listening(options: &TraceOptions, resolver: Resolver) -> Result<R
         Ok(file) => requests.nsid(&file).await.ok().flatten(),
         Err(_) => None,
     };
-    tracker.add_netns(host, own_nsid, &links, Instant::now());
+    tracker.add_netns(host, own_nsid, &links, false, Instant::now());
 
     let (events, receiver) = mpsc::channel(CHANNEL);
     let dropped = Arc::new(AtomicU64::new(0));
@@ -85,8 +85,10 @@ async fn start_listening(options: &TraceOptions, resolver: Resolver) -> Result<R
         events,
         dropped: dropped.clone(),
         unresolved: HashSet::new(),
+        started: false,
     };
     driver.discover().await;
+    driver.started = true;
     let driver = AbortOnDrop(tokio::spawn(driver.run()));
     Ok(Running {
         events: receiver,
@@ -114,6 +116,8 @@ struct Driver {
     dropped: Arc<AtomicU64>,
     /// nsids a rescan could not place since the last periodic rescan: not worth another.
     unresolved: HashSet<i32>,
+    /// Past the first discovery: what new namespaces hold was made while we watched.
+    started: bool,
 }
 
 enum Wake {
@@ -221,7 +225,9 @@ impl Driver {
                 continue;
             }
             match self.watch(&path).await {
-                Ok((nsid, links)) => events.extend(self.tracker.add_netns(inode, Some(nsid), &links, Instant::now())),
+                Ok((nsid, links)) => {
+                    events.extend(self.tracker.add_netns(inode, Some(nsid), &links, self.started, Instant::now()))
+                }
                 // It may have died since the scan; the next rescan tries again otherwise.
                 Err(err) => tracing::debug!("not watching netns {}: {err}", path.display()),
             }

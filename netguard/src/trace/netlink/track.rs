@@ -177,6 +177,9 @@ pub(super) struct Tracker {
     views: HashMap<u64, BTreeMap<u32, Link>>,
     departures: Vec<Departure>,
     dead_veths: Vec<DeadVeth>,
+    /// The first end of a veth pair being created: the kernel announces it before the pair is
+    /// linked (IFLA_LINK 0); the other end follows at once and names it.
+    unpaired: Option<(u64, u32)>,
     serial: u64,
 }
 
@@ -192,6 +195,7 @@ impl Tracker {
             views: HashMap::new(),
             departures: Vec::new(),
             dead_veths: Vec::new(),
+            unpaired: None,
             serial: 0,
         }
     }
@@ -208,9 +212,10 @@ impl Tracker {
         all
     }
 
-    /// Starts watching a netns from a dump of its links (no events for what was there
-    /// already), completing moves into it whose arrival we could not see.
-    pub(super) fn add_netns(&mut self, netns: u64, nsid: Option<i32>, links: &[LinkMessage], now: Instant) -> Vec<Event> {
+    /// Starts watching a netns from a dump of its links, completing moves into it whose
+    /// arrival we could not see. The other links are reported as registered when `announce`
+    /// (a netns found after start was made since, and sent nothing before it had an nsid).
+    pub(super) fn add_netns(&mut self, netns: u64, nsid: Option<i32>, links: &[LinkMessage], announce: bool, now: Instant) -> Vec<Event> {
         let mut events = Vec::new();
         if let Some(id) = nsid {
             // The id was free to hand out again: the netns that had it died unseen (overrun).
@@ -220,7 +225,7 @@ impl Tracker {
         }
         self.views.entry(netns).or_default();
         for msg in links {
-            events.extend(self.arrive(netns, &Seen::read(msg), false, now));
+            events.extend(self.arrive(netns, &Seen::read(msg), announce, now));
         }
         events
     }
@@ -374,7 +379,7 @@ impl Tracker {
     }
 
     /// A device shows up in `netns`: the arrival of a departure we wait for, or a new device
-    /// (reported only when `announce`, i.e. not while reading a netns for the first time).
+    /// (reported only when `announce`).
     fn arrive(&mut self, netns: u64, seen: &Seen, announce: bool, now: Instant) -> Option<Event> {
         let matched = self.departures.iter().position(|dep| self.is_arrival_of(dep, netns, seen, now));
         if let Some(index) = matched {
@@ -388,6 +393,9 @@ impl Tracker {
             return Some(event);
         }
         let link = Link::new(self.new_key(netns, seen.ifindex), seen);
+        if link.is_veth() {
+            self.pair(netns, seen.ifindex, link.link);
+        }
         let event = announce.then(|| {
             let mut event = self.device_event(EventKind::Register, Cause::Unknown, &link);
             event.to = Some(self.place(netns, link.name.clone(), Some(seen.ifindex)));
@@ -408,6 +416,19 @@ impl Tracker {
             }
             Way::Refund => netns == self.init && dep.link.has_hardware_address(),
             Way::Vanished => dep.link.has_hardware_address(),
+        }
+    }
+
+    /// Remembers the first end of a new veth pair, or links it with the second.
+    fn pair(&mut self, netns: u64, ifindex: u32, peer: Option<u32>) {
+        let Some(peer) = peer else {
+            self.unpaired = Some((netns, ifindex));
+            return;
+        };
+        if let Some((first_netns, first)) = self.unpaired.take().filter(|(_, first)| *first == peer) {
+            if let Some(first) = self.views.get_mut(&first_netns).and_then(|view| view.get_mut(&first)) {
+                first.link = Some(ifindex);
+            }
         }
     }
 
@@ -484,7 +505,7 @@ mod tests {
         let now = Instant::now();
         let mut tracker = Tracker::new(resolver, HOST, INIT);
         for (netns, nsid) in [(HOST, None), (A, Some(1)), (B, Some(2)), (INIT, Some(3))] {
-            assert!(tracker.add_netns(netns, nsid, &[], now).is_empty());
+            assert!(tracker.add_netns(netns, nsid, &[], false, now).is_empty());
         }
         Fixture { tracker, now }
     }
@@ -589,10 +610,14 @@ mod tests {
         f.feed(Some(1), RouteNetlinkMessage::NewLink(veth(6, "vb", 5)));
         f.feed(Some(1), leaving(veth(6, "vb", 5), 0, 2));
         const C: u64 = 4026532003;
-        let events = f.tracker.add_netns(C, Some(4), &[veth(2, "eth0", 5)], f.now);
-        assert_eq!(events.len(), 1);
-        assert_eq!(at(&events[0].from), (Some("vb"), Some(6), A));
-        assert_eq!(at(&events[0].to), (Some("eth0"), Some(2), C));
+        let mut lo = link(1, "lo", vec![]);
+        lo.header.link_layer_type = LinkLayerType::Loopback;
+        let events = f.tracker.add_netns(C, Some(4), &[lo, veth(2, "eth0", 5)], true, f.now);
+        assert_eq!(events.len(), 2);
+        assert_eq!((events[0].kind, at(&events[0].to)), (EventKind::Register, (Some("lo"), Some(1), C)));
+        assert_eq!(events[1].kind, EventKind::Move);
+        assert_eq!(at(&events[1].from), (Some("vb"), Some(6), A));
+        assert_eq!(at(&events[1].to), (Some("eth0"), Some(2), C));
         assert!(f.later(MOVE_WAIT * 2).is_empty());
     }
 
@@ -617,7 +642,7 @@ mod tests {
         f.feed(Some(1), RouteNetlinkMessage::NewLink(veth(5, "va", 6)));
         let mut lo = link(1, "lo", vec![]);
         lo.header.link_layer_type = LinkLayerType::Loopback;
-        f.tracker.add_netns(4026532009, Some(9), &[lo, veth(6, "vb", 5), nic(4, "eth0")], f.now);
+        f.tracker.add_netns(4026532009, Some(9), &[lo, veth(6, "vb", 5), nic(4, "eth0")], false, f.now);
         let nic_key = f.tracker.views[&4026532009][&4].key;
 
         // Another netns' view of the same death is not ours to act on.
@@ -651,6 +676,17 @@ mod tests {
     }
 
     #[test]
+    fn a_veth_end_announced_before_its_pair_was_linked_still_takes_its_peer_down() {
+        let mut f = fixture();
+        // `ip -n A link add e0 type veth peer name e1 netns B`: e1 first, unlinked.
+        f.feed(Some(2), RouteNetlinkMessage::NewLink(veth(2, "e1", 0)));
+        f.feed(Some(1), RouteNetlinkMessage::NewLink(veth(7, "e0", 2)));
+        f.feed(None, nsid_gone(2));
+        let peer = f.feed(Some(1), RouteNetlinkMessage::DelLink(veth(7, "e0", 0)));
+        assert_eq!((peer[0].cause, peer[0].netns_dying), (Cause::NetnsTeardown, Some(false)));
+    }
+
+    #[test]
     fn refund_not_seen_is_reported_towards_init_net() {
         let mut f = fixture();
         f.feed(Some(1), RouteNetlinkMessage::NewLink(nic(4, "eth0")));
@@ -664,7 +700,7 @@ mod tests {
     #[test]
     fn unrelated_delete_after_a_teardown_keeps_cause_unknown() {
         let mut f = fixture();
-        f.tracker.add_netns(4026532009, Some(9), &[veth(6, "vb", 5)], f.now);
+        f.tracker.add_netns(4026532009, Some(9), &[veth(6, "vb", 5)], false, f.now);
         f.feed(None, nsid_gone(9));
         f.feed(Some(2), RouteNetlinkMessage::NewLink(veth(5, "other", 2)));
         let events = f.feed(Some(2), RouteNetlinkMessage::DelLink(veth(5, "other", 0)));
@@ -712,7 +748,7 @@ mod tests {
     fn a_dump_naming_a_reused_nsid_ends_the_old_netns() {
         let mut f = fixture();
         f.feed(Some(2), RouteNetlinkMessage::NewLink(veth(5, "vb", 6)));
-        let events = f.tracker.add_netns(4026532077, Some(2), &[], f.now);
+        let events = f.tracker.add_netns(4026532077, Some(2), &[], false, f.now);
         assert_eq!(events[0].kind, EventKind::TeardownBegin);
         assert_eq!(events[0].from.as_ref().unwrap().netns.inode, B);
         assert_eq!(events[1].current_name(), Some("vb"));
