@@ -86,6 +86,7 @@ async fn start_listening(options: &TraceOptions, resolver: Resolver) -> Result<R
         dropped: dropped.clone(),
         unresolved: HashSet::new(),
         started: false,
+        resync_due: false,
     };
     driver.discover().await;
     driver.started = true;
@@ -118,6 +119,8 @@ struct Driver {
     unresolved: HashSet<i32>,
     /// Past the first discovery: what new namespaces hold was made while we watched.
     started: bool,
+    /// Notifications were lost: re-read every netns once the queue is drained.
+    resync_due: bool,
 }
 
 enum Wake {
@@ -138,12 +141,7 @@ impl Driver {
                 _ = sleep_until(deadline) => Wake::Deadline,
             };
             let go_on = match wake {
-                Wake::Received(Ok(Received::Messages(messages))) => self.handle(messages).await,
-                Wake::Received(Ok(Received::Overrun)) => self.overrun().await,
-                Wake::Received(Err(err)) => {
-                    tracing::error!("the rtnetlink listener failed, the netlink tracer stops: {err}");
-                    false
-                }
+                Wake::Received(received) => self.received(received).await,
                 Wake::Rescan => {
                     self.unresolved.clear();
                     self.discover().await
@@ -157,6 +155,20 @@ impl Driver {
             };
             if !go_on {
                 return;
+            }
+            // What is still queued after an overrun predates the loss: apply it first, so
+            // that the re-read comes last and nothing older overwrites it.
+            while self.resync_due {
+                let go_on = match self.listener.try_recv() {
+                    Some(received) => self.received(received).await,
+                    None => {
+                        self.resync_due = false;
+                        self.resync().await
+                    }
+                };
+                if !go_on {
+                    return;
+                }
             }
         }
     }
@@ -188,10 +200,24 @@ impl Driver {
         true
     }
 
-    /// The kernel dropped notifications: re-read every watched netns and report the difference.
-    async fn overrun(&mut self) -> bool {
-        let overruns = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        tracing::warn!("rtnetlink overrun (ENOBUFS): events were lost; re-reading the links of every watched netns ({overruns} overruns so far)");
+    async fn received(&mut self, received: std::io::Result<Received>) -> bool {
+        match received {
+            Ok(Received::Messages(messages)) => self.handle(messages).await,
+            Ok(Received::Overrun) => {
+                let overruns = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!("rtnetlink overrun (ENOBUFS): events were lost; re-reading the links of every watched netns ({overruns} overruns so far)");
+                self.resync_due = true;
+                true
+            }
+            Err(err) => {
+                tracing::error!("the rtnetlink listener failed, the netlink tracer stops: {err}");
+                false
+            }
+        }
+    }
+
+    /// After an overrun: re-reads every watched netns and reports the difference.
+    async fn resync(&mut self) -> bool {
         let mut dumps = Vec::new();
         let mut gone = Vec::new();
         for (netns, nsid) in self.tracker.watched() {

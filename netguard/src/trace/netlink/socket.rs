@@ -88,17 +88,30 @@ impl Listener {
         loop {
             let mut ready = self.socket.readable().await?;
             let fd = self.socket.get_ref().as_raw_fd();
-            match ready.try_io(|_| recv_tagged(fd, &mut self.buf)) {
-                Ok(Ok(Datagram { len, truncated: false, nsid })) => {
-                    let messages = parse_datagram(&self.buf[..len]).into_iter().map(|m| (nsid, m)).collect();
-                    return Ok(Received::Messages(messages));
-                }
-                Ok(Ok(Datagram { truncated: true, .. })) => return Ok(Received::Overrun),
-                Ok(Err(err)) if err.raw_os_error() == Some(libc::ENOBUFS) => return Ok(Received::Overrun),
-                Ok(Err(err)) => return Err(err),
+            match ready.try_io(|_| read(fd, &mut self.buf)) {
+                Ok(received) => return received,
                 Err(_would_block) => continue,
             }
         }
+    }
+
+    /// The next datagram if one is queued already.
+    pub(super) fn try_recv(&mut self) -> Option<io::Result<Received>> {
+        match read(self.socket.get_ref().as_raw_fd(), &mut self.buf) {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => None,
+            other => Some(other),
+        }
+    }
+}
+
+fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
+    match recv_tagged(fd, buf) {
+        Ok(Datagram { truncated: true, .. }) => Ok(Received::Overrun),
+        Ok(Datagram { len, nsid, .. }) => {
+            Ok(Received::Messages(parse_datagram(&buf[..len]).into_iter().map(|m| (nsid, m)).collect()))
+        }
+        Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => Ok(Received::Overrun),
+        Err(err) => Err(err),
     }
 }
 
