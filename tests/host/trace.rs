@@ -23,7 +23,8 @@ async fn a_move_between_namespaces_is_one_event_with_the_key_of_its_register() {
     let mut watch = EventWatch::start(NETLINK, &host, &[&a, &b]).await;
 
     a.ip(&["link", "add", "va", "type", "veth", "peer", "name", "vb"]);
-    let register = watch.expect("register of vb in A", |e| e.kind == EventKind::Register && is_at(&e.to, "vb", a.inode())).await;
+    let register =
+        watch.expect("register of vb in A", |e| e.kind == EventKind::Register && is_at(&e.to, "vb", a.inode())).await;
     assert_eq!(register.link_kind.as_deref(), Some("veth"));
     let ifindex = register.to.as_ref().and_then(|p| p.ifindex);
     assert!(ifindex.is_some(), "{register:?}");
@@ -48,7 +49,8 @@ async fn a_rename_inside_a_netns_says_old_and_new_name() {
     let mut watch = EventWatch::start(NETLINK, &host, &[&a]).await;
 
     a.ip(&["link", "add", "r0", "type", "veth", "peer", "name", "r1"]);
-    let register = watch.expect("register of r0", |e| e.kind == EventKind::Register && is_at(&e.to, "r0", a.inode())).await;
+    let register =
+        watch.expect("register of r0", |e| e.kind == EventKind::Register && is_at(&e.to, "r0", a.inode())).await;
     a.ip(&["link", "set", "r0", "name", "r0new"]);
     let rename = watch.expect("rename of r0", kind_is(EventKind::Rename)).await;
     assert!(is_at(&rename.from, "r0", a.inode()), "{rename:?}");
@@ -70,7 +72,11 @@ async fn deleted_veths_and_veths_of_a_deleted_netns_are_unregistered() {
     a.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
     a.ip(&["link", "del", "d0"]);
     for end in ["d0", "d1"] {
-        let gone = watch.expect(&format!("unregister of {end}"), |e| e.kind == EventKind::Unregister && is_at(&e.from, end, a_inode)).await;
+        let gone = watch
+            .expect(&format!("unregister of {end}"), |e| {
+                e.kind == EventKind::Unregister && is_at(&e.from, end, a_inode)
+            })
+            .await;
         assert_eq!(gone.netns_dying, Some(false), "{gone:?}");
         assert_eq!(gone.link_kind.as_deref(), Some("veth"));
     }
@@ -81,9 +87,13 @@ async fn deleted_veths_and_veths_of_a_deleted_netns_are_unregistered() {
     b.delete();
     let begin = watch.expect("teardown-begin of B", kind_is(EventKind::TeardownBegin)).await;
     assert_eq!(begin.from.as_ref().unwrap().netns.inode, b_inode);
-    let dead = watch.expect("unregister of e1 in B", |e| e.kind == EventKind::Unregister && is_at(&e.from, "e1", b_inode)).await;
+    let dead = watch
+        .expect("unregister of e1 in B", |e| e.kind == EventKind::Unregister && is_at(&e.from, "e1", b_inode))
+        .await;
     assert_eq!((dead.netns_dying, dead.cause), (Some(true), Cause::NetnsTeardown), "{dead:?}");
-    let peer = watch.expect("unregister of e0 in A", |e| e.kind == EventKind::Unregister && is_at(&e.from, "e0", a_inode)).await;
+    let peer = watch
+        .expect("unregister of e0 in A", |e| e.kind == EventKind::Unregister && is_at(&e.from, "e0", a_inode))
+        .await;
     assert_eq!((peer.netns_dying, peer.cause), (Some(false), Cause::NetnsTeardown), "{peer:?}");
 }
 

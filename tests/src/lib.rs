@@ -115,7 +115,11 @@ impl EventWatch {
         if self.seen.is_empty() {
             return "  (nothing)".into();
         }
-        self.seen.iter().map(|e| format!("  {}", serde_json::to_string(e).unwrap_or_default())).collect::<Vec<_>>().join("\n")
+        self.seen
+            .iter()
+            .map(|e| format!("  {}", serde_json::to_string(e).unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

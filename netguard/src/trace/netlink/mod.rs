@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use netlink_packet_route::link::LinkMessage;
+use netlink_packet_route::RouteNetlinkMessage;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
@@ -41,6 +43,8 @@ pub enum NetlinkError {
     Netns(#[from] NetnsError),
     #[error("cannot read the links of the host netns: {0}")]
     HostDump(#[source] std::io::Error),
+    #[error("rtnetlink request failed: {0}")]
+    Request(#[source] std::io::Error),
 }
 
 /// Starts listening; `Err` is the reason in plain words.
@@ -129,6 +133,8 @@ enum Wake {
     Deadline,
 }
 
+/// The driver's steps return whether to go on: `false` once the consumer is gone or the
+/// listener failed.
 impl Driver {
     async fn run(mut self) {
         let mut rescan = tokio::time::interval_at(tokio::time::Instant::now() + RESCAN_EVERY, RESCAN_EVERY);
@@ -148,10 +154,12 @@ impl Driver {
                 }
                 // A move whose destination we did not hear from may have gone to a netns
                 // that is new to us: look before giving up on it.
-                Wake::Deadline => self.discover().await && {
-                    let events = self.tracker.expire(Instant::now());
-                    self.emit(events).await
-                },
+                Wake::Deadline => {
+                    self.discover().await && {
+                        let events = self.tracker.expire(Instant::now());
+                        self.emit(events).await
+                    }
+                }
             };
             if !go_on {
                 return;
@@ -173,8 +181,7 @@ impl Driver {
         }
     }
 
-    /// Each `false` below means the consumer is gone and the driver should stop.
-    async fn handle(&mut self, messages: Vec<(Option<i32>, netlink_packet_route::RouteNetlinkMessage)>) -> bool {
+    async fn handle(&mut self, messages: Vec<(Option<i32>, RouteNetlinkMessage)>) -> bool {
         for (nsid, message) in messages {
             let events = match self.tracker.on_message(nsid, &message, Instant::now()) {
                 Ok(events) => events,
@@ -261,13 +268,14 @@ impl Driver {
         self.emit(events).await
     }
 
-    async fn watch(&mut self, path: &Path) -> Result<(i32, Vec<netlink_packet_route::link::LinkMessage>), Box<dyn std::error::Error>> {
+    async fn watch(&mut self, path: &Path) -> Result<(i32, Vec<LinkMessage>), NetlinkError> {
         // Open only as long as the kernel needs the fd: a held fd would keep the netns alive.
         let nsid = {
             let file = netns::open(path)?;
-            self.requests.nsid_assigned(&file).await?
+            self.requests.nsid_assigned(&file).await.map_err(NetlinkError::Request)?
         };
-        Ok((nsid, self.requests.dump_links(Some(nsid)).await?))
+        let links = self.requests.dump_links(Some(nsid)).await.map_err(NetlinkError::Request)?;
+        Ok((nsid, links))
     }
 
     async fn emit(&mut self, events: Vec<Event>) -> bool {

@@ -7,9 +7,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
 use futures::StreamExt;
-use netlink_packet_core::{
-    NetlinkBuffer, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::RouteNetlinkMessage;
@@ -228,7 +226,8 @@ impl Requests {
     async fn call(&mut self, message: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
         let mut request = NetlinkMessage::from(message);
         request.header.flags = flags;
-        let mut responses = self.0.request(request).map_err(|_| io::Error::other("the rtnetlink request socket is closed"))?;
+        let mut responses =
+            self.0.request(request).map_err(|_| io::Error::other("the rtnetlink request socket is closed"))?;
         let mut replies = Vec::new();
         while let Some(response) = responses.next().await {
             match response.payload {

@@ -215,7 +215,14 @@ impl Tracker {
     /// Starts watching a netns from a dump of its links, completing moves into it whose
     /// arrival we could not see. The other links are reported as registered when `announce`
     /// (a netns found after start was made since, and sent nothing before it had an nsid).
-    pub(super) fn add_netns(&mut self, netns: u64, nsid: Option<i32>, links: &[LinkMessage], announce: bool, now: Instant) -> Vec<Event> {
+    pub(super) fn add_netns(
+        &mut self,
+        netns: u64,
+        nsid: Option<i32>,
+        links: &[LinkMessage],
+        announce: bool,
+        now: Instant,
+    ) -> Vec<Event> {
         let mut events = Vec::new();
         if let Some(id) = nsid {
             // The id was free to hand out again: the netns that had it died unseen (overrun).
@@ -231,7 +238,12 @@ impl Tracker {
     }
 
     /// One message from the listening socket; `nsid` is the sender's nsid (`None`: the host).
-    pub(super) fn on_message(&mut self, nsid: Option<i32>, msg: &RouteNetlinkMessage, now: Instant) -> Result<Vec<Event>, UnknownNsid> {
+    pub(super) fn on_message(
+        &mut self,
+        nsid: Option<i32>,
+        msg: &RouteNetlinkMessage,
+        now: Instant,
+    ) -> Result<Vec<Event>, UnknownNsid> {
         Ok(match msg {
             RouteNetlinkMessage::NewLink(link) => {
                 let netns = self.netns_of(nsid)?;
@@ -258,6 +270,7 @@ impl Tracker {
     /// expect its physical NICs back in init_net.
     pub(super) fn teardown(&mut self, netns: u64, now: Instant) -> Vec<Event> {
         self.nsids.retain(|_, inode| *inode != netns);
+        self.dead_veths.retain(|dead| dead.until > now);
         let links = self.views.remove(&netns).unwrap_or_default();
         let mut begin = Event::new(EventKind::TeardownBegin, Cause::NetnsTeardown);
         begin.from = Some(self.place(netns, None, None));
@@ -266,7 +279,13 @@ impl Tracker {
             // default_device_exit_net refunds only devices without rtnl_link_ops; the
             // loopback and every virtual device die with the netns.
             if link.kind.is_none() && !link.loopback {
-                self.departures.push(Departure { netns, ifindex, link, way: Way::Refund, deadline: now + TEARDOWN_WAIT });
+                self.departures.push(Departure {
+                    netns,
+                    ifindex,
+                    link,
+                    way: Way::Refund,
+                    deadline: now + TEARDOWN_WAIT,
+                });
                 continue;
             }
             if let (true, Some(peer)) = (link.is_veth(), link.link) {
@@ -316,7 +335,6 @@ impl Tracker {
 
     /// Reports departures whose other half did not come in time, with what is known.
     pub(super) fn expire(&mut self, now: Instant) -> Vec<Event> {
-        self.dead_veths.retain(|dead| dead.until > now);
         let (due, waiting) = std::mem::take(&mut self.departures).into_iter().partition(|d| d.deadline <= now);
         self.departures = waiting;
         due.into_iter()
@@ -366,13 +384,16 @@ impl Tracker {
             None => Link::new(self.new_key(netns, seen.ifindex), seen),
         };
         if seen.new_nsid.is_some() {
-            let dest = if netns == self.host { seen.new_nsid.and_then(|id| self.nsids.get(&id).copied()) } else { None };
+            let dest =
+                if netns == self.host { seen.new_nsid.and_then(|id| self.nsids.get(&id).copied()) } else { None };
             let way = Way::Moved { new_ifindex: seen.new_ifindex, dest };
             self.departures.push(Departure { netns, ifindex: seen.ifindex, link, way, deadline: now + MOVE_WAIT });
             return Vec::new();
         }
         let peer_died = link.is_veth()
-            && link.link.is_some_and(|peer| self.dead_veths.iter().any(|d| d.ifindex == peer && d.peer == seen.ifindex));
+            && link.link.is_some_and(|peer| {
+                self.dead_veths.iter().any(|d| d.ifindex == peer && d.peer == seen.ifindex && d.until > now)
+            });
         let cause = if peer_died { Cause::NetnsTeardown } else { Cause::Unknown };
         // Messages from a netns stop once its teardown began, so this one is alive.
         vec![self.unregistered(netns, seen.ifindex, &link, cause, Some(false))]
@@ -530,7 +551,11 @@ mod tests {
     }
 
     fn veth(ifindex: u32, name: &str, peer: u32) -> LinkMessage {
-        link(ifindex, name, vec![LinkAttribute::Link(peer), LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)])])
+        link(
+            ifindex,
+            name,
+            vec![LinkAttribute::Link(peer), LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)])],
+        )
     }
 
     fn nic(ifindex: u32, name: &str) -> LinkMessage {
@@ -628,7 +653,10 @@ mod tests {
         let events = f.feed(Some(1), RouteNetlinkMessage::DelLink(veth(5, "va", 0)));
         assert_eq!(events.len(), 1);
         let ev = &events[0];
-        assert_eq!((ev.kind, ev.cause, ev.device, ev.netns_dying), (EventKind::Unregister, Cause::Unknown, key, Some(false)));
+        assert_eq!(
+            (ev.kind, ev.cause, ev.device, ev.netns_dying),
+            (EventKind::Unregister, Cause::Unknown, key, Some(false))
+        );
         assert_eq!(ev.link_kind.as_deref(), Some("veth"));
         assert_eq!(at(&ev.from), (Some("va"), Some(5), A));
         // Never seen before: still reported from what the message says.
@@ -668,11 +696,17 @@ mod tests {
         // The NIC comes back to init_net under a fallback name.
         let back = f.feed(Some(3), RouteNetlinkMessage::NewLink(nic(4, "dev4")));
         assert_eq!(back.len(), 1);
-        assert_eq!((back[0].kind, back[0].cause, back[0].device), (EventKind::Move, Cause::NetnsTeardown, Some(nic_key)));
+        assert_eq!(
+            (back[0].kind, back[0].cause, back[0].device),
+            (EventKind::Move, Cause::NetnsTeardown, Some(nic_key))
+        );
         assert_eq!(at(&back[0].from), (Some("eth0"), Some(4), 4026532009));
         assert_eq!(at(&back[0].to), (Some("dev4"), Some(4), INIT));
         // Its nsid is gone with it.
-        assert_eq!(f.tracker.on_message(Some(9), &RouteNetlinkMessage::NewLink(nic(4, "x")), f.now), Err(UnknownNsid(9)));
+        assert_eq!(
+            f.tracker.on_message(Some(9), &RouteNetlinkMessage::NewLink(nic(4, "x")), f.now),
+            Err(UnknownNsid(9))
+        );
     }
 
     #[test]
@@ -698,12 +732,17 @@ mod tests {
     }
 
     #[test]
-    fn unrelated_delete_after_a_teardown_keeps_cause_unknown() {
+    fn unrelated_or_late_delete_after_a_teardown_keeps_cause_unknown() {
         let mut f = fixture();
         f.tracker.add_netns(4026532009, Some(9), &[veth(6, "vb", 5)], false, f.now);
         f.feed(None, nsid_gone(9));
         f.feed(Some(2), RouteNetlinkMessage::NewLink(veth(5, "other", 2)));
         let events = f.feed(Some(2), RouteNetlinkMessage::DelLink(veth(5, "other", 0)));
+        assert_eq!(events[0].cause, Cause::Unknown);
+        // The right peer, but long after the teardown.
+        f.feed(Some(1), RouteNetlinkMessage::NewLink(veth(5, "va", 6)));
+        f.now += TEARDOWN_WAIT;
+        let events = f.feed(Some(1), RouteNetlinkMessage::DelLink(veth(5, "va", 0)));
         assert_eq!(events[0].cause, Cause::Unknown);
     }
 
@@ -720,7 +759,10 @@ mod tests {
     fn resync_reports_what_changed_unseen() {
         let mut f = fixture();
         f.feed(Some(1), RouteNetlinkMessage::NewLink(veth(5, "va", 6)));
-        f.feed(Some(1), RouteNetlinkMessage::NewLink(link(7, "gone", vec![LinkAttribute::Address(vec![2, 0, 0, 0, 0, 7])])));
+        f.feed(
+            Some(1),
+            RouteNetlinkMessage::NewLink(link(7, "gone", vec![LinkAttribute::Address(vec![2, 0, 0, 0, 0, 7])])),
+        );
         let moved_key = f.feed(None, RouteNetlinkMessage::NewLink(nic(3, "eth1")))[0].device;
         let dumps = vec![
             (HOST, vec![]),
@@ -741,7 +783,10 @@ mod tests {
         assert_eq!(at(&events[1].from), (Some("eth1"), Some(3), HOST));
         let later = f.later(MOVE_WAIT);
         assert_eq!(later.len(), 1);
-        assert_eq!((later[0].kind, later[0].cause, at(&later[0].from)), (EventKind::Unregister, Cause::Unknown, (Some("gone"), Some(7), A)));
+        assert_eq!(
+            (later[0].kind, later[0].cause, at(&later[0].from)),
+            (EventKind::Unregister, Cause::Unknown, (Some("gone"), Some(7), A))
+        );
     }
 
     #[test]
