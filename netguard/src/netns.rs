@@ -148,6 +148,12 @@ impl Resolver {
         Netns { inode, names }
     }
 
+    /// Drops the names of a netns seen dying, so that a new netns reusing its inode is not
+    /// described by them. Events made before keep their own copy.
+    pub fn forget(&self, inode: u64) {
+        self.lock().names.remove(&inode);
+    }
+
     /// Like [`describe`](Self::describe), rescanning first when the inode is unknown.
     pub fn describe_fresh(&self, inode: u64) -> Netns {
         let known = {

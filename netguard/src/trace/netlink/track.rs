@@ -130,8 +130,8 @@ impl Link {
 /// A device that left a netns and has not (yet) been seen arriving anywhere.
 #[derive(Debug)]
 struct Departure {
-    netns: u64,
-    ifindex: u32,
+    /// Described when it left: a dying netns is forgotten by the resolver right after.
+    from: Place,
     link: Link,
     way: Way,
     deadline: Instant,
@@ -278,21 +278,18 @@ impl Tracker {
         for (ifindex, link) in links {
             // default_device_exit_net refunds only devices without rtnl_link_ops; the
             // loopback and every virtual device die with the netns.
+            let from = self.place(netns, link.name.clone(), Some(ifindex));
             if link.kind.is_none() && !link.loopback {
-                self.departures.push(Departure {
-                    netns,
-                    ifindex,
-                    link,
-                    way: Way::Refund,
-                    deadline: now + TEARDOWN_WAIT,
-                });
+                self.departures.push(Departure { from, link, way: Way::Refund, deadline: now + TEARDOWN_WAIT });
                 continue;
             }
             if let (true, Some(peer)) = (link.is_veth(), link.link) {
                 self.dead_veths.push(DeadVeth { ifindex, peer, until: now + TEARDOWN_WAIT });
             }
-            events.push(self.unregistered(netns, ifindex, &link, Cause::NetnsTeardown, Some(true)));
+            events.push(self.unregistered(from, &link, Cause::NetnsTeardown, Some(true)));
         }
+        // Its inode is free for the next netns, which must not be described by these names.
+        self.resolver.forget(netns);
         events
     }
 
@@ -342,10 +339,10 @@ impl Tracker {
                 let to = match dep.way {
                     Way::Moved { new_ifindex, dest } => dest.map(|d| self.place(d, None, new_ifindex)),
                     Way::Refund => Some(self.place(self.init, None, None)),
-                    Way::Vanished => return self.unregistered(dep.netns, dep.ifindex, &dep.link, Cause::Unknown, None),
+                    Way::Vanished => return self.unregistered(dep.from, &dep.link, Cause::Unknown, None),
                 };
                 let mut event = self.device_event(EventKind::Move, dep.way.cause(), &dep.link);
-                event.from = Some(self.place(dep.netns, dep.link.name.clone(), Some(dep.ifindex)));
+                event.from = Some(dep.from);
                 event.to = to;
                 event
             })
@@ -386,8 +383,9 @@ impl Tracker {
         if seen.new_nsid.is_some() {
             let dest =
                 if netns == self.host { seen.new_nsid.and_then(|id| self.nsids.get(&id).copied()) } else { None };
+            let from = self.place(netns, link.name.clone(), Some(seen.ifindex));
             let way = Way::Moved { new_ifindex: seen.new_ifindex, dest };
-            self.departures.push(Departure { netns, ifindex: seen.ifindex, link, way, deadline: now + MOVE_WAIT });
+            self.departures.push(Departure { from, link, way, deadline: now + MOVE_WAIT });
             return Vec::new();
         }
         let peer_died = link.is_veth()
@@ -396,7 +394,8 @@ impl Tracker {
             });
         let cause = if peer_died { Cause::NetnsTeardown } else { Cause::Unknown };
         // Messages from a netns stop once its teardown began, so this one is alive.
-        vec![self.unregistered(netns, seen.ifindex, &link, cause, Some(false))]
+        let from = self.place(netns, link.name.clone(), Some(seen.ifindex));
+        vec![self.unregistered(from, &link, cause, Some(false))]
     }
 
     /// A device shows up in `netns`: the arrival of a departure we wait for, or a new device
@@ -408,7 +407,7 @@ impl Tracker {
             let mut link = dep.link.clone();
             link.refresh(seen);
             let mut event = self.device_event(EventKind::Move, dep.way.cause(), &link);
-            event.from = Some(self.place(dep.netns, dep.link.name, Some(dep.ifindex)));
+            event.from = Some(dep.from);
             event.to = Some(self.place(netns, link.name.clone(), Some(seen.ifindex)));
             self.views.entry(netns).or_default().insert(seen.ifindex, link);
             return Some(event);
@@ -427,7 +426,7 @@ impl Tracker {
     }
 
     fn is_arrival_of(&self, dep: &Departure, netns: u64, seen: &Seen, now: Instant) -> bool {
-        if dep.netns == netns || dep.deadline < now || !dep.link.same_hardware(seen) {
+        if dep.from.netns.inode == netns || dep.deadline < now || !dep.link.same_hardware(seen) {
             return false;
         }
         match dep.way {
@@ -454,7 +453,8 @@ impl Tracker {
     }
 
     fn vanished(&mut self, netns: u64, ifindex: u32, link: Link, now: Instant) {
-        self.departures.push(Departure { netns, ifindex, link, way: Way::Vanished, deadline: now + MOVE_WAIT });
+        let from = self.place(netns, link.name.clone(), Some(ifindex));
+        self.departures.push(Departure { from, link, way: Way::Vanished, deadline: now + MOVE_WAIT });
     }
 
     fn renamed(&self, netns: u64, ifindex: u32, before: Option<String>, link: &Link, cause: Cause) -> Option<Event> {
@@ -467,9 +467,9 @@ impl Tracker {
         Some(event)
     }
 
-    fn unregistered(&self, netns: u64, ifindex: u32, link: &Link, cause: Cause, dying: Option<bool>) -> Event {
+    fn unregistered(&self, from: Place, link: &Link, cause: Cause, dying: Option<bool>) -> Event {
         let mut event = self.device_event(EventKind::Unregister, cause, link);
-        event.from = Some(self.place(netns, link.name.clone(), Some(ifindex)));
+        event.from = Some(from);
         event.netns_dying = dying;
         event
     }
