@@ -210,6 +210,7 @@ impl Driver {
     async fn received(&mut self, received: std::io::Result<Received>) -> bool {
         match received {
             Ok(Received::Messages(messages)) => self.handle(messages).await,
+            // The kernel does not say how many notifications it dropped: each overrun counts one.
             Ok(Received::Overrun) => {
                 let overruns = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::warn!("rtnetlink overrun (ENOBUFS): events were lost; re-reading the links of every watched netns ({overruns} overruns so far)");
