@@ -7,7 +7,9 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
 use futures::StreamExt;
-use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_core::{
+    NetlinkBuffer, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_ECHO, NLM_F_REQUEST,
+};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::RouteNetlinkMessage;
@@ -15,6 +17,8 @@ use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, SocketAddr};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
+
+use super::track::nsid_of;
 
 /// Notifications are queued here while we dump or wait on a full event channel; what does
 /// not fit is an overrun (ENOBUFS).
@@ -180,31 +184,27 @@ pub(super) struct Requests(rtnetlink::Handle);
 impl Requests {
     /// The nsid of the netns `file` opens, assigning one (in the host netns) if it has none.
     pub(super) async fn nsid_assigned(&mut self, netns: &File) -> io::Result<i32> {
-        let fd = NsidAttribute::Fd(netns.as_raw_fd() as u32);
         let mut assign = NsidMessage::default();
-        assign.attributes = vec![fd.clone(), NsidAttribute::Id(-1)];
-        match self.call(RouteNetlinkMessage::NewNsId(assign), NLM_F_REQUEST | NLM_F_ACK).await {
-            Err(err) if err.raw_os_error() != Some(libc::EEXIST) => return Err(err),
-            _ => {}
-        }
-        self.nsid(netns).await?.ok_or_else(|| io::Error::other("the kernel assigned no nsid"))
+        assign.attributes = vec![NsidAttribute::Fd(netns.as_raw_fd() as u32), NsidAttribute::Id(-1)];
+        // With NLM_F_ECHO the kernel answers with the id it picked; EEXIST: it had one.
+        let echoed = match self.call(RouteNetlinkMessage::NewNsId(assign), NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO).await
+        {
+            Ok(replies) => nsid_in(&replies),
+            Err(err) if err.raw_os_error() == Some(libc::EEXIST) => None,
+            Err(err) => return Err(err),
+        };
+        let nsid = match echoed {
+            Some(id) => Some(id),
+            None => self.nsid(netns).await?,
+        };
+        nsid.ok_or_else(|| io::Error::other("the kernel assigned no nsid"))
     }
 
     /// The nsid of the netns `file` opens, if it has one in the host netns.
     pub(super) async fn nsid(&mut self, netns: &File) -> io::Result<Option<i32>> {
         let mut query = NsidMessage::default();
         query.attributes = vec![NsidAttribute::Fd(netns.as_raw_fd() as u32)];
-        let replies = self.call(RouteNetlinkMessage::GetNsId(query), NLM_F_REQUEST).await?;
-        Ok(replies
-            .iter()
-            .filter_map(|reply| match reply {
-                RouteNetlinkMessage::NewNsId(msg) => msg.attributes.iter().find_map(|attr| match attr {
-                    NsidAttribute::Id(id) => Some(*id),
-                    _ => None,
-                }),
-                _ => None,
-            })
-            .find(|id| *id >= 0))
+        Ok(nsid_in(&self.call(RouteNetlinkMessage::GetNsId(query), NLM_F_REQUEST).await?))
     }
 
     /// Every link of the host netns (`None`) or of the netns with that nsid.
@@ -238,6 +238,17 @@ impl Requests {
         }
         Ok(replies)
     }
+}
+
+/// The assigned nsid an RTM_NEWNSID reply carries (the kernel says -1 for none).
+fn nsid_in(replies: &[RouteNetlinkMessage]) -> Option<i32> {
+    replies
+        .iter()
+        .filter_map(|reply| match reply {
+            RouteNetlinkMessage::NewNsId(msg) => nsid_of(msg),
+            _ => None,
+        })
+        .find(|id| *id >= 0)
 }
 
 #[cfg(test)]

@@ -255,7 +255,7 @@ impl Tracker {
             }
             // Only the host's own table says which netns is going; other namespaces report
             // their own ids for it, which mean nothing here.
-            RouteNetlinkMessage::DelNsId(ids) if self.netns_of(nsid) == Ok(self.host) => match nsid_in(ids) {
+            RouteNetlinkMessage::DelNsId(ids) if self.netns_of(nsid) == Ok(self.host) => match nsid_of(ids) {
                 Some(id) => match self.nsids.remove(&id) {
                     Some(netns) => self.teardown(netns, now),
                     None => Vec::new(),
@@ -495,7 +495,8 @@ impl Tracker {
     }
 }
 
-fn nsid_in(msg: &NsidMessage) -> Option<i32> {
+/// The NETNSA_NSID of an nsid message.
+pub(super) fn nsid_of(msg: &NsidMessage) -> Option<i32> {
     msg.attributes.iter().find_map(|attr| match attr {
         NsidAttribute::Id(id) => Some(*id),
         _ => None,
