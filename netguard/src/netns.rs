@@ -105,6 +105,12 @@ impl Resolver {
         self.lock().host_inode
     }
 
+    /// The inode of the real init_net (where the kernel hands back physical NICs of a dying
+    /// netns), when `/proc/1/ns/net` is readable.
+    pub fn init_inode(&self) -> Option<u64> {
+        self.lock().init_inode
+    }
+
     /// Re-reads every place namespaces are found by; returns the live ones (inode -> one path
     /// that opens it), host first.
     pub fn rescan(&self) -> BTreeMap<u64, PathBuf> {
@@ -140,6 +146,12 @@ impl Resolver {
             names.extend(known.iter().filter(|n| !names.contains(n)).cloned().collect::<Vec<_>>());
         }
         Netns { inode, names }
+    }
+
+    /// Drops the names of a netns seen dying, so that a new netns reusing its inode is not
+    /// described by them. Events made before keep their own copy.
+    pub fn forget(&self, inode: u64) {
+        self.lock().names.remove(&inode);
     }
 
     /// Like [`describe`](Self::describe), rescanning first when the inode is unknown.

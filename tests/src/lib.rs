@@ -1,8 +1,12 @@
 //! Helpers for tests that need root: network namespaces the test creates and always removes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use netguard::event::{Event, Place};
+use netguard::trace::{BackendChoice, TraceOptions, Tracer};
 
 /// Path of iproute2's `ip` (busybox in the VM guest shadows a bare `ip`).
 pub const IP: &str = "/sbin/ip";
@@ -81,6 +85,11 @@ impl TestNetns {
             .map(|o| o.status.success())
             .unwrap_or(false)
     }
+
+    /// `ip netns del NAME` now (the test watches it die); dropping it later is a no-op.
+    pub fn delete(&self) {
+        ip(&["netns", "del", &self.name]);
+    }
 }
 
 /// A scratch directory (a ledger's, say) removed on drop.
@@ -104,8 +113,88 @@ impl Drop for TestDir {
 
 impl Drop for TestNetns {
     fn drop(&mut self) {
-        let _ = Command::new(IP).args(["netns", "del", &self.name]).status();
+        if self.path().exists() {
+            let _ = Command::new(IP).args(["netns", "del", &self.name]).status();
+        }
     }
+}
+
+/// How long a test waits for an event before failing.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A running tracer with `host` standing in for init_net, and the events it gave about the
+/// test's own namespaces (other tests run in parallel and make their own).
+pub struct EventWatch {
+    pub tracer: Tracer,
+    ours: Vec<u64>,
+    pub seen: Vec<Event>,
+}
+
+impl EventWatch {
+    /// Starts the tracer; `ours` are the namespaces whose events count (read their inodes
+    /// now: they may be deleted later in the test).
+    pub async fn start(choice: BackendChoice, host: &TestNetns, ours: &[&TestNetns]) -> EventWatch {
+        let options = TraceOptions { host_netns: Some(host.path()) };
+        let tracer = Tracer::start(choice, options).await.expect("start the tracer");
+        EventWatch { tracer, ours: ours.iter().map(|ns| ns.inode()).collect(), seen: Vec::new() }
+    }
+
+    /// The next event about our namespaces that `wanted` accepts; panics after
+    /// [`EVENT_TIMEOUT`] with `what` and every event seen about them.
+    pub async fn expect(&mut self, what: &str, wanted: impl Fn(&Event) -> bool) -> Event {
+        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.tracer.next()).await;
+            let event = match next {
+                Ok(Some(event)) => event,
+                Ok(None) => panic!("the tracer stopped while waiting for {what}; seen:\n{}", self.seen_lines()),
+                Err(_) => panic!("no {what} within {EVENT_TIMEOUT:?}; seen:\n{}", self.seen_lines()),
+            };
+            let place_is_ours = |p: &Option<Place>| p.as_ref().is_some_and(|p| self.ours.contains(&p.netns.inode));
+            if !(place_is_ours(&event.from) || place_is_ours(&event.to)) {
+                continue;
+            }
+            self.seen.push(event.clone());
+            if wanted(&event) {
+                return event;
+            }
+        }
+    }
+
+    fn seen_lines(&self) -> String {
+        if self.seen.is_empty() {
+            return "  (nothing)".into();
+        }
+        self.seen
+            .iter()
+            .map(|e| format!("  {}", serde_json::to_string(e).unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Whether a place is `name` in the netns with that inode.
+pub fn is_at(place: &Option<Place>, name: &str, netns: u64) -> bool {
+    place.as_ref().is_some_and(|p| p.name.as_deref() == Some(name) && p.netns.inode == netns)
+}
+
+/// The workspace's `netguard` binary, built first (a no-op when up to date) so that a test
+/// never runs a stale one: `cargo test -p netguard-tests` alone does not build it.
+pub fn netguard_bin() -> PathBuf {
+    // Test executables live in <target>/<profile>/deps/.
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("<target>/<profile>");
+    let target_dir = profile_dir.parent().expect("<target>");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "netguard", "--bin", "netguard", "--target-dir"])
+        .arg(target_dir)
+        .current_dir(workspace)
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build -p netguard failed");
+    profile_dir.join("netguard")
 }
 
 /// Skips (returns true) when not root: these tests need CAP_NET_ADMIN and CAP_SYS_ADMIN.
