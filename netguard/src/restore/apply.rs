@@ -3,10 +3,11 @@
 //! reading the device back. A failure says what was tried, where, and what the kernel said.
 
 use std::collections::HashMap;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVlan};
@@ -230,16 +231,9 @@ impl Executor {
             }
             Action::CreateVeth { netns, name, mac, mtu, peer, peer_netns, peer_mac, peer_mtu } => {
                 let peer_conn = self.conn(peer_netns).await.map_err(fail)?;
-                let mut peer_msg = LinkUnspec::new_with_name(peer);
-                if peer_netns != netns {
-                    // Created directly in its netns: never visible, even briefly, in ours.
-                    peer_msg = peer_msg.setns_by_fd(peer_conn.fd());
-                }
-                let peer_msg = with_mac_mtu(peer_msg, peer_mac, peer_mtu).build();
-                let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-                    .name(name.clone())
-                    .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)));
-                let msg = with_mac_mtu(msg, mac, mtu).build();
+                // Created directly in its netns: never visible, even briefly, in ours.
+                let peer_fd = (peer_netns != netns).then(|| peer_conn.fd());
+                let msg = veth_message(name, mac, mtu, peer, peer_mac, peer_mtu, peer_fd);
                 ctx.created(conn.handle().link().add(msg).execute().await)?;
                 let ours = ctx.verify_new(netns, name, "veth", mac, seen).await?;
                 let peer_ctx = Ctx { conn: &peer_conn, fail: &fail };
@@ -403,8 +397,32 @@ fn with_mac_mtu<T>(msg: LinkMessageBuilder<T>, mac: &Option<Mac>, mtu: &Option<u
     }
 }
 
+/// The RTM_NEWLINK that creates the veth pair `name` + `peer`, the peer directly in the netns
+/// of `peer_netns_fd` when given (IFLA_NET_NS_FD). Public, like [`route_message`], so that
+/// the benchmark's floor sends exactly the requests the restorer sends.
+#[allow(clippy::too_many_arguments)]
+pub fn veth_message(
+    name: &str,
+    mac: &Option<Mac>,
+    mtu: &Option<u32>,
+    peer: &str,
+    peer_mac: &Option<Mac>,
+    peer_mtu: &Option<u32>,
+    peer_netns_fd: Option<RawFd>,
+) -> LinkMessage {
+    let mut peer_msg = LinkUnspec::new_with_name(peer);
+    if let Some(fd) = peer_netns_fd {
+        peer_msg = peer_msg.setns_by_fd(fd);
+    }
+    let peer_msg = with_mac_mtu(peer_msg, peer_mac, peer_mtu).build();
+    let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+        .name(name.to_string())
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)));
+    with_mac_mtu(msg, mac, mtu).build()
+}
+
 /// `ip route add` of one route through `oif` (main table, proto boot as iproute2 does).
-fn route_message(route: &RouteSpec, oif: u32) -> RouteMessage {
+pub fn route_message(route: &RouteSpec, oif: u32) -> RouteMessage {
     let mut msg = RouteMessage::default();
     msg.header.address_family = if route.dst.addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
     msg.header.destination_prefix_length = route.dst.prefix;
