@@ -97,10 +97,10 @@ impl std::fmt::Display for Opened {
 }
 
 /// One row of `netguard status`: a guarded NIC or link and how it stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct StatusRow {
     /// `nic`, `veth`, `vlan`, `macvlan`.
-    pub kind: &'static str,
+    pub kind: String,
     /// Home name of a NIC, name of a link.
     pub name: String,
     /// Where it belongs: `host` or the netns locator.
@@ -108,8 +108,11 @@ pub struct StatusRow {
     /// For a NIC: where it is now (`name in netns`), when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub now: Option<String>,
+    /// Permanent MAC of a NIC, MAC of a link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
     pub state: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub since: chrono::DateTime<Utc>,
 }
@@ -283,6 +286,11 @@ impl Ledger {
             rec.reason = reason;
             rec.location = location;
         });
+    }
+
+    /// Records (or, with `None`, clears) a lend of the NIC with `identity`.
+    pub fn set_nic_lend(&mut self, identity: &NicIdentity, lend: Option<Lend>) {
+        self.update_nic(identity, |rec| rec.lent = lend);
     }
 
     /// Applies `change` to the NIC recorded with `identity`; journals it if anything changed.
@@ -479,7 +487,8 @@ impl Ledger {
     /// One row per guarded NIC and link.
     pub fn status(&self) -> Vec<StatusRow> {
         let nics = self.content.nics.iter().map(|n| StatusRow {
-            kind: "nic",
+            kind: "nic".to_string(),
+            mac: n.identity.perm_mac.map(|m| m.to_string()),
             name: n.home_name.clone(),
             netns: Locator::Host.to_string(),
             now: n.location.as_ref().map(|l| format!("{} in {}", l.name, l.netns)),
@@ -488,7 +497,8 @@ impl Ledger {
             since: n.since,
         });
         let links = self.content.links.values().map(|l| StatusRow {
-            kind: l.spec.kind.name(),
+            kind: l.spec.kind.name().to_string(),
+            mac: l.spec.mac.map(|m| m.to_string()),
             name: l.spec.name.clone(),
             netns: l.spec.netns.to_string(),
             now: None,
