@@ -14,13 +14,15 @@ fn main() {
     let source = root.join("src/netguard.bpf.c");
     let include = root.join("include");
     for dir in [root.join("src"), include.clone()] {
-        println!("cargo:rerun-if-changed={}", dir.display());
+        println!("cargo::rerun-if-changed={}", dir.display());
     }
-    println!("cargo:rerun-if-env-changed=PATH");
+    // A clang installed later must be picked up without touching a source file.
+    println!("cargo::rerun-if-env-changed=PATH");
 
     let Some(clang) = COMPILERS.iter().find(|c| runs(c)) else {
-        eprintln!("netguard: clang (clang-19) not found: run the README's setup command (cargo xtask setup) first");
-        exit(1);
+        // One line, as cargo shows it: "error: netguard@VERSION: netguard: clang ...".
+        println!("cargo::error=netguard: clang (clang-19) not found: run the README's setup command (cargo xtask setup) first");
+        return;
     };
     let object = out.join("netguard.bpf.o");
     let output = Command::new(clang)

@@ -208,11 +208,15 @@ impl From<EbpfError> for Refused {
 
 fn attach_candidate(ebpf: &mut Ebpf, mode: ProbeMode, candidate: &Candidate, btf: &Btf) -> Result<(), Refused> {
     let function = candidate.function;
-    let mut programs = vec![(mode.entry_section(), mode.entry_program(candidate))];
-    if candidate.on_return {
-        programs.push((mode.return_section(), mode.return_program(candidate)));
-    }
-    for (section, name) in programs {
+    for on_return in [false, true] {
+        if on_return && !candidate.on_return {
+            continue;
+        }
+        let (section, name) = if on_return {
+            (mode.return_section(), mode.return_program(candidate))
+        } else {
+            (mode.entry_section(), mode.entry_program(candidate))
+        };
         let program = ebpf.program_mut(&name).ok_or_else(|| EbpfError::Missing(format!("program {name}")))?;
         let wrong_type = |_| EbpfError::Missing(format!("{section} program {name}"));
         let load_error = |err: ProgramError| match err {
@@ -220,18 +224,19 @@ fn attach_candidate(ebpf: &mut Ebpf, mode: ProbeMode, candidate: &Candidate, btf
             other => Refused::By(load_error(section, function, other)),
         };
         let attach_error = |err: ProgramError| EbpfError::Attach { section, function, reason: error_chain(&err) };
-        match section {
-            "fentry" => {
+        match (mode, on_return) {
+            (ProbeMode::Fentry, false) => {
                 let p: &mut FEntry = program.try_into().map_err(wrong_type)?;
                 p.load(function, btf).map_err(load_error)?;
                 p.attach().map_err(attach_error)?;
             }
-            "fexit" => {
+            (ProbeMode::Fentry, true) => {
                 let p: &mut FExit = program.try_into().map_err(wrong_type)?;
                 p.load(function, btf).map_err(load_error)?;
                 p.attach().map_err(attach_error)?;
             }
-            _ => {
+            (ProbeMode::Kprobe, _) => {
+                // kprobe programs do not depend on their function: one load serves every candidate.
                 let p: &mut KProbe = program.try_into().map_err(wrong_type)?;
                 if p.fd().is_err() {
                     p.load().map_err(load_error)?;
