@@ -30,6 +30,7 @@ typedef _Bool bool;
 /* The uapi constants the maps use (linux/bpf.h, fixed ABI). */
 enum {
 	BPF_MAP_TYPE_HASH = 1,
+	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_RINGBUF = 27,
 };
