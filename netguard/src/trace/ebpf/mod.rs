@@ -131,14 +131,14 @@ fn raise_memlock() {
 }
 
 fn random_key() -> Result<[u64; 2], EbpfError> {
-    let mut bytes = [0u8; 16];
-    // SAFETY: getrandom writes at most bytes.len() bytes into our buffer.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if n != bytes.len() as isize {
+    let mut key = [0u64; 2];
+    let len = std::mem::size_of_val(&key);
+    // SAFETY: getrandom writes at most `len` bytes into `key`, which has that many.
+    let n = unsafe { libc::getrandom(key.as_mut_ptr().cast(), len, 0) };
+    if usize::try_from(n).ok() != Some(len) {
         return Err(EbpfError::Random(std::io::Error::last_os_error()));
     }
-    let (a, b) = bytes.split_at(8);
-    Ok([u64::from_ne_bytes(a.try_into().unwrap_or_default()), u64::from_ne_bytes(b.try_into().unwrap_or_default())])
+    Ok(key)
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, EbpfError>
@@ -319,7 +319,12 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 /// Moves records from the ring buffer into `tx` until the receiver is gone.
-async fn read_events(mut ring: AsyncFd<RingBuf<MapData>>, tx: mpsc::Sender<Event>, clock: WallClock, resolver: Resolver) {
+async fn read_events(
+    mut ring: AsyncFd<RingBuf<MapData>>,
+    tx: mpsc::Sender<Event>,
+    clock: WallClock,
+    resolver: Resolver,
+) {
     let mut name_netns = |inode| resolver.describe_fresh(inode);
     loop {
         let mut guard = match ring.readable_mut().await {
@@ -364,7 +369,8 @@ mod tests {
         let err = refused("fentry", "__dev_change_net_namespace", &eperm, "");
         assert_eq!(err.to_string(), "the kernel refused BPF_PROG_LOAD for fentry/__dev_change_net_namespace (EPERM)");
         let einval = std::io::Error::from_raw_os_error(libc::EINVAL);
-        let log = "0: R1=ctx()\n1: (79) r6 = *(u64 *)(r1 +0)\n\ninvalid bpf_context access off=0 size=8\nprocessed 2 insns\n";
+        let log =
+            "0: R1=ctx()\n1: (79) r6 = *(u64 *)(r1 +0)\n\ninvalid bpf_context access off=0 size=8\nprocessed 2 insns\n";
         let err = refused("kprobe", "register_netdevice", &einval, log);
         assert_eq!(
             err.to_string(),
@@ -396,13 +402,17 @@ mod tests {
                     (ProbeMode::Kprobe, ProbeMode::Kprobe.entry_program(c)),
                 ]
                 .into_iter()
-                .chain(c.on_return.then(|| {
-                    [
-                        (ProbeMode::Fentry, ProbeMode::Fentry.return_program(c)),
-                        (ProbeMode::Kprobe, ProbeMode::Kprobe.return_program(c)),
-                    ]
-                }).into_iter().flatten())
-                {
+                .chain(
+                    c.on_return
+                        .then(|| {
+                            [
+                                (ProbeMode::Fentry, ProbeMode::Fentry.return_program(c)),
+                                (ProbeMode::Kprobe, ProbeMode::Kprobe.return_program(c)),
+                            ]
+                        })
+                        .into_iter()
+                        .flatten(),
+                ) {
                     let program = ebpf.program_mut(&name).unwrap_or_else(|| panic!("no program {name}"));
                     match (mode, program) {
                         (ProbeMode::Fentry, aya::programs::Program::FEntry(_) | aya::programs::Program::FExit(_)) => {}

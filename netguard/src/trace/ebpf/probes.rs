@@ -94,8 +94,7 @@ impl ProbeMode {
 /// candidate is tried and the kernel's answer decides).
 pub fn kallsyms() -> Option<HashSet<&'static str>> {
     let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
-    let wanted: HashSet<&'static str> =
-        PROBES.iter().flat_map(|p| p.candidates.iter().map(|c| c.function)).collect();
+    let wanted: HashSet<&'static str> = PROBES.iter().flat_map(|p| p.candidates.iter().map(|c| c.function)).collect();
     Some(
         text.lines()
             .filter_map(|line| line.split_whitespace().nth(2))

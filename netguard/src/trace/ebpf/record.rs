@@ -128,11 +128,7 @@ fn clock_ns(clock: libc::clockid_t) -> std::io::Result<i128> {
 }
 
 /// Decodes one ring buffer record; `netns` names a netns inode.
-pub fn decode(
-    bytes: &[u8],
-    clock: &WallClock,
-    netns: &mut dyn FnMut(u64) -> Netns,
-) -> Result<Event, DecodeError> {
+pub fn decode(bytes: &[u8], clock: &WallClock, netns: &mut dyn FnMut(u64) -> Netns) -> Result<Event, DecodeError> {
     if bytes.len() < RECORD_SIZE {
         return Err(DecodeError::Short { len: bytes.len() });
     }
