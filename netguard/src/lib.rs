@@ -3,6 +3,8 @@
 //! Data flows one way: kernel events ([`trace`]) -> what we remember ([`ledger`]) -> a plan
 //! against what the kernel says now ([`inventory`], [`restore`]) -> netlink actions.
 
+pub mod api;
+pub mod config;
 pub mod event;
 pub mod netns;
 pub mod recording;

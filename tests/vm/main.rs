@@ -1,2 +1,172 @@
-//! The suite that runs inside the VM guest.
-fn main() {}
+//! The suite that runs inside the VM guest (as its init's child, root, e1000 NICs eth0..eth2
+//! in init_net). One line per verdict on the console, `NGVM PASS name` or
+//! `NGVM FAIL name: why`, read by `cargo xtask vm-test`.
+
+mod moves;
+mod scenarios;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use netguard::event::Event;
+use netguard::trace::{BackendChoice, BackendKind, TraceOptions, Tracer};
+use tokio::sync::{mpsc, oneshot};
+
+/// What the scenarios see of a running tracer: every event so far, and its drop count.
+pub struct Trace {
+    events: Arc<Mutex<Vec<Event>>>,
+    dropped_requests: mpsc::Sender<oneshot::Sender<u64>>,
+    pub backend: BackendKind,
+}
+
+impl Trace {
+    async fn start(backend: BackendKind) -> Result<Trace, String> {
+        let mut tracer = Tracer::start(BackendChoice::Only(backend), TraceOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let (dropped_requests, mut requests) = mpsc::channel::<oneshot::Sender<u64>>(4);
+        let sink = events.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    event = tracer.next() => match event {
+                        Some(event) => sink.lock().unwrap().push(event),
+                        None => break,
+                    },
+                    request = requests.recv() => match request {
+                        Some(reply) => { let _ = reply.send(tracer.dropped()); }
+                        None => break,
+                    },
+                }
+            }
+        });
+        Ok(Trace { events, dropped_requests, backend })
+    }
+
+    /// Index of the next event: scenarios look only at what came after their own mark.
+    pub fn mark(&self) -> usize {
+        self.events.lock().unwrap().len()
+    }
+
+    /// Events since `mark` matching `pred`, waiting up to `timeout` for at least `count`.
+    pub async fn wait_for(
+        &self,
+        mark: usize,
+        count: usize,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&Event) -> bool,
+    ) -> Result<Vec<Event>, String> {
+        let start = Instant::now();
+        loop {
+            let found: Vec<Event> = self.events.lock().unwrap()[mark..].iter().filter(|e| pred(e)).cloned().collect();
+            if found.len() >= count {
+                return Ok(found);
+            }
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "waited {}s for {count} x {what}, found {}; events since mark:\n{}",
+                    timeout.as_secs(),
+                    found.len(),
+                    self.dump(mark)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Events since `mark` as JSON lines (the last 40), for failure messages.
+    pub fn dump(&self, mark: usize) -> String {
+        let events = self.events.lock().unwrap();
+        let tail = &events[mark..];
+        tail[tail.len().saturating_sub(40)..]
+            .iter()
+            .map(|e| format!("    {}", serde_json::to_string(e).unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub async fn dropped(&self) -> u64 {
+        let (tx, rx) = oneshot::channel();
+        if self.dropped_requests.send(tx).await.is_err() {
+            return u64::MAX;
+        }
+        rx.await.unwrap_or(u64::MAX)
+    }
+}
+
+struct Report {
+    passed: u32,
+    failed: u32,
+}
+
+impl Report {
+    fn verdict(&mut self, name: &str, result: Result<(), String>) {
+        match result {
+            Ok(()) => {
+                self.passed += 1;
+                println!("NGVM PASS {name}");
+            }
+            Err(why) => {
+                self.failed += 1;
+                // Indented continuation lines keep the console readable; only the first
+                // line carries the verdict.
+                println!("NGVM FAIL {name}: {why}");
+            }
+        }
+    }
+}
+
+fn parse_args() -> (Vec<BackendKind>, Option<String>) {
+    let mut backends = vec![BackendKind::Kprobe, BackendKind::Fentry];
+    let mut filter = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--backends" => {
+                backends = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|b| match b.parse() {
+                        Ok(BackendChoice::Only(kind)) => Some(kind),
+                        _ => {
+                            println!("NGVM FAIL args: unknown backend {b}");
+                            None
+                        }
+                    })
+                    .collect()
+            }
+            "--filter" => filter = args.next(),
+            other => println!("NGVM FAIL args: unknown argument {other}"),
+        }
+    }
+    (backends, filter)
+}
+
+#[tokio::main]
+async fn main() {
+    let (backends, filter) = parse_args();
+    let mut report = Report { passed: 0, failed: 0 };
+    for backend in backends {
+        let wanted = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
+        let trace = match Trace::start(backend).await {
+            Ok(trace) => trace,
+            Err(why) => {
+                report.verdict(&format!("{backend}/attach"), Err(why));
+                continue;
+            }
+        };
+        report.verdict(&format!("{backend}/attach"), Ok(()));
+        for (name, result) in scenarios::run_all(&trace, &wanted).await {
+            report.verdict(&format!("{backend}/{name}"), result);
+        }
+        drop(trace);
+        if wanted("cli-record-report") {
+            let result = scenarios::cli_record_report(backend).await;
+            report.verdict(&format!("{backend}/cli-record-report"), result);
+        }
+    }
+    println!("NGVM SUMMARY {} passed, {} failed", report.passed, report.failed);
+}
