@@ -204,6 +204,12 @@ async fn reconcile(shared: &Shared) {
         }
         Err(e) => tracing::error!("restore pass: {e}"),
     }
+    for relent in crate::lend::relend_persistent(shared.restorer.pool(), &mut ledger).await {
+        match relent {
+            Ok(text) => tracing::info!("{text} again"),
+            Err(e) => tracing::warn!("lending again: {e}"),
+        }
+    }
     if let Err(e) = ledger.save() {
         tracing::error!("{e}");
     }

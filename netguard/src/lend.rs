@@ -137,3 +137,28 @@ pub async fn reclaim(pool: &Pool, ledger: &mut Ledger, iface: &str) -> Result<St
     ledger.set_nic(&record.identity, NicState::Home, None, Some(home));
     Ok(format!("{} reclaimed from {} as {}", lend.name, lend.netns, record.home_name))
 }
+
+/// Lends again every NIC lent with `--persistent` that is home while a netns is at its
+/// locator again (the container was re-created): the NIC follows its container.
+pub async fn relend_persistent(pool: &Pool, ledger: &mut Ledger) -> Vec<Result<String, LendError>> {
+    let host_inode = match pool.host().await {
+        Ok(host) => host.inode,
+        Err(e) => return vec![Err(e.into())],
+    };
+    let due: Vec<(String, Lend)> = ledger
+        .nics()
+        .iter()
+        .filter_map(|nic| {
+            let lend = nic.lent.clone().filter(|l| l.persistent)?;
+            let at_home = matches!(nic.state, NicState::Home | NicState::Restored);
+            let location = nic.location.as_ref().filter(|l| l.netns.inode == host_inode && l.name == nic.home_name)?;
+            (at_home && pool.inode_at(&lend.netns).is_some()).then(|| (location.name.clone(), lend))
+        })
+        .collect();
+    let mut results = Vec::new();
+    for (name, lend) in due {
+        let Locator::Path(path) = &lend.netns else { continue };
+        results.push(self::lend(pool, ledger, &name, path, Some(&lend.name), true).await);
+    }
+    results
+}

@@ -143,10 +143,11 @@ fn nic_home(name: &str, mac: &str) -> bool {
 type Scenario = for<'a> fn(&'a Agent) -> std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + 'a>>;
 
 pub async fn run_all(backend: BackendKind, wanted: &dyn Fn(&str) -> bool) -> Vec<(&'static str, Outcome)> {
-    let scenarios: [(&'static str, Scenario); 4] = [
+    let scenarios: [(&'static str, Scenario); 5] = [
         ("agent-refund-home", |a| Box::pin(refund_home(a))),
         ("agent-two-refunds", |a| Box::pin(two_refunds(a))),
         ("agent-lend-reclaim", |a| Box::pin(lend_reclaim(a))),
+        ("agent-persistent-lend", |a| Box::pin(persistent_lend(a))),
         ("agent-driver-reload", |a| Box::pin(driver_reload(a))),
     ];
     let chosen: Vec<_> = scenarios.into_iter().filter(|(name, _)| wanted(name)).collect();
@@ -228,6 +229,23 @@ async fn lend_reclaim(agent: &Agent) -> Outcome {
     if link(Some("c3"), "eth0").is_some() {
         return Err("eth0 still in c3 after reclaim".into());
     }
+    Ok(())
+}
+
+/// A NIC lent with --persistent follows its container: home when the netns dies, lent again
+/// when a netns is re-created at the same path.
+async fn persistent_lend(agent: &Agent) -> Outcome {
+    ip(&["netns", "add", "c3"])?;
+    agent.netguard(&["lend", "eth2", "--netns", "/run/netns/c3", "--name", "eth0", "--persistent"])?;
+    ip(&["netns", "del", "c3"])?;
+    until("eth2 home after its container died", || nic_home("eth2", "52:54:00:12:34:58")).await?;
+    ip(&["netns", "add", "c3"])?;
+    let took = until("eth2 lent again as eth0 in the new c3", || {
+        link(Some("c3"), "eth0").is_some_and(|l| l["address"] == "52:54:00:12:34:58")
+    })
+    .await?;
+    println!("NGVM INFO agent: persistent lend renewed {} ms after the netns came back", took.as_millis());
+    agent.netguard(&["reclaim", "eth0"])?;
     Ok(())
 }
 
