@@ -105,6 +105,12 @@ impl Resolver {
         self.lock().host_inode
     }
 
+    /// The inode of the real init_net (where the kernel hands back physical NICs of a dying
+    /// netns), when `/proc/1/ns/net` is readable.
+    pub fn init_inode(&self) -> Option<u64> {
+        self.lock().init_inode
+    }
+
     /// Re-reads every place namespaces are found by; returns the live ones (inode -> one path
     /// that opens it), host first.
     pub fn rescan(&self) -> BTreeMap<u64, PathBuf> {
@@ -142,6 +148,12 @@ impl Resolver {
         Netns { inode, names }
     }
 
+    /// Drops the names of a netns seen dying, so that a new netns reusing its inode is not
+    /// described by them. Events made before keep their own copy.
+    pub fn forget(&self, inode: u64) {
+        self.lock().names.remove(&inode);
+    }
+
     /// Like [`describe`](Self::describe), rescanning first when the inode is unknown.
     pub fn describe_fresh(&self, inode: u64) -> Netns {
         let known = {
@@ -167,7 +179,16 @@ fn scan() -> BTreeMap<u64, Vec<PathBuf>> {
             found.entry(inode).or_default().push(path);
         }
     };
+    // /var/run is usually a link to /run: read each real directory once.
+    let mut dirs: Vec<PathBuf> = Vec::new();
     for dir in BIND_MOUNT_DIRS {
+        if let Ok(real) = std::fs::canonicalize(dir) {
+            if !dirs.contains(&real) {
+                dirs.push(real);
+            }
+        }
+    }
+    for dir in dirs {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {
                 add(entry.path());

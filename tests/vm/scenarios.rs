@@ -54,11 +54,13 @@ fn netns_inode(name: &str) -> Result<u64, String> {
 }
 
 /// Puts the guest back as it booted: eth0..eth2 home under their names, no test netns.
-fn cleanup() {
-    for ns in ["c1", "c2", "c3"] {
+pub fn cleanup() {
+    for ns in ["c1", "c2", "c3", "p1", "p2"] {
         let _ = Command::new(IP).args(["netns", "del", ns]).stderr(Stdio::null()).status();
     }
-    let _ = Command::new(IP).args(["link", "del", "mv0"]).stderr(Stdio::null()).status();
+    for link in ["mv0", "eth1.3"] {
+        let _ = Command::new(IP).args(["link", "del", link]).stderr(Stdio::null()).status();
+    }
     // Let refunds land before renaming NICs home by their MAC's last byte (…:56 eth0, :57 eth1, :58 eth2).
     std::thread::sleep(Duration::from_millis(300));
     if let Ok(out) = Command::new(IP).args(["-o", "link"]).output() {

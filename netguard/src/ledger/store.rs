@@ -1,0 +1,163 @@
+//! The ledger document on disk: `{"version", "checksum", "ledger"}`, written atomically
+//! (temp file, fsync, rename, fsync the directory) so a crash leaves the old or the new
+//! document, never a mix.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::model::LedgerContent;
+use super::LedgerError;
+
+/// The document layout this build writes and reads.
+pub const VERSION: u64 = 1;
+
+/// Why a document could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DocProblem {
+    #[error("cannot read it: {0}")]
+    Unreadable(std::io::Error),
+    #[error("it is not valid JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("it has no \"{0}\" field")]
+    MissingField(&'static str),
+    #[error("its checksum {found} does not match its content ({computed}): it was damaged or edited by hand")]
+    Checksum { found: String, computed: String },
+    #[error("its content does not fit the ledger layout: {0}")]
+    Layout(serde_json::Error),
+    #[error("it was written by a newer netguard (layout version {0}, this one reads {VERSION})")]
+    Newer(u64),
+}
+
+/// Checksum of the content as serialised from a `Value` (sorted, canonical), so it does not
+/// depend on how the file was indented.
+fn checksum(content: &Value) -> String {
+    let canonical = serde_json::to_vec(content).unwrap_or_default();
+    format!("crc32:{:08x}", crc32fast::hash(&canonical))
+}
+
+pub fn encode(content: &LedgerContent) -> Result<Vec<u8>, serde_json::Error> {
+    let value = serde_json::to_value(content)?;
+    let doc = json!({ "version": VERSION, "checksum": checksum(&value), "ledger": value });
+    let mut bytes = serde_json::to_vec_pretty(&doc)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+pub fn decode(bytes: &[u8]) -> Result<LedgerContent, DocProblem> {
+    let doc: Value = serde_json::from_slice(bytes).map_err(DocProblem::NotJson)?;
+    let version = doc.get("version").and_then(Value::as_u64).ok_or(DocProblem::MissingField("version"))?;
+    if version > VERSION {
+        return Err(DocProblem::Newer(version));
+    }
+    let found = doc.get("checksum").and_then(Value::as_str).ok_or(DocProblem::MissingField("checksum"))?;
+    let content = doc.get("ledger").ok_or(DocProblem::MissingField("ledger"))?;
+    let computed = checksum(content);
+    if found != computed {
+        return Err(DocProblem::Checksum { found: found.to_string(), computed });
+    }
+    serde_json::from_value(content.clone()).map_err(DocProblem::Layout)
+}
+
+/// Reads the document; `Ok(None)` when there is none yet.
+pub fn load(path: &Path) -> Result<Option<LedgerContent>, DocProblem> {
+    match fs::read(path) {
+        Ok(bytes) => decode(&bytes).map(Some),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(DocProblem::Unreadable(e)),
+    }
+}
+
+/// Replaces `path` with `bytes` atomically and durably.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
+    let io = |action: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |source| LedgerError::Io { action, path: p, source }
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tmp_path(path);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io("create", &tmp))?;
+    file.write_all(bytes).map_err(io("write", &tmp))?;
+    file.sync_all().map_err(io("fsync", &tmp))?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(io("rename into place", path))?;
+    sync_dir(dir)
+}
+
+/// Makes a rename or a new file in `dir` durable.
+pub fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| LedgerError::Io { action: "fsync directory", path: dir.to_path_buf(), source })
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// Moves a bad document aside, untouched, as `NAME.corrupt-<UTC time>`; returns where to.
+pub fn move_aside(path: &Path) -> Result<PathBuf, LedgerError> {
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".corrupt-{stamp}"));
+    let aside = path.with_file_name(name);
+    fs::rename(path, &aside).map_err(|source| LedgerError::Io { action: "move aside", path: path.to_path_buf(), source })?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    Ok(aside)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::testutil::{sample_content, TempDir};
+
+    #[test]
+    fn round_trip_and_checksum_catches_edits() {
+        let content = sample_content();
+        let bytes = encode(&content).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), content);
+
+        let text = String::from_utf8(bytes).unwrap();
+        let edited = text.replace("198.18.0.2/24", "198.18.0.9/24");
+        assert_ne!(edited, text);
+        let err = decode(edited.as_bytes()).unwrap_err();
+        assert!(matches!(err, DocProblem::Checksum { .. }), "{err}");
+
+        let truncated = &text.as_bytes()[..text.len() / 2];
+        assert!(matches!(decode(truncated).unwrap_err(), DocProblem::NotJson(_)));
+
+        let newer = text.replacen("\"version\": 1", "\"version\": 7", 1);
+        assert!(matches!(decode(newer.as_bytes()).unwrap_err(), DocProblem::Newer(7)));
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_temp_file_and_replaces_content() {
+        let dir = TempDir::new("store");
+        let path = dir.path().join("state.json");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert!(!tmp_path(&path).exists());
+        assert_eq!(load(&dir.path().join("absent.json")).unwrap(), None);
+    }
+
+    #[test]
+    fn moved_aside_file_keeps_its_bytes() {
+        let dir = TempDir::new("aside");
+        let path = dir.path().join("state.json");
+        fs::write(&path, b"{garbage").unwrap();
+        let aside = move_aside(&path).unwrap();
+        assert!(!path.exists());
+        assert!(aside.file_name().unwrap().to_string_lossy().starts_with("state.json.corrupt-"));
+        assert_eq!(fs::read(&aside).unwrap(), b"{garbage");
+    }
+}

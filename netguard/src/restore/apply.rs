@@ -1,0 +1,462 @@
+//! Carries out a [`Plan`] through rtnetlink (never `ip` subprocesses): items concurrently,
+//! each item's actions in order; every action idempotent (already done = done) and verified by
+//! reading the device back. A failure says what was tried, where, and what the kernel said.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVlan};
+use serde::Serialize;
+
+use super::plan::{Action, Item, Plan, Target, Verdict};
+use crate::inventory::{macvlan_mode_to, LiveLink, NetnsConn, Pool};
+use crate::ledger::{LinkKey, Locator, Mac, RouteSpec, VlanProtocol};
+
+/// One failed action: what was tried, on which netns and device, and what the kernel said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{tried} (netns {netns}, device {device}) failed: {kernel}")]
+pub struct ActionError {
+    pub tried: String,
+    pub netns: String,
+    pub device: String,
+    pub kernel: String,
+}
+
+/// How one plan item ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Intact,
+    Restored,
+    Waiting,
+    Conflict,
+    Failed,
+    Lent,
+    Lost,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ItemResult {
+    pub target: Target,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Actions carried out and verified, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub applied: Vec<Action>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ActionError>,
+}
+
+impl ItemResult {
+    fn unapplied(item: &Item, outcome: Outcome, reason: Option<String>) -> ItemResult {
+        ItemResult { target: item.target.clone(), outcome, reason, applied: vec![], error: None }
+    }
+}
+
+/// Devices read back during one item, by netns and name: later actions of the same item start
+/// from what the last read-back said instead of asking again.
+type Seen = HashMap<(Locator, String), LiveLink>;
+
+pub struct Executor {
+    pool: Arc<Pool>,
+    concurrency: usize,
+}
+
+impl Executor {
+    pub fn new(pool: Arc<Pool>, concurrency: usize) -> Executor {
+        Executor { pool, concurrency: concurrency.max(1) }
+    }
+
+    /// Runs every item; an item with `after` runs once that item is done, and waits (does
+    /// nothing) if it did not end intact or restored. Results are in plan order.
+    pub async fn apply(&self, plan: &Plan) -> Vec<ItemResult> {
+        let key_of = |item: &Item| match &item.target {
+            Target::Link { key, .. } => Some(key.clone()),
+            Target::Nic { .. } => None,
+        };
+        let mut results: Vec<Option<ItemResult>> = vec![None; plan.items.len()];
+        let mut done: HashMap<LinkKey, (Outcome, Option<String>)> = HashMap::new();
+        loop {
+            let mut ready = Vec::new();
+            for (i, item) in plan.items.iter().enumerate() {
+                if results[i].is_some() {
+                    continue;
+                }
+                match item.after.as_ref().map(|dep| done.get(dep)) {
+                    None => ready.push(i),
+                    Some(None) => {}
+                    Some(Some((Outcome::Intact | Outcome::Restored, _))) => ready.push(i),
+                    Some(Some((outcome, why))) => {
+                        let dep = item.after.as_ref().map(ToString::to_string).unwrap_or_default();
+                        let why = format!("waits for its parent {dep}, which is {outcome:?}: {}", why.as_deref().unwrap_or("-"));
+                        results[i] = Some(ItemResult::unapplied(item, Outcome::Waiting, Some(why)));
+                    }
+                }
+            }
+            if ready.is_empty() {
+                break;
+            }
+            let finished: Vec<(usize, ItemResult)> = futures::stream::iter(ready)
+                .map(|i| async move { (i, self.run_item(&plan.items[i]).await) })
+                .buffer_unordered(self.concurrency)
+                .collect()
+                .await;
+            for (i, result) in finished {
+                if let Some(key) = key_of(&plan.items[i]) {
+                    done.insert(key, (result.outcome, result.reason.clone()));
+                }
+                results[i] = Some(result);
+            }
+        }
+        // Whatever is left waits on something that never ran (a cycle, or a dependency
+        // outside the plan).
+        results
+            .into_iter()
+            .zip(&plan.items)
+            .map(|(r, item)| {
+                r.unwrap_or_else(|| {
+                    ItemResult::unapplied(item, Outcome::Waiting, Some("waits for a parent that was not planned".into()))
+                })
+            })
+            .collect()
+    }
+
+    async fn run_item(&self, item: &Item) -> ItemResult {
+        let outcome = match item.verdict {
+            Verdict::Intact => Outcome::Intact,
+            Verdict::Waiting => Outcome::Waiting,
+            Verdict::Conflict => Outcome::Conflict,
+            Verdict::Lent => Outcome::Lent,
+            Verdict::Lost => Outcome::Lost,
+            Verdict::Repair => Outcome::Restored,
+        };
+        let mut result = ItemResult::unapplied(item, outcome, item.reason.clone());
+        if item.verdict != Verdict::Repair {
+            return result;
+        }
+        let mut seen = Seen::new();
+        for action in &item.actions {
+            match self.run(action, &mut seen).await {
+                Ok(()) => {
+                    tracing::info!("{}: {action}", item.target);
+                    result.applied.push(action.clone());
+                }
+                Err(e) => {
+                    tracing::warn!("{}: {e}", item.target);
+                    result.outcome = Outcome::Failed;
+                    result.reason = Some(e.to_string());
+                    result.error = Some(e);
+                    break;
+                }
+            }
+        }
+        result
+    }
+
+    /// Carries out one action and reads the result back.
+    async fn run(&self, action: &Action, seen: &mut Seen) -> Result<(), ActionError> {
+        let fail = |kernel: String| ActionError {
+            tried: action.to_string(),
+            netns: action.netns().to_string(),
+            device: action.device().to_string(),
+            kernel,
+        };
+        let conn = self.conn(action.netns()).await.map_err(fail)?;
+        let ctx = Ctx { conn: &conn, fail: &fail };
+        match action {
+            Action::SetUp { netns, dev } | Action::SetDown { netns, dev } => {
+                let want = matches!(action, Action::SetUp { .. });
+                let link = ctx.need(netns, dev, seen).await?;
+                if link.up != want {
+                    let msg = LinkUnspec::new_with_index(link.ifindex);
+                    let msg = if want { msg.up() } else { msg.down() };
+                    ctx.kernel(conn.handle().link().set(msg.build()).execute().await)?;
+                }
+                ctx.verify(netns, link.ifindex, seen, |l| l.up == want, "admin state unchanged").await
+            }
+            Action::Rename { netns, dev, to } => {
+                let link = ctx.need(netns, dev, seen).await?;
+                if link.name != *to {
+                    let msg = LinkUnspec::new_with_index(link.ifindex).name(to.clone()).build();
+                    ctx.kernel(conn.handle().link().set(msg).execute().await)?;
+                }
+                seen.remove(&(netns.clone(), dev.clone()));
+                ctx.verify(netns, link.ifindex, seen, |l| l.name == *to, "name unchanged").await
+            }
+            Action::SetMaster { netns, dev, master } => {
+                let link = ctx.need(netns, dev, seen).await?;
+                let bridge = ctx.need(netns, master, seen).await?;
+                if link.master != Some(bridge.ifindex) {
+                    let msg = LinkUnspec::new_with_index(link.ifindex).controller(bridge.ifindex).build();
+                    ctx.kernel(conn.handle().link().set(msg).execute().await)?;
+                }
+                ctx.verify(netns, link.ifindex, seen, |l| l.master == Some(bridge.ifindex), "not a port of it").await
+            }
+            Action::SetMac { netns, dev, mac } => {
+                let link = ctx.need(netns, dev, seen).await?;
+                if link.mac != Some(*mac) {
+                    let msg = LinkUnspec::new_with_index(link.ifindex).address(mac.0.to_vec()).build();
+                    ctx.kernel(conn.handle().link().set(msg).execute().await)?;
+                }
+                ctx.verify(netns, link.ifindex, seen, |l| l.mac == Some(*mac), "MAC unchanged").await
+            }
+            Action::SetMtu { netns, dev, mtu } => {
+                let link = ctx.need(netns, dev, seen).await?;
+                if link.mtu != Some(*mtu) {
+                    let msg = LinkUnspec::new_with_index(link.ifindex).mtu(*mtu).build();
+                    ctx.kernel(conn.handle().link().set(msg).execute().await)?;
+                }
+                ctx.verify(netns, link.ifindex, seen, |l| l.mtu == Some(*mtu), "MTU unchanged").await
+            }
+            Action::DeleteStaleVeth { netns, dev, mac } => {
+                let Some(link) = ctx.get(netns, dev, seen).await? else { return Ok(()) };
+                if link.kind.as_deref() != Some("veth") || (mac.is_some() && link.mac != *mac) {
+                    return Err(fail(format!("{dev} is no longer the stale veth (kind {:?}, MAC {:?}): left alone", link.kind, link.mac)));
+                }
+                match conn.handle().link().del(link.ifindex).execute().await {
+                    Err(e) if errno(&e) == Some(libc::ENODEV) => {}
+                    other => ctx.kernel(other)?,
+                }
+                seen.remove(&(netns.clone(), dev.clone()));
+                match conn.get_link(link.ifindex).await.map_err(|e| fail(e.to_string()))? {
+                    None => Ok(()),
+                    Some(_) => Err(fail("still there after the kernel accepted the delete".into())),
+                }
+            }
+            Action::CreateVeth { netns, name, mac, mtu, peer, peer_netns, peer_mac, peer_mtu } => {
+                let peer_conn = self.conn(peer_netns).await.map_err(fail)?;
+                let mut peer_msg = LinkUnspec::new_with_name(peer);
+                if peer_netns != netns {
+                    // Created directly in its netns: never visible, even briefly, in ours.
+                    peer_msg = peer_msg.setns_by_fd(peer_conn.fd());
+                }
+                let peer_msg = with_mac_mtu(peer_msg, peer_mac, peer_mtu).build();
+                let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+                    .name(name.clone())
+                    .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)));
+                let msg = with_mac_mtu(msg, mac, mtu).build();
+                ctx.created(conn.handle().link().add(msg).execute().await)?;
+                let ours = ctx.verify_new(netns, name, "veth", mac, seen).await?;
+                let peer_ctx = Ctx { conn: &peer_conn, fail: &fail };
+                let theirs = peer_ctx.verify_new(peer_netns, peer, "veth", peer_mac, seen).await?;
+                if ours.link != Some(theirs.ifindex) {
+                    return Err(fail(format!("{name} and {peer} exist but are not peers of each other")));
+                }
+                Ok(())
+            }
+            Action::CreateVlan { parent_netns, parent, netns, name, id, protocol, mac, mtu } => {
+                let lower = ctx.need(parent_netns, parent, seen).await?;
+                let proto = match protocol {
+                    VlanProtocol::Dot1q => netlink_packet_route::link::VlanProtocol::Ieee8021Q,
+                    VlanProtocol::Dot1ad => netlink_packet_route::link::VlanProtocol::Ieee8021Ad,
+                };
+                let msg = LinkVlan::new(name, lower.ifindex, *id).protocol(proto);
+                self.create_stacked(&ctx, msg, parent_netns, netns, name, "vlan", mac, mtu, seen).await
+            }
+            Action::CreateMacvlan { parent_netns, parent, netns, name, mode, mac, mtu } => {
+                let lower = ctx.need(parent_netns, parent, seen).await?;
+                let msg = LinkMacVlan::new(name, lower.ifindex, macvlan_mode_to(*mode));
+                self.create_stacked(&ctx, msg, parent_netns, netns, name, "macvlan", mac, mtu, seen).await
+            }
+            Action::AddAddress { netns, dev, addr } => {
+                let link = ctx.need(netns, dev, seen).await?;
+                let added = conn.handle().address().add(link.ifindex, addr.addr, addr.prefix).execute().await;
+                ctx.created(added)?;
+                let now = conn.addresses_of_link(link.ifindex).await.map_err(|e| fail(e.to_string()))?;
+                if now.contains(addr) {
+                    Ok(())
+                } else {
+                    Err(fail(format!("the kernel accepted it but {dev} has {now:?}")))
+                }
+            }
+            Action::AddRoute { netns, dev, route } => {
+                let link = ctx.need(netns, dev, seen).await?;
+                ctx.created(conn.handle().route().add(route_message(route, link.ifindex)).execute().await)?;
+                let now = conn.routes_of_link(link.ifindex, route.dst.addr).await.map_err(|e| fail(e.to_string()))?;
+                if now.has_route(link.ifindex, route) {
+                    Ok(())
+                } else {
+                    Err(fail("the kernel accepted it but the route is not there".into()))
+                }
+            }
+        }
+    }
+
+    /// A vlan or macvlan: sent to the parent's netns, created directly in `netns`.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_stacked<T>(
+        &self,
+        ctx: &Ctx<'_, impl Fn(String) -> ActionError>,
+        msg: LinkMessageBuilder<T>,
+        parent_netns: &Locator,
+        netns: &Locator,
+        name: &str,
+        kind: &str,
+        mac: &Option<Mac>,
+        mtu: &Option<u32>,
+        seen: &mut Seen,
+    ) -> Result<(), ActionError> {
+        let target = self.conn(netns).await.map_err(ctx.fail)?;
+        let msg = if netns != parent_netns { msg.setns_by_fd(target.fd()) } else { msg };
+        let msg = with_mac_mtu(msg, mac, mtu).build();
+        ctx.created(ctx.conn.handle().link().add(msg).execute().await)?;
+        Ctx { conn: &target, fail: ctx.fail }.verify_new(netns, name, kind, mac, seen).await.map(|_| ())
+    }
+
+    async fn conn(&self, netns: &Locator) -> Result<Arc<NetnsConn>, String> {
+        self.pool.get(netns).await.map_err(|e| e.to_string())
+    }
+}
+
+/// One action's connection and how it reports failure.
+struct Ctx<'a, F: Fn(String) -> ActionError> {
+    conn: &'a NetnsConn,
+    fail: &'a F,
+}
+
+impl<F: Fn(String) -> ActionError> Ctx<'_, F> {
+    async fn get(&self, netns: &Locator, name: &str, seen: &mut Seen) -> Result<Option<LiveLink>, ActionError> {
+        if let Some(link) = seen.get(&(netns.clone(), name.to_string())) {
+            return Ok(Some(link.clone()));
+        }
+        let link = self.conn.get_link_by_name(name).await.map_err(|e| (self.fail)(e.to_string()))?;
+        if let Some(l) = &link {
+            seen.insert((netns.clone(), name.to_string()), l.clone());
+        }
+        Ok(link)
+    }
+
+    async fn need(&self, netns: &Locator, name: &str, seen: &mut Seen) -> Result<LiveLink, ActionError> {
+        self.get(netns, name, seen).await?.ok_or_else(|| (self.fail)(format!("there is no device {name} in {netns}")))
+    }
+
+    fn kernel(&self, result: Result<(), rtnetlink::Error>) -> Result<(), ActionError> {
+        result.map_err(|e| (self.fail)(kernel_says(&e)))
+    }
+
+    /// A create/add the kernel may find already done (EEXIST): the read-back decides.
+    fn created(&self, result: Result<(), rtnetlink::Error>) -> Result<(), ActionError> {
+        match result {
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            other => self.kernel(other),
+        }
+    }
+
+    async fn verify(
+        &self,
+        netns: &Locator,
+        ifindex: u32,
+        seen: &mut Seen,
+        ok: impl Fn(&LiveLink) -> bool,
+        otherwise: &str,
+    ) -> Result<(), ActionError> {
+        let link = self.conn.get_link(ifindex).await.map_err(|e| (self.fail)(e.to_string()))?;
+        let Some(link) = link else {
+            return Err((self.fail)(format!("device (ifindex {ifindex}) vanished")));
+        };
+        let good = ok(&link);
+        seen.insert((netns.clone(), link.name.clone()), link);
+        if good {
+            Ok(())
+        } else {
+            Err((self.fail)(format!("the kernel accepted it but on reading back: {otherwise}")))
+        }
+    }
+
+    async fn verify_new(
+        &self,
+        netns: &Locator,
+        name: &str,
+        kind: &str,
+        mac: &Option<Mac>,
+        seen: &mut Seen,
+    ) -> Result<LiveLink, ActionError> {
+        let link = self.conn.get_link_by_name(name).await.map_err(|e| (self.fail)(e.to_string()))?;
+        let Some(link) = link else {
+            return Err((self.fail)(format!("{name} is not in {netns} after the kernel accepted it")));
+        };
+        if link.kind.as_deref() != Some(kind) || (mac.is_some() && link.mac != *mac) {
+            return Err((self.fail)(format!(
+                "{name} in {netns} is a {} with MAC {}, not the {kind} asked for",
+                link.kind.as_deref().unwrap_or("device"),
+                link.mac.map(|m| m.to_string()).unwrap_or_else(|| "-".into())
+            )));
+        }
+        seen.insert((netns.clone(), name.to_string()), link.clone());
+        Ok(link)
+    }
+}
+
+fn with_mac_mtu<T>(msg: LinkMessageBuilder<T>, mac: &Option<Mac>, mtu: &Option<u32>) -> LinkMessageBuilder<T> {
+    let msg = match mac {
+        Some(mac) => msg.address(mac.0.to_vec()),
+        None => msg,
+    };
+    match mtu {
+        Some(mtu) => msg.mtu(*mtu),
+        None => msg,
+    }
+}
+
+/// `ip route add` of one route through `oif` (main table, proto boot as iproute2 does).
+fn route_message(route: &RouteSpec, oif: u32) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = if route.dst.addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    msg.header.destination_prefix_length = route.dst.prefix;
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::Boot;
+    msg.header.kind = RouteType::Unicast;
+    msg.header.scope = if route.gateway.is_some() { RouteScope::Universe } else { RouteScope::Link };
+    if route.onlink {
+        msg.header.flags |= RouteFlags::Onlink;
+    }
+    if route.dst.prefix > 0 {
+        msg.attributes.push(RouteAttribute::Destination(RouteAddress::from(route.dst.network().addr)));
+    }
+    if let Some(gw) = route.gateway {
+        msg.attributes.push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+    }
+    msg.attributes.push(RouteAttribute::Oif(oif));
+    if let Some(metric) = route.metric {
+        msg.attributes.push(RouteAttribute::Priority(metric));
+    }
+    msg
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
+    }
+}
+
+/// The kernel's answer in words (`File exists (os error 17)`), not the library's wrapping.
+fn kernel_says(e: &rtnetlink::Error) -> String {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.to_io().to_string(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_built_like_ip_route_add() {
+        let default = RouteSpec { dst: "0.0.0.0/0".parse().unwrap(), gateway: Some("198.18.0.1".parse().unwrap()), onlink: false, metric: None };
+        let msg = route_message(&default, 7);
+        assert_eq!(msg.header.scope, RouteScope::Universe);
+        assert!(!msg.attributes.iter().any(|a| matches!(a, RouteAttribute::Destination(_))));
+        let subnet = RouteSpec { dst: "198.18.5.9/24".parse().unwrap(), gateway: None, onlink: false, metric: Some(10) };
+        let msg = route_message(&subnet, 7);
+        assert_eq!(msg.header.scope, RouteScope::Link);
+        assert!(msg.attributes.contains(&RouteAttribute::Destination(RouteAddress::Inet("198.18.5.0".parse().unwrap()))));
+        assert!(msg.attributes.contains(&RouteAttribute::Priority(10)));
+    }
+}

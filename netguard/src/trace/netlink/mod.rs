@@ -1,0 +1,298 @@
+//! The rtnetlink backend: RTNLGRP_LINK of the host netns and of every netns it can find.
+//!
+//! A socket opened inside a container netns would keep that netns alive, and with it the very
+//! behaviour we observe (a lent NIC comes back only when its netns dies). So both sockets live
+//! in the host netns: the listener uses NETLINK_LISTEN_ALL_NSID, which delivers notifications
+//! of every netns that has an nsid in the host netns, tagged with it. We give every netns we
+//! find an nsid, dump its links by that nsid, and learn of its death from RTM_DELNSID (the
+//! kernel drops the nsid as cleanup_net begins).
+
+mod socket;
+mod track;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use netlink_packet_route::link::LinkMessage;
+use netlink_packet_route::RouteNetlinkMessage;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+
+use crate::event::Event;
+use crate::netns::{self, NetnsError, Resolver};
+use crate::trace::{Running, TraceOptions};
+use socket::{Listener, Received, Requests};
+use track::{Tracker, UnknownNsid};
+
+/// How often to look for namespaces created since (they send nothing until they have an nsid).
+const RESCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// Events waiting for the consumer; when full the listener stops reading and the kernel
+/// queues, then overruns.
+const CHANNEL: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("cannot open an rtnetlink socket in the host netns: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("cannot read the links of the host netns: {0}")]
+    HostDump(#[source] std::io::Error),
+    #[error("rtnetlink request failed: {0}")]
+    Request(#[source] std::io::Error),
+}
+
+/// Starts listening; `Err` is the reason in plain words.
+pub async fn start(options: &TraceOptions, resolver: Resolver) -> Result<Running, String> {
+    start_listening(options, resolver).await.map_err(|err| err.to_string())
+}
+
+async fn start_listening(options: &TraceOptions, resolver: Resolver) -> Result<Running, NetlinkError> {
+    let runtime = tokio::runtime::Handle::current();
+    let open = move || {
+        let _context = runtime.enter();
+        socket::open()
+    };
+    let opened = match &options.host_netns {
+        Some(path) => netns::run_in(path, open)?,
+        None => open(),
+    };
+    let (listener, connection, mut requests) = opened.map_err(NetlinkError::Socket)?;
+    let listener = Listener::new(listener).map_err(NetlinkError::Socket)?;
+    let connection = AbortOnDrop(tokio::spawn(connection));
+
+    let host = resolver.host_inode();
+    let init = resolver.init_inode().unwrap_or(host);
+    let mut tracker = Tracker::new(resolver.clone(), host, init);
+    // The listener is subscribed already, so nothing falls between this dump and it.
+    let links = requests.dump_links(None).await.map_err(NetlinkError::HostDump)?;
+    let host_path = options.host_netns.as_deref().unwrap_or(Path::new("/proc/self/ns/net"));
+    // Rare, but a host that gave itself an nsid tags its own notifications with it.
+    let own_nsid = match netns::open(host_path) {
+        Ok(file) => requests.nsid(&file).await.ok().flatten(),
+        Err(_) => None,
+    };
+    tracker.add_netns(host, own_nsid, &links, false, Instant::now());
+
+    let (events, receiver) = mpsc::channel(CHANNEL);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let mut driver = Driver {
+        tracker,
+        resolver,
+        listener,
+        requests,
+        events,
+        dropped: dropped.clone(),
+        unresolved: HashSet::new(),
+        started: false,
+        resync_due: false,
+    };
+    driver.discover().await;
+    driver.started = true;
+    let driver = AbortOnDrop(tokio::spawn(driver.run()));
+    Ok(Running {
+        events: receiver,
+        dropped: Box::new(move || dropped.load(Ordering::Relaxed)),
+        keep_alive: Box::new((driver, connection)),
+    })
+}
+
+/// Stops a task when the tracer is dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Owns the sockets and the tracker; feeds one to the other and events to the channel.
+struct Driver {
+    tracker: Tracker,
+    resolver: Resolver,
+    listener: Listener,
+    requests: Requests,
+    events: mpsc::Sender<Event>,
+    dropped: Arc<AtomicU64>,
+    /// nsids a rescan could not place since the last periodic rescan: not worth another.
+    unresolved: HashSet<i32>,
+    /// Past the first discovery: what new namespaces hold was made while we watched.
+    started: bool,
+    /// Notifications were lost: re-read every netns once the queue is drained.
+    resync_due: bool,
+}
+
+enum Wake {
+    Received(std::io::Result<Received>),
+    Rescan,
+    Deadline,
+}
+
+/// The driver's steps return whether to go on: `false` once the consumer is gone or the
+/// listener failed.
+impl Driver {
+    async fn run(mut self) {
+        let mut rescan = tokio::time::interval_at(tokio::time::Instant::now() + RESCAN_EVERY, RESCAN_EVERY);
+        rescan.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let deadline = self.tracker.next_deadline();
+            let wake = tokio::select! {
+                received = self.listener.recv() => Wake::Received(received),
+                _ = rescan.tick() => Wake::Rescan,
+                _ = sleep_until(deadline) => Wake::Deadline,
+            };
+            let go_on = match wake {
+                Wake::Received(received) => self.received(received).await,
+                Wake::Rescan => {
+                    self.unresolved.clear();
+                    self.discover().await
+                }
+                // A move whose destination we did not hear from may have gone to a netns
+                // that is new to us: look before giving up on it.
+                Wake::Deadline => {
+                    self.discover().await && {
+                        let events = self.tracker.expire(Instant::now());
+                        self.emit(events).await
+                    }
+                }
+            };
+            if !go_on {
+                return;
+            }
+            // What is still queued after an overrun predates the loss: apply it first, so
+            // that the re-read comes last and nothing older overwrites it.
+            while self.resync_due {
+                let go_on = match self.listener.try_recv() {
+                    Some(received) => self.received(received).await,
+                    None => {
+                        self.resync_due = false;
+                        self.resync().await
+                    }
+                };
+                if !go_on {
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, messages: Vec<(Option<i32>, RouteNetlinkMessage)>) -> bool {
+        for (nsid, message) in messages {
+            let events = match self.tracker.on_message(nsid, &message, Instant::now()) {
+                Ok(events) => events,
+                Err(UnknownNsid(id)) if self.unresolved.insert(id) => {
+                    // Somebody else gave a netns new to us an nsid before our rescan did.
+                    if !self.discover().await {
+                        return false;
+                    }
+                    self.tracker.on_message(nsid, &message, Instant::now()).unwrap_or_else(|err| {
+                        tracing::debug!("{err}: message skipped");
+                        Vec::new()
+                    })
+                }
+                Err(err) => {
+                    tracing::debug!("{err}: message skipped");
+                    Vec::new()
+                }
+            };
+            if !self.emit(events).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn received(&mut self, received: std::io::Result<Received>) -> bool {
+        match received {
+            Ok(Received::Messages(messages)) => self.handle(messages).await,
+            // The kernel does not say how many notifications it dropped: each overrun counts one.
+            Ok(Received::Overrun) => {
+                let overruns = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!("rtnetlink overrun (ENOBUFS): events were lost; re-reading the links of every watched netns ({overruns} overruns so far)");
+                self.resync_due = true;
+                true
+            }
+            Err(err) => {
+                tracing::error!("the rtnetlink listener failed, the netlink tracer stops: {err}");
+                false
+            }
+        }
+    }
+
+    /// After an overrun: re-reads every watched netns and reports the difference.
+    async fn resync(&mut self) -> bool {
+        let mut dumps = Vec::new();
+        let mut gone = Vec::new();
+        for (netns, nsid) in self.tracker.watched() {
+            match self.requests.dump_links(nsid).await {
+                Ok(links) => dumps.push((netns, links)),
+                // The kernel rejects an nsid nobody carries: that netns died unseen.
+                Err(err) if nsid.is_some() && err.raw_os_error() == Some(libc::EINVAL) => gone.push(netns),
+                Err(err) => tracing::warn!("cannot re-read the links of netns {netns}: {err}"),
+            }
+        }
+        let now = Instant::now();
+        let mut events: Vec<Event> = gone.into_iter().flat_map(|netns| self.tracker.teardown(netns, now)).collect();
+        events.extend(self.tracker.resync(dumps, now));
+        self.emit(events).await && self.discover().await
+    }
+
+    /// Finds namespaces not watched yet, gives each an nsid in the host netns and reads its
+    /// links.
+    async fn discover(&mut self) -> bool {
+        let resolver = self.resolver.clone();
+        let live = match tokio::task::spawn_blocking(move || resolver.rescan()).await {
+            Ok(live) => live,
+            Err(err) => {
+                tracing::warn!("netns rescan failed: {err}");
+                return true;
+            }
+        };
+        let mut events = Vec::new();
+        for (inode, path) in live {
+            if self.tracker.knows(inode) {
+                continue;
+            }
+            match self.watch(&path).await {
+                Ok((nsid, links)) => {
+                    events.extend(self.tracker.add_netns(inode, Some(nsid), &links, self.started, Instant::now()))
+                }
+                // It may have died since the scan; the next rescan tries again otherwise.
+                Err(err) => tracing::debug!("not watching netns {}: {err}", path.display()),
+            }
+        }
+        self.emit(events).await
+    }
+
+    async fn watch(&mut self, path: &Path) -> Result<(i32, Vec<LinkMessage>), NetlinkError> {
+        // Open only as long as the kernel needs the fd: a held fd would keep the netns alive.
+        let nsid = {
+            let file = netns::open(path)?;
+            self.requests.nsid_assigned(&file).await.map_err(NetlinkError::Request)?
+        };
+        let links = self.requests.dump_links(Some(nsid)).await.map_err(NetlinkError::Request)?;
+        Ok((nsid, links))
+    }
+
+    async fn emit(&mut self, events: Vec<Event>) -> bool {
+        for event in events {
+            tracing::debug!(?event, "netlink event");
+            if self.events.send(event).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

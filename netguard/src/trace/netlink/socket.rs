@@ -1,0 +1,288 @@
+//! The two rtnetlink sockets of the backend, both in the host netns: one listening to
+//! RTNLGRP_LINK and RTNLGRP_NSID of every netns that has an nsid there, one for requests
+//! (nsid assignment, link dumps of other namespaces by nsid).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use futures::StreamExt;
+use netlink_packet_core::{
+    NetlinkBuffer, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_ECHO, NLM_F_REQUEST,
+};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::protocols::NETLINK_ROUTE;
+use netlink_sys::{Socket, SocketAddr};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use super::track::nsid_of;
+
+/// Notifications are queued here while we dump or wait on a full event channel; what does
+/// not fit is an overrun (ENOBUFS).
+const RECEIVE_BUFFER: libc::c_int = 8 << 20;
+
+/// One datagram holds one notification skb (a few KiB for a link); this is ample.
+const DATAGRAM: usize = 64 << 10;
+
+/// The connection the request socket runs on; spawn it.
+pub(super) type Connection = rtnetlink::proto::Connection<RouteNetlinkMessage>;
+
+/// Opens both sockets in the calling thread's netns. Must run inside a tokio runtime context.
+pub(super) fn open() -> io::Result<(Socket, Connection, Requests)> {
+    let listener = listening_socket()?;
+    let (connection, handle, _unsolicited) = rtnetlink::new_connection()?;
+    Ok((listener, connection, Requests(handle)))
+}
+
+fn listening_socket() -> io::Result<Socket> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind(&SocketAddr::new(0, 0))?;
+    socket.add_membership(libc::RTNLGRP_LINK)?;
+    socket.add_membership(libc::RTNLGRP_NSID)?;
+    socket.set_listen_all_namespaces(true)?;
+    // SO_RCVBUFFORCE goes past net.core.rmem_max (we are root); SO_RCVBUF is the fallback.
+    let size = RECEIVE_BUFFER;
+    // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int and its size.
+    let forced = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if forced != 0 {
+        socket.set_rx_buf_sz(size)?;
+    }
+    socket.set_non_blocking(true)?;
+    Ok(socket)
+}
+
+/// What one read of the listening socket gave.
+pub(super) enum Received {
+    /// Messages, each with the nsid of the netns it came from (`None`: the host netns).
+    Messages(Vec<(Option<i32>, RouteNetlinkMessage)>),
+    /// The kernel dropped notifications for us (ENOBUFS, or one did not fit our buffer).
+    Overrun,
+}
+
+/// The listening socket.
+pub(super) struct Listener {
+    socket: AsyncFd<Socket>,
+    buf: Vec<u8>,
+}
+
+impl Listener {
+    /// Registers the socket from [`open`] with the runtime.
+    pub(super) fn new(socket: Socket) -> io::Result<Listener> {
+        // SAFETY: the Socket owns its fd until it is dropped with the AsyncFd, and always
+        // reports that same fd.
+        let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }?;
+        Ok(Listener { socket, buf: vec![0; DATAGRAM] })
+    }
+
+    /// The next datagram. Cancel-safe: a datagram is read only once it is ready.
+    pub(super) async fn recv(&mut self) -> io::Result<Received> {
+        loop {
+            let mut ready = self.socket.readable().await?;
+            let fd = self.socket.get_ref().as_raw_fd();
+            match ready.try_io(|_| read(fd, &mut self.buf)) {
+                Ok(received) => return received,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// The next datagram if one is queued already.
+    pub(super) fn try_recv(&mut self) -> Option<io::Result<Received>> {
+        match read(self.socket.get_ref().as_raw_fd(), &mut self.buf) {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => None,
+            other => Some(other),
+        }
+    }
+}
+
+fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
+    match recv_tagged(fd, buf) {
+        Ok(Datagram { truncated: true, .. }) => Ok(Received::Overrun),
+        Ok(Datagram { len, nsid, .. }) => {
+            Ok(Received::Messages(parse_datagram(&buf[..len]).into_iter().map(|m| (nsid, m)).collect()))
+        }
+        Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => Ok(Received::Overrun),
+        Err(err) => Err(err),
+    }
+}
+
+struct Datagram {
+    len: usize,
+    truncated: bool,
+    nsid: Option<i32>,
+}
+
+/// One `recvmsg`, returning the NETLINK_LISTEN_ALL_NSID tag the kernel attaches to
+/// notifications from other namespaces.
+fn recv_tagged(fd: RawFd, buf: &mut [u8]) -> io::Result<Datagram> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // u64 elements keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    header.msg_iov = &mut iov;
+    header.msg_iovlen = 1;
+    header.msg_control = control.as_mut_ptr().cast();
+    header.msg_controllen = size_of_val(&control) as _;
+    // SAFETY: the header points at `buf` and `control`, both alive and of the sizes given.
+    let len = unsafe { libc::recvmsg(fd, &mut header, 0) };
+    if len < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut nsid = None;
+    // SAFETY: the kernel filled the control buffer and msg_controllen; the CMSG macros walk it
+    // within those bounds, and the data is read unaligned.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&header);
+        while !cmsg.is_null() {
+            let level_type = ((*cmsg).cmsg_level, (*cmsg).cmsg_type);
+            if level_type == (libc::SOL_NETLINK, libc::NETLINK_LISTEN_ALL_NSID) {
+                nsid = Some(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>()));
+            }
+            cmsg = libc::CMSG_NXTHDR(&header, cmsg);
+        }
+    }
+    Ok(Datagram { len: len as usize, truncated: header.msg_flags & libc::MSG_TRUNC != 0, nsid })
+}
+
+/// The rtnetlink messages in one datagram; what does not decode is logged and skipped.
+fn parse_datagram(mut bytes: &[u8]) -> Vec<RouteNetlinkMessage> {
+    let mut messages = Vec::new();
+    while !bytes.is_empty() {
+        let len = match NetlinkBuffer::new_checked(bytes) {
+            Ok(buffer) => buffer.length() as usize,
+            Err(err) => {
+                tracing::warn!("malformed rtnetlink datagram, rest skipped: {err}");
+                break;
+            }
+        };
+        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len]) {
+            Ok(NetlinkMessage { payload: NetlinkPayload::InnerMessage(message), .. }) => messages.push(message),
+            Ok(_) => {}
+            Err(err) => tracing::warn!("undecodable rtnetlink message skipped: {err}"),
+        }
+        // Messages are 4-byte aligned within a datagram.
+        bytes = bytes.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    messages
+}
+
+/// Requests to the kernel from the host netns.
+pub(super) struct Requests(rtnetlink::Handle);
+
+impl Requests {
+    /// The nsid of the netns `file` opens, assigning one (in the host netns) if it has none.
+    pub(super) async fn nsid_assigned(&mut self, netns: &File) -> io::Result<i32> {
+        let mut assign = NsidMessage::default();
+        assign.attributes = vec![NsidAttribute::Fd(netns.as_raw_fd() as u32), NsidAttribute::Id(-1)];
+        // With NLM_F_ECHO the kernel answers with the id it picked; EEXIST: it had one.
+        let echoed = match self.call(RouteNetlinkMessage::NewNsId(assign), NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO).await
+        {
+            Ok(replies) => nsid_in(&replies),
+            Err(err) if err.raw_os_error() == Some(libc::EEXIST) => None,
+            Err(err) => return Err(err),
+        };
+        let nsid = match echoed {
+            Some(id) => Some(id),
+            None => self.nsid(netns).await?,
+        };
+        nsid.ok_or_else(|| io::Error::other("the kernel assigned no nsid"))
+    }
+
+    /// The nsid of the netns `file` opens, if it has one in the host netns.
+    pub(super) async fn nsid(&mut self, netns: &File) -> io::Result<Option<i32>> {
+        let mut query = NsidMessage::default();
+        query.attributes = vec![NsidAttribute::Fd(netns.as_raw_fd() as u32)];
+        Ok(nsid_in(&self.call(RouteNetlinkMessage::GetNsId(query), NLM_F_REQUEST).await?))
+    }
+
+    /// Every link of the host netns (`None`) or of the netns with that nsid.
+    pub(super) async fn dump_links(&mut self, nsid: Option<i32>) -> io::Result<Vec<LinkMessage>> {
+        let mut request = LinkMessage::default();
+        if let Some(id) = nsid {
+            request.attributes.push(LinkAttribute::IfNetnsId(id));
+        }
+        let replies = self.call(RouteNetlinkMessage::GetLink(request), NLM_F_REQUEST | NLM_F_DUMP).await?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|reply| match reply {
+                RouteNetlinkMessage::NewLink(link) => Some(link),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn call(&mut self, message: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+        let mut request = NetlinkMessage::from(message);
+        request.header.flags = flags;
+        let mut responses =
+            self.0.request(request).map_err(|_| io::Error::other("the rtnetlink request socket is closed"))?;
+        let mut replies = Vec::new();
+        while let Some(response) = responses.next().await {
+            match response.payload {
+                NetlinkPayload::InnerMessage(reply) => replies.push(reply),
+                NetlinkPayload::Error(err) if err.code.is_some() => return Err(err.to_io()),
+                _ => {}
+            }
+        }
+        Ok(replies)
+    }
+}
+
+/// The assigned nsid an RTM_NEWNSID reply carries (the kernel says -1 for none).
+fn nsid_in(replies: &[RouteNetlinkMessage]) -> Option<i32> {
+    replies
+        .iter()
+        .filter_map(|reply| match reply {
+            RouteNetlinkMessage::NewNsId(msg) => nsid_of(msg),
+            _ => None,
+        })
+        .find(|id| *id >= 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of(message: RouteNetlinkMessage) -> Vec<u8> {
+        let mut message = NetlinkMessage::from(message);
+        message.finalize();
+        let mut buf = vec![0; message.buffer_len()];
+        message.serialize(&mut buf);
+        buf
+    }
+
+    #[test]
+    fn a_datagram_yields_every_message_and_survives_garbage() {
+        let mut link = LinkMessage::default();
+        link.header.index = 7;
+        link.attributes = vec![LinkAttribute::IfName("veth7".into())];
+        let mut datagram = bytes_of(RouteNetlinkMessage::NewLink(link.clone()));
+        datagram.extend(bytes_of(RouteNetlinkMessage::DelLink(link.clone())));
+        let messages = parse_datagram(&datagram);
+        assert_eq!(messages, vec![RouteNetlinkMessage::NewLink(link.clone()), RouteNetlinkMessage::DelLink(link)]);
+
+        // A length field past the end, a message cut short, an attribute longer than its
+        // message: skipped, no panic.
+        let mut too_long = datagram.clone();
+        too_long[0] = 0xff;
+        assert!(parse_datagram(&too_long).is_empty());
+        assert_eq!(parse_datagram(&datagram[..datagram.len() - 3]).len(), 1);
+        let mut bad_attr = bytes_of(RouteNetlinkMessage::NewLink(LinkMessage::default()));
+        bad_attr.extend([64, 0, 3, 0]);
+        let len = bad_attr.len() as u32;
+        bad_attr[..4].copy_from_slice(&len.to_ne_bytes());
+        assert!(parse_datagram(&bad_attr).is_empty());
+    }
+}

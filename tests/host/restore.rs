@@ -1,0 +1,356 @@
+//! Host tests of the ledger + inventory + restorer, as root. Each test builds its own world: a
+//! netns standing in for the host (`host_netns`) and "container" netns, all removed on drop.
+//! Traffic stays in 198.18.0.0/15 between the test's own namespaces.
+
+use std::sync::Arc;
+
+use netguard::inventory::Pool;
+use netguard::ledger::learn::learn;
+use netguard::ledger::{Ledger, LedgerOptions, LinkKey, LinkState, Locator, NicState, Opened, STATE_FILE};
+use netguard::restore::{Action, ItemResult, Outcome, PassReport, Restorer, Target};
+use netguard_tests::{skip_unless_root, TestDir, TestNetns};
+use serde_json::Value;
+
+/// A host stand-in with bridge br0 (198.18.1.1/24) and a container whose eth0
+/// (198.18.1.2/24, route 198.19.1.0/24 via the bridge) is a veth with host side vh0 on br0.
+struct Bridged {
+    host: TestNetns,
+    c: TestNetns,
+}
+
+impl Bridged {
+    fn new(tag: &str) -> Bridged {
+        let host = TestNetns::new(&format!("{tag}h"));
+        let c = TestNetns::new(&format!("{tag}c"));
+        host.ip(&["link", "add", "br0", "type", "bridge"]);
+        host.ip(&["addr", "add", "198.18.1.1/24", "dev", "br0"]);
+        host.ip(&["link", "set", "br0", "up"]);
+        host.ip(&["link", "add", "vh0", "type", "veth", "peer", "name", "eth0", "netns", &c.name]);
+        host.ip(&["link", "set", "vh0", "master", "br0"]);
+        host.ip(&["link", "set", "vh0", "up"]);
+        c.ip(&["addr", "add", "198.18.1.2/24", "dev", "eth0"]);
+        c.ip(&["link", "set", "eth0", "up"]);
+        c.ip(&["route", "add", "198.19.1.0/24", "via", "198.18.1.1"]);
+        Bridged { host, c }
+    }
+
+    fn c_loc(&self) -> Locator {
+        Locator::Path(self.c.path())
+    }
+}
+
+/// A ledger in its own directory and a restorer whose host is `host`.
+fn start(host: &TestNetns, dir: &TestDir) -> (Ledger, Restorer) {
+    let (ledger, _) = Ledger::open(LedgerOptions::new(dir.0.clone())).expect("open ledger");
+    let pool = Arc::new(Pool::new(Some(host.path())));
+    (ledger, Restorer::new(pool, 8))
+}
+
+fn link(ns: &TestNetns, dev: &str) -> Value {
+    ns.ip_json(&["-d", "link", "show", "dev", dev])[0].clone()
+}
+
+fn is_up(link: &Value) -> bool {
+    link["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "UP"))
+}
+
+fn has_addr(ns: &TestNetns, dev: &str, addr: &str, prefix: u64) -> bool {
+    let info = ns.ip_json(&["addr", "show", "dev", dev]);
+    info[0]["addr_info"].as_array().is_some_and(|a| a.iter().any(|i| i["local"] == addr && i["prefixlen"] == prefix))
+}
+
+fn result_for<'a>(report: &'a PassReport, name: &str) -> &'a ItemResult {
+    report
+        .results
+        .iter()
+        .find(|r| match &r.target {
+            Target::Link { key, .. } => key.name == name,
+            Target::Nic { home_name, .. } => home_name == name,
+        })
+        .unwrap_or_else(|| panic!("no result for {name} in:\n{report}"))
+}
+
+/// Pings a few times: the first packet may wait on ARP.
+fn pings(ns: &TestNetns, addr: &str) -> bool {
+    (0..3).any(|_| ns.ping(addr))
+}
+
+#[tokio::test]
+async fn container_reboot_brings_the_veth_back_into_the_new_netns() {
+    if skip_unless_root() {
+        return;
+    }
+    let w = Bridged::new("rb");
+    let dir = TestDir::new("rb");
+    let (mut ledger, restorer) = start(&w.host, &dir);
+    let learned = learn(restorer.pool(), &mut ledger, &[w.c_loc()]).await.unwrap();
+    assert_eq!(learned.guarded, vec![LinkKey { netns: w.c_loc(), name: "eth0".into() }], "{learned:?}");
+    let mac = link(&w.c, "eth0")["address"].clone();
+    let host_mac = link(&w.host, "vh0")["address"].clone();
+
+    let old_inode = w.c.inode();
+    w.c.recreate();
+    assert_ne!(w.c.inode(), old_inode);
+    assert!(!w.c.ip_out(&["link"]).contains("eth0"));
+
+    let report = restorer.pass(&mut ledger).await.unwrap();
+    let eth0 = result_for(&report, "eth0");
+    assert_eq!(eth0.outcome, Outcome::Restored, "{report}");
+    assert!(eth0.reason.as_deref().unwrap_or("").contains("replaced"), "{report}");
+
+    let eth0_now = link(&w.c, "eth0");
+    assert_eq!(eth0_now["address"], mac);
+    assert!(is_up(&eth0_now));
+    assert!(has_addr(&w.c, "eth0", "198.18.1.2", 24));
+    assert!(w.c.ip_out(&["route", "show", "dev", "eth0"]).contains("198.19.1.0/24 via 198.18.1.1"));
+    let vh0 = link(&w.host, "vh0");
+    assert_eq!(vh0["master"], "br0");
+    assert_eq!(vh0["address"], host_mac);
+    assert!(is_up(&vh0));
+    assert!(pings(&w.c, "198.18.1.1"), "no ping from the re-created eth0 to the bridge");
+
+    // Level-triggered: a second pass finds it whole and does nothing.
+    let again = restorer.pass(&mut ledger).await.unwrap();
+    let eth0 = result_for(&again, "eth0");
+    assert_eq!(eth0.outcome, Outcome::Intact, "{again}");
+    assert!(eth0.applied.is_empty());
+    let record = ledger.link(&w.c_loc(), "eth0").unwrap();
+    assert_eq!(record.state, LinkState::Restored);
+    assert_eq!(record.spec.netns_inode, Some(w.c.inode()));
+    ledger.save().unwrap();
+}
+
+#[tokio::test]
+async fn bridge_port_lost_is_brought_up_and_enslaved_again() {
+    if skip_unless_root() {
+        return;
+    }
+    let w = Bridged::new("bp");
+    let dir = TestDir::new("bp");
+    let (mut ledger, restorer) = start(&w.host, &dir);
+    learn(restorer.pool(), &mut ledger, &[w.c_loc()]).await.unwrap();
+    w.host.ip(&["link", "set", "vh0", "nomaster"]);
+    w.host.ip(&["link", "set", "vh0", "down"]);
+    assert!(!pings(&w.c, "198.18.1.1"));
+
+    let report = restorer.pass(&mut ledger).await.unwrap();
+    let eth0 = result_for(&report, "eth0");
+    assert_eq!(eth0.outcome, Outcome::Restored, "{report}");
+    let applied: Vec<String> = eth0.applied.iter().map(ToString::to_string).collect();
+    assert_eq!(applied, vec!["[host] ip link set vh0 up", "[host] ip link set vh0 master br0"]);
+    let vh0 = link(&w.host, "vh0");
+    assert_eq!(vh0["master"], "br0");
+    assert!(is_up(&vh0));
+    assert!(pings(&w.c, "198.18.1.1"));
+}
+
+#[tokio::test]
+async fn macvlan_comes_back_in_the_living_pod_netns_when_its_parent_returns() {
+    if skip_unless_root() {
+        return;
+    }
+    let host = TestNetns::new("mvh");
+    let pod = TestNetns::new("mvp");
+    let make_parent = || {
+        host.ip(&["link", "add", "pv0", "type", "veth", "peer", "name", "pv1"]);
+        host.ip(&["addr", "add", "198.18.2.1/24", "dev", "pv1"]);
+        host.ip(&["link", "set", "pv0", "up"]);
+        host.ip(&["link", "set", "pv1", "up"]);
+    };
+    make_parent();
+    host.ip(&["link", "add", "link", "pv0", "name", "mv0", "netns", &pod.name, "type", "macvlan", "mode", "bridge"]);
+    pod.ip(&["addr", "add", "198.18.2.2/24", "dev", "mv0"]);
+    pod.ip(&["link", "set", "mv0", "up"]);
+    pod.ip(&["route", "add", "198.19.2.0/24", "via", "198.18.2.1"]);
+    assert!(pings(&pod, "198.18.2.1"), "test setup: macvlan over veth does not ping");
+
+    let dir = TestDir::new("mv");
+    let (mut ledger, restorer) = start(&host, &dir);
+    let pod_loc = Locator::Path(pod.path());
+    let learned = learn(restorer.pool(), &mut ledger, std::slice::from_ref(&pod_loc)).await.unwrap();
+    assert_eq!(learned.guarded, vec![LinkKey { netns: pod_loc.clone(), name: "mv0".into() }], "{learned:?}");
+    let mac = link(&pod, "mv0")["address"].clone();
+    let inode = pod.inode();
+
+    // The "driver reload": the parent goes, taking the macvlan with it; the pod netns stays.
+    host.ip(&["link", "del", "pv0"]);
+    assert!(!pod.ip_out(&["link"]).contains("mv0"));
+    let waiting = restorer.pass(&mut ledger).await.unwrap();
+    assert_eq!(result_for(&waiting, "mv0").outcome, Outcome::Waiting, "{waiting}");
+    assert_eq!(ledger.link(&pod_loc, "mv0").unwrap().state, LinkState::Waiting);
+
+    make_parent();
+    let report = restorer.pass(&mut ledger).await.unwrap();
+    assert_eq!(result_for(&report, "mv0").outcome, Outcome::Restored, "{report}");
+    assert_eq!(pod.inode(), inode, "the pod netns is never replaced");
+    let mv0 = link(&pod, "mv0");
+    assert_eq!(mv0["address"], mac);
+    assert_eq!(mv0["linkinfo"]["info_kind"], "macvlan");
+    assert!(is_up(&mv0));
+    assert!(has_addr(&pod, "mv0", "198.18.2.2", 24));
+    assert!(pod.ip_out(&["route", "show", "dev", "mv0"]).contains("198.19.2.0/24 via 198.18.2.1"));
+    assert!(pings(&pod, "198.18.2.1"));
+}
+
+#[tokio::test]
+async fn home_name_held_by_another_device_is_a_conflict_then_renamed_home_once_free() {
+    if skip_unless_root() {
+        return;
+    }
+    let host = TestNetns::new("nich");
+    // A veth stands in for a physical NIC (no real NICs here), registered through the API.
+    host.ip(&["link", "add", "nic7", "type", "veth", "peer", "name", "nic7p"]);
+    host.ip(&["link", "set", "nic7", "up"]);
+    host.ip(&["link", "add", "lan7", "type", "veth", "peer", "name", "lan7p"]);
+    let dir = TestDir::new("nic");
+    let (mut ledger, restorer) = start(&host, &dir);
+    let live = restorer.pool().host().await.unwrap().get_link_by_name("nic7").await.unwrap().unwrap();
+    ledger.guard_nic(live.nic_identity(), "lan7", true, None);
+    let mac = link(&host, "nic7")["address"].clone();
+    let holder_mac = link(&host, "lan7")["address"].clone();
+
+    let report = restorer.pass(&mut ledger).await.unwrap();
+    let nic = result_for(&report, "lan7");
+    assert_eq!(nic.outcome, Outcome::Conflict, "{report}");
+    assert!(nic.applied.is_empty());
+    assert!(nic.reason.as_deref().unwrap().contains("held by another device"), "{report}");
+    assert_eq!(link(&host, "nic7")["address"], mac, "nothing renamed");
+    assert_eq!(link(&host, "lan7")["address"], holder_mac, "the holder is left alone");
+    assert_eq!(ledger.nics()[0].state, NicState::Conflict);
+
+    // Retried later: once the name is free the NIC goes home, up again.
+    host.ip(&["link", "del", "lan7"]);
+    let report = restorer.pass(&mut ledger).await.unwrap();
+    assert_eq!(result_for(&report, "lan7").outcome, Outcome::Restored, "{report}");
+    let home = link(&host, "lan7");
+    assert_eq!(home["address"], mac);
+    assert!(is_up(&home));
+    assert_eq!(ledger.nics()[0].state, NicState::Restored);
+    assert_eq!(ledger.nics()[0].location.as_ref().unwrap().name, "lan7");
+}
+
+/// What a restore could change in a netns (links, their admin state, masters, MACs,
+/// addresses, routes), leaving out what the kernel changes on its own (carrier, timers, DAD).
+fn dumps(ns: &TestNetns) -> Vec<String> {
+    let mut out = Vec::new();
+    for l in ns.ip_json(&["-d", "link", "show"]).as_array().unwrap() {
+        out.push(format!(
+            "link {} {} {} {} master={} up={}",
+            l["ifindex"], l["ifname"], l["address"], l["linkinfo"]["info_kind"], l["master"], is_up(l)
+        ));
+    }
+    for l in ns.ip_json(&["addr", "show"]).as_array().unwrap() {
+        for a in l["addr_info"].as_array().unwrap() {
+            out.push(format!("addr {} {}/{}", l["ifname"], a["local"], a["prefixlen"]));
+        }
+    }
+    for family in ["-4", "-6"] {
+        for r in ns.ip_json(&[family, "route", "show"]).as_array().unwrap() {
+            out.push(format!("route {} via {} dev {}", r["dst"], r["gateway"], r["dev"]));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn dry_run_plans_but_changes_nothing() {
+    if skip_unless_root() {
+        return;
+    }
+    let w = Bridged::new("dr");
+    let dir = TestDir::new("dr");
+    let (mut ledger, restorer) = start(&w.host, &dir);
+    learn(restorer.pool(), &mut ledger, &[w.c_loc()]).await.unwrap();
+    w.host.ip(&["link", "set", "vh0", "nomaster"]);
+    w.c.ip(&["route", "del", "198.19.1.0/24"]);
+    let (host_before, c_before) = (dumps(&w.host), dumps(&w.c));
+    let status_before = ledger.status();
+
+    let plan = restorer.dry_run(&ledger).await.unwrap();
+    let text = plan.to_string();
+    assert!(text.contains("ip link set vh0 master br0"), "{text}");
+    assert!(text.contains("ip route add 198.19.1.0/24 via 198.18.1.1 dev eth0"), "{text}");
+    assert!(serde_json::to_string(&plan).unwrap().contains("\"action\":\"set-master\""));
+
+    assert_eq!(dumps(&w.host), host_before);
+    assert_eq!(dumps(&w.c), c_before);
+    assert_eq!(ledger.status(), status_before);
+}
+
+#[tokio::test]
+async fn corrupt_state_file_is_kept_aside_and_the_ledger_rebuilt() {
+    if skip_unless_root() {
+        return;
+    }
+    let w = Bridged::new("cs");
+    let dir = TestDir::new("cs");
+    let (mut ledger, restorer) = start(&w.host, &dir);
+    learn(restorer.pool(), &mut ledger, &[w.c_loc()]).await.unwrap();
+    ledger.save().unwrap();
+    drop(ledger);
+
+    let state = dir.0.join(STATE_FILE);
+    let mut bytes = std::fs::read(&state).unwrap();
+    let cut = bytes.len() / 3;
+    bytes.truncate(cut);
+    std::fs::write(&state, &bytes).unwrap();
+
+    let (mut ledger, opened) = Ledger::open(LedgerOptions::new(dir.0.clone())).unwrap();
+    let Opened::Rebuilt { moved_to: Some(aside), .. } = &opened else { panic!("{opened:?}") };
+    assert_eq!(std::fs::read(aside).unwrap(), bytes, "the corrupt file is kept untouched");
+    assert!(opened.to_string().contains("rebuilt from the journal"), "{opened}");
+    assert!(ledger.link(&w.c_loc(), "eth0").is_some(), "the guarded veth survived");
+
+    let report = restorer.pass(&mut ledger).await.unwrap();
+    assert_eq!(result_for(&report, "eth0").outcome, Outcome::Intact, "{report}");
+}
+
+/// Timing of one pass that re-creates N veths after N container reboots (run with
+/// `--ignored --nocapture`; NETGUARD_BENCH_LINKS sets N, default 100). With
+/// NETGUARD_BENCH_SETTLE set, the old netns are let die first, so the pass only creates (no
+/// stale host sides to remove).
+#[tokio::test]
+#[ignore]
+async fn many_container_reboots_in_one_pass() {
+    if skip_unless_root() {
+        return;
+    }
+    let n: usize = std::env::var("NETGUARD_BENCH_LINKS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let host = TestNetns::new("bh");
+    host.ip(&["link", "add", "br0", "type", "bridge"]);
+    host.ip(&["addr", "add", "198.18.0.1/16", "dev", "br0"]);
+    host.ip(&["link", "set", "br0", "up"]);
+    let containers: Vec<TestNetns> = (0..n).map(|_| TestNetns::new("bc")).collect();
+    for (i, c) in containers.iter().enumerate() {
+        let vh = format!("vh{i}");
+        host.ip(&["link", "add", &vh, "type", "veth", "peer", "name", "eth0", "netns", &c.name]);
+        host.ip(&["link", "set", &vh, "master", "br0"]);
+        host.ip(&["link", "set", &vh, "up"]);
+        c.ip(&["addr", "add", &format!("198.18.{}.{}/16", 1 + i / 250, 2 + i % 250), "dev", "eth0"]);
+        c.ip(&["link", "set", "eth0", "up"]);
+        c.ip(&["route", "add", "198.19.0.0/16", "via", "198.18.0.1"]);
+    }
+    let dir = TestDir::new("bench");
+    let (mut ledger, restorer) = start(&host, &dir);
+    let locators: Vec<Locator> = containers.iter().map(|c| Locator::Path(c.path())).collect();
+    learn(restorer.pool(), &mut ledger, &locators).await.unwrap();
+    let healthy = restorer.pass(&mut ledger).await.unwrap();
+    for c in &containers {
+        c.recreate();
+    }
+    if std::env::var("NETGUARD_BENCH_SETTLE").is_ok() {
+        restorer.pool().prune();
+        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    }
+    let report = restorer.pass(&mut ledger).await.unwrap();
+    let restored = report.results.iter().filter(|r| r.outcome == Outcome::Restored).count();
+    assert_eq!(restored, n, "{report}");
+    let stale = report.results.iter().flat_map(|r| &r.applied).filter(|a| matches!(a, Action::DeleteStaleVeth { .. })).count();
+    eprintln!(
+        "{n} links: healthy pass {:?}; restoring pass {:?} ({:?} per link; {stale} stale host sides removed)",
+        healthy.took,
+        report.took,
+        report.took / n as u32
+    );
+    assert!(pings(&containers[n - 1], "198.18.0.1"));
+}
