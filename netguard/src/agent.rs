@@ -61,20 +61,29 @@ pub enum LockError {
 pub struct StateLock(#[allow(dead_code, reason = "held for its flock")] File);
 
 impl StateLock {
+    /// Waits a little for a command that holds the lock to finish (a `status` run while the
+    /// agent starts, say); a holder that stays is another agent.
     pub fn acquire(dir: &Path) -> Result<StateLock, LockError> {
+        const PATIENCE: Duration = Duration::from_secs(10);
         let path = dir.join("lock");
         let io = |source| LockError::Io { path: path.clone(), source };
         std::fs::create_dir_all(dir).map_err(io)?;
         let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(io)?;
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let started = std::time::Instant::now();
+        loop {
+            // SAFETY: flock on an fd we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(StateLock(file));
+            }
             let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(io(err));
+            }
+            if started.elapsed() > PATIENCE {
                 return Err(LockError::Busy { dir: dir.into() });
             }
-            return Err(io(err));
+            std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(StateLock(file))
     }
 }
 

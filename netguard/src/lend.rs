@@ -29,11 +29,6 @@ pub enum LendError {
     Vanished { name: String, netns: String, temp: String },
 }
 
-/// A name no container gives an interface, unique per device while it is in flight.
-fn temporary_name(ifindex: u32) -> String {
-    format!("ngtmp{ifindex}")
-}
-
 async fn kernel(
     step: &'static str,
     name: &str,
@@ -46,7 +41,7 @@ async fn kernel(
 /// Moves `link` (in `from`) to `to` under `final_name`: down, move under a temporary name,
 /// rename, up again if it was. Returns the device as it is in `to`.
 async fn relocate(from: &NetnsConn, link: &LiveLink, to: &NetnsConn, final_name: &str) -> Result<LiveLink, LendError> {
-    let temp = temporary_name(link.ifindex);
+    let temp = crate::inventory::temporary_link_name();
     let name = &link.name;
     kernel("set down", name, from, from.handle().link().set(LinkUnspec::new_with_index(link.ifindex).down().build()).execute()).await?;
     let moving = LinkUnspec::new_with_index(link.ifindex).setns_by_fd(to.fd()).name(temp.clone()).build();

@@ -367,7 +367,12 @@ impl Ledger {
                         // An admin renamed it at home: that is its home name now.
                         rec.home_name = to.name.clone();
                     } else if in_host {
-                        rec.state = if to.name == rec.home_name { NicState::Home } else { NicState::Refunded };
+                        rec.state = match rec.state {
+                            // Our own rename home, reported after the pass recorded it.
+                            NicState::Restored if to.name == rec.home_name => NicState::Restored,
+                            _ if to.name == rec.home_name => NicState::Home,
+                            _ => NicState::Refunded,
+                        };
                     }
                     rec.location = Some(to.clone());
                 });
@@ -724,7 +729,7 @@ mod tests {
         }
         let rows = ledger.status();
         assert_eq!(rows.len(), 1 + content.links.len());
-        assert_eq!((rows[0].kind, rows[0].name.as_str(), rows[0].state.as_str()), ("nic", "eth2", "home"));
+        assert_eq!((rows[0].kind.as_str(), rows[0].name.as_str(), rows[0].state.as_str()), ("nic", "eth2", "home"));
         let json = serde_json::to_string(&rows).unwrap();
         assert!(json.contains(r#""state":"intact""#), "{json}");
     }
