@@ -323,7 +323,13 @@ impl Ledger {
             p.name.clone().map(|name| NicLocation { netns: p.netns.clone(), name, ifindex: p.ifindex })
         };
         let perm_mac = event.perm_addr.as_deref().and_then(|m| m.parse::<Mac>().ok());
-        let known = self.nic_for_event(event, perm_mac).map(|n| n.identity.clone());
+        let known_record = self.nic_for_event(event, perm_mac);
+        // An event older than what a restore pass recorded since (it sat in the tracer's
+        // queue while the pass ran) must not undo it.
+        if known_record.is_some_and(|n| event.time < n.since) {
+            return false;
+        }
+        let known = known_record.map(|n| n.identity.clone());
         let physical = event.link_kind.is_none() && perm_mac.is_some();
 
         match (event.kind, known) {

@@ -14,7 +14,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc;
 
-use crate::event::Event;
+use crate::event::{Event, EventKind};
 use crate::netns::Resolver;
 use crate::trace::{Running, TraceOptions};
 use probes::{Candidate, Probe, PROBES};
@@ -341,6 +341,12 @@ async fn read_events(
             };
             match decoded {
                 Ok(event) => {
+                    // The kernel reuses a dead netns's inode number soon: forget its names.
+                    if event.kind == EventKind::TeardownEnd {
+                        if let Some(place) = &event.from {
+                            resolver.forget(place.netns.inode);
+                        }
+                    }
                     if tx.send(event).await.is_err() {
                         return;
                     }
