@@ -26,7 +26,10 @@ pub enum ApiError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "kebab-case")]
 pub enum Request {
+    /// Answered with a [`crate::status::Status`].
     Status,
+    /// Answered with `Result<Reply, String>`.
+    Operate { operation: crate::control::Operation },
 }
 
 /// Binds the socket, removing a stale one left by a dead agent but never a live agent's.
@@ -47,12 +50,16 @@ pub async fn listen(path: &Path) -> Result<UnixListener, ApiError> {
 }
 
 /// Serves one connection: each request line gets `answer(request)` as one JSON line.
-pub async fn serve_connection<R: Serialize>(stream: UnixStream, answer: impl Fn(Request) -> R) -> std::io::Result<()> {
+pub async fn serve_connection<F, Fut>(stream: UnixStream, answer: F) -> std::io::Result<()>
+where
+    F: Fn(Request) -> Fut,
+    Fut: std::future::Future<Output = serde_json::Value>,
+{
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await? {
         let reply = match serde_json::from_str::<Request>(&line) {
-            Ok(request) => serde_json::to_vec(&answer(request))?,
+            Ok(request) => serde_json::to_vec(&answer(request).await)?,
             Err(e) => serde_json::to_vec(&serde_json::json!({ "error": format!("bad request: {e}") }))?,
         };
         write.write_all(&reply).await?;
@@ -86,7 +93,7 @@ mod tests {
         assert_eq!(mode, 0o600);
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve_connection(stream, |r| serde_json::json!({ "got": r })));
+                tokio::spawn(serve_connection(stream, |r| async move { serde_json::json!({ "got": r }) }));
             }
         });
         let answer: serde_json::Value = request(&path, &Request::Status).await.unwrap();

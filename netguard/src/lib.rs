@@ -3,14 +3,18 @@
 //! Data flows one way: kernel events ([`trace`]) -> what we remember ([`ledger`]) -> a plan
 //! against what the kernel says now ([`inventory`], [`restore`]) -> netlink actions.
 
+pub mod agent;
 pub mod api;
 pub mod cni;
 pub mod config;
+pub mod control;
 pub mod event;
 pub mod inventory;
+pub mod lend;
 pub mod ledger;
 pub mod netns;
 pub mod recording;
 pub mod report;
 pub mod restore;
+pub mod status;
 pub mod trace;

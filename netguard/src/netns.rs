@@ -179,7 +179,16 @@ fn scan() -> BTreeMap<u64, Vec<PathBuf>> {
             found.entry(inode).or_default().push(path);
         }
     };
+    // /var/run is usually a link to /run: read each real directory once.
+    let mut dirs: Vec<PathBuf> = Vec::new();
     for dir in BIND_MOUNT_DIRS {
+        if let Ok(real) = std::fs::canonicalize(dir) {
+            if !dirs.contains(&real) {
+                dirs.push(real);
+            }
+        }
+    }
+    for dir in dirs {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {
                 add(entry.path());

@@ -2,6 +2,7 @@
 //! in init_net). One line per verdict on the console, `NGVM PASS name` or
 //! `NGVM FAIL name: why`, read by `cargo xtask vm-test`.
 
+mod agent;
 mod moves;
 mod scenarios;
 
@@ -166,6 +167,9 @@ async fn main() {
         if wanted("cli-record-report") {
             let result = scenarios::cli_record_report(backend).await;
             report.verdict(&format!("{backend}/cli-record-report"), result);
+        }
+        for (name, result) in agent::run_all(backend, &wanted).await {
+            report.verdict(&format!("{backend}/{name}"), result);
         }
     }
     println!("NGVM SUMMARY {} passed, {} failed", report.passed, report.failed);

@@ -23,7 +23,7 @@ enum Task {
     Setup,
     /// Set up, build, and run netguard's main job on this host.
     Run {
-        /// Arguments passed to `netguard` (default: `trace`).
+        /// Arguments passed to `netguard` (default: `agent`).
         args: Vec<String>,
     },
     /// Set up and run every test: unit, privileged host tests, and the VM suite.
@@ -66,7 +66,7 @@ fn main() -> ExitCode {
 fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
     setup::run()?;
     shell::cargo(&["build", "--release", "-p", "netguard"])?;
-    let args = if args.is_empty() { vec!["trace".to_string()] } else { args };
+    let args = if args.is_empty() { vec!["agent".to_string()] } else { args };
     let status = std::process::Command::new(shell::workspace_root().join("target/release/netguard"))
         .args(&args)
         .status()?;

@@ -1,12 +1,16 @@
 //! Command-line definitions and output; the work is done by the library.
 
+mod agent;
+mod ops;
 mod output;
+mod status;
 mod trace;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use netguard::control::Operation;
 
 /// Exit code for bad input or an environment netguard cannot run in.
 const EXIT_USAGE: u8 = 2;
@@ -22,6 +26,69 @@ struct Cli {
 enum Command {
     /// Print every NIC netns move, rename, register and unregister as it happens.
     Trace(trace::TraceArgs),
+    /// Run the agent: trace, remember, restore, answer `status`.
+    Agent(agent::AgentArgs),
+    /// Show every guarded NIC and link and how it stands.
+    Status {
+        #[command(flatten)]
+        place: ops::Place,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Guard the links of these netns (and their host sides) as they are now.
+    Learn {
+        /// A netns path (/run/netns/NAME, /proc/PID/ns/net); repeatable.
+        #[arg(long = "netns", value_name = "PATH", required = true)]
+        netns: Vec<PathBuf>,
+        #[command(flatten)]
+        place: ops::Place,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lend a host NIC to a container netns, recording its home name first.
+    Lend {
+        iface: String,
+        #[arg(long, value_name = "PATH")]
+        netns: PathBuf,
+        /// Its name inside (default: the same).
+        #[arg(long)]
+        name: Option<String>,
+        /// Lend it again when the netns is re-created at the same path.
+        #[arg(long)]
+        persistent: bool,
+        #[command(flatten)]
+        place: ops::Place,
+    },
+    /// Bring a lent NIC home under its home name.
+    Reclaim {
+        iface: String,
+        #[command(flatten)]
+        place: ops::Place,
+    },
+    /// Guard pod interfaces from CNI results (a checkpoint or /var/lib/cni/results file, or a directory of them).
+    ImportCni {
+        path: PathBuf,
+        #[command(flatten)]
+        place: ops::Place,
+    },
+    /// Stop guarding a link.
+    Forget {
+        name: String,
+        #[arg(long, value_name = "PATH")]
+        netns: Option<PathBuf>,
+        #[command(flatten)]
+        place: ops::Place,
+    },
+    /// Restore what is broken, once; exit 1 if anything stays broken.
+    Restore {
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        place: ops::Place,
+    },
     /// Print a per-device timeline from a recording made with `trace --record`.
     Report {
         /// The recording (JSON lines).
@@ -32,16 +99,37 @@ enum Command {
     },
 }
 
+/// Stops a privileged command early, with one line, when not root.
+fn require_root() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!("netguard must run as root (it reads and changes network devices in every netns); run it with sudo");
+    }
+    Ok(())
+}
+
 pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The agent tells what it does; one-shot commands only warn.
+    let default_level = if matches!(cli.command, Command::Agent(_)) { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Trace(args) => trace::run(args),
+        Command::Agent(args) => agent::run(args),
+        Command::Status { place, json } => status::run(&place, json),
+        Command::Learn { netns, place, json } => ops::run(&place, Operation::Learn { netns }, json),
+        Command::Lend { iface, netns, name, persistent, place } => {
+            ops::run(&place, Operation::Lend { iface, netns, name, persistent }, false)
+        }
+        Command::Reclaim { iface, place } => ops::run(&place, Operation::Reclaim { iface }, false),
+        Command::ImportCni { path, place } => ops::run(&place, Operation::ImportCni { path }, false),
+        Command::Forget { name, netns, place } => ops::run(&place, Operation::Forget { name, netns }, false),
+        Command::Restore { dry_run, json, place } => ops::run(&place, Operation::Restore { dry_run }, json),
         Command::Report { file, json } => output::report(&file, json),
     };
     match result {

@@ -10,7 +10,7 @@ use netguard::report;
 /// `08:12:01.123  move      eth0 -> dev3   ifindex 3  netns 4026532118 (/run/netns/c1) -> init_net  cause netns-teardown  by kworker/u4:1[57]`
 pub fn event_line(event: &Event) -> String {
     let time = event.time.with_timezone(&Local).format("%H:%M:%S%.3f");
-    let mut line = format!("{time}  {:<14}", event.kind.as_str());
+    let mut line = format!("{time}  {:<15}", event.kind.as_str());
     let name = |p: &Option<Place>| p.as_ref().and_then(|p| p.name.clone());
     let ifindex = |p: &Option<Place>| p.as_ref().and_then(|p| p.ifindex);
     let netns = |p: &Option<Place>| p.as_ref().map(|p| p.netns.to_string());

@@ -97,10 +97,10 @@ impl std::fmt::Display for Opened {
 }
 
 /// One row of `netguard status`: a guarded NIC or link and how it stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct StatusRow {
     /// `nic`, `veth`, `vlan`, `macvlan`.
-    pub kind: &'static str,
+    pub kind: String,
     /// Home name of a NIC, name of a link.
     pub name: String,
     /// Where it belongs: `host` or the netns locator.
@@ -108,8 +108,11 @@ pub struct StatusRow {
     /// For a NIC: where it is now (`name in netns`), when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub now: Option<String>,
+    /// Permanent MAC of a NIC, MAC of a link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
     pub state: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub since: chrono::DateTime<Utc>,
 }
@@ -285,6 +288,11 @@ impl Ledger {
         });
     }
 
+    /// Records (or, with `None`, clears) a lend of the NIC with `identity`.
+    pub fn set_nic_lend(&mut self, identity: &NicIdentity, lend: Option<Lend>) {
+        self.update_nic(identity, |rec| rec.lent = lend);
+    }
+
     /// Applies `change` to the NIC recorded with `identity`; journals it if anything changed.
     fn update_nic(&mut self, identity: &NicIdentity, change: impl FnOnce(&mut NicRecord)) {
         let Some(current) = self.content.nics.iter().find(|n| &n.identity == identity) else { return };
@@ -315,7 +323,13 @@ impl Ledger {
             p.name.clone().map(|name| NicLocation { netns: p.netns.clone(), name, ifindex: p.ifindex })
         };
         let perm_mac = event.perm_addr.as_deref().and_then(|m| m.parse::<Mac>().ok());
-        let known = self.nic_for_event(event, perm_mac).map(|n| n.identity.clone());
+        let known_record = self.nic_for_event(event, perm_mac);
+        // An event older than what a restore pass recorded since (it sat in the tracer's
+        // queue while the pass ran) must not undo it.
+        if known_record.is_some_and(|n| event.time < n.since) {
+            return false;
+        }
+        let known = known_record.map(|n| n.identity.clone());
         let physical = event.link_kind.is_none() && perm_mac.is_some();
 
         match (event.kind, known) {
@@ -359,7 +373,12 @@ impl Ledger {
                         // An admin renamed it at home: that is its home name now.
                         rec.home_name = to.name.clone();
                     } else if in_host {
-                        rec.state = if to.name == rec.home_name { NicState::Home } else { NicState::Refunded };
+                        rec.state = match rec.state {
+                            // Our own rename home, reported after the pass recorded it.
+                            NicState::Restored if to.name == rec.home_name => NicState::Restored,
+                            _ if to.name == rec.home_name => NicState::Home,
+                            _ => NicState::Refunded,
+                        };
                     }
                     rec.location = Some(to.clone());
                 });
@@ -479,7 +498,8 @@ impl Ledger {
     /// One row per guarded NIC and link.
     pub fn status(&self) -> Vec<StatusRow> {
         let nics = self.content.nics.iter().map(|n| StatusRow {
-            kind: "nic",
+            kind: "nic".to_string(),
+            mac: n.identity.perm_mac.map(|m| m.to_string()),
             name: n.home_name.clone(),
             netns: Locator::Host.to_string(),
             now: n.location.as_ref().map(|l| format!("{} in {}", l.name, l.netns)),
@@ -488,7 +508,8 @@ impl Ledger {
             since: n.since,
         });
         let links = self.content.links.values().map(|l| StatusRow {
-            kind: l.spec.kind.name(),
+            kind: l.spec.kind.name().to_string(),
+            mac: l.spec.mac.map(|m| m.to_string()),
             name: l.spec.name.clone(),
             netns: l.spec.netns.to_string(),
             now: None,
@@ -714,7 +735,7 @@ mod tests {
         }
         let rows = ledger.status();
         assert_eq!(rows.len(), 1 + content.links.len());
-        assert_eq!((rows[0].kind, rows[0].name.as_str(), rows[0].state.as_str()), ("nic", "eth2", "home"));
+        assert_eq!((rows[0].kind.as_str(), rows[0].name.as_str(), rows[0].state.as_str()), ("nic", "eth2", "home"));
         let json = serde_json::to_string(&rows).unwrap();
         assert!(json.contains(r#""state":"intact""#), "{json}");
     }

@@ -322,6 +322,18 @@ pub struct NicRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub since: DateTime<Utc>,
+    /// Set while lent with `netguard lend`: where to, under which name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lent: Option<Lend>,
+}
+
+/// A NIC lent to a container netns by `netguard lend`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lend {
+    pub netns: Locator,
+    pub name: String,
+    /// Lend it again when the container's netns is re-created at the same locator.
+    pub persistent: bool,
 }
 
 impl NicRecord {
@@ -331,7 +343,7 @@ impl NicRecord {
             Some(loc) if loc.name != home_name => NicState::Refunded,
             _ => NicState::Home,
         };
-        NicRecord { identity, home_name: home_name.to_string(), up, location, state, reason: None, since: Utc::now() }
+        NicRecord { identity, home_name: home_name.to_string(), up, location, state, reason: None, since: Utc::now(), lent: None }
     }
 }
 

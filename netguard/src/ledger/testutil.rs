@@ -108,6 +108,7 @@ pub fn sample_content() -> LedgerContent {
             state: NicState::Home,
             reason: None,
             since: Utc::now(),
+            lent: None,
         }],
         links,
     }

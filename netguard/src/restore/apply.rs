@@ -245,6 +245,7 @@ impl Executor {
             }
             Action::CreateVlan { parent_netns, parent, netns, name, id, protocol, mac, mtu } => {
                 let lower = ctx.need(parent_netns, parent, seen).await?;
+                self.parent_up(&ctx, &lower).await?;
                 let proto = match protocol {
                     VlanProtocol::Dot1q => netlink_packet_route::link::VlanProtocol::Ieee8021Q,
                     VlanProtocol::Dot1ad => netlink_packet_route::link::VlanProtocol::Ieee8021Ad,
@@ -254,6 +255,7 @@ impl Executor {
             }
             Action::CreateMacvlan { parent_netns, parent, netns, name, mode, mac, mtu } => {
                 let lower = ctx.need(parent_netns, parent, seen).await?;
+                self.parent_up(&ctx, &lower).await?;
                 let msg = LinkMacVlan::new(name, lower.ifindex, macvlan_mode_to(*mode));
                 self.create_stacked(&ctx, msg, parent_netns, netns, name, "macvlan", mac, mtu, seen).await
             }
@@ -296,10 +298,33 @@ impl Executor {
         seen: &mut Seen,
     ) -> Result<(), ActionError> {
         let target = self.conn(netns).await.map_err(ctx.fail)?;
-        let msg = if netns != parent_netns { msg.setns_by_fd(target.fd()) } else { msg };
-        let msg = with_mac_mtu(msg, mac, mtu).build();
-        ctx.created(ctx.conn.handle().link().add(msg).execute().await)?;
+        if netns == parent_netns {
+            ctx.created(ctx.conn.handle().link().add(with_mac_mtu(msg, mac, mtu).build()).execute().await)?;
+        } else {
+            // The kernel looks a new link's name up in the netns the request is sent to, so
+            // a pod's `eth0` would collide with the host's: create it under a name of our
+            // own, then move it in under its real one.
+            let temp = crate::inventory::temporary_link_name();
+            ctx.kernel(ctx.conn.handle().link().add(with_mac_mtu(msg.name(temp.clone()), mac, mtu).build()).execute().await)?;
+            let made = ctx.need(parent_netns, &temp, seen).await?;
+            seen.remove(&(parent_netns.clone(), temp.clone()));
+            let moving = LinkUnspec::new_with_index(made.ifindex).setns_by_fd(target.fd()).name(name.to_string()).build();
+            if let Err(e) = ctx.conn.handle().link().set(moving).execute().await {
+                // Leave nothing of ours behind in the parent's netns.
+                let _ = ctx.conn.handle().link().del(made.ifindex).execute().await;
+                return Err((ctx.fail)(kernel_says(&e)));
+            }
+        }
         Ctx { conn: &target, fail: ctx.fail }.verify_new(netns, name, kind, mac, seen).await.map(|_| ())
+    }
+
+    /// A guarded vlan/macvlan carries nothing over a parent that is down (a NIC comes back
+    /// down after a driver reload), and a vlan cannot even be set up on one.
+    async fn parent_up(&self, ctx: &Ctx<'_, impl Fn(String) -> ActionError>, parent: &LiveLink) -> Result<(), ActionError> {
+        if parent.up {
+            return Ok(());
+        }
+        ctx.kernel(ctx.conn.handle().link().set(LinkUnspec::new_with_index(parent.ifindex).up().build()).execute().await)
     }
 
     async fn conn(&self, netns: &Locator) -> Result<Arc<NetnsConn>, String> {

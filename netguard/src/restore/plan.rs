@@ -273,7 +273,8 @@ fn plan_nic(nic: &NicRecord, host: &NetnsInventory) -> Item {
     let found: Vec<&LiveLink> = host
         .links
         .iter()
-        .filter(|l| nic.identity.matches(&l.nic_identity()))
+        // A vlan or macvlan inherits its NIC's bus address: it is not the NIC.
+        .filter(|l| !(l.kind.is_some() && l.bus.is_some()) && nic.identity.matches(&l.nic_identity()))
         .collect();
     let live = match found.as_slice() {
         [] if nic.state == NicState::Lent => return Item::new(target, Verdict::Lent, None),

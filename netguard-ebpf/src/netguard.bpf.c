@@ -1,0 +1,624 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * netguard's kernel side: where network devices move between namespaces, get renamed,
+ * registered and unregistered, and when a namespace hands its devices back on teardown.
+ *
+ * Every probe exists twice, as kprobe/kretprobe and as fentry/fexit; the loader loads
+ * only one family and attaches each probe to the first candidate kernel function that
+ * exists. Entry handlers keep what they saw in `calls` (per thread and probe) for the
+ * return handler, so both families and candidates of different arity share one logic.
+ */
+#include "kernel_types.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "event.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* SipHash key for device keys; the loader writes a random one before load. */
+const volatile __u64 device_hash_key[2] = { 0, 0 };
+
+/* Longest lists walked in one call: nets in one cleanup batch, devices in one unregister. */
+#define MAX_BATCH_NETS 128
+#define MAX_UNREG_DEVS 512
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22); /* the loader sets the size it wants */
+} events SEC(".maps");
+
+/* Records lost because the ring buffer was full; summed over CPUs by the loader. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} dropped SEC(".maps");
+
+enum call {
+	CALL_MOVE = 1,
+	CALL_TEARDOWN = 2, /* its presence marks the thread's teardown window */
+	CALL_RENAME = 3,
+	CALL_REGISTER = 4,
+};
+
+struct call_key {
+	__u64 pid_tgid;
+	__u32 call;
+	__u32 pad;
+};
+
+/* What an entry handler saw, for the matching return handler. */
+struct call_state {
+	__u64 ptr; /* the net_device, or the teardown's net_list / net */
+	__u64 from_netns;
+	__u64 to_netns;
+	__u32 from_ifindex;
+	__u32 batch; /* teardown: ptr is a list of nets, not one net */
+	char from_name[NG_NAME_LEN];
+	char req_name[NG_NAME_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct call_key);
+	__type(value, struct call_state);
+} calls SEC(".maps");
+
+/*
+ * A net_device's address is reused once it is freed, so each device registered while
+ * tracing gets a lifetime number, and the key hashes address and lifetime together.
+ * Devices that were there before tracing started have lifetime 0.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);   /* net_device address */
+	__type(value, __u64); /* lifetime */
+} lifetimes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} last_lifetime SEC(".maps");
+
+/* SipHash-2-4 of (address, lifetime): a stable key that does not leak kernel pointers. */
+#define ROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                           \
+	do {                                                                               \
+		v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);                   \
+		v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                                      \
+		v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                                      \
+		v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);                   \
+	} while (0)
+#define SIPCOMPRESS(m)                                                                     \
+	do {                                                                               \
+		v3 ^= (m);                                                                 \
+		SIPROUND;                                                                  \
+		SIPROUND;                                                                  \
+		v0 ^= (m);                                                                 \
+	} while (0)
+
+static __always_inline __u64 device_key(const struct net_device *dev)
+{
+	__u64 addr = (__u64)dev;
+	__u64 *lifetime = bpf_map_lookup_elem(&lifetimes, &addr);
+	__u64 k0 = device_hash_key[0], k1 = device_hash_key[1];
+	__u64 v0 = k0 ^ 0x736f6d6570736575ULL;
+	__u64 v1 = k1 ^ 0x646f72616e646f6dULL;
+	__u64 v2 = k0 ^ 0x6c7967656e657261ULL;
+	__u64 v3 = k1 ^ 0x7465646279746573ULL;
+
+	SIPCOMPRESS(addr);
+	SIPCOMPRESS(lifetime ? *lifetime : 0);
+	SIPCOMPRESS(16ULL << 56); /* the message length, in the last block */
+	v2 ^= 0xff;
+	SIPROUND;
+	SIPROUND;
+	SIPROUND;
+	SIPROUND;
+	return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static __always_inline void begin_lifetime(const struct net_device *dev)
+{
+	__u64 addr = (__u64)dev;
+	__u32 zero = 0;
+	__u64 *last = bpf_map_lookup_elem(&last_lifetime, &zero);
+	__u64 lifetime;
+
+	if (!last)
+		return;
+	lifetime = __sync_fetch_and_add(last, 1) + 1;
+	bpf_map_update_elem(&lifetimes, &addr, &lifetime, BPF_ANY);
+}
+
+static __always_inline void end_lifetime(const struct net_device *dev)
+{
+	__u64 addr = (__u64)dev;
+
+	bpf_map_delete_elem(&lifetimes, &addr);
+}
+
+static __always_inline struct call_key call_key(__u32 call)
+{
+	struct call_key key = { .pid_tgid = bpf_get_current_pid_tgid(), .call = call };
+	return key;
+}
+
+static __always_inline bool in_teardown_window(void)
+{
+	struct call_key key = call_key(CALL_TEARDOWN);
+
+	return bpf_map_lookup_elem(&calls, &key) != NULL;
+}
+
+static __always_inline __u64 net_inum(const struct net *net)
+{
+	return net ? BPF_CORE_READ(net, ns.inum) : 0;
+}
+
+static __always_inline struct net *dev_net(const struct net_device *dev)
+{
+	return BPF_CORE_READ(dev, nd_net.net);
+}
+
+/* A ring buffer record with the common fields set, or NULL (counted as dropped). */
+static __always_inline struct ng_record *reserve(__u32 kind)
+{
+	struct ng_record *rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
+	__u64 pid_tgid;
+
+	if (!rec) {
+		__u32 zero = 0;
+		__u64 *count = bpf_map_lookup_elem(&dropped, &zero);
+
+		if (count)
+			__sync_fetch_and_add(count, 1);
+		return NULL;
+	}
+	__builtin_memset(rec, 0, sizeof(*rec));
+	pid_tgid = bpf_get_current_pid_tgid();
+	rec->kind = kind;
+	rec->ts_ns = bpf_ktime_get_ns();
+	rec->pid = (__u32)pid_tgid;
+	rec->tgid = pid_tgid >> 32;
+	rec->cause = in_teardown_window() ? NG_CAUSE_NETNS_TEARDOWN : NG_CAUSE_EXPLICIT;
+	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
+	return rec;
+}
+
+static __always_inline void fill_device(struct ng_record *rec, const struct net_device *dev)
+{
+	const struct rtnl_link_ops *ops = BPF_CORE_READ(dev, rtnl_link_ops);
+	__u8 len = BPF_CORE_READ(dev, addr_len);
+
+	rec->flags |= NG_F_DEVICE;
+	rec->device_key = device_key(dev);
+	if (ops) {
+		const char *kind = BPF_CORE_READ(ops, kind);
+
+		if (kind)
+			bpf_probe_read_kernel_str(rec->link_kind, sizeof(rec->link_kind), kind);
+	}
+	rec->perm_addr_len = len > NG_ADDR_LEN ? NG_ADDR_LEN : len;
+	BPF_CORE_READ_INTO(&rec->perm_addr, dev, perm_addr);
+}
+
+static __always_inline void fill_from(struct ng_record *rec, const struct net_device *dev)
+{
+	rec->flags |= NG_F_FROM;
+	BPF_CORE_READ_INTO(&rec->from_name, dev, name);
+	rec->from_ifindex = BPF_CORE_READ(dev, ifindex);
+	rec->from_netns = net_inum(dev_net(dev));
+}
+
+static __always_inline void fill_to(struct ng_record *rec, const struct net_device *dev)
+{
+	rec->flags |= NG_F_TO;
+	BPF_CORE_READ_INTO(&rec->to_name, dev, name);
+	rec->to_ifindex = BPF_CORE_READ(dev, ifindex);
+	rec->to_netns = net_inum(dev_net(dev));
+}
+
+static __always_inline void fill_saved_from(struct ng_record *rec, const struct call_state *st)
+{
+	rec->flags |= NG_F_FROM;
+	__builtin_memcpy(rec->from_name, st->from_name, sizeof(rec->from_name));
+	rec->from_ifindex = st->from_ifindex;
+	rec->from_netns = st->from_netns;
+}
+
+static __always_inline void save_from(struct call_state *st, const struct net_device *dev)
+{
+	st->ptr = (__u64)dev;
+	BPF_CORE_READ_INTO(&st->from_name, dev, name);
+	st->from_ifindex = BPF_CORE_READ(dev, ifindex);
+	st->from_netns = net_inum(dev_net(dev));
+}
+
+/*
+ * A netns is dying once its reference count dropped to zero (cleanup_net runs then).
+ * Where the count field cannot be found, being inside a teardown window stands in.
+ */
+static __always_inline void fill_dying(struct ng_record *rec, const struct net *net)
+{
+	const void *ns = __builtin_preserve_access_index(&net->ns);
+	int refs = 1;
+
+	if (!net)
+		return;
+	if (bpf_core_field_exists(struct ns_common___ref, __ns_ref))
+		refs = BPF_CORE_READ((const struct ns_common___ref *)ns, __ns_ref.refs.counter);
+	else if (bpf_core_field_exists(struct ns_common___count, count))
+		refs = BPF_CORE_READ((const struct ns_common___count *)ns, count.refs.counter);
+	else
+		refs = rec->cause == NG_CAUSE_NETNS_TEARDOWN ? 0 : 1;
+	rec->flags |= NG_F_DYING_KNOWN;
+	if (refs == 0)
+		rec->flags |= NG_F_DYING;
+}
+
+/* ---- netns move ---------------------------------------------------------------- */
+
+static __always_inline int move_entry(const struct net_device *dev, const struct net *net)
+{
+	struct call_key key = call_key(CALL_MOVE);
+	struct call_state st = {};
+
+	save_from(&st, dev);
+	st.to_netns = net_inum(net);
+	bpf_map_update_elem(&calls, &key, &st, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int move_return(int ret)
+{
+	struct call_key key = call_key(CALL_MOVE);
+	struct call_state *st = bpf_map_lookup_elem(&calls, &key);
+	const struct net_device *dev;
+	struct ng_record *rec;
+
+	if (!st)
+		return 0;
+	dev = (const struct net_device *)st->ptr;
+	rec = reserve(NG_MOVE);
+	if (rec) {
+		fill_device(rec, dev);
+		fill_saved_from(rec, st);
+		rec->flags |= NG_F_TO | NG_F_RESULT;
+		BPF_CORE_READ_INTO(&rec->to_name, dev, name);
+		rec->to_ifindex = BPF_CORE_READ(dev, ifindex);
+		rec->to_netns = st->to_netns; /* where it was asked to go, even on failure */
+		rec->result = ret;
+		bpf_ringbuf_submit(rec, 0);
+	}
+	bpf_map_delete_elem(&calls, &key);
+	return 0;
+}
+
+/* ---- netns teardown window ------------------------------------------------------- */
+
+static __always_inline void emit_teardown_net(__u32 kind, const struct net *net)
+{
+	struct ng_record *rec = reserve(kind);
+
+	if (!rec)
+		return;
+	rec->flags |= NG_F_FROM;
+	rec->from_netns = net_inum(net);
+	bpf_ringbuf_submit(rec, 0);
+}
+
+/* One record per net in the window: a cleanup batch links its nets by net->exit_list. */
+static __always_inline void emit_teardown(__u32 kind, const struct call_state *st)
+{
+	const struct list_head *head = (const struct list_head *)st->ptr;
+	const struct list_head *pos;
+	__u64 offset = bpf_core_field_offset(struct net, exit_list);
+
+	if (!st->batch) {
+		emit_teardown_net(kind, (const struct net *)st->ptr);
+		return;
+	}
+	pos = BPF_CORE_READ(head, next);
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < MAX_BATCH_NETS; i++) {
+		if (!pos || pos == head)
+			break;
+		emit_teardown_net(kind, (const struct net *)((const char *)pos - offset));
+		pos = BPF_CORE_READ(pos, next);
+	}
+}
+
+static __always_inline int teardown_entry(const void *ptr, __u32 batch)
+{
+	struct call_key key = call_key(CALL_TEARDOWN);
+	struct call_state st = { .ptr = (__u64)ptr, .batch = batch };
+
+	/* The window opens before the records, so they carry cause netns-teardown too. */
+	bpf_map_update_elem(&calls, &key, &st, BPF_ANY);
+	emit_teardown(NG_TEARDOWN_BEGIN, &st);
+	return 0;
+}
+
+static __always_inline int teardown_return(void)
+{
+	struct call_key key = call_key(CALL_TEARDOWN);
+	struct call_state *st = bpf_map_lookup_elem(&calls, &key);
+
+	if (!st)
+		return 0;
+	emit_teardown(NG_TEARDOWN_END, st);
+	bpf_map_delete_elem(&calls, &key);
+	return 0;
+}
+
+/* ---- rename -------------------------------------------------------------------- */
+
+static __always_inline int rename_entry(const struct net_device *dev, const char *newname)
+{
+	struct call_key key = call_key(CALL_RENAME);
+	struct call_state st = {};
+
+	save_from(&st, dev);
+	bpf_probe_read_kernel_str(st.req_name, sizeof(st.req_name), newname);
+	bpf_map_update_elem(&calls, &key, &st, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int rename_return(int ret)
+{
+	struct call_key key = call_key(CALL_RENAME);
+	struct call_state *st = bpf_map_lookup_elem(&calls, &key);
+	const struct net_device *dev;
+	struct ng_record *rec;
+
+	if (!st)
+		return 0;
+	dev = (const struct net_device *)st->ptr;
+	rec = reserve(NG_RENAME);
+	if (rec) {
+		fill_device(rec, dev);
+		fill_saved_from(rec, st);
+		fill_to(rec, dev);
+		/* On failure the device kept its name: say which one was asked for. */
+		if (ret != 0)
+			__builtin_memcpy(rec->to_name, st->req_name, sizeof(rec->to_name));
+		rec->flags |= NG_F_RESULT;
+		rec->result = ret;
+		bpf_ringbuf_submit(rec, 0);
+	}
+	bpf_map_delete_elem(&calls, &key);
+	return 0;
+}
+
+/* ---- register ------------------------------------------------------------------- */
+
+static __always_inline int register_entry(const struct net_device *dev)
+{
+	struct call_key key = call_key(CALL_REGISTER);
+	struct call_state st = { .ptr = (__u64)dev };
+
+	bpf_map_update_elem(&calls, &key, &st, BPF_ANY);
+	return 0;
+}
+
+/* Read on return: only then are the name ("eth%d" expanded) and ifindex final. */
+static __always_inline int register_return(int ret)
+{
+	struct call_key key = call_key(CALL_REGISTER);
+	struct call_state *st = bpf_map_lookup_elem(&calls, &key);
+	const struct net_device *dev;
+	struct ng_record *rec;
+
+	if (!st)
+		return 0;
+	dev = (const struct net_device *)st->ptr;
+	if (ret == 0) {
+		begin_lifetime(dev);
+		rec = reserve(NG_REGISTER);
+		if (rec) {
+			fill_device(rec, dev);
+			fill_to(rec, dev);
+			rec->flags |= NG_F_RESULT;
+			bpf_ringbuf_submit(rec, 0);
+		}
+	}
+	bpf_map_delete_elem(&calls, &key);
+	return 0;
+}
+
+/* ---- unregister ------------------------------------------------------------------ */
+
+static __always_inline void emit_unregister(const struct net_device *dev)
+{
+	struct ng_record *rec = reserve(NG_UNREGISTER);
+
+	if (rec) {
+		fill_device(rec, dev);
+		fill_from(rec, dev);
+		fill_dying(rec, dev_net(dev));
+		bpf_ringbuf_submit(rec, 0);
+	}
+	end_lifetime(dev);
+}
+
+/* The devices of one unregister batch are linked by dev->unreg_list. */
+static __always_inline int unregister_many(const struct list_head *head)
+{
+	const struct list_head *pos = BPF_CORE_READ(head, next);
+	__u64 offset = bpf_core_field_offset(struct net_device, unreg_list);
+
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < MAX_UNREG_DEVS; i++) {
+		if (!pos || pos == head)
+			break;
+		emit_unregister((const struct net_device *)((const char *)pos - offset));
+		pos = BPF_CORE_READ(pos, next);
+	}
+	return 0;
+}
+
+/* ---- kprobe / kretprobe family --------------------------------------------------- */
+
+SEC("kprobe")
+int BPF_KPROBE(kp_move, const struct net_device *dev, const struct net *net)
+{
+	return move_entry(dev, net);
+}
+
+SEC("kretprobe")
+int BPF_KRETPROBE(krp_move, int ret)
+{
+	return move_return(ret);
+}
+
+SEC("kprobe")
+int BPF_KPROBE(kp_exit_batch, const struct list_head *net_list)
+{
+	return teardown_entry(net_list, 1);
+}
+
+SEC("kretprobe")
+int BPF_KRETPROBE(krp_exit_batch)
+{
+	return teardown_return();
+}
+
+SEC("kprobe")
+int BPF_KPROBE(kp_exit_net, const struct net *net)
+{
+	return teardown_entry(net, 0);
+}
+
+SEC("kretprobe")
+int BPF_KRETPROBE(krp_exit_net)
+{
+	return teardown_return();
+}
+
+SEC("kprobe")
+int BPF_KPROBE(kp_rename, const struct net_device *dev, const char *newname)
+{
+	return rename_entry(dev, newname);
+}
+
+SEC("kretprobe")
+int BPF_KRETPROBE(krp_rename, int ret)
+{
+	return rename_return(ret);
+}
+
+SEC("kprobe")
+int BPF_KPROBE(kp_register, const struct net_device *dev)
+{
+	return register_entry(dev);
+}
+
+SEC("kretprobe")
+int BPF_KRETPROBE(krp_register, int ret)
+{
+	return register_return(ret);
+}
+
+SEC("kprobe")
+int BPF_KPROBE(kp_unreg_many, const struct list_head *head)
+{
+	return unregister_many(head);
+}
+
+SEC("kprobe")
+int BPF_KPROBE(kp_unreg_queue, const struct net_device *dev)
+{
+	emit_unregister(dev);
+	return 0;
+}
+
+/* ---- fentry / fexit family ------------------------------------------------------- */
+
+/* fexit reads the return value with bpf_get_func_ret, so any candidate's arity works. */
+static __always_inline int func_ret(void *ctx)
+{
+	__u64 ret = 0;
+
+	bpf_get_func_ret(ctx, &ret);
+	return (int)ret;
+}
+
+SEC("fentry")
+int BPF_PROG(fe_move, const struct net_device *dev, const struct net *net)
+{
+	return move_entry(dev, net);
+}
+
+SEC("fexit")
+int fx_move(__u64 *ctx)
+{
+	return move_return(func_ret(ctx));
+}
+
+SEC("fentry")
+int BPF_PROG(fe_exit_batch, const struct list_head *net_list)
+{
+	return teardown_entry(net_list, 1);
+}
+
+SEC("fexit")
+int fx_exit_batch(__u64 *ctx)
+{
+	return teardown_return();
+}
+
+SEC("fentry")
+int BPF_PROG(fe_exit_net, const struct net *net)
+{
+	return teardown_entry(net, 0);
+}
+
+SEC("fexit")
+int fx_exit_net(__u64 *ctx)
+{
+	return teardown_return();
+}
+
+SEC("fentry")
+int BPF_PROG(fe_rename, const struct net_device *dev, const char *newname)
+{
+	return rename_entry(dev, newname);
+}
+
+SEC("fexit")
+int fx_rename(__u64 *ctx)
+{
+	return rename_return(func_ret(ctx));
+}
+
+SEC("fentry")
+int BPF_PROG(fe_register, const struct net_device *dev)
+{
+	return register_entry(dev);
+}
+
+SEC("fexit")
+int fx_register(__u64 *ctx)
+{
+	return register_return(func_ret(ctx));
+}
+
+SEC("fentry")
+int BPF_PROG(fe_unreg_many, const struct list_head *head)
+{
+	return unregister_many(head);
+}
+
+SEC("fentry")
+int BPF_PROG(fe_unreg_queue, const struct net_device *dev)
+{
+	emit_unregister(dev);
+	return 0;
+}

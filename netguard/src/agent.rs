@@ -1,0 +1,309 @@
+//! The agent: one task per concern. The tracer's events update the ledger and wake the
+//! reconciler; the reconciler runs a restore pass on each wake-up and every interval; a watcher
+//! wakes it when netns bind mounts come and go; the API answers `status` and operations.
+//! SIGTERM/SIGINT (the caller's `shutdown`) saves the ledger and ends it.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{Mutex, Notify};
+
+use crate::api::{self, ApiError, Request};
+use crate::control::{self, Operation};
+use crate::inventory::Pool;
+use crate::ledger::{Ledger, LedgerError, LedgerOptions};
+use crate::netns::BIND_MOUNT_DIRS;
+use crate::restore::Restorer;
+use crate::status::{self, AgentInfo, LastEvents, Status};
+use crate::trace::{BackendChoice, TraceError, TraceOptions, Tracer};
+
+/// Links repaired at once; the kernel serialises most of the work under RTNL anyway.
+const CONCURRENCY: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub ledger: LedgerOptions,
+    pub socket: PathBuf,
+    pub backend: BackendChoice,
+    pub host_netns: Option<PathBuf>,
+    pub interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("cannot lock {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("the ledger in {dir} is in use by another netguard (an agent, or a command still running); stop it or use another --state-dir")]
+    Busy { dir: PathBuf },
+}
+
+/// An exclusive hold on a ledger directory for as long as it lives: the agent holds it while it
+/// runs, a command holds it while it changes the ledger without an agent.
+pub struct StateLock(#[allow(dead_code, reason = "held for its flock")] File);
+
+impl StateLock {
+    /// Waits a little for a command that holds the lock to finish (a `status` run while the
+    /// agent starts, say); a holder that stays is another agent.
+    pub fn acquire(dir: &Path) -> Result<StateLock, LockError> {
+        const PATIENCE: Duration = Duration::from_secs(10);
+        let path = dir.join("lock");
+        let io = |source| LockError::Io { path: path.clone(), source };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(io)?;
+        let started = std::time::Instant::now();
+        loop {
+            // SAFETY: flock on an fd we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(StateLock(file));
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(io(err));
+            }
+            if started.elapsed() > PATIENCE {
+                return Err(LockError::Busy { dir: dir.into() });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+struct Shared {
+    ledger: Mutex<Ledger>,
+    restorer: Restorer,
+    last_events: std::sync::Mutex<LastEvents>,
+    info: std::sync::Mutex<AgentInfo>,
+    wake: Notify,
+}
+
+impl Shared {
+    async fn status(&self) -> Status {
+        let ledger = self.ledger.lock().await;
+        let rows = status::rows(&ledger, &self.last_events.lock().unwrap_or_else(|p| p.into_inner()));
+        Status { agent: Some(self.info.lock().unwrap_or_else(|p| p.into_inner()).clone()), rows }
+    }
+
+    async fn operate(&self, operation: &Operation) -> Result<control::Reply, String> {
+        let mut ledger = self.ledger.lock().await;
+        let reply = control::execute(operation, &mut ledger, &self.restorer).await.map_err(|e| e.to_string());
+        drop(ledger);
+        // Whatever changed may need a pass (a lend pins nothing the reconciler should keep).
+        self.wake.notify_one();
+        reply
+    }
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(options: AgentOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+    let _lock = StateLock::acquire(&options.ledger.dir)?;
+    let (ledger, opened) = Ledger::open(options.ledger.clone())?;
+    tracing::info!("{}: {opened}", options.ledger.dir.display());
+    let listener = api::listen(&options.socket).await?;
+    let mut tracer = Tracer::start(options.backend, TraceOptions { host_netns: options.host_netns.clone() }).await?;
+    tracing::info!("tracing with the {} backend", tracer.backend);
+    for skipped in &tracer.unavailable {
+        tracing::info!("not using {skipped}");
+    }
+    let host_inode = tracer.resolver.host_inode();
+    let pool = Arc::new(Pool::new(options.host_netns.clone()));
+    let shared = Arc::new(Shared {
+        ledger: Mutex::new(ledger),
+        restorer: Restorer::new(pool, CONCURRENCY),
+        last_events: Default::default(),
+        info: std::sync::Mutex::new(AgentInfo {
+            pid: std::process::id(),
+            backend: tracer.backend,
+            unavailable: tracer.unavailable.clone(),
+            started: Utc::now(),
+            passes: 0,
+            events: 0,
+        }),
+        wake: Notify::new(),
+    });
+    shared.wake.notify_one();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let s = shared.clone();
+    tasks.spawn(async move {
+        while let Some(event) = tracer.next().await {
+            s.last_events.lock().unwrap_or_else(|p| p.into_inner()).note(&event);
+            s.info.lock().unwrap_or_else(|p| p.into_inner()).events += 1;
+            if s.ledger.lock().await.observe(&event, host_inode) {
+                tracing::debug!("event about a guarded device: {:?} {:?}", event.kind, event.current_name());
+            }
+            s.wake.notify_one();
+        }
+        tracing::error!("the tracer stopped");
+    });
+    let s = shared.clone();
+    let interval = options.interval;
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = s.wake.notified() => {}
+                _ = tokio::time::sleep(interval) => {}
+            }
+            reconcile(&s).await;
+        }
+    });
+    let s = shared.clone();
+    tasks.spawn(async move { watch_bind_mounts(&s.wake).await });
+    let s = shared.clone();
+    tasks.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let s = s.clone();
+            tokio::spawn(async move {
+                let answer = |request: Request| {
+                    let s = s.clone();
+                    async move {
+                        match request {
+                            Request::Status => serde_json::to_value(s.status().await).unwrap_or_default(),
+                            Request::Operate { operation } => serde_json::to_value(s.operate(&operation).await).unwrap_or_default(),
+                        }
+                    }
+                };
+                if let Err(e) = api::serve_connection(stream, answer).await {
+                    tracing::debug!("API connection: {e}");
+                }
+            });
+        }
+    });
+
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutting down"),
+        Some(ended) = tasks.join_next() => tracing::error!("an agent task ended: {ended:?}"),
+    }
+    tasks.shutdown().await;
+    let saved = shared.ledger.lock().await.save();
+    let _ = std::fs::remove_file(&options.socket);
+    saved?;
+    Ok(())
+}
+
+async fn reconcile(shared: &Shared) {
+    let mut ledger = shared.ledger.lock().await;
+    match shared.restorer.pass(&mut ledger).await {
+        Ok(report) => {
+            for item in report.broken() {
+                tracing::warn!("{}: {:?}{}", item.target, item.outcome, item.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default());
+            }
+            for item in report.results.iter().filter(|r| !r.applied.is_empty()) {
+                tracing::info!("{}: {:?} in {:?}", item.target, item.outcome, report.took);
+            }
+        }
+        Err(e) => tracing::error!("restore pass: {e}"),
+    }
+    for relent in crate::lend::relend_persistent(shared.restorer.pool(), &mut ledger).await {
+        match relent {
+            Ok(text) => tracing::info!("{text} again"),
+            Err(e) => tracing::warn!("lending again: {e}"),
+        }
+    }
+    if let Err(e) = ledger.save() {
+        tracing::error!("{e}");
+    }
+    shared.info.lock().unwrap_or_else(|p| p.into_inner()).passes += 1;
+}
+
+/// Wakes the reconciler when a netns bind mount appears or goes. Dropping our connection to a
+/// deleted netns is what lets the kernel destroy it (and refund its NICs); a new netns at a
+/// known path is a container restart to repair. A bind mount is made just after its file is
+/// created, so the reconciler is woken again shortly after.
+async fn watch_bind_mounts(wake: &Notify) {
+    let inotify = match Inotify::new() {
+        Ok(inotify) => inotify,
+        Err(e) => {
+            tracing::warn!("cannot watch netns bind mounts ({e}); relying on the interval");
+            return std::future::pending().await;
+        }
+    };
+    let mut watched: Vec<PathBuf> = Vec::new();
+    loop {
+        for dir in BIND_MOUNT_DIRS {
+            let Ok(real) = std::fs::canonicalize(dir) else { continue };
+            if !watched.contains(&real) && inotify.watch(&real).is_ok() {
+                watched.push(real);
+            }
+        }
+        // Re-check for directories that did not exist yet (the first `ip netns add` makes one).
+        match tokio::time::timeout(Duration::from_secs(1), inotify.readable()).await {
+            Ok(Ok(())) => {
+                wake.notify_one();
+                for delay in [50, 250, 1000] {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    wake.notify_one();
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("watching netns bind mounts failed ({e}); relying on the interval");
+                return std::future::pending().await;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+struct Inotify(AsyncFd<OwnedFd>);
+
+impl Inotify {
+    fn new() -> std::io::Result<Inotify> {
+        // SAFETY: plain syscall; the fd is owned right away.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor nobody else owns; the OwnedFd keeps it open for
+        // as long as the AsyncFd lives.
+        Ok(Inotify(unsafe { AsyncFd::register(OwnedFd::from_raw_fd(fd)) }?))
+    }
+
+    fn watch(&self, dir: &Path) -> std::io::Result<()> {
+        let path = CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+        let mask = libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO;
+        // SAFETY: valid fd and NUL-terminated path.
+        if unsafe { libc::inotify_add_watch(self.0.as_raw_fd(), path.as_ptr(), mask) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits until something happened, and drains the queue (what happened does not matter).
+    async fn readable(&self) -> std::io::Result<()> {
+        loop {
+            let mut guard = self.0.readable().await?;
+            let mut buf = [0u8; 4096];
+            // SAFETY: reading into a buffer we own, within its length.
+            let n = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 {
+                while unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+                guard.clear_ready();
+                return Ok(());
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::WouldBlock {
+                return Err(err);
+            }
+            guard.clear_ready();
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Commands that act on the ledger: through the running agent when there is one (its ledger
+//! is the only writer), else directly.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use netguard::agent::StateLock;
+use netguard::api::{self, ApiError, Request};
+use netguard::config::{DEFAULT_SOCKET, DEFAULT_STATE_DIR};
+use netguard::control::{self, Operation, Reply};
+use netguard::inventory::Pool;
+use netguard::ledger::{Ledger, LedgerOptions};
+use netguard::restore::Restorer;
+
+/// Where the ledger and the agent are.
+#[derive(Args, Clone)]
+pub struct Place {
+    /// The ledger's directory.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The agent's socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// A netns standing in for the host's init_net (tests).
+    #[arg(long, value_name = "PATH")]
+    pub host_netns: Option<PathBuf>,
+}
+
+impl Place {
+    /// A restorer and the ledger, opened here because no agent runs; the lock keeps a
+    /// concurrently started agent out until we are done.
+    pub fn open_locally(&self) -> anyhow::Result<(StateLock, Ledger, Restorer)> {
+        let lock = StateLock::acquire(&self.state_dir)?;
+        let (ledger, opened) = Ledger::open(LedgerOptions::new(&self.state_dir))?;
+        if matches!(opened, netguard::ledger::Opened::Rebuilt { .. }) {
+            eprintln!("netguard: {opened}");
+        }
+        let restorer = Restorer::new(Arc::new(Pool::new(self.host_netns.clone())), 64);
+        Ok((lock, ledger, restorer))
+    }
+}
+
+/// Runs `operation` (by the agent if one answers) and prints its reply; exit 1 if what it
+/// touched is not as it should be.
+pub fn run(place: &Place, operation: Operation, json: bool) -> anyhow::Result<ExitCode> {
+    super::require_root()?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let reply = runtime.block_on(async {
+        match api::request::<Result<Reply, String>>(&place.socket, &Request::Operate { operation: operation.clone() }).await {
+            Ok(answer) => answer.map_err(anyhow::Error::msg),
+            Err(ApiError::NoAgent { .. }) => {
+                let (_lock, mut ledger, restorer) = place.open_locally()?;
+                Ok(control::execute(&operation, &mut ledger, &restorer).await?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reply.detail)?);
+    } else if !reply.text.is_empty() {
+        println!("{}", reply.text);
+    }
+    Ok(if reply.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,106 @@
+//! `netguard status`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chrono::Utc;
+use netguard::api::{self, ApiError, Request};
+use netguard::status::{self, Status};
+
+use super::ops::Place;
+
+pub fn run(place: &Place, json: bool) -> anyhow::Result<ExitCode> {
+    super::require_root()?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let (status, no_agent) = runtime.block_on(async {
+        match api::request::<Status>(&place.socket, &Request::Status).await {
+            Ok(status) => Ok((status, None)),
+            Err(no_agent @ ApiError::NoAgent { .. }) => {
+                let (_lock, ledger, restorer) = place.open_locally()?;
+                let plan = restorer.dry_run(&ledger).await?;
+                Ok::<_, anyhow::Error>((Status { agent: None, rows: status::rows_with_plan(&ledger, &plan) }, Some(no_agent)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match (&status.agent, &no_agent) {
+        (Some(agent), _) => {
+            let up = (Utc::now() - agent.started).num_seconds();
+            println!(
+                "agent: pid {}, backend {}, up {}, {} passes, {} events",
+                agent.pid,
+                agent.backend,
+                age(up),
+                agent.passes,
+                agent.events
+            );
+            for skipped in &agent.unavailable {
+                println!("  not using {skipped}");
+            }
+        }
+        (None, Some(why)) => println!("{why}; showing the ledger in {} and the live kernel", place.state_dir.display()),
+        (None, None) => {}
+    }
+    if status.rows.is_empty() {
+        println!("nothing guarded yet");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let live = status.agent.is_none();
+    let mut table = vec![vec![
+        "HOME".to_string(),
+        "KIND".into(),
+        "MAC".into(),
+        "NOW".into(),
+        "STATE".into(),
+        if live { "LIVE" } else { "LAST EVENT" }.into(),
+    ]];
+    for entry in &status.rows {
+        let row = &entry.row;
+        let now = match (&row.now, row.kind.as_str()) {
+            (Some(now), _) => now.clone(),
+            (None, "nic") => "?".into(),
+            (None, _) => format!("{} : {}", row.netns, row.name),
+        };
+        let mut state = row.state.clone();
+        if let Some(reason) = &row.reason {
+            state += &format!(" ({reason})");
+        }
+        let last = if live {
+            entry.live.clone().unwrap_or_default()
+        } else {
+            entry
+                .last_event
+                .as_ref()
+                .map(|e| format!("{} ago: {}", age((Utc::now() - e.time).num_seconds()), e.what))
+                .unwrap_or_else(|| "-".into())
+        };
+        table.push(vec![row.name.clone(), row.kind.clone(), row.mac.clone().unwrap_or("-".into()), now, state, last]);
+    }
+    print_table(&table);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn age(seconds: i64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s => format!("{}h", s / 3600),
+    }
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let columns = rows[0].len();
+    let widths: Vec<usize> = (0..columns).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| if c + 1 == columns { cell.clone() } else { format!("{cell:<w$}", w = widths[c]) })
+            .collect();
+        println!("{}", cells.join("  "));
+    }
+}

@@ -1,0 +1,144 @@
+//! What an operator asks of netguard besides watching: guard links, stop guarding them, lend
+//! and reclaim NICs, restore now. Carried out on the ledger by the agent when one runs (so its
+//! ledger stays the only writer), else by the command itself.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cni;
+use crate::inventory::InventoryError;
+use crate::lend::{self, LendError};
+use crate::ledger::learn::{self, LearnError};
+use crate::ledger::{Ledger, LedgerError, Locator};
+use crate::restore::{RestoreError, Restorer};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "operation", rename_all = "kebab-case")]
+pub enum Operation {
+    /// Guard every link of these netns (and their host sides) as they are now.
+    Learn { netns: Vec<PathBuf> },
+    /// Guard pod interfaces from CNI result files (a file, or every file of a directory).
+    ImportCni { path: PathBuf },
+    /// Stop guarding a link (in `netns`, else wherever the name is unique).
+    Forget { name: String, netns: Option<PathBuf> },
+    Lend { iface: String, netns: PathBuf, name: Option<String>, persistent: bool },
+    Reclaim { iface: String },
+    /// One restore pass; with `dry_run` only the plan.
+    Restore { dry_run: bool },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+    #[error(transparent)]
+    Learn(#[from] LearnError),
+    #[error(transparent)]
+    Cni(#[from] cni::CniError),
+    #[error(transparent)]
+    Lend(#[from] LendError),
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("no guarded link is named {name}{}: see `netguard status`", .netns.as_ref().map(|n| format!(" in {}", n.display())).unwrap_or_default())]
+    NotGuarded { name: String, netns: Option<PathBuf> },
+    #[error("{name} is guarded in several netns ({places}): say which with --netns")]
+    Ambiguous { name: String, places: String },
+}
+
+/// What an operation did: text for people, the same as JSON for programs, and whether
+/// everything it touched is as it should be.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    pub text: String,
+    pub detail: serde_json::Value,
+}
+
+impl Reply {
+    fn done(text: String, detail: impl Serialize) -> Reply {
+        Reply { ok: true, text, detail: serde_json::to_value(detail).unwrap_or_default() }
+    }
+}
+
+/// Carries out `operation`; the ledger is saved afterwards.
+pub async fn execute(operation: &Operation, ledger: &mut Ledger, restorer: &Restorer) -> Result<Reply, ControlError> {
+    let pool = restorer.pool();
+    let reply = match operation {
+        Operation::Learn { netns } => {
+            let locators: Vec<Locator> = netns.iter().map(|p| Locator::Path(p.clone())).collect();
+            let learned = learn::learn(pool, ledger, &locators).await?;
+            let mut text = format!("guarding {} link(s)", learned.guarded.len());
+            for key in &learned.guarded {
+                text += &format!("\n  {key}");
+            }
+            for skipped in &learned.skipped {
+                text += &format!("\n  skipped: {skipped}");
+            }
+            Reply::done(text, &learned)
+        }
+        Operation::ImportCni { path } => {
+            let files = if path.is_dir() { cni::read_dir(path)? } else { vec![cni::read(path)] };
+            let mut lines = Vec::new();
+            let mut ok = true;
+            for file in files {
+                let imported = match file {
+                    Ok(attachment) => learn::import_cni(pool, ledger, &attachment).await.map_err(ControlError::from),
+                    Err(e) => Err(e.into()),
+                };
+                match imported {
+                    Ok(key) => lines.push(format!("guarding {key}")),
+                    Err(e) => {
+                        ok = false;
+                        lines.push(format!("error: {e}"));
+                    }
+                }
+            }
+            Reply { ok, text: lines.join("\n"), detail: serde_json::json!(lines) }
+        }
+        Operation::Forget { name, netns } => {
+            let locator = match netns {
+                Some(path) => Locator::Path(path.clone()),
+                None => unique_locator(ledger, name)?,
+            };
+            if !ledger.forget_link(&locator, name) {
+                return Err(ControlError::NotGuarded { name: name.clone(), netns: netns.clone() });
+            }
+            Reply::done(format!("no longer guarding {name} in {locator}"), serde_json::json!({ "forgot": name }))
+        }
+        Operation::Lend { iface, netns, name, persistent } => {
+            let text = lend::lend(pool, ledger, iface, netns, name.as_deref(), *persistent).await?;
+            Reply::done(text.clone(), serde_json::json!({ "lent": text }))
+        }
+        Operation::Reclaim { iface } => {
+            let text = lend::reclaim(pool, ledger, iface).await?;
+            Reply::done(text.clone(), serde_json::json!({ "reclaimed": text }))
+        }
+        Operation::Restore { dry_run: true } => {
+            let plan = restorer.dry_run(ledger).await?;
+            Reply::done(plan.to_string(), &plan)
+        }
+        Operation::Restore { dry_run: false } => {
+            let report = restorer.pass(ledger).await?;
+            let ok = report.broken().next().is_none();
+            Reply { ok, text: report.to_string(), detail: serde_json::to_value(&report).unwrap_or_default() }
+        }
+    };
+    ledger.save()?;
+    Ok(reply)
+}
+
+/// The one netns a link named `name` is guarded in.
+fn unique_locator(ledger: &Ledger, name: &str) -> Result<Locator, ControlError> {
+    let places: Vec<Locator> = ledger.links().filter(|l| l.spec.name == name).map(|l| l.spec.netns.clone()).collect();
+    match places.as_slice() {
+        [] => Err(ControlError::NotGuarded { name: name.into(), netns: None }),
+        [one] => Ok(one.clone()),
+        many => Err(ControlError::Ambiguous {
+            name: name.into(),
+            places: many.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", "),
+        }),
+    }
+}

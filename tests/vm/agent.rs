@@ -1,0 +1,323 @@
+//! The agent against real NICs: refunded NICs renamed home, lend/reclaim, and vlan + macvlan
+//! brought back in their pod netns after a driver reload, each checked as `ip` shows it.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use netguard::trace::BackendKind;
+use netguard_tests::IP;
+use serde_json::Value;
+
+use crate::scenarios::{cleanup, ip};
+
+type Outcome = Result<(), String>;
+
+const NETGUARD: &str = "/bin/netguard";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A running `netguard agent`, stopped (SIGTERM) on drop.
+struct Agent {
+    child: Child,
+    state_dir: String,
+    socket: String,
+    log: String,
+}
+
+impl Agent {
+    fn start(backend: BackendKind) -> Result<Agent, String> {
+        let state_dir = format!("/tmp/agent-{backend}");
+        let socket = format!("{state_dir}.sock");
+        let log = format!("{state_dir}.log");
+        let _ = std::fs::remove_dir_all(&state_dir);
+        let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let child = Command::new(NETGUARD)
+            .args(["agent", "--backend", backend.as_str(), "--interval", "1"])
+            .args(["--state-dir", &state_dir, "--socket", &socket])
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("cannot start the agent: {e}"))?;
+        let agent = Agent { child, state_dir, socket, log };
+        let started = Instant::now();
+        while agent.status().is_err() {
+            if started.elapsed() > WAIT {
+                return Err(format!("the agent never answered; its log:\n{}", agent.log_tail()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(agent)
+    }
+
+    /// `netguard ARGS` against this agent.
+    fn netguard(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(NETGUARD)
+            .args(args)
+            .args(["--state-dir", &self.state_dir, "--socket", &self.socket])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "netguard {}: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn status(&self) -> Result<Value, String> {
+        let text = self.netguard(&["status", "--json"])?;
+        let status: Value = serde_json::from_str(&text).map_err(|e| format!("status --json: {e}: {text}"))?;
+        if status["agent"].is_null() {
+            return Err("status says no agent".into());
+        }
+        Ok(status)
+    }
+
+    /// The status row of a guarded NIC or link by name.
+    fn row(&self, name: &str) -> Result<Value, String> {
+        let status = self.status()?;
+        status["rows"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["name"] == name).cloned())
+            .ok_or_else(|| format!("status has no row {name}: {status}"))
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(25)..].join("\n")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// `ip -j [-n NETNS] addr show dev NAME`: the link with its addresses, if it exists.
+fn link(netns: Option<&str>, name: &str) -> Option<Value> {
+    let mut cmd = Command::new(IP);
+    cmd.arg("-j");
+    if let Some(ns) = netns {
+        cmd.args(["-n", ns]);
+    }
+    let out = cmd.args(["addr", "show", "dev", name]).stderr(Stdio::null()).output().ok()?;
+    let parsed: Value = serde_json::from_slice(&out.stdout).ok()?;
+    parsed.as_array()?.first().cloned()
+}
+
+fn has_address(link: &Value, addr: &str, prefix: u64) -> bool {
+    link["addr_info"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|i| i["local"] == addr && i["prefixlen"] == prefix))
+}
+
+fn has_default_route(netns: &str, dev: &str, via: &str) -> bool {
+    let out = Command::new(IP).args(["-j", "-n", netns, "route", "show", "default"]).output();
+    let Ok(out) = out else { return false };
+    let routes: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    routes.as_array().is_some_and(|r| r.iter().any(|r| r["dev"] == dev && r["gateway"] == via))
+}
+
+/// Polls `check` until it holds; returns how long that took.
+async fn until(what: &str, check: impl Fn() -> bool) -> Result<Duration, String> {
+    let start = Instant::now();
+    while !check() {
+        if start.elapsed() > WAIT {
+            return Err(format!("not within {}s: {what}", WAIT.as_secs()));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(start.elapsed())
+}
+
+fn nic_home(name: &str, mac: &str) -> bool {
+    link(None, name).is_some_and(|l| l["address"] == mac)
+}
+
+type Scenario = for<'a> fn(&'a Agent) -> std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + 'a>>;
+
+pub async fn run_all(backend: BackendKind, wanted: &dyn Fn(&str) -> bool) -> Vec<(&'static str, Outcome)> {
+    let scenarios: [(&'static str, Scenario); 5] = [
+        ("agent-refund-home", |a| Box::pin(refund_home(a))),
+        ("agent-two-refunds", |a| Box::pin(two_refunds(a))),
+        ("agent-lend-reclaim", |a| Box::pin(lend_reclaim(a))),
+        ("agent-persistent-lend", |a| Box::pin(persistent_lend(a))),
+        ("agent-driver-reload", |a| Box::pin(driver_reload(a))),
+    ];
+    let chosen: Vec<_> = scenarios.into_iter().filter(|(name, _)| wanted(name)).collect();
+    if chosen.is_empty() {
+        return Vec::new();
+    }
+    let agent = match Agent::start(backend) {
+        Ok(agent) => agent,
+        Err(why) => return vec![("agent-start", Err(why))],
+    };
+    let mut results = Vec::new();
+    for (name, scenario) in chosen {
+        let outcome = scenario(&agent).await.map_err(|why| format!("{why}\n  agent log:\n{}", agent.log_tail()));
+        results.push((name, outcome));
+        cleanup();
+    }
+    // The agent would restore what the last cleanup removes: stop it first, then clean again.
+    drop(agent);
+    cleanup();
+    results
+}
+
+/// (a) eth1 lent as eth0 with plain `ip`, its netns deleted: the kernel refunds it as devN and
+/// the agent renames it eth1.
+async fn refund_home(agent: &Agent) -> Outcome {
+    ip(&["netns", "add", "c1"])?;
+    ip(&["link", "set", "eth1", "netns", "c1", "name", "eth0"])?;
+    // The agent has seen it leave (and so knows its home name) before the netns goes.
+    until("the agent sees eth1 lent", || agent.row("eth1").is_ok_and(|r| r["state"] == "lent")).await?;
+    let start = Instant::now();
+    ip(&["netns", "del", "c1"])?;
+    until("eth1 home under its name", || nic_home("eth1", "52:54:00:12:34:57")).await?;
+    let took = start.elapsed();
+    println!("NGVM INFO agent: eth1 renamed home {} ms after `ip netns del`", took.as_millis());
+    let row = agent.row("eth1")?;
+    if row["state"] != "restored" {
+        return Err(format!("status row: {row}"));
+    }
+    Ok(())
+}
+
+/// Two NICs refunded at once: both home.
+async fn two_refunds(agent: &Agent) -> Outcome {
+    for (ns, nic) in [("c1", "eth1"), ("c2", "eth2")] {
+        ip(&["netns", "add", ns])?;
+        ip(&["link", "set", nic, "netns", ns, "name", "eth0"])?;
+    }
+    until("the agent sees both lent", || {
+        ["eth1", "eth2"].iter().all(|n| agent.row(n).is_ok_and(|r| r["state"] == "lent"))
+    })
+    .await?;
+    let start = Instant::now();
+    ip(&["netns", "del", "c1"])?;
+    ip(&["netns", "del", "c2"])?;
+    until("eth1 and eth2 home", || nic_home("eth1", "52:54:00:12:34:57") && nic_home("eth2", "52:54:00:12:34:58")).await?;
+    println!("NGVM INFO agent: two refunded NICs home {} ms after the deletes", start.elapsed().as_millis());
+    Ok(())
+}
+
+/// `netguard lend` then `netguard reclaim`: in the container under the asked name, then home.
+async fn lend_reclaim(agent: &Agent) -> Outcome {
+    ip(&["netns", "add", "c3"])?;
+    agent.netguard(&["lend", "eth2", "--netns", "/run/netns/c3", "--name", "eth0"])?;
+    let inside = link(Some("c3"), "eth0").ok_or("no eth0 in c3 after lend")?;
+    if inside["address"] != "52:54:00:12:34:58" {
+        return Err(format!("eth0 in c3 is not eth2: {inside}"));
+    }
+    if link(None, "eth2").is_some() {
+        return Err("eth2 still in the host after lend".into());
+    }
+    let row = agent.row("eth2")?;
+    if row["state"] != "lent" {
+        return Err(format!("status after lend: {row}"));
+    }
+    agent.netguard(&["reclaim", "eth0"])?;
+    if !nic_home("eth2", "52:54:00:12:34:58") {
+        return Err("eth2 not home after reclaim".into());
+    }
+    if link(Some("c3"), "eth0").is_some() {
+        return Err("eth0 still in c3 after reclaim".into());
+    }
+    Ok(())
+}
+
+/// A NIC lent with --persistent follows its container: home when the netns dies, lent again
+/// when a netns is re-created at the same path.
+async fn persistent_lend(agent: &Agent) -> Outcome {
+    ip(&["netns", "add", "c3"])?;
+    agent.netguard(&["lend", "eth2", "--netns", "/run/netns/c3", "--name", "eth0", "--persistent"])?;
+    ip(&["netns", "del", "c3"])?;
+    until("eth2 home after its container died", || nic_home("eth2", "52:54:00:12:34:58")).await?;
+    ip(&["netns", "add", "c3"])?;
+    let took = until("eth2 lent again as eth0 in the new c3", || {
+        link(Some("c3"), "eth0").is_some_and(|l| l["address"] == "52:54:00:12:34:58")
+    })
+    .await?;
+    println!("NGVM INFO agent: persistent lend renewed {} ms after the netns came back", took.as_millis());
+    agent.netguard(&["reclaim", "eth0"])?;
+    Ok(())
+}
+
+/// (c) vlan eth1.3 + macvlan in pod netns p1 (learned), and a macvlan over eth2 in p2 (imported
+/// from a CNI checkpoint); `modprobe -r e1000 && modprobe e1000` removes them all; the agent
+/// brings them back in the same netns with the same MAC, address and default route.
+async fn driver_reload(agent: &Agent) -> Outcome {
+    for step in [
+        &["netns", "add", "p1"][..],
+        &["netns", "add", "p2"],
+        &["link", "set", "eth1", "up"],
+        &["link", "set", "eth2", "up"],
+        &["link", "add", "link", "eth1", "name", "eth1.3", "type", "vlan", "id", "3"],
+        &["link", "set", "eth1.3", "up"],
+        &["link", "add", "link", "eth1.3", "name", "mvp1", "type", "macvlan", "mode", "bridge"],
+        &["link", "set", "mvp1", "netns", "p1"],
+        &["-n", "p1", "link", "set", "mvp1", "name", "eth0", "address", "02:00:00:00:03:02", "up"],
+        &["-n", "p1", "addr", "add", "198.18.3.2/24", "dev", "eth0"],
+        &["-n", "p1", "route", "add", "default", "via", "198.18.3.1"],
+        &["link", "add", "link", "eth2", "name", "mvp2", "type", "macvlan", "mode", "bridge"],
+        &["link", "set", "mvp2", "netns", "p2"],
+        &["-n", "p2", "link", "set", "mvp2", "name", "eth0", "address", "02:00:00:00:04:02", "up"],
+        &["-n", "p2", "addr", "add", "198.18.4.2/24", "dev", "eth0"],
+        &["-n", "p2", "route", "add", "default", "via", "198.18.4.1"],
+    ] {
+        ip(step)?;
+    }
+    let learned = agent.netguard(&["learn", "--netns", "/run/netns/p1"])?;
+    if !learned.contains("eth0 in /run/netns/p1") {
+        return Err(format!("learn said: {learned}"));
+    }
+    // The checkpoint format of field report 001, for the pod in p2.
+    let checkpoint = serde_json::json!({
+        "netns": "/run/netns/p2", "podname": "pod-p2", "sandbox": "p2sandbox", "ifname": "eth0",
+        "result": {
+            "interfaces": [{ "name": "eth0", "mac": "02:00:00:00:04:02", "sandbox": "/run/netns/p2" }],
+            "ips": [{ "version": "4", "interface": 0, "address": "198.18.4.2/24", "gateway": "198.18.4.1" }],
+            "routes": [{ "dst": "0.0.0.0/0", "gw": "198.18.4.1" }],
+            "dns": {}
+        }
+    });
+    std::fs::write("/tmp/checkpoint-p2", checkpoint.to_string()).map_err(|e| e.to_string())?;
+    agent.netguard(&["import-cni", "/tmp/checkpoint-p2"])?;
+    let inode = |ns: &str| netguard::netns::inode_of(std::path::Path::new(&format!("/run/netns/{ns}"))).ok();
+    let (p1, p2) = (inode("p1"), inode("p2"));
+
+    let start = Instant::now();
+    let reload = Command::new("sh").args(["-c", "modprobe -r e1000 && modprobe e1000"]).output().map_err(|e| e.to_string())?;
+    if !reload.status.success() {
+        return Err(format!("driver reload failed: {}", String::from_utf8_lossy(&reload.stderr)));
+    }
+    let pod_back = |ns: &str, mac: &str, addr: &str, gw: &str| {
+        link(Some(ns), "eth0").is_some_and(|l| l["address"] == mac && has_address(&l, addr, 24)) && has_default_route(ns, "eth0", gw)
+    };
+    until("p1's macvlan back with MAC, address, default route", || pod_back("p1", "02:00:00:00:03:02", "198.18.3.2", "198.18.3.1")).await?;
+    until("p2's macvlan back from the checkpoint", || pod_back("p2", "02:00:00:00:04:02", "198.18.4.2", "198.18.4.1")).await?;
+    let took = start.elapsed();
+    let vlan = link(None, "eth1.3").ok_or("vlan eth1.3 not back in the host")?;
+    let detail = Command::new(IP).args(["-d", "link", "show", "eth1.3"]).output().map_err(|e| e.to_string())?;
+    if !String::from_utf8_lossy(&detail.stdout).contains("vlan protocol 802.1Q id 3") {
+        return Err(format!("eth1.3 is not vlan id 3: {vlan}"));
+    }
+    if (inode("p1"), inode("p2")) != (p1, p2) {
+        return Err("a pod netns was replaced".into());
+    }
+    println!("NGVM INFO agent: vlan + 2 macvlans back {} ms after the driver reload started", took.as_millis());
+    let status = agent.status()?;
+    let restored = status["rows"].as_array().map_or(0, |rows| {
+        rows.iter().filter(|r| r["name"] == "eth0" && r["kind"] == "macvlan" && r["state"] == "restored").count()
+    });
+    if restored != 2 {
+        return Err(format!("status does not show both macvlans restored: {status}"));
+    }
+    Ok(())
+}
