@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkMessage};
@@ -14,7 +15,7 @@ use rtnetlink::{LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVlan}
 use serde::Serialize;
 
 use super::plan::{Action, Item, Plan, Target, Verdict};
-use crate::inventory::{macvlan_mode_to, LiveLink, NetnsConn, Pool};
+use crate::inventory::{macvlan_mode_to, InventoryError, LiveLink, NetnsConn, Pool};
 use crate::ledger::{LinkKey, Locator, Mac, RouteSpec, VlanProtocol};
 
 /// One failed action: what was tried, on which netns and device, and what the kernel said.
@@ -219,11 +220,17 @@ impl Executor {
                 if link.kind.as_deref() != Some("veth") || (mac.is_some() && link.mac != *mac) {
                     return Err(fail(format!("{dev} is no longer the stale veth (kind {:?}, MAC {:?}): left alone", link.kind, link.mac)));
                 }
+                seen.remove(&(netns.clone(), dev.clone()));
+                // The kernel removes the pair itself when it tears the replaced netns down, all
+                // dying netns in one batch: far cheaper than a delete of ours (each waits for
+                // RCU, holding RTNL). Only a netns that someone keeps alive never gets there.
+                if vanishes(&conn, link.ifindex, STALE_GRACE).await.map_err(|e| fail(e.to_string()))? {
+                    return Ok(());
+                }
                 match conn.handle().link().del(link.ifindex).execute().await {
                     Err(e) if errno(&e) == Some(libc::ENODEV) => {}
                     other => ctx.kernel(other)?,
                 }
-                seen.remove(&(netns.clone(), dev.clone()));
                 match conn.get_link(link.ifindex).await.map_err(|e| fail(e.to_string()))? {
                     None => Ok(()),
                     Some(_) => Err(fail("still there after the kernel accepted the delete".into())),
@@ -408,6 +415,26 @@ impl<F: Fn(String) -> ActionError> Ctx<'_, F> {
         }
         seen.insert((netns.clone(), name.to_string()), link.clone());
         Ok(link)
+    }
+}
+
+/// How long a stale host-side veth is given to go away with its old netns before we delete it.
+const STALE_GRACE: Duration = Duration::from_secs(1);
+
+/// Whether device `ifindex` is gone within `grace`, looking at growing intervals.
+async fn vanishes(conn: &NetnsConn, ifindex: u32, grace: Duration) -> Result<bool, InventoryError> {
+    let deadline = Instant::now() + grace;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if conn.get_link(ifindex).await?.is_none() {
+            return Ok(true);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 
