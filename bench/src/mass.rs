@@ -3,29 +3,27 @@
 //! Contenders alternate within each round, on the same world, after the same settling.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use netguard::inventory::Pool;
-use netguard::ledger::{Ledger, LedgerOptions};
-use netguard::restore::Restorer;
 use serde::Serialize;
 use tokio::process::Command;
 
+use crate::agent::Agent;
 use crate::baseline;
 use crate::stats::Samples;
+use crate::watch::{self, Watch};
 use crate::world::World;
-
-/// Links the restorer repairs at a time.
-const CONCURRENCY: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Contender {
-    /// One restore pass, started after the restart.
+    /// `netguard restore`, started after the restart.
     Netguard,
+    /// `netguard agent`, running before the restart.
+    Agent,
     /// The operator's `ip` script.
     Baseline,
     /// The same requests, unchecked.
@@ -36,6 +34,7 @@ impl Contender {
     pub fn label(self) -> &'static str {
         match self {
             Contender::Netguard => "netguard restore",
+            Contender::Agent => "agent (already running)",
             Contender::Baseline => "baseline (ip script)",
             Contender::Floor => "floor (netlink, no checks)",
         }
@@ -53,7 +52,7 @@ pub struct MassResult {
 }
 
 /// Builds a world of `n` containers and times each contender `rounds` times.
-pub async fn run(n: usize, rounds: usize, contenders: &[Contender]) -> anyhow::Result<MassResult> {
+pub async fn run(netguard: &Path, n: usize, rounds: usize, contenders: &[Contender]) -> anyhow::Result<MassResult> {
     eprintln!("mass restore, N={n}: building the world");
     let world = World::build(n).await?;
     let mut times: BTreeMap<Contender, Vec<Duration>> = BTreeMap::new();
@@ -62,7 +61,9 @@ pub async fn run(n: usize, rounds: usize, contenders: &[Contender]) -> anyhow::R
     for round in 0..=rounds {
         for k in 0..contenders.len() {
             let who = contenders[(k + round) % contenders.len()];
-            let took = trial(&world, who).await.with_context(|| format!("{} at N={n}, round {round}", who.label()))?;
+            let took = trial(netguard, &world, who)
+                .await
+                .with_context(|| format!("{} at N={n}, round {round}", who.label()))?;
             world.verify().await.with_context(|| format!("after {} at N={n}, round {round}", who.label()))?;
             eprintln!(
                 "  N={n} round {round}{}: {:<28} {:8.3} s",
@@ -86,48 +87,48 @@ pub async fn run(n: usize, rounds: usize, contenders: &[Contender]) -> anyhow::R
     })
 }
 
-/// One restart and one contender's restore, timed from its start to its end.
-async fn trial(world: &World, who: Contender) -> anyhow::Result<Duration> {
-    world.recreate_all(|| Ok(()))?;
-    world.settle().await?;
-    match who {
-        Contender::Netguard => netguard_pass(world).await,
+/// One restart and one contender's restore. A one-shot contender starts once the kernel
+/// has torn the old namespaces down and is timed from its start to its exit; the agent runs
+/// through the restart and is timed from the last netns mounted to the last link back.
+async fn trial(netguard: &Path, world: &World, who: Contender) -> anyhow::Result<Duration> {
+    let mut cmd = match who {
+        Contender::Agent => return agent_trial(netguard, world).await,
+        Contender::Netguard => {
+            let mut cmd = Command::new(netguard);
+            cmd.arg("restore").arg("--host-netns").arg(&world.host_path).arg("--state-dir").arg(&world.state_dir);
+            // Never the system's agent: a socket nobody listens on, so the command works alone.
+            cmd.arg("--socket").arg(world.state_dir.join("agent.sock"));
+            cmd
+        }
         Contender::Baseline => {
             let script = world.state_dir.join("baseline.sh");
             std::fs::write(&script, baseline::script(world))?;
-            timed(Command::new("sh").arg("-e").arg(&script)).await
+            let mut cmd = Command::new("sh");
+            cmd.arg("-e").arg(&script);
+            cmd
         }
         Contender::Floor => {
-            let me = std::env::current_exe().context("finding our own executable")?;
-            timed(
-                Command::new(me)
-                    .args(["floor", "--world", &world.name, "--n", &world.containers.len().to_string(), "--host"])
-                    .arg(&world.host_path),
-            )
-            .await
+            let mut cmd = Command::new(std::env::current_exe().context("finding our own executable")?);
+            cmd.args(["floor", "--world", &world.name, "--n", &world.containers.len().to_string(), "--host"]);
+            cmd.arg(&world.host_path);
+            cmd
         }
-    }
+    };
+    world.recreate_all(|| Ok(()))?;
+    world.settle().await?;
+    timed(&mut cmd).await
 }
 
-/// One restore pass through the library, as `netguard restore` does it: open the ledger,
-/// survey, plan, apply, verify, save.
-async fn netguard_pass(world: &World) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    let (mut ledger, _) = Ledger::open(LedgerOptions::new(&world.state_dir))?;
-    let restorer = Restorer::new(Arc::new(Pool::new(Some(world.host_path.clone()))), CONCURRENCY);
-    let report = restorer.pass(&mut ledger).await?;
-    ledger.save()?;
-    let took = started.elapsed();
-    if let Some(first) = report.broken().next() {
-        bail!(
-            "{} links not restored; first: {} {:?} {}",
-            report.broken().count(),
-            first.target,
-            first.outcome,
-            first.reason.as_deref().unwrap_or("")
-        );
-    }
-    Ok(took)
+async fn agent_trial(netguard: &Path, world: &World) -> anyhow::Result<Duration> {
+    let agent = Agent::start(netguard, world, None).await?;
+    let watch = Watch::start(world).await?;
+    let born = world.recreate_all(watch::subscribe)?;
+    let since = Instant::now();
+    let all: Vec<usize> = (0..world.containers.len()).collect();
+    let timeout = Duration::from_secs(30) + Duration::from_millis(50) * all.len() as u32;
+    let took = watch.until_back(world, &all, born, since, timeout).await;
+    agent.stop().await?;
+    took
 }
 
 /// Runs a command to its end; its wall time, or its stderr if it fails.

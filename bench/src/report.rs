@@ -5,6 +5,8 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::mass::{Contender, MassResult};
+use crate::reaction::ReactionResult;
+use crate::scale::ScaleResult;
 
 #[derive(Debug, Serialize)]
 pub struct Machine {
@@ -39,11 +41,13 @@ pub struct Results {
     pub machine: Machine,
     pub quick: bool,
     pub mass_restore: Vec<MassResult>,
+    pub reaction: Option<ReactionResult>,
+    pub scale: Option<ScaleResult>,
 }
 
 impl Results {
     pub fn new(quick: bool) -> Results {
-        Results { machine: Machine::read(), quick, mass_restore: vec![] }
+        Results { machine: Machine::read(), quick, mass_restore: vec![], reaction: None, scale: None }
     }
 
     pub fn table(&self) -> String {
@@ -65,7 +69,7 @@ impl Results {
                 let _ = write!(t, "{:>12}", format!("N={}", r.n));
             }
             let _ = writeln!(t);
-            for c in [Contender::Netguard, Contender::Baseline, Contender::Floor] {
+            for c in [Contender::Netguard, Contender::Agent, Contender::Baseline, Contender::Floor] {
                 row(&mut t, c.label(), &self.mass_restore, |r| r.seconds.get(&c).map(|s| format!("{:.3}", s.median)));
             }
             row(&mut t, "baseline / netguard", &self.mass_restore, |r| {
@@ -73,6 +77,33 @@ impl Results {
             });
             row(&mut t, "netguard / floor", &self.mass_restore, |r| r.netguard_over_floor.map(|x| format!("{x:.2}x")));
             row(&mut t, "timed rounds", &self.mass_restore, |r| Some(r.rounds.to_string()));
+        }
+        let ms = |x: f64| format!("{:.1} ms", x * 1e3);
+        if let Some(r) = &self.reaction {
+            let _ = writeln!(t, "\n2. Reaction latency, agent running: one netns re-created -> its veth back");
+            let l = &r.latency;
+            let _ = writeln!(t, "{:<30}{:>12}{:>12}   ({} trials)", "p50 / p99", ms(l.median), ms(l.p99), r.trials);
+        }
+        if let Some(s) = &self.scale {
+            let _ = writeln!(t, "\n5. Scale: {} guarded links in {} netns, all healthy", s.links, s.links);
+            let _ =
+                writeln!(t, "{:<30}{:>12}", "agent RSS", format!("{:.1} MiB", s.agent_rss_bytes as f64 / 1048576.0));
+            let _ = writeln!(
+                t,
+                "{:<30}{:>12}   (mean of {} passes)",
+                "idle pass CPU",
+                ms(s.idle_pass_cpu_seconds),
+                s.idle_passes
+            );
+            let _ = writeln!(
+                t,
+                "{:<30}{:>12}{:>12}   (median, p99)",
+                "status --json wall",
+                ms(s.status.median),
+                ms(s.status.p99)
+            );
+            let _ = writeln!(t, "{:<30}{:>12}", "ledger on disk", format!("{} KiB", s.ledger_bytes / 1024));
+            let _ = writeln!(t, "{:<30}{:>12}{:>12}   (median, p99)", "ledger save", ms(s.save.median), ms(s.save.p99));
         }
         t
     }

@@ -164,23 +164,29 @@ impl World {
         Ok(world)
     }
 
-    /// The host-wide container restart: every container netns deleted and a new one made at
-    /// the same path; `at_birth` runs inside each new one before it is mounted. Returns when
-    /// the last one is mounted, with what `at_birth` gave.
+    /// A container restart: its netns deleted and a new one made at the same path, with
+    /// IPv6 off; `at_birth` runs inside the new one before it is mounted, and its result is
+    /// returned.
+    pub fn recreate<T: Send + 'static>(
+        &self,
+        i: usize,
+        at_birth: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let path = &self.containers[i].path;
+        netns::remove(path)?;
+        Ok(netns::create(path, move || {
+            without_ipv6()?;
+            at_birth()
+        })?)
+    }
+
+    /// The host-wide container restart: [`recreate`](Self::recreate) of every container, one
+    /// after the other. Returns when the last one is mounted.
     pub fn recreate_all<T: Send + 'static>(
         &self,
-        at_birth: impl Fn() -> std::io::Result<T> + Send + Sync + Clone + 'static,
+        at_birth: impl Fn() -> std::io::Result<T> + Send + Clone + 'static,
     ) -> anyhow::Result<Vec<T>> {
-        let mut born = Vec::with_capacity(self.containers.len());
-        for c in &self.containers {
-            netns::remove(&c.path)?;
-            let at_birth = at_birth.clone();
-            born.push(netns::create(&c.path, move || {
-                without_ipv6()?;
-                at_birth()
-            })?);
-        }
-        Ok(born)
+        (0..self.containers.len()).map(|i| self.recreate(i, at_birth.clone())).collect()
     }
 
     /// Waits until the kernel has torn down the namespaces that were replaced: their veths
@@ -198,6 +204,10 @@ impl World {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    pub fn host(&self) -> &NetnsConn {
+        &self.host
     }
 
     /// Checks every container's link against the kernel (fresh connections, dropped after).
