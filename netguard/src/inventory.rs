@@ -120,6 +120,7 @@ pub struct NetnsInventory {
     pub inode: u64,
     pub links: Vec<LiveLink>,
     pub addresses: Vec<LiveAddr>,
+    /// Main-table routes.
     pub routes: Vec<LiveRoute>,
     #[serde(skip)]
     by_index: HashMap<u32, usize>,
@@ -201,22 +202,12 @@ impl NetnsConn {
         }
         let file = netns::open(path)?;
         let inode = file.metadata().map_err(|source| NetnsError::Open { path: path.into(), source })?.ino();
-        // Enter through our own fd, so the socket lands in the netns we opened even if the path
-        // is re-pointed meanwhile.
-        let via_fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-        let socket = tokio::task::spawn_blocking(move || {
-            netns::run_in(&via_fd, || -> std::io::Result<RawFd> {
-                let socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
-                // Lets the kernel filter dumps by ifindex instead of sending everything.
-                socket.set_netlink_get_strict_chk(true)?;
-                Ok(socket.into_raw_fd())
-            })
-        })
-        .await
-        .map_err(|_| NetnsError::ThreadDied { path: path.into() })??
-        .map_err(|source| InventoryError::Socket { netns: name.clone(), source })?;
+        // Made in the netns we opened, even if the path is re-pointed meanwhile.
+        let socket = socket_in(&file, path).await?;
+        // Lets the kernel filter dumps by ifindex instead of sending everything.
+        socket.set_netlink_get_strict_chk(true).map_err(|source| InventoryError::Socket { netns: name.clone(), source })?;
         // SAFETY: `socket` is a netlink socket fd we own; ownership moves into TokioSocket.
-        let socket = unsafe { netlink_sys::TokioSocket::from_raw_fd(socket) };
+        let socket = unsafe { netlink_sys::TokioSocket::from_raw_fd(socket.into_raw_fd()) };
         let (connection, handle, _) = rtnetlink::from_socket(socket);
         let task = tokio::spawn(connection);
         tracing::debug!("rtnetlink connection open in netns {name} (inode {inode})");
@@ -248,6 +239,8 @@ impl NetnsConn {
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut query = RouteMessage::default();
             query.header.address_family = family;
+            // Only the main table is ever looked at; the kernel skips the others (strict check).
+            query.header.table = RouteHeader::RT_TABLE_MAIN;
             let part: Vec<RouteMessage> =
                 self.handle.route().get(query).execute().try_collect().await.map_err(self.err("route dump"))?;
             routes.extend(part.iter().filter_map(parse_route));
@@ -340,6 +333,153 @@ async fn first_link(
         Some(Err(e)) => Err(e),
         None => Ok(None),
     }
+}
+
+/// A NETLINK_ROUTE socket in the netns `netns` (opened from `path`). Sockets are made on one
+/// thread kept for that: it enters the netns, makes the socket and goes back to its own netns
+/// (a thread left inside would keep that netns alive). A thread per socket cost more than the
+/// socket.
+async fn socket_in(netns: &File, path: &Path) -> Result<netlink_sys::Socket, InventoryError> {
+    type Job = (File, PathBuf, tokio::sync::oneshot::Sender<Result<netlink_sys::Socket, InventoryError>>);
+    static ENTERING: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> = std::sync::OnceLock::new();
+    let jobs = ENTERING.get_or_init(|| {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("netguard-netns".into())
+            .spawn(move || {
+                let home_path = Path::new("/proc/thread-self/ns/net");
+                let home = match netns::open(home_path) {
+                    Ok(home) => home,
+                    Err(e) => return tracing::error!("cannot keep a thread for entering namespaces: {e}"),
+                };
+                for (netns, path, reply) in queue {
+                    let made = netns::enter(&netns, &path).map_err(InventoryError::from).and_then(|()| {
+                        netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)
+                            .map_err(|source| InventoryError::Socket { netns: path.display().to_string(), source })
+                    });
+                    if let Err(e) = netns::enter(&home, home_path) {
+                        // Stuck elsewhere: every later request finds this thread gone.
+                        return tracing::error!("the thread entering namespaces cannot go back: {e}");
+                    }
+                    let _ = reply.send(made);
+                }
+            })
+            .expect("spawning a thread");
+        Mutex::new(jobs)
+    });
+    let gone = || InventoryError::Netns(NetnsError::ThreadDied { path: path.into() });
+    // Our own fd for the job: the caller's may be closed if it stops waiting.
+    let netns = netns.try_clone().map_err(|source| NetnsError::Open { path: path.into(), source })?;
+    let (reply, made) = tokio::sync::oneshot::channel();
+    jobs.lock().unwrap_or_else(|p| p.into_inner()).send((netns, path.into(), reply)).map_err(|_| gone())?;
+    made.await.map_err(|_| gone())?
+}
+
+/// Which namespaces changed since last asked: a socket in the host netns subscribed to the
+/// link, address and route notifications of the host and of every netns the host has an nsid
+/// for (NETLINK_LISTEN_ALL_NSID). It holds no netns but the host's.
+pub struct Changes {
+    socket: netlink_sys::Socket,
+    buf: Vec<u8>,
+}
+
+/// What [`Changes::take`] found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changed {
+    /// Notifications were lost (the socket overran): anything may have changed.
+    pub anything: bool,
+    pub host: bool,
+    /// Namespaces by the nsid the host gives them.
+    pub nsids: std::collections::HashSet<i32>,
+}
+
+impl Changes {
+    /// Queued notifications are kept up to this size; beyond, an overrun says "anything".
+    const RECEIVE_BUFFER: libc::c_int = 4 << 20;
+
+    pub async fn open(host: &Path) -> Result<Changes, InventoryError> {
+        let io = |source| InventoryError::Socket { netns: host.display().to_string(), source };
+        let file = netns::open(host)?;
+        let mut socket = socket_in(&file, host).await?;
+        socket.bind(&netlink_sys::SocketAddr::new(0, 0)).map_err(io)?;
+        for group in [
+            libc::RTNLGRP_LINK,
+            libc::RTNLGRP_IPV4_IFADDR,
+            libc::RTNLGRP_IPV4_ROUTE,
+            libc::RTNLGRP_IPV6_IFADDR,
+            libc::RTNLGRP_IPV6_ROUTE,
+        ] {
+            socket.add_membership(group).map_err(io)?;
+        }
+        socket.set_listen_all_namespaces(true).map_err(io)?;
+        let size = Self::RECEIVE_BUFFER;
+        // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int and its size.
+        // SO_RCVBUFFORCE goes past net.core.rmem_max (we are root); failing that, the default.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        socket.set_non_blocking(true).map_err(io)?;
+        Ok(Changes { socket, buf: vec![0; 64 << 10] })
+    }
+
+    /// Every netns something was announced about since the last call (never blocks).
+    pub fn take(&mut self) -> Changed {
+        let mut changed = Changed::default();
+        loop {
+            match recv_nsid(self.socket.as_raw_fd(), &mut self.buf) {
+                Ok((_, true)) => changed.anything = true,
+                Ok((None, false)) => changed.host = true,
+                Ok((Some(nsid), false)) => {
+                    changed.nsids.insert(nsid);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return changed,
+                // The kernel dropped notifications for us; what is still queued reads on.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => changed.anything = true,
+                Err(e) => {
+                    tracing::warn!("reading netlink notifications: {e}");
+                    changed.anything = true;
+                    return changed;
+                }
+            }
+        }
+    }
+}
+
+/// One datagram: the nsid the kernel tagged it with (`None`: from our own netns) and whether
+/// it was cut short. Only the tag matters here, not the messages.
+fn recv_nsid(fd: RawFd, buf: &mut [u8]) -> std::io::Result<(Option<i32>, bool)> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // u64 elements keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    header.msg_iov = &mut iov;
+    header.msg_iovlen = 1;
+    header.msg_control = control.as_mut_ptr().cast();
+    header.msg_controllen = size_of_val(&control) as _;
+    // SAFETY: the header points at `buf` and `control`, both alive and of the sizes given.
+    if unsafe { libc::recvmsg(fd, &mut header, libc::MSG_DONTWAIT) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut nsid = None;
+    // SAFETY: the kernel filled the control buffer and msg_controllen; the CMSG macros walk it
+    // within those bounds, and the data is read unaligned.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&header);
+        while !cmsg.is_null() {
+            if ((*cmsg).cmsg_level, (*cmsg).cmsg_type) == (libc::SOL_NETLINK, libc::NETLINK_LISTEN_ALL_NSID) {
+                nsid = Some(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>()));
+            }
+            cmsg = libc::CMSG_NXTHDR(&header, cmsg);
+        }
+    }
+    Ok((nsid, header.msg_flags & libc::MSG_TRUNC != 0))
 }
 
 const OWN_NETNS: &str = "/proc/self/ns/net";

@@ -229,6 +229,37 @@ async fn home_name_held_by_another_device_is_a_conflict_then_renamed_home_once_f
     assert_eq!(ledger.nics()[0].location.as_ref().unwrap().name, "lan7");
 }
 
+#[tokio::test]
+async fn a_change_between_passes_is_seen_though_the_last_look_is_kept() {
+    if skip_unless_root() {
+        return;
+    }
+    let w = Bridged::new("ch");
+    let dir = TestDir::new("ch");
+    let (mut ledger, restorer) = start(&w.host, &dir);
+    learn(restorer.pool(), &mut ledger, &[w.c_loc()]).await.unwrap();
+    let first = restorer.pass(&mut ledger).await.unwrap();
+    assert_eq!(result_for(&first, "eth0").outcome, Outcome::Intact, "{first}");
+
+    // Inside the container, and then on the host side: each announced by the kernel.
+    w.c.ip(&["route", "del", "198.19.1.0/24"]);
+    let report = restorer.pass(&mut ledger).await.unwrap();
+    let applied: Vec<String> = result_for(&report, "eth0").applied.iter().map(ToString::to_string).collect();
+    assert_eq!(applied, vec![format!("[{}] ip route add 198.19.1.0/24 via 198.18.1.1 dev eth0", w.c.path().display())]);
+    w.host.ip(&["link", "set", "vh0", "nomaster"]);
+    let report = restorer.pass(&mut ledger).await.unwrap();
+    let applied: Vec<String> = result_for(&report, "eth0").applied.iter().map(ToString::to_string).collect();
+    assert_eq!(applied, vec!["[host] ip link set vh0 master br0"]);
+
+    // A container restart between passes: a new netns at the same path.
+    w.c.recreate();
+    let report = restorer.pass(&mut ledger).await.unwrap();
+    assert_eq!(result_for(&report, "eth0").outcome, Outcome::Restored, "{report}");
+    assert!(has_addr(&w.c, "eth0", "198.18.1.2", 24));
+    let again = restorer.pass(&mut ledger).await.unwrap();
+    assert_eq!(result_for(&again, "eth0").outcome, Outcome::Intact, "{again}");
+}
+
 /// What a restore could change in a netns (links, their admin state, masters, MACs,
 /// addresses, routes), leaving out what the kernel changes on its own (carrier, timers, DAD).
 fn dumps(ns: &TestNetns) -> Vec<String> {

@@ -1,8 +1,9 @@
 //! The restorer, level-triggered: each pass looks at the kernel (host netns and every netns a
-//! guarded link lives in), compares it with the ledger, plans, applies, and records how each
-//! guarded thing stands. Running a pass again on a healthy system does nothing.
+//! guarded link lives in; what it saw before where nothing changed since), compares it with the
+//! ledger, plans, applies, and records how each guarded thing stands. Running a pass again on a
+//! healthy system does nothing.
 
-use std::collections::BTreeSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +11,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::event::Netns;
-use crate::inventory::{InventoryError, Pool, Pruned};
+use futures::StreamExt;
+
+use crate::inventory::{Changed, Changes, InventoryError, NetnsConn, Pool, Pruned};
 use crate::ledger::{KindSpec, Ledger, LedgerContent, LinkState, Locator, Mac, NicIdentity, NicLocation, NicRecord, NicState, Parent};
 
 pub mod apply;
@@ -58,65 +61,126 @@ impl fmt::Display for PassReport {
 pub struct Restorer {
     pool: Arc<Pool>,
     executor: Executor,
+    known: tokio::sync::Mutex<Known>,
 }
+
+/// The kernel's view kept from pass to pass, read again only where it may have changed: a
+/// netns the kernel announced a change in (link, address or route), one mounted anew at its
+/// path, one whose last pass left something not whole; everything when notifications were
+/// lost, and every [`READ_ALL_EVERY`] regardless. A pass on an idle host then reads nothing
+/// but one `stat` per netns.
+#[derive(Default)]
+struct Known {
+    world: World,
+    /// The nsid the host gives each netns read: its notifications carry it. `None`: it has
+    /// none, so nothing would say it changed, and it is read every pass.
+    nsids: HashMap<Locator, Option<i32>>,
+    /// Read again at the next pass (`Locator::Host`: the host netns).
+    again: HashSet<Locator>,
+    changes: Option<Changes>,
+    read_all_at: Option<Instant>,
+}
+
+/// However quiet the kernel, everything is read again this often.
+const READ_ALL_EVERY: Duration = Duration::from_secs(300);
+
+/// Namespaces read at once during a survey (each read holds a socket in its netns).
+const READ_CONCURRENCY: usize = 16;
 
 impl Restorer {
     /// Links are repaired up to `concurrency` at a time.
     pub fn new(pool: Arc<Pool>, concurrency: usize) -> Restorer {
-        Restorer { executor: Executor::new(pool.clone(), concurrency), pool }
+        Restorer { executor: Executor::new(pool.clone(), concurrency), pool, known: Default::default() }
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
     }
 
-    /// Dumps the host netns and every netns the ledger's links need, concurrently, after
-    /// dropping connections to netns that are gone. A netns that cannot be opened is noted,
-    /// not fatal: its links wait.
-    pub async fn survey(&self, ledger: &LedgerContent) -> Result<(World, Vec<Pruned>), RestoreError> {
+    /// Brings the kept view of the host netns and of every netns the ledger's links need up
+    /// to date (see [`Known`]), reading what may have changed concurrently. A netns that
+    /// cannot be opened is noted, not fatal: its links wait.
+    async fn survey(
+        &self,
+        ledger: &LedgerContent,
+    ) -> Result<(tokio::sync::MutexGuard<'_, Known>, Vec<Pruned>), RestoreError> {
+        let mut known = self.known.lock().await;
         let pruned = self.pool.prune();
         let host = self.pool.host().await.map_err(RestoreError::Host)?;
-        let mut wanted = BTreeSet::new();
-        for record in ledger.links.values() {
-            let spec = &record.spec;
-            wanted.insert(spec.netns.clone());
-            match &spec.kind {
-                KindSpec::Veth { peer } => {
-                    wanted.insert(peer.netns.clone());
-                }
-                KindSpec::Vlan { parent: Parent::Link { netns, .. }, .. }
-                | KindSpec::Macvlan { parent: Parent::Link { netns, .. }, .. } => {
-                    wanted.insert(netns.clone());
-                }
-                _ => {}
+        // Listening before reading: whatever changes during the reads is announced after.
+        if known.changes.is_none() {
+            match Changes::open(self.pool.path_of(&Locator::Host)).await {
+                Ok(changes) => known.changes = Some(changes),
+                Err(e) => tracing::warn!("not listening for changes ({e}): this pass reads every netns"),
             }
         }
-        wanted.remove(&Locator::Host);
-        let dumps = futures::future::join_all(wanted.into_iter().map(|locator| async move {
-            let dumped = match self.pool.get(&locator).await {
-                Ok(conn) => conn.dump().await,
-                Err(e) => Err(e),
-            };
-            (locator, dumped)
-        }));
-        let (host_inv, others) = futures::join!(host.dump(), dumps);
-        let mut world = World { host: host_inv.map_err(RestoreError::Host)?, ..World::default() };
-        for (locator, dumped) in others {
-            match dumped {
-                Ok(inv) => {
-                    world.netns.insert(locator, inv);
+        let changed = match &mut known.changes {
+            Some(changes) => changes.take(),
+            None => Changed { anything: true, ..Changed::default() },
+        };
+        let due = known.read_all_at.is_none_or(|at| at.elapsed() >= READ_ALL_EVERY);
+        if changed.anything || due || known.world.host.inode != host.inode {
+            let changes = known.changes.take();
+            *known = Known { changes, read_all_at: Some(Instant::now()), ..Known::default() };
+            known.again.insert(Locator::Host);
+        }
+        let wanted = wanted(ledger);
+        let Known { world, nsids, again, .. } = &mut *known;
+        world.netns.retain(|locator, _| wanted.contains(locator));
+        world.unreachable.clear();
+        nsids.retain(|locator, _| wanted.contains(locator));
+        let stale: Vec<Locator> = wanted
+            .into_iter()
+            .filter(|locator| {
+                let Some(inv) = world.netns.get(*locator) else { return true };
+                let announced = match nsids.get(*locator) {
+                    Some(Some(nsid)) => changed.nsids.contains(nsid),
+                    _ => true,
+                };
+                announced || again.contains(*locator) || self.pool.inode_at(locator) != Some(inv.inode)
+            })
+            .cloned()
+            .collect();
+        let read_host = changed.host || again.contains(&Locator::Host);
+        again.clear();
+        let host = &host;
+        let reads = futures::stream::iter(stale)
+            .map(|locator: Locator| async move {
+                let path = self.pool.path_of(&locator).to_path_buf();
+                let read = async {
+                    let conn = NetnsConn::open(locator.clone(), &path).await?;
+                    Ok::<_, InventoryError>((conn.dump().await?, host.nsid_of(&conn).await?))
+                }
+                .await;
+                (locator, read)
+            })
+            .buffer_unordered(READ_CONCURRENCY)
+            .collect::<Vec<_>>();
+        let host_read = async move { if read_host { Some(host.dump().await) } else { None } };
+        let (host_inv, reads) = futures::join!(host_read, reads);
+        if let Some(inv) = host_inv {
+            world.host = inv.map_err(RestoreError::Host)?;
+        }
+        for (locator, read) in reads {
+            match read {
+                Ok((inv, nsid)) => {
+                    world.netns.insert(locator.clone(), inv);
+                    nsids.insert(locator, nsid);
                 }
                 Err(e) => {
+                    world.netns.remove(&locator);
+                    nsids.remove(&locator);
                     world.unreachable.insert(locator, e.to_string());
                 }
             }
         }
-        Ok((world, pruned))
+        Ok((known, pruned))
     }
 
     /// What a pass would do, changing nothing (kernel or ledger): for `--dry-run`.
     pub async fn dry_run(&self, ledger: &Ledger) -> Result<Plan, RestoreError> {
-        let (world, _) = self.survey(ledger.content()).await?;
+        let (known, _) = self.survey(ledger.content()).await?;
+        let world = &known.world;
         let mut content = ledger.content().clone();
         let see = &mut |identity: NicIdentity, mac, up, location: NicLocation| {
             if ledger.is_new_nic(&identity, mac, &location.name) {
@@ -124,20 +188,21 @@ impl Restorer {
                 content.nics.push(NicRecord::new(identity, &home, up, Some(location)));
             }
         };
-        see_host_nics(see, &world, self.host_netns(&world));
+        see_host_nics(see, world, self.host_netns(world));
         self.pool.release();
-        Ok(plan::plan(&content, &world))
+        Ok(plan::plan(&content, world))
     }
 
     /// One pass: survey, guard newly seen NICs, plan, apply, record states in the ledger
     /// (journalled; the caller saves the ledger once afterwards).
     pub async fn pass(&self, ledger: &mut Ledger) -> Result<PassReport, RestoreError> {
         let started = Instant::now();
-        let (world, pruned) = self.survey(ledger.content()).await?;
-        let host_netns = self.host_netns(&world);
+        let (mut known, pruned) = self.survey(ledger.content()).await?;
+        let world = &known.world;
+        let host_netns = self.host_netns(world);
         let see = &mut |identity: NicIdentity, mac, up, location| ledger.see_host_nic(&identity, mac, up, location);
-        see_host_nics(see, &world, host_netns.clone());
-        let plan = plan::plan(ledger.content(), &world);
+        see_host_nics(see, world, host_netns.clone());
+        let plan = plan::plan(ledger.content(), world);
         for item in &plan.items {
             if item.verdict == Verdict::Repair {
                 if let Target::Link { key, .. } = &item.target {
@@ -147,8 +212,20 @@ impl Restorer {
         }
         let results = self.executor.apply(&plan).await;
         for (item, result) in plan.items.iter().zip(&results) {
-            record(ledger, item, result, &world, &host_netns);
+            record(ledger, item, result, world, &host_netns);
         }
+        // What was changed or is not whole is looked at again, notifications or not.
+        for (item, result) in plan.items.iter().zip(&results) {
+            if result.outcome != Outcome::Intact {
+                let netns = match &item.target {
+                    Target::Link { key, .. } => key.netns.clone(),
+                    Target::Nic { .. } => Locator::Host,
+                };
+                known.again.insert(netns);
+                known.again.insert(Locator::Host);
+            }
+        }
+        drop(known);
         self.pool.release();
         let report = PassReport { results, pruned, took: started.elapsed() };
         tracing::debug!("restore pass: {} items, {} not fine, {:?}", report.results.len(), report.broken().count(), report.took);
@@ -158,6 +235,27 @@ impl Restorer {
     fn host_netns(&self, world: &World) -> Netns {
         Netns { inode: world.host.inode, names: vec![self.pool.host_name()] }
     }
+}
+
+/// Every netns but the host's that the ledger's links live in or hang on.
+fn wanted(ledger: &LedgerContent) -> HashSet<&Locator> {
+    let mut wanted = HashSet::new();
+    for record in ledger.links.values() {
+        let spec = &record.spec;
+        wanted.insert(&spec.netns);
+        match &spec.kind {
+            KindSpec::Veth { peer } => {
+                wanted.insert(&peer.netns);
+            }
+            KindSpec::Vlan { parent: Parent::Link { netns, .. }, .. }
+            | KindSpec::Macvlan { parent: Parent::Link { netns, .. }, .. } => {
+                wanted.insert(netns);
+            }
+            _ => {}
+        }
+    }
+    wanted.remove(&Locator::Host);
+    wanted
 }
 
 /// Every physical NIC in the host netns, as `see(identity, mac, up, location)`.
@@ -182,7 +280,18 @@ fn record(ledger: &mut Ledger, item: &Item, result: &ItemResult, world: &World, 
     }
     match &item.target {
         Target::Link { key, .. } => {
-            let previous = ledger.link(&key.netns, &key.name).map(|r| r.state);
+            let record = ledger.content().links.get(key);
+            let inode = world.inventory(&key.netns).ok().map(|inv| inv.inode);
+            // Found whole and recorded so: nothing to write (the common case, looked up once).
+            if result.outcome == Outcome::Intact
+                && record.is_some_and(|r| {
+                    r.spec.netns_inode == inode
+                        && (r.state == LinkState::Restored || (r.state == LinkState::Intact && r.reason.is_none()))
+                })
+            {
+                return;
+            }
+            let previous = record.map(|r| r.state);
             let state = match result.outcome {
                 // A repaired link stays "restored" (with its reason) until it breaks again.
                 Outcome::Intact if previous == Some(LinkState::Restored) => LinkState::Restored,
@@ -193,15 +302,13 @@ fn record(ledger: &mut Ledger, item: &Item, result: &ItemResult, world: &World, 
                 Outcome::Failed | Outcome::Lent | Outcome::Lost => LinkState::Failed,
             };
             let reason = if result.outcome == Outcome::Intact && state == LinkState::Restored {
-                ledger.link(&key.netns, &key.name).and_then(|r| r.reason.clone())
+                record.and_then(|r| r.reason.clone())
             } else {
                 result.reason.clone()
             };
             ledger.set_link_state(key, state, reason);
-            if matches!(result.outcome, Outcome::Intact | Outcome::Restored) {
-                if let Ok(inv) = world.inventory(&key.netns) {
-                    ledger.set_link_netns_inode(key, inv.inode);
-                }
+            if let (Outcome::Intact | Outcome::Restored, Some(inode)) = (result.outcome, inode) {
+                ledger.set_link_netns_inode(key, inode);
             }
         }
         Target::Nic { identity, home_name } => {
