@@ -369,6 +369,11 @@ impl Netguard {
         Netguard { bin: netguard_bin(), state_dir: dir.0.clone(), socket: dir.0.join("agent.sock"), host_netns: host.path() }
     }
 
+    /// The same command on the ledger in `state_dir`.
+    pub fn with_state_dir(&self, state_dir: PathBuf) -> Netguard {
+        Netguard { bin: self.bin.clone(), state_dir, socket: self.socket.clone(), host_netns: self.host_netns.clone() }
+    }
+
     /// `netguard ARGS --state-dir .. --socket .. --host-netns ..`.
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.bin);
