@@ -106,9 +106,11 @@ impl Shared {
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(options: AgentOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
     let _lock = StateLock::acquire(&options.ledger.dir)?;
+    // Before the ledger is opened (and perhaps rebuilt): an agent refused is one that
+    // touched nothing.
+    let listener = api::listen(&options.socket).await?;
     let (ledger, opened) = Ledger::open(options.ledger.clone())?;
     tracing::info!("{}: {opened}", options.ledger.dir.display());
-    let listener = api::listen(&options.socket).await?;
     let mut tracer = Tracer::start(options.backend, TraceOptions { host_netns: options.host_netns.clone() }).await?;
     tracing::info!("tracing with the {} backend", tracer.backend);
     for skipped in &tracer.unavailable {
