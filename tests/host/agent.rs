@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use netguard_tests::{
-    dumps, has_addr, is_up, link, pings, skip_unless_root, wait_until, Bridged, MacvlanPod, Netguard, Ran, TestDir,
+    dumps, has_addr, is_up, link, pings, skip_unless_root, wait_until, wait_until_every, Bridged, MacvlanPod, Netguard, Ran, TestDir,
     TestNetns,
 };
 use serde_json::{json, Value};
@@ -140,14 +140,20 @@ fn agent_killed_during_a_repair_converges_when_started_again() {
     let w = &s.w;
     s.learn();
     let mut agent = s.ng.start_agent(&[]);
-    // From before the agent notices the new netns to the middle of its repair.
-    for delay_ms in [0, 5, 20, 50] {
+    let creations = || s.ng.log().matches("ip link add vh0").count();
+    // Killed right after the re-creation (before it noticed), then as soon as its log shows
+    // the pair re-created (in the middle of configuring it).
+    for mid_repair in [false, true] {
+        let before = creations();
         w.c.recreate();
-        std::thread::sleep(Duration::from_millis(delay_ms));
+        if mid_repair {
+            let started = || creations() > before;
+            wait_until_every(Duration::from_millis(1), "the agent starts re-creating the veth", started, || s.explain());
+        }
         agent.kill9();
         agent = s.ng.start_agent(&[]);
         wait_until(
-            &format!("converged after a SIGKILL {delay_ms} ms after the re-creation"),
+            &format!("converged after a SIGKILL {}", if mid_repair { "mid-repair" } else { "right after the re-creation" }),
             || whole(w).is_ok() && w.c.ping("198.18.1.1"),
             || format!("{:?}\n{}", whole(w), s.explain()),
         );

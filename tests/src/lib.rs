@@ -325,13 +325,18 @@ pub const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Polls `done` every 50 ms until it holds and returns how long that took; panics after
 /// [`AGENT_TIMEOUT`] with `what` and what `explain` shows then.
-pub fn wait_until(what: &str, mut done: impl FnMut() -> bool, explain: impl FnOnce() -> String) -> Duration {
+pub fn wait_until(what: &str, done: impl FnMut() -> bool, explain: impl FnOnce() -> String) -> Duration {
+    wait_until_every(Duration::from_millis(50), what, done, explain)
+}
+
+/// [`wait_until`], polling every `poll`.
+pub fn wait_until_every(poll: Duration, what: &str, mut done: impl FnMut() -> bool, explain: impl FnOnce() -> String) -> Duration {
     let started = Instant::now();
     while !done() {
         if started.elapsed() > AGENT_TIMEOUT {
             panic!("{what}: not within {AGENT_TIMEOUT:?}\n{}", explain());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(poll);
     }
     started.elapsed()
 }
