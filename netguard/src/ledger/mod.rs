@@ -724,7 +724,7 @@ mod tests {
         }
         let rows = ledger.status();
         assert_eq!(rows.len(), 1 + content.links.len());
-        assert_eq!((rows[0].kind, rows[0].name.as_str(), rows[0].state.as_str()), ("nic", "eth2", "home"));
+        assert_eq!((rows[0].kind.as_str(), rows[0].name.as_str(), rows[0].state.as_str()), ("nic", "eth2", "home"));
         let json = serde_json::to_string(&rows).unwrap();
         assert!(json.contains(r#""state":"intact""#), "{json}");
     }
