@@ -6,9 +6,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use netguard::agent::StateLock;
 use netguard_tests::{
-    dumps, has_addr, is_up, link, pings, skip_unless_root, wait_until, wait_until_every, Bridged, MacvlanPod, Netguard, Ran, TestDir,
-    TestNetns,
+    dumps, has_addr, is_up, link, pings, skip_unless_root, wait_until, wait_until_every, Bridged, MacvlanPod, Netguard,
+    Ran, TestDir, TestNetns,
 };
 use serde_json::{json, Value};
 
@@ -62,10 +63,14 @@ fn container_reboot_gets_its_veth_back_from_the_agent() {
     let w = &s.w;
     s.learn();
     let (eth0, vh0) = (link(&w.c, "eth0"), link(&w.host, "vh0"));
-    let agent = s.ng.start_agent(&[]);
+    let agent = s.ng.start_agent();
 
     w.c.recreate();
-    let took = wait_until("the container pings the bridge through its re-created eth0", || w.c.ping("198.18.1.1"), || s.explain());
+    let took = wait_until(
+        "the container pings the bridge through its re-created eth0",
+        || w.c.ping("198.18.1.1"),
+        || s.explain(),
+    );
     eprintln!("container netns re-created -> ping through the re-created veth: {took:?}");
 
     let eth0_now = link(&w.c, "eth0");
@@ -99,7 +104,7 @@ fn bridge_port_lost_is_put_back_within_the_interval() {
     let s = Setup::new("bp");
     let w = &s.w;
     s.learn();
-    let _agent = s.ng.start_agent(&[]);
+    let _agent = s.ng.start_agent();
 
     w.host.ip(&["link", "set", "vh0", "nomaster"]);
     wait_until("vh0 is a port of br0 again", || link(&w.host, "vh0")["master"] == "br0", || s.explain());
@@ -124,7 +129,8 @@ fn whole(w: &Bridged) -> Result<(), String> {
     if c_names.iter().filter(|n| *n == "eth0").count() != 1 {
         return Err(format!("the container has {c_names:?}"));
     }
-    let veths: Vec<&Value> = host_links.as_array().unwrap().iter().filter(|l| l["linkinfo"]["info_kind"] == "veth").collect();
+    let veths: Vec<&Value> =
+        host_links.as_array().unwrap().iter().filter(|l| l["linkinfo"]["info_kind"] == "veth").collect();
     match veths.as_slice() {
         [vh0] if vh0["ifname"] == "vh0" && vh0["master"] == "br0" && is_up(vh0) => Ok(()),
         _ => Err(format!("the host has veths {veths:?}")),
@@ -139,7 +145,7 @@ fn agent_killed_during_a_repair_converges_when_started_again() {
     let s = Setup::new("k9");
     let w = &s.w;
     s.learn();
-    let mut agent = s.ng.start_agent(&[]);
+    let mut agent = s.ng.start_agent();
     let creations = || s.ng.log().matches("ip link add vh0").count();
     // Killed right after the re-creation (before it noticed), then as soon as its log shows
     // the pair re-created (in the middle of configuring it).
@@ -148,12 +154,17 @@ fn agent_killed_during_a_repair_converges_when_started_again() {
         w.c.recreate();
         if mid_repair {
             let started = || creations() > before;
-            wait_until_every(Duration::from_millis(1), "the agent starts re-creating the veth", started, || s.explain());
+            wait_until_every(Duration::from_millis(1), "the agent starts re-creating the veth", started, || {
+                s.explain()
+            });
         }
         agent.kill9();
-        agent = s.ng.start_agent(&[]);
+        agent = s.ng.start_agent();
         wait_until(
-            &format!("converged after a SIGKILL {}", if mid_repair { "mid-repair" } else { "right after the re-creation" }),
+            &format!(
+                "converged after a SIGKILL {}",
+                if mid_repair { "mid-repair" } else { "right after the re-creation" }
+            ),
             || whole(w).is_ok() && w.c.ping("198.18.1.1"),
             || format!("{:?}\n{}", whole(w), s.explain()),
         );
@@ -168,7 +179,7 @@ fn corrupt_state_file_is_kept_aside_and_the_agent_guards_on() {
     let s = Setup::new("cs");
     let garbage = b"{\"version\": 1, \"ledger\": {\"links\": [\x00 garbage";
     std::fs::write(s.ng.state_dir.join("state.json"), garbage).unwrap();
-    let _agent = s.ng.start_agent(&[]);
+    let _agent = s.ng.start_agent();
 
     let aside: Vec<PathBuf> = std::fs::read_dir(&s.ng.state_dir)
         .unwrap()
@@ -199,15 +210,22 @@ fn restore_dry_run_changes_nothing_then_restore_repairs_or_says_why_not() {
     s.learn();
     w.host.ip(&["link", "set", "vh0", "nomaster"]);
     w.c.ip(&["route", "del", "198.19.1.0/24"]);
-    let ledger_files = || ["state.json", "journal.jsonl"].map(|f| std::fs::read(s.ng.state_dir.join(f)).unwrap_or_default());
+    let ledger_files =
+        || ["state.json", "journal.jsonl"].map(|f| std::fs::read(s.ng.state_dir.join(f)).unwrap_or_default());
     let before = (dumps(&w.host), dumps(&w.c), ledger_files());
 
     let ran = s.ng.run_ok(&["restore", "--dry-run", "--json"]);
     let plan: Value = serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {ran}"));
-    let actions: Vec<&Value> = plan["items"].as_array().unwrap().iter().flat_map(|i| i["actions"].as_array().into_iter().flatten()).collect();
+    let actions: Vec<&Value> =
+        plan["items"].as_array().unwrap().iter().flat_map(|i| i["actions"].as_array().into_iter().flatten()).collect();
     let planned = |what: Value| actions.iter().any(|a| what.as_object().unwrap().iter().all(|(k, v)| &a[k] == v));
     assert!(planned(json!({ "action": "set-master", "dev": "vh0", "master": "br0" })), "{ran}");
-    assert!(planned(json!({ "action": "add-route", "dev": "eth0", "route": { "dst": "198.19.1.0/24", "gateway": "198.18.1.1" } })), "{ran}");
+    assert!(
+        planned(
+            json!({ "action": "add-route", "dev": "eth0", "route": { "dst": "198.19.1.0/24", "gateway": "198.18.1.1" } })
+        ),
+        "{ran}"
+    );
     assert_eq!((dumps(&w.host), dumps(&w.c), ledger_files()), before, "the dry run changed something");
 
     let ran = s.ng.run(&["restore"]);
@@ -272,7 +290,7 @@ fn bad_requests_to_a_running_agent_get_one_clear_line() {
     }
     let s = Setup::new("br");
     s.learn();
-    let agent = s.ng.start_agent(&[]);
+    let agent = s.ng.start_agent();
 
     let ran = s.ng.run(&["learn", "--netns", "/nonexistent"]);
     assert_ne!(ran.code(), Some(0), "{ran}");
@@ -294,6 +312,24 @@ fn bad_requests_to_a_running_agent_get_one_clear_line() {
     // What is guarded can be forgotten.
     s.ng.run_ok(&["forget", "eth0"]);
     assert!(s.ng.status_row(&s.w.c, "eth0").is_none(), "{}", s.explain());
+}
+
+#[test]
+fn agent_started_while_a_command_holds_the_ledger_waits_for_it() {
+    if skip_unless_root() {
+        return;
+    }
+    let s = Setup::new("lk");
+    s.learn();
+    // What `netguard status` or `restore` hold while they work without an agent.
+    let held = StateLock::acquire(&s.ng.state_dir).unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        drop(held);
+    });
+    let _agent = s.ng.start_agent();
+    release.join().unwrap();
+    assert!(s.ng.status_row(&s.w.c, "eth0").is_some(), "{}", s.explain());
 }
 
 #[test]
@@ -322,7 +358,7 @@ fn imported_cni_checkpoint_is_guarded_and_its_link_rebuilt_from_it() {
     });
     let file = dir.0.join("checkpoint-06c9b8d0a800");
     std::fs::write(&file, serde_json::to_vec_pretty(&checkpoint).unwrap()).unwrap();
-    let _agent = ng.start_agent(&[]);
+    let _agent = ng.start_agent();
 
     let ran = ng.run_ok(&["import-cni", file.to_str().unwrap()]);
     assert!(ran.stdout.contains(&format!("guarding mv0 in {pod}")), "{ran}");

@@ -330,7 +330,12 @@ pub fn wait_until(what: &str, done: impl FnMut() -> bool, explain: impl FnOnce()
 }
 
 /// [`wait_until`], polling every `poll`.
-pub fn wait_until_every(poll: Duration, what: &str, mut done: impl FnMut() -> bool, explain: impl FnOnce() -> String) -> Duration {
+pub fn wait_until_every(
+    poll: Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+    explain: impl FnOnce() -> String,
+) -> Duration {
     let started = Instant::now();
     while !done() {
         if started.elapsed() > AGENT_TIMEOUT {
@@ -371,7 +376,12 @@ pub struct Netguard {
 
 impl Netguard {
     pub fn new(dir: &TestDir, host: &TestNetns) -> Netguard {
-        Netguard { bin: netguard_bin(), state_dir: dir.0.clone(), socket: dir.0.join("agent.sock"), host_netns: host.path() }
+        Netguard {
+            bin: netguard_bin(),
+            state_dir: dir.0.clone(),
+            socket: dir.0.join("agent.sock"),
+            host_netns: host.path(),
+        }
     }
 
     /// The same command on the ledger in `state_dir`.
@@ -433,14 +443,12 @@ impl Netguard {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    /// Starts `netguard agent --backend netlink --interval 1 EXTRA` and waits until it answers
+    /// Starts `netguard agent --backend netlink --interval 1` and waits until it answers
     /// `status` itself.
-    pub fn start_agent(&self, extra: &[&str]) -> AgentProcess {
+    pub fn start_agent(&self) -> AgentProcess {
         let log = File::options().create(true).append(true).open(self.log_path()).expect("open the agent log");
-        let mut args = vec!["agent", "--backend", "netlink", "--interval", "1"];
-        args.extend_from_slice(extra);
         let child = self
-            .command(&args)
+            .command(&["agent", "--backend", "netlink", "--interval", "1"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("agent log"))
             .stderr(log)
