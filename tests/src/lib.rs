@@ -371,7 +371,7 @@ pub struct Netguard {
     bin: PathBuf,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
-    pub host_netns: PathBuf,
+    host_netns: PathBuf,
 }
 
 impl Netguard {
