@@ -50,6 +50,8 @@ pub enum AgentError {
     Api(#[from] ApiError),
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error("{0}; the agent stops (exit 1) so that its service manager restarts it")]
+    TaskEnded(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,15 +197,26 @@ pub async fn run(options: AgentOptions, shutdown: impl std::future::Future<Outpu
         }
     });
 
-    tokio::select! {
-        _ = shutdown => tracing::info!("shutting down"),
-        Some(ended) = tasks.join_next() => tracing::error!("an agent task ended: {ended:?}"),
-    }
+    // Every task runs forever: one that ends (the tracer stopped, say) is a failure, so that
+    // a service manager restarts the agent.
+    let failed = tokio::select! {
+        _ = shutdown => {
+            tracing::info!("shutting down");
+            None
+        }
+        Some(ended) = tasks.join_next() => Some(match ended {
+            Ok(()) => "an agent task stopped".to_string(),
+            Err(e) => format!("an agent task failed: {e}"),
+        }),
+    };
     tasks.shutdown().await;
     let saved = shared.ledger.lock().await.save();
     let _ = std::fs::remove_file(&options.socket);
     saved?;
-    Ok(())
+    match failed {
+        Some(why) => Err(AgentError::TaskEnded(why)),
+        None => Ok(()),
+    }
 }
 
 /// The ledger's lock. A command working without an agent holds it for a moment: wait for it.
