@@ -4,8 +4,9 @@
 //! A connection's socket is created on a thread that entered the netns, then driven from tokio;
 //! [`Pool`] keeps one per netns and hands it out again, so nothing re-enters a netns per
 //! request. Lookups go through the [`NetnsInventory`] already dumped (by index or name), never
-//! a dump per lookup. A held socket pins its netns, so [`Pool::prune`] drops the connection to
-//! any netns no longer found at its locator; call it before each pass.
+//! a dump per lookup. A held socket pins its netns (and the devices in it), so connections
+//! live for one pass: [`Pool::release`] drops all but the host's after it, and
+//! [`Pool::prune`] drops any whose netns is no longer found at its locator.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -428,6 +429,13 @@ impl Pool {
         pruned
     }
 
+    /// Drops every connection but the host's. A held connection keeps its netns alive, and
+    /// with it the devices a container restart should have destroyed: nothing between passes
+    /// may hold one.
+    pub fn release(&self) {
+        self.lock().retain(|locator, _| *locator == Locator::Host);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Locator, Arc<NetnsConn>>> {
         self.conns.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -519,7 +527,7 @@ pub fn macvlan_mode_to(mode: MacvlanMode) -> netlink_packet_route::link::MacVlan
     }
 }
 
-fn parse_addr(msg: &AddressMessage) -> Option<LiveAddr> {
+pub fn parse_addr(msg: &AddressMessage) -> Option<LiveAddr> {
     // IFA_LOCAL is the address itself; IFA_ADDRESS is the peer on point-to-point links.
     let addr = msg
         .attributes
@@ -541,7 +549,7 @@ fn route_ip(addr: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-fn parse_route(msg: &RouteMessage) -> Option<LiveRoute> {
+pub fn parse_route(msg: &RouteMessage) -> Option<LiveRoute> {
     let h = &msg.header;
     let unspecified: IpAddr = match h.address_family {
         AddressFamily::Inet => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),

@@ -1,6 +1,7 @@
 //! Developer tasks for netguard: `cargo xtask <task>`. Building, installing what the tests
 //! need, the VM test bed and benchmarks live here rather than in scattered shell scripts.
 
+mod bench;
 mod setup;
 mod shell;
 mod vm;
@@ -35,6 +36,13 @@ enum Task {
         #[command(flatten)]
         vm: vm::VmArgs,
     },
+    /// Build release binaries and run the benchmarks (as root, in namespaces they create):
+    /// one table, and the same as JSON in target/bench/latest.json.
+    Bench {
+        /// Smaller sizes and fewer rounds (minutes, for development).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +52,7 @@ fn main() -> ExitCode {
         Task::Run { args } => run(args),
         Task::Test { vm } => test(&vm),
         Task::VmTest { vm } => setup::run().and_then(|()| vm::run(&vm)).map(|t| t.exit_code()),
+        Task::Bench { quick } => bench::run(quick),
     };
     match result {
         Ok(code) => code,

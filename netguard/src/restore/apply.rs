@@ -3,17 +3,19 @@
 //! reading the device back. A failure says what was tried, where, and what the kernel said.
 
 use std::collections::HashMap;
+use std::os::fd::RawFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVlan};
 use serde::Serialize;
 
 use super::plan::{Action, Item, Plan, Target, Verdict};
-use crate::inventory::{macvlan_mode_to, LiveLink, NetnsConn, Pool};
+use crate::inventory::{macvlan_mode_to, InventoryError, LiveLink, NetnsConn, Pool};
 use crate::ledger::{LinkKey, Locator, Mac, RouteSpec, VlanProtocol};
 
 /// One failed action: what was tried, on which netns and device, and what the kernel said.
@@ -218,11 +220,17 @@ impl Executor {
                 if link.kind.as_deref() != Some("veth") || (mac.is_some() && link.mac != *mac) {
                     return Err(fail(format!("{dev} is no longer the stale veth (kind {:?}, MAC {:?}): left alone", link.kind, link.mac)));
                 }
+                seen.remove(&(netns.clone(), dev.clone()));
+                // The kernel removes the pair itself when it tears the replaced netns down, all
+                // dying netns in one batch: far cheaper than a delete of ours (each waits for
+                // RCU, holding RTNL). Only a netns that someone keeps alive never gets there.
+                if vanishes(&conn, link.ifindex, STALE_GRACE).await.map_err(|e| fail(e.to_string()))? {
+                    return Ok(());
+                }
                 match conn.handle().link().del(link.ifindex).execute().await {
                     Err(e) if errno(&e) == Some(libc::ENODEV) => {}
                     other => ctx.kernel(other)?,
                 }
-                seen.remove(&(netns.clone(), dev.clone()));
                 match conn.get_link(link.ifindex).await.map_err(|e| fail(e.to_string()))? {
                     None => Ok(()),
                     Some(_) => Err(fail("still there after the kernel accepted the delete".into())),
@@ -230,16 +238,9 @@ impl Executor {
             }
             Action::CreateVeth { netns, name, mac, mtu, peer, peer_netns, peer_mac, peer_mtu } => {
                 let peer_conn = self.conn(peer_netns).await.map_err(fail)?;
-                let mut peer_msg = LinkUnspec::new_with_name(peer);
-                if peer_netns != netns {
-                    // Created directly in its netns: never visible, even briefly, in ours.
-                    peer_msg = peer_msg.setns_by_fd(peer_conn.fd());
-                }
-                let peer_msg = with_mac_mtu(peer_msg, peer_mac, peer_mtu).build();
-                let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-                    .name(name.clone())
-                    .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)));
-                let msg = with_mac_mtu(msg, mac, mtu).build();
+                // Created directly in its netns: never visible, even briefly, in ours.
+                let peer_fd = (peer_netns != netns).then(|| peer_conn.fd());
+                let msg = veth_message(name, mac, mtu, peer, peer_mac, peer_mtu, peer_fd);
                 ctx.created(conn.handle().link().add(msg).execute().await)?;
                 let ours = ctx.verify_new(netns, name, "veth", mac, seen).await?;
                 let peer_ctx = Ctx { conn: &peer_conn, fail: &fail };
@@ -417,6 +418,26 @@ impl<F: Fn(String) -> ActionError> Ctx<'_, F> {
     }
 }
 
+/// How long a stale host-side veth is given to go away with its old netns before we delete it.
+const STALE_GRACE: Duration = Duration::from_secs(1);
+
+/// Whether device `ifindex` is gone within `grace`, looking at growing intervals.
+async fn vanishes(conn: &NetnsConn, ifindex: u32, grace: Duration) -> Result<bool, InventoryError> {
+    let deadline = Instant::now() + grace;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if conn.get_link(ifindex).await?.is_none() {
+            return Ok(true);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
 fn with_mac_mtu<T>(msg: LinkMessageBuilder<T>, mac: &Option<Mac>, mtu: &Option<u32>) -> LinkMessageBuilder<T> {
     let msg = match mac {
         Some(mac) => msg.address(mac.0.to_vec()),
@@ -428,8 +449,32 @@ fn with_mac_mtu<T>(msg: LinkMessageBuilder<T>, mac: &Option<Mac>, mtu: &Option<u
     }
 }
 
+/// The RTM_NEWLINK that creates the veth pair `name` + `peer`, the peer directly in the netns
+/// of `peer_netns_fd` when given (IFLA_NET_NS_FD). Public, like [`route_message`], so that
+/// the benchmark's floor sends exactly the requests the restorer sends.
+#[allow(clippy::too_many_arguments)]
+pub fn veth_message(
+    name: &str,
+    mac: &Option<Mac>,
+    mtu: &Option<u32>,
+    peer: &str,
+    peer_mac: &Option<Mac>,
+    peer_mtu: &Option<u32>,
+    peer_netns_fd: Option<RawFd>,
+) -> LinkMessage {
+    let mut peer_msg = LinkUnspec::new_with_name(peer);
+    if let Some(fd) = peer_netns_fd {
+        peer_msg = peer_msg.setns_by_fd(fd);
+    }
+    let peer_msg = with_mac_mtu(peer_msg, peer_mac, peer_mtu).build();
+    let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+        .name(name.to_string())
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)));
+    with_mac_mtu(msg, mac, mtu).build()
+}
+
 /// `ip route add` of one route through `oif` (main table, proto boot as iproute2 does).
-fn route_message(route: &RouteSpec, oif: u32) -> RouteMessage {
+pub fn route_message(route: &RouteSpec, oif: u32) -> RouteMessage {
     let mut msg = RouteMessage::default();
     msg.header.address_family = if route.dst.addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
     msg.header.destination_prefix_length = route.dst.prefix;

@@ -125,6 +125,7 @@ impl Restorer {
             }
         };
         see_host_nics(see, &world, self.host_netns(&world));
+        self.pool.release();
         Ok(plan::plan(&content, &world))
     }
 
@@ -148,6 +149,7 @@ impl Restorer {
         for (item, result) in plan.items.iter().zip(&results) {
             record(ledger, item, result, &world, &host_netns);
         }
+        self.pool.release();
         let report = PassReport { results, pruned, took: started.elapsed() };
         tracing::debug!("restore pass: {} items, {} not fine, {:?}", report.results.len(), report.broken().count(), report.took);
         Ok(report)
