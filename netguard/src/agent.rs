@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio::io::unix::AsyncFd;
+use tokio::net::UnixStream;
 use tokio::sync::{Mutex, Notify};
 
 use crate::api::{self, ApiError, Request};
@@ -26,6 +27,9 @@ use crate::trace::{BackendChoice, TraceError, TraceOptions, Tracer};
 
 /// Links repaired at once; the kernel serialises most of the work under RTNL anyway.
 const CONCURRENCY: usize = 64;
+
+/// How long the agent waits for a command that holds the ledger to finish.
+const LOCK_PATIENCE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
@@ -46,6 +50,8 @@ pub enum AgentError {
     Api(#[from] ApiError),
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error("{0}; the agent stops (exit 1) so that its service manager restarts it")]
+    TaskEnded(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,10 +120,12 @@ impl Shared {
 
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(options: AgentOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
-    let _lock = StateLock::acquire(&options.ledger.dir)?;
+    let _lock = lock_ledger(&options).await?;
+    // Before the ledger is opened (and perhaps rebuilt): an agent refused is one that
+    // touched nothing.
+    let listener = api::listen(&options.socket).await?;
     let (ledger, opened) = Ledger::open(options.ledger.clone())?;
     tracing::info!("{}: {opened}", options.ledger.dir.display());
-    let listener = api::listen(&options.socket).await?;
     let mut tracer = Tracer::start(options.backend, TraceOptions { host_netns: options.host_netns.clone() }).await?;
     tracing::info!("tracing with the {} backend", tracer.backend);
     for skipped in &tracer.unavailable {
@@ -189,15 +197,47 @@ pub async fn run(options: AgentOptions, shutdown: impl std::future::Future<Outpu
         }
     });
 
-    tokio::select! {
-        _ = shutdown => tracing::info!("shutting down"),
-        Some(ended) = tasks.join_next() => tracing::error!("an agent task ended: {ended:?}"),
-    }
+    // Every task runs forever: one that ends (the tracer stopped, say) is a failure, so that
+    // a service manager restarts the agent.
+    let failed = tokio::select! {
+        _ = shutdown => {
+            tracing::info!("shutting down");
+            None
+        }
+        Some(ended) = tasks.join_next() => Some(match ended {
+            Ok(()) => "an agent task stopped".to_string(),
+            Err(e) => format!("an agent task failed: {e}"),
+        }),
+    };
     tasks.shutdown().await;
     let saved = shared.ledger.lock().await.save();
     let _ = std::fs::remove_file(&options.socket);
     saved?;
-    Ok(())
+    match failed {
+        Some(why) => Err(AgentError::TaskEnded(why)),
+        None => Ok(()),
+    }
+}
+
+/// The ledger's lock. A command working without an agent holds it for a moment: wait for it.
+/// Another agent holds it for good: refuse, at once if it answers on our socket.
+async fn lock_ledger(options: &AgentOptions) -> Result<StateLock, LockError> {
+    let deadline = tokio::time::Instant::now() + LOCK_PATIENCE;
+    let mut told = false;
+    loop {
+        match StateLock::acquire(&options.ledger.dir) {
+            Err(LockError::Busy { dir })
+                if tokio::time::Instant::now() < deadline && UnixStream::connect(&options.socket).await.is_err() =>
+            {
+                if !std::mem::replace(&mut told, true) {
+                    let dir = dir.display();
+                    tracing::info!("the ledger in {dir} is in use by a netguard command; waiting up to {LOCK_PATIENCE:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            locked => return locked,
+        }
+    }
 }
 
 async fn reconcile(shared: &Shared) {

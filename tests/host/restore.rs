@@ -8,55 +8,13 @@ use netguard::inventory::Pool;
 use netguard::ledger::learn::learn;
 use netguard::ledger::{Ledger, LedgerOptions, LinkKey, LinkState, Locator, NicState, Opened, STATE_FILE};
 use netguard::restore::{Action, ItemResult, Outcome, PassReport, Restorer, Target};
-use netguard_tests::{skip_unless_root, TestDir, TestNetns};
-use serde_json::Value;
-
-/// A host stand-in with bridge br0 (198.18.1.1/24) and a container whose eth0
-/// (198.18.1.2/24, route 198.19.1.0/24 via the bridge) is a veth with host side vh0 on br0.
-struct Bridged {
-    host: TestNetns,
-    c: TestNetns,
-}
-
-impl Bridged {
-    fn new(tag: &str) -> Bridged {
-        let host = TestNetns::new(&format!("{tag}h"));
-        let c = TestNetns::new(&format!("{tag}c"));
-        host.ip(&["link", "add", "br0", "type", "bridge"]);
-        host.ip(&["addr", "add", "198.18.1.1/24", "dev", "br0"]);
-        host.ip(&["link", "set", "br0", "up"]);
-        host.ip(&["link", "add", "vh0", "type", "veth", "peer", "name", "eth0", "netns", &c.name]);
-        host.ip(&["link", "set", "vh0", "master", "br0"]);
-        host.ip(&["link", "set", "vh0", "up"]);
-        c.ip(&["addr", "add", "198.18.1.2/24", "dev", "eth0"]);
-        c.ip(&["link", "set", "eth0", "up"]);
-        c.ip(&["route", "add", "198.19.1.0/24", "via", "198.18.1.1"]);
-        Bridged { host, c }
-    }
-
-    fn c_loc(&self) -> Locator {
-        Locator::Path(self.c.path())
-    }
-}
+use netguard_tests::{dumps, has_addr, is_up, link, pings, skip_unless_root, Bridged, MacvlanPod, TestDir, TestNetns};
 
 /// A ledger in its own directory and a restorer whose host is `host`.
 fn start(host: &TestNetns, dir: &TestDir) -> (Ledger, Restorer) {
     let (ledger, _) = Ledger::open(LedgerOptions::new(dir.0.clone())).expect("open ledger");
     let pool = Arc::new(Pool::new(Some(host.path())));
     (ledger, Restorer::new(pool, 8))
-}
-
-fn link(ns: &TestNetns, dev: &str) -> Value {
-    ns.ip_json(&["-d", "link", "show", "dev", dev])[0].clone()
-}
-
-fn is_up(link: &Value) -> bool {
-    link["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "UP"))
-}
-
-fn has_addr(ns: &TestNetns, dev: &str, addr: &str, prefix: u64) -> bool {
-    let info = ns.ip_json(&["addr", "show", "dev", dev]);
-    info[0]["addr_info"].as_array().is_some_and(|a| a.iter().any(|i| i["local"] == addr && i["prefixlen"] == prefix))
 }
 
 fn result_for<'a>(report: &'a PassReport, name: &str) -> &'a ItemResult {
@@ -68,11 +26,6 @@ fn result_for<'a>(report: &'a PassReport, name: &str) -> &'a ItemResult {
             Target::Nic { home_name, .. } => home_name == name,
         })
         .unwrap_or_else(|| panic!("no result for {name} in:\n{report}"))
-}
-
-/// Pings a few times: the first packet may wait on ARP.
-fn pings(ns: &TestNetns, addr: &str) -> bool {
-    (0..3).any(|_| ns.ping(addr))
 }
 
 #[tokio::test]
@@ -149,27 +102,16 @@ async fn macvlan_comes_back_in_the_living_pod_netns_when_its_parent_returns() {
     if skip_unless_root() {
         return;
     }
-    let host = TestNetns::new("mvh");
-    let pod = TestNetns::new("mvp");
-    let make_parent = || {
-        host.ip(&["link", "add", "pv0", "type", "veth", "peer", "name", "pv1"]);
-        host.ip(&["addr", "add", "198.18.2.1/24", "dev", "pv1"]);
-        host.ip(&["link", "set", "pv0", "up"]);
-        host.ip(&["link", "set", "pv1", "up"]);
-    };
-    make_parent();
-    host.ip(&["link", "add", "link", "pv0", "name", "mv0", "netns", &pod.name, "type", "macvlan", "mode", "bridge"]);
-    pod.ip(&["addr", "add", "198.18.2.2/24", "dev", "mv0"]);
-    pod.ip(&["link", "set", "mv0", "up"]);
-    pod.ip(&["route", "add", "198.19.2.0/24", "via", "198.18.2.1"]);
-    assert!(pings(&pod, "198.18.2.1"), "test setup: macvlan over veth does not ping");
+    let w = MacvlanPod::new("mv");
+    let (host, pod) = (&w.host, &w.pod);
+    assert!(pings(pod, "198.18.2.1"), "test setup: macvlan over veth does not ping");
 
     let dir = TestDir::new("mv");
-    let (mut ledger, restorer) = start(&host, &dir);
+    let (mut ledger, restorer) = start(host, &dir);
     let pod_loc = Locator::Path(pod.path());
     let learned = learn(restorer.pool(), &mut ledger, std::slice::from_ref(&pod_loc)).await.unwrap();
     assert_eq!(learned.guarded, vec![LinkKey { netns: pod_loc.clone(), name: "mv0".into() }], "{learned:?}");
-    let mac = link(&pod, "mv0")["address"].clone();
+    let mac = link(pod, "mv0")["address"].clone();
     let inode = pod.inode();
 
     // The "driver reload": the parent goes, taking the macvlan with it; the pod netns stays.
@@ -179,17 +121,17 @@ async fn macvlan_comes_back_in_the_living_pod_netns_when_its_parent_returns() {
     assert_eq!(result_for(&waiting, "mv0").outcome, Outcome::Waiting, "{waiting}");
     assert_eq!(ledger.link(&pod_loc, "mv0").unwrap().state, LinkState::Waiting);
 
-    make_parent();
+    w.add_parent();
     let report = restorer.pass(&mut ledger).await.unwrap();
     assert_eq!(result_for(&report, "mv0").outcome, Outcome::Restored, "{report}");
     assert_eq!(pod.inode(), inode, "the pod netns is never replaced");
-    let mv0 = link(&pod, "mv0");
+    let mv0 = link(pod, "mv0");
     assert_eq!(mv0["address"], mac);
     assert_eq!(mv0["linkinfo"]["info_kind"], "macvlan");
     assert!(is_up(&mv0));
-    assert!(has_addr(&pod, "mv0", "198.18.2.2", 24));
+    assert!(has_addr(pod, "mv0", "198.18.2.2", 24));
     assert!(pod.ip_out(&["route", "show", "dev", "mv0"]).contains("198.19.2.0/24 via 198.18.2.1"));
-    assert!(pings(&pod, "198.18.2.1"));
+    assert!(pings(pod, "198.18.2.1"));
 }
 
 #[tokio::test]
@@ -258,29 +200,6 @@ async fn a_change_between_passes_is_seen_though_the_last_look_is_kept() {
     assert!(has_addr(&w.c, "eth0", "198.18.1.2", 24));
     let again = restorer.pass(&mut ledger).await.unwrap();
     assert_eq!(result_for(&again, "eth0").outcome, Outcome::Intact, "{again}");
-}
-
-/// What a restore could change in a netns (links, their admin state, masters, MACs,
-/// addresses, routes), leaving out what the kernel changes on its own (carrier, timers, DAD).
-fn dumps(ns: &TestNetns) -> Vec<String> {
-    let mut out = Vec::new();
-    for l in ns.ip_json(&["-d", "link", "show"]).as_array().unwrap() {
-        out.push(format!(
-            "link {} {} {} {} master={} up={}",
-            l["ifindex"], l["ifname"], l["address"], l["linkinfo"]["info_kind"], l["master"], is_up(l)
-        ));
-    }
-    for l in ns.ip_json(&["addr", "show"]).as_array().unwrap() {
-        for a in l["addr_info"].as_array().unwrap() {
-            out.push(format!("addr {} {}/{}", l["ifname"], a["local"], a["prefixlen"]));
-        }
-    }
-    for family in ["-4", "-6"] {
-        for r in ns.ip_json(&[family, "route", "show"]).as_array().unwrap() {
-            out.push(format!("route {} via {} dev {}", r["dst"], r["gateway"], r["dev"]));
-        }
-    }
-    out
 }
 
 #[tokio::test]

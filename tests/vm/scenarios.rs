@@ -69,6 +69,8 @@ pub fn cleanup() {
             let home = ["56", "57", "58"].iter().position(|tail| line.contains(&format!("52:54:00:12:34:{tail}")));
             if let (Some(name), Some(n)) = (name, home) {
                 let home = format!("eth{n}");
+                // Down as at boot: a scenario may have set it up, and an up NIC cannot be renamed.
+                let _ = Command::new(IP).args(["link", "set", &name, "down"]).status();
                 if name != home {
                     let _ = Command::new(IP).args(["link", "set", &name, "name", &home]).status();
                 }

@@ -71,7 +71,14 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                 _ = sigterm.recv() => {}
             }
         };
-        agent::run(options, shutdown).await?;
-        Ok(ExitCode::SUCCESS)
+        match agent::run(options, shutdown).await {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            // Not bad input: the agent ran and broke down.
+            Err(e @ agent::AgentError::TaskEnded(_)) => {
+                eprintln!("netguard: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+            Err(e) => Err(e.into()),
+        }
     })
 }

@@ -6,6 +6,7 @@ mod output;
 mod status;
 mod trace;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -99,6 +100,18 @@ enum Command {
     },
 }
 
+/// The error and its causes on one line, each cause once (library errors already quote theirs).
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line += &format!(": {cause}");
+        }
+    }
+    line
+}
+
 /// Stops a privileged command early, with one line, when not root.
 fn require_root() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -117,6 +130,8 @@ pub fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
+        // No colour codes in a log file or the journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match cli.command {
         Command::Trace(args) => trace::run(args),
@@ -135,7 +150,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("netguard: {err:#}");
+            eprintln!("netguard: {}", one_line(&err));
             ExitCode::from(EXIT_USAGE)
         }
     }

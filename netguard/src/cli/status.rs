@@ -15,6 +15,10 @@ pub fn run(place: &Place, json: bool) -> anyhow::Result<ExitCode> {
     let (status, no_agent) = runtime.block_on(async {
         match api::request::<Status>(&place.socket, &Request::Status).await {
             Ok(status) => Ok((status, None)),
+            Err(no_agent @ ApiError::NoAgent { .. }) if !place.state_dir.exists() => {
+                // Looking must not create a ledger.
+                Ok((Status { agent: None, rows: Vec::new() }, Some(no_agent)))
+            }
             Err(no_agent @ ApiError::NoAgent { .. }) => {
                 let (_lock, ledger, restorer) = place.open_locally()?;
                 let plan = restorer.dry_run(&ledger).await?;

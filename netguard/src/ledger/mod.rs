@@ -323,13 +323,7 @@ impl Ledger {
             p.name.clone().map(|name| NicLocation { netns: p.netns.clone(), name, ifindex: p.ifindex })
         };
         let perm_mac = event.perm_addr.as_deref().and_then(|m| m.parse::<Mac>().ok());
-        let known_record = self.nic_for_event(event, perm_mac);
-        // An event older than what a restore pass recorded since (it sat in the tracer's
-        // queue while the pass ran) must not undo it.
-        if known_record.is_some_and(|n| event.time < n.since) {
-            return false;
-        }
-        let known = known_record.map(|n| n.identity.clone());
+        let known = self.nic_for_event(event, perm_mac).map(|n| n.identity.clone());
         let physical = event.link_kind.is_none() && perm_mac.is_some();
 
         match (event.kind, known) {
@@ -373,11 +367,14 @@ impl Ledger {
                         // An admin renamed it at home: that is its home name now.
                         rec.home_name = to.name.clone();
                     } else if in_host {
+                        // Our own rename home (the pass may have recorded it before this
+                        // event, or before the refund that preceded it, was read).
+                        let by_us = event.by.as_ref().is_some_and(|a| a.tgid == std::process::id());
                         rec.state = match rec.state {
-                            // Our own rename home, reported after the pass recorded it.
-                            NicState::Restored if to.name == rec.home_name => NicState::Restored,
-                            _ if to.name == rec.home_name => NicState::Home,
-                            _ => NicState::Refunded,
+                            _ if to.name != rec.home_name => NicState::Refunded,
+                            NicState::Restored => NicState::Restored,
+                            _ if by_us => NicState::Restored,
+                            _ => NicState::Home,
                         };
                     }
                     rec.location = Some(to.clone());
