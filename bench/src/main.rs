@@ -70,6 +70,12 @@ enum Part {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build a world of `n` guarded containers and keep it until Ctrl-C, for profiling a
+    /// contender by hand (prints where everything is).
+    Hold {
+        #[arg(long)]
+        n: usize,
+    },
     /// The floor contender (run by the benchmark itself): re-create the links of the world
     /// `--world` with the restorer's requests, unchecked.
     Floor {
@@ -120,6 +126,14 @@ async fn work(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Floor { world, n, host }) => {
             let host = NetnsConn::open(Locator::Host, &host).await?;
             floor::restore(&host, &world::containers(&world, n)).await
+        }
+        Some(Command::Hold { n }) => {
+            let world = world::World::build(n).await?;
+            println!("host netns:  {}", world.host_path.display());
+            println!("containers:  {} .. {}", world.containers[0].path.display(), world.containers[n - 1].path.display());
+            println!("ledger:      {}", world.state_dir.display());
+            println!("held until Ctrl-C");
+            std::future::pending().await
         }
         None => run(cli.run).await,
     }

@@ -231,26 +231,42 @@ impl NetnsConn {
     /// Links, addresses and routes of this netns.
     pub async fn dump(&self) -> Result<NetnsInventory, InventoryError> {
         let _one_dump_at_a_time = self.dump_lock.lock().await;
-        let links: Vec<LinkMessage> =
-            self.link_get().execute().try_collect().await.map_err(self.err("link dump"))?;
-        let addrs: Vec<AddressMessage> =
-            self.handle.address().get().execute().try_collect().await.map_err(self.err("address dump"))?;
+        // Each message is boiled down as it arrives: the decoded messages are many times the
+        // size of what we keep (a host with a thousand veths answers megabytes).
+        let links: Vec<LiveLink> = self
+            .link_get()
+            .execute()
+            .try_filter_map(|m| futures::future::ok(parse_link(&m)))
+            .try_collect()
+            .await
+            .map_err(self.err("link dump"))?;
+        let addrs: Vec<LiveAddr> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_filter_map(|m| futures::future::ok(parse_addr(&m)))
+            .try_collect()
+            .await
+            .map_err(self.err("address dump"))?;
         let mut routes = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut query = RouteMessage::default();
             query.header.address_family = family;
             // Only the main table is ever looked at; the kernel skips the others (strict check).
             query.header.table = RouteHeader::RT_TABLE_MAIN;
-            let part: Vec<RouteMessage> =
-                self.handle.route().get(query).execute().try_collect().await.map_err(self.err("route dump"))?;
-            routes.extend(part.iter().filter_map(parse_route));
+            let part: Vec<LiveRoute> = self
+                .handle
+                .route()
+                .get(query)
+                .execute()
+                .try_filter_map(|m| futures::future::ok(parse_route(&m)))
+                .try_collect()
+                .await
+                .map_err(self.err("route dump"))?;
+            routes.extend(part);
         }
-        Ok(NetnsInventory::new(
-            self.inode,
-            links.iter().filter_map(parse_link).collect(),
-            addrs.iter().filter_map(parse_addr).collect(),
-            routes,
-        ))
+        Ok(NetnsInventory::new(self.inode, links, addrs, routes))
     }
 
     /// RTM_GETLINK without the statistics we never read: a much smaller reply.

@@ -87,6 +87,20 @@ const READ_ALL_EVERY: Duration = Duration::from_secs(300);
 /// Namespaces read at once during a survey (each read holds a socket in its netns).
 const READ_CONCURRENCY: usize = 16;
 
+/// After reading this many namespaces in a pass, memory is handed back to the system.
+const GIVE_BACK_AFTER: usize = 64;
+
+/// Reading many namespaces decodes megabytes of netlink messages that are dropped as soon as
+/// they are boiled down; the allocator keeps the freed pages unless told to give them back,
+/// and an agent would carry the peak of its busiest pass for the rest of its life.
+fn give_back_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory; no pointer is involved.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 impl Restorer {
     /// Links are repaired up to `concurrency` at a time.
     pub fn new(pool: Arc<Pool>, concurrency: usize) -> Restorer {
@@ -103,7 +117,7 @@ impl Restorer {
     async fn survey(
         &self,
         ledger: &LedgerContent,
-    ) -> Result<(tokio::sync::MutexGuard<'_, Known>, Vec<Pruned>), RestoreError> {
+    ) -> Result<(tokio::sync::MutexGuard<'_, Known>, Vec<Pruned>, usize), RestoreError> {
         let mut known = self.known.lock().await;
         let pruned = self.pool.prune();
         let host = self.pool.host().await.map_err(RestoreError::Host)?;
@@ -143,6 +157,7 @@ impl Restorer {
             .collect();
         let read_host = changed.host || again.contains(&Locator::Host);
         again.clear();
+        let read = stale.len() + usize::from(read_host);
         let host = &host;
         let reads = futures::stream::iter(stale)
             .map(|locator: Locator| async move {
@@ -174,12 +189,12 @@ impl Restorer {
                 }
             }
         }
-        Ok((known, pruned))
+        Ok((known, pruned, read))
     }
 
     /// What a pass would do, changing nothing (kernel or ledger): for `--dry-run`.
     pub async fn dry_run(&self, ledger: &Ledger) -> Result<Plan, RestoreError> {
-        let (known, _) = self.survey(ledger.content()).await?;
+        let (known, _, _) = self.survey(ledger.content()).await?;
         let world = &known.world;
         let mut content = ledger.content().clone();
         let see = &mut |identity: NicIdentity, mac, up, location: NicLocation| {
@@ -197,7 +212,7 @@ impl Restorer {
     /// (journalled; the caller saves the ledger once afterwards).
     pub async fn pass(&self, ledger: &mut Ledger) -> Result<PassReport, RestoreError> {
         let started = Instant::now();
-        let (mut known, pruned) = self.survey(ledger.content()).await?;
+        let (mut known, pruned, read) = self.survey(ledger.content()).await?;
         let world = &known.world;
         let host_netns = self.host_netns(world);
         let see = &mut |identity: NicIdentity, mac, up, location| ledger.see_host_nic(&identity, mac, up, location);
@@ -227,6 +242,9 @@ impl Restorer {
         }
         drop(known);
         self.pool.release();
+        if read >= GIVE_BACK_AFTER {
+            give_back_memory();
+        }
         let report = PassReport { results, pruned, took: started.elapsed() };
         tracing::debug!("restore pass: {} items, {} not fine, {:?}", report.results.len(), report.broken().count(), report.took);
         Ok(report)
