@@ -130,7 +130,11 @@ async fn work(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Hold { n }) => {
             let world = world::World::build(n).await?;
             println!("host netns:  {}", world.host_path.display());
-            println!("containers:  {} .. {}", world.containers[0].path.display(), world.containers[n - 1].path.display());
+            println!(
+                "containers:  {} .. {}",
+                world.containers[0].path.display(),
+                world.containers[n - 1].path.display()
+            );
             println!("ledger:      {}", world.state_dir.display());
             println!("held until Ctrl-C");
             std::future::pending().await
@@ -182,7 +186,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         results.reaction = Some(reaction::run(&netguard, trials).await?);
     }
     if wants(Part::Scale) {
-        let (window, repeats) = if args.quick { (Duration::from_secs(5), 5) } else { (Duration::from_secs(15), 20) };
+        let (window, repeats) = if args.quick { (Duration::from_secs(10), 5) } else { (Duration::from_secs(30), 20) };
         results.scale = Some(scale::run(&netguard, 1000, window, repeats).await?);
     }
     print!("{}", results.table());
