@@ -64,6 +64,10 @@ impl ItemResult {
 /// from what the last read-back said instead of asking again.
 type Seen = HashMap<(Locator, String), LiveLink>;
 
+/// Bridges looked up during one pass, shared by its items: ports join a bridge, the bridge
+/// itself is not changed, so a thousand re-created ports ask for it once.
+type Masters = std::sync::Mutex<HashMap<(Locator, String), LiveLink>>;
+
 pub struct Executor {
     pool: Arc<Pool>,
     concurrency: usize,
@@ -82,6 +86,7 @@ impl Executor {
             Target::Nic { .. } => None,
         };
         let mut results: Vec<Option<ItemResult>> = vec![None; plan.items.len()];
+        let masters = Masters::default();
         let mut done: HashMap<LinkKey, (Outcome, Option<String>)> = HashMap::new();
         loop {
             let mut ready = Vec::new();
@@ -104,7 +109,10 @@ impl Executor {
                 break;
             }
             let finished: Vec<(usize, ItemResult)> = futures::stream::iter(ready)
-                .map(|i| async move { (i, self.run_item(&plan.items[i]).await) })
+                .map(|i| {
+                    let masters = &masters;
+                    async move { (i, self.run_item(&plan.items[i], masters).await) }
+                })
                 .buffer_unordered(self.concurrency)
                 .collect()
                 .await;
@@ -128,7 +136,7 @@ impl Executor {
             .collect()
     }
 
-    async fn run_item(&self, item: &Item) -> ItemResult {
+    async fn run_item(&self, item: &Item, masters: &Masters) -> ItemResult {
         let outcome = match item.verdict {
             Verdict::Intact => Outcome::Intact,
             Verdict::Waiting => Outcome::Waiting,
@@ -143,7 +151,7 @@ impl Executor {
         }
         let mut seen = Seen::new();
         for action in &item.actions {
-            match self.run(action, &mut seen).await {
+            match self.run(action, &mut seen, masters).await {
                 Ok(()) => {
                     tracing::info!("{}: {action}", item.target);
                     result.applied.push(action.clone());
@@ -161,7 +169,7 @@ impl Executor {
     }
 
     /// Carries out one action and reads the result back.
-    async fn run(&self, action: &Action, seen: &mut Seen) -> Result<(), ActionError> {
+    async fn run(&self, action: &Action, seen: &mut Seen, masters: &Masters) -> Result<(), ActionError> {
         let fail = |kernel: String| ActionError {
             tried: action.to_string(),
             netns: action.netns().to_string(),
@@ -192,7 +200,16 @@ impl Executor {
             }
             Action::SetMaster { netns, dev, master } => {
                 let link = ctx.need(netns, dev, seen).await?;
-                let bridge = ctx.need(netns, master, seen).await?;
+                let key = (netns.clone(), master.clone());
+                let known = masters.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+                let bridge = match known {
+                    Some(bridge) => bridge,
+                    None => {
+                        let bridge = ctx.need(netns, master, seen).await?;
+                        masters.lock().unwrap_or_else(|p| p.into_inner()).insert(key, bridge.clone());
+                        bridge
+                    }
+                };
                 if link.master != Some(bridge.ifindex) {
                     let msg = LinkUnspec::new_with_index(link.ifindex).controller(bridge.ifindex).build();
                     ctx.kernel(conn.handle().link().set(msg).execute().await)?;
