@@ -200,7 +200,7 @@ impl NetnsConn {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(InventoryError::NoRuntime(name));
         }
-        let file = netns::open(path)?;
+        let file = open_mounted(path).await?;
         let inode = file.metadata().map_err(|source| NetnsError::Open { path: path.into(), source })?.ino();
         // Made in the netns we opened, even if the path is re-pointed meanwhile.
         let socket = socket_in(&file, path).await?;
@@ -348,6 +348,22 @@ async fn first_link(
         Some(Err(rtnetlink::Error::NetlinkError(e))) if e.raw_code() == -libc::ENODEV => Ok(None),
         Some(Err(e)) => Err(e),
         None => Ok(None),
+    }
+}
+
+/// Opens the netns at `path`. A runtime creates the file first and mounts the netns on it
+/// right after: a plain file where a netns is expected is waited for a little, so that a pass
+/// woken by the file's creation does not find its container missing and wait for the next.
+async fn open_mounted(path: &Path) -> Result<File, NetnsError> {
+    const MOUNT_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
+    let deadline = tokio::time::Instant::now() + MOUNT_GRACE;
+    loop {
+        match netns::open(path) {
+            Err(NetnsError::NotNetns { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            opened => return opened,
+        }
     }
 }
 
