@@ -128,6 +128,7 @@ async fn work(cli: Cli) -> anyhow::Result<()> {
             floor::restore(&host, &world::containers(&world, n)).await
         }
         Some(Command::Hold { n }) => {
+            anyhow::ensure!(n > 0, "--n: at least one container");
             let world = world::World::build(n).await?;
             println!("host netns:  {}", world.host_path.display());
             println!(

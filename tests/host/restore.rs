@@ -7,7 +7,7 @@ use std::sync::Arc;
 use netguard::inventory::Pool;
 use netguard::ledger::learn::learn;
 use netguard::ledger::{Ledger, LedgerOptions, LinkKey, LinkState, Locator, NicState, Opened, STATE_FILE};
-use netguard::restore::{Action, ItemResult, Outcome, PassReport, Restorer, Target};
+use netguard::restore::{ItemResult, Outcome, PassReport, Restorer, Target};
 use netguard_tests::{dumps, has_addr, is_up, link, pings, skip_unless_root, Bridged, MacvlanPod, TestDir, TestNetns};
 
 /// A ledger in its own directory and a restorer whose host is `host`.
@@ -253,54 +253,4 @@ async fn corrupt_state_file_is_kept_aside_and_the_ledger_rebuilt() {
 
     let report = restorer.pass(&mut ledger).await.unwrap();
     assert_eq!(result_for(&report, "eth0").outcome, Outcome::Intact, "{report}");
-}
-
-/// Timing of one pass that re-creates N veths after N container reboots (run with
-/// `--ignored --nocapture`; NETGUARD_BENCH_LINKS sets N, default 100). With
-/// NETGUARD_BENCH_SETTLE set, the old netns are let die first, so the pass only creates (no
-/// stale host sides to remove).
-#[tokio::test]
-#[ignore]
-async fn many_container_reboots_in_one_pass() {
-    if skip_unless_root() {
-        return;
-    }
-    let n: usize = std::env::var("NETGUARD_BENCH_LINKS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
-    let host = TestNetns::new("bh");
-    host.ip(&["link", "add", "br0", "type", "bridge"]);
-    host.ip(&["addr", "add", "198.18.0.1/16", "dev", "br0"]);
-    host.ip(&["link", "set", "br0", "up"]);
-    let containers: Vec<TestNetns> = (0..n).map(|_| TestNetns::new("bc")).collect();
-    for (i, c) in containers.iter().enumerate() {
-        let vh = format!("vh{i}");
-        host.ip(&["link", "add", &vh, "type", "veth", "peer", "name", "eth0", "netns", &c.name]);
-        host.ip(&["link", "set", &vh, "master", "br0"]);
-        host.ip(&["link", "set", &vh, "up"]);
-        c.ip(&["addr", "add", &format!("198.18.{}.{}/16", 1 + i / 250, 2 + i % 250), "dev", "eth0"]);
-        c.ip(&["link", "set", "eth0", "up"]);
-        c.ip(&["route", "add", "198.19.0.0/16", "via", "198.18.0.1"]);
-    }
-    let dir = TestDir::new("bench");
-    let (mut ledger, restorer) = start(&host, &dir);
-    let locators: Vec<Locator> = containers.iter().map(|c| Locator::Path(c.path())).collect();
-    learn(restorer.pool(), &mut ledger, &locators).await.unwrap();
-    let healthy = restorer.pass(&mut ledger).await.unwrap();
-    for c in &containers {
-        c.recreate();
-    }
-    if std::env::var("NETGUARD_BENCH_SETTLE").is_ok() {
-        restorer.pool().prune();
-        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
-    }
-    let report = restorer.pass(&mut ledger).await.unwrap();
-    let restored = report.results.iter().filter(|r| r.outcome == Outcome::Restored).count();
-    assert_eq!(restored, n, "{report}");
-    let stale = report.results.iter().flat_map(|r| &r.applied).filter(|a| matches!(a, Action::DeleteStaleVeth { .. })).count();
-    eprintln!(
-        "{n} links: healthy pass {:?}; restoring pass {:?} ({:?} per link; {stale} stale host sides removed)",
-        healthy.took,
-        report.took,
-        report.took / n as u32
-    );
-    assert!(pings(&containers[n - 1], "198.18.0.1"));
 }
