@@ -70,5 +70,13 @@ fn run_one(series: kernel::Series, args: &VmArgs) -> anyhow::Result<Tally> {
         suite_args.extend(["--filter".to_string(), filter.clone()]);
     }
     let initrd = initramfs::build(&kernel, &suite_args, &vm_dir())?;
-    qemu::boot(&kernel, &initrd, series.label(), std::time::Duration::from_secs(args.timeout))
+    const BOOTS: u32 = 3;
+    for attempt in 1..=BOOTS {
+        match qemu::boot(&kernel, &initrd, series.label(), std::time::Duration::from_secs(args.timeout))? {
+            qemu::Boot::Ran(tally) => return Ok(tally),
+            qemu::Boot::DiedBooting if attempt < BOOTS => println!("vm {}: booting again ({attempt} of {BOOTS} boots failed)", series.label()),
+            qemu::Boot::DiedBooting => {}
+        }
+    }
+    anyhow::bail!("the guest died before the suite started in {BOOTS} boots")
 }

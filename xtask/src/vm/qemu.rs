@@ -15,7 +15,16 @@ use crate::Tally;
 /// e1000 NICs on one hub: eth0 stays home, the others get lent out.
 const NICS: usize = 3;
 
-pub fn boot(kernel: &Kernel, initrd: &Path, label: &str, timeout: Duration) -> anyhow::Result<Tally> {
+/// How a guest run ended.
+pub enum Boot {
+    /// The suite ran (to its end, or until the guest died or hung: counted as a failure).
+    Ran(Tally),
+    /// The guest died before the suite started: a boot failure of the emulated machine
+    /// (MTTCG has been seen to oops while the kernel patches its own text at boot).
+    DiedBooting,
+}
+
+pub fn boot(kernel: &Kernel, initrd: &Path, label: &str, timeout: Duration) -> anyhow::Result<Boot> {
     let log_path = initrd.with_extension("console.log");
     let mut log = std::fs::File::create(&log_path)?;
     let mut cmd = Command::new("qemu-system-x86_64");
@@ -49,6 +58,7 @@ pub fn boot(kernel: &Kernel, initrd: &Path, label: &str, timeout: Duration) -> a
     let started = Instant::now();
     let mut tally = Tally::default();
     let mut finished = false;
+    let mut suite_started = false;
     let mut tail: Vec<String> = Vec::new();
     loop {
         let left = timeout.saturating_sub(started.elapsed());
@@ -69,6 +79,8 @@ pub fn boot(kernel: &Kernel, initrd: &Path, label: &str, timeout: Duration) -> a
                     tally.failed += 1;
                 } else if msg.starts_with("END") {
                     finished = true;
+                } else if msg.starts_with("START") {
+                    suite_started = true;
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -80,6 +92,13 @@ pub fn boot(kernel: &Kernel, initrd: &Path, label: &str, timeout: Duration) -> a
         }
     }
     let _ = child.wait();
+    if !suite_started {
+        println!("vm {label}: the guest died before the suite started; console log {}:", log_path.display());
+        for line in tail.iter().rev().take(8).rev() {
+            println!("vm {label}:   | {line}");
+        }
+        return Ok(Boot::DiedBooting);
+    }
     if !finished {
         tally.failed += 1;
         println!("vm {label}: FAIL the guest stopped before the suite ended (panic, crash or hang); console log {}:", log_path.display());
@@ -88,5 +107,5 @@ pub fn boot(kernel: &Kernel, initrd: &Path, label: &str, timeout: Duration) -> a
         }
     }
     println!("vm {label}: guest ran {:.0}s", started.elapsed().as_secs_f64());
-    Ok(tally)
+    Ok(Boot::Ran(tally))
 }
