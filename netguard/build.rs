@@ -8,7 +8,9 @@ use std::process::{exit, Command};
 const COMPILERS: &[&str] = &["clang-19", "clang"];
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest = PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let root = manifest.join("../netguard-ebpf");
     let source = root.join("src/netguard.bpf.c");
@@ -26,7 +28,15 @@ fn main() {
     };
     let object = out.join("netguard.bpf.o");
     let output = Command::new(clang)
-        .args(["-target", "bpf", "-O2", "-g", "-Wall", "-mcpu=v3", "-D__TARGET_ARCH_x86"])
+        .args([
+            "-target",
+            "bpf",
+            "-O2",
+            "-g",
+            "-Wall",
+            "-mcpu=v3",
+            "-D__TARGET_ARCH_x86",
+        ])
         .arg("-I")
         .arg(&include)
         .arg("-c")
@@ -49,9 +59,15 @@ fn main() {
 }
 
 fn runs(program: &str) -> bool {
-    Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 fn display(path: &Path) -> String {
-    path.canonicalize().unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+    path.canonicalize()
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
 }

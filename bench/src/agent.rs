@@ -24,17 +24,31 @@ pub struct Agent {
 impl Agent {
     /// Starts `netguard agent` on `world` (with `--interval` seconds between idle passes when
     /// given) and waits until it answers and every guarded link is whole.
-    pub async fn start(netguard: &Path, world: &World, interval: Option<f64>) -> anyhow::Result<Agent> {
+    pub async fn start(
+        netguard: &Path,
+        world: &World,
+        interval: Option<f64>,
+    ) -> anyhow::Result<Agent> {
         let socket = world.state_dir.join("agent.sock");
         let log = world.state_dir.join("agent.log");
         let mut cmd = Command::new(netguard);
-        cmd.arg("agent").arg("--host-netns").arg(&world.host_path).arg("--state-dir").arg(&world.state_dir);
+        cmd.arg("agent")
+            .arg("--host-netns")
+            .arg(&world.host_path)
+            .arg("--state-dir")
+            .arg(&world.state_dir);
         cmd.arg("--socket").arg(&socket);
         if let Some(secs) = interval {
             cmd.arg("--interval").arg(secs.to_string());
         }
-        let stderr = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).kill_on_drop(true).spawn()?;
+        let stderr =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()?;
         let mut agent = Agent { child, socket, log };
         let started = Instant::now();
         loop {
@@ -43,12 +57,20 @@ impl Agent {
             }
             if let Ok(status) = agent.status().await {
                 let passed = status.agent.is_some_and(|a| a.passes > 0);
-                if passed && status.rows.iter().all(|r| matches!(r.row.state.as_str(), "intact" | "restored")) {
+                if passed
+                    && status
+                        .rows
+                        .iter()
+                        .all(|r| matches!(r.row.state.as_str(), "intact" | "restored"))
+                {
                     return Ok(agent);
                 }
             }
             if started.elapsed() > READY_TIMEOUT {
-                bail!("the agent did not find its world whole within {READY_TIMEOUT:?}: {}", agent.log_tail());
+                bail!(
+                    "the agent did not find its world whole within {READY_TIMEOUT:?}: {}",
+                    agent.log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -79,7 +101,10 @@ impl Agent {
             },
             Err(_) => {
                 self.child.kill().await?;
-                bail!("the agent did not stop within 10 s of SIGTERM: {}", self.log_tail())
+                bail!(
+                    "the agent did not stop within 10 s of SIGTERM: {}",
+                    self.log_tail()
+                )
             }
         }
     }
@@ -88,7 +113,10 @@ impl Agent {
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        format!("last log lines:\n{}", lines[lines.len().saturating_sub(10)..].join("\n"))
+        format!(
+            "last log lines:\n{}",
+            lines[lines.len().saturating_sub(10)..].join("\n")
+        )
     }
 }
 
@@ -96,7 +124,12 @@ impl Agent {
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')').context("malformed /proc/PID/stat")?.1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("malformed /proc/PID/stat")?
+        .1
+        .split_whitespace()
+        .collect();
     let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
@@ -106,6 +139,9 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
 /// Resident memory of a process, in bytes.
 pub fn rss(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).context("no VmRSS")?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS")?;
     Ok(kb.trim().trim_end_matches("kB").trim().parse::<u64>()? * 1024)
 }

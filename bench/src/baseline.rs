@@ -7,10 +7,22 @@ use crate::world::{Container, World, BRIDGE, IFNAME, MTU};
 
 /// The script for every container of `world`, run with `sh -e`.
 pub fn script(world: &World) -> String {
-    let host = world.host_path.file_name().expect("a netns path has a name").to_string_lossy().into_owned();
+    let host = world
+        .host_path
+        .file_name()
+        .expect("a netns path has a name")
+        .to_string_lossy()
+        .into_owned();
     let mut s = String::new();
     for c in &world.containers {
-        let Container { netns, host_side, host_mac, mac, addr, .. } = c;
+        let Container {
+            netns,
+            host_side,
+            host_mac,
+            mac,
+            addr,
+            ..
+        } = c;
         let _ = writeln!(
             s,
             "ip -n {host} link add {host_side} address {host_mac} mtu {MTU} type veth peer name {IFNAME} address {mac} mtu {MTU} netns {netns}"

@@ -12,7 +12,11 @@ use crate::world::{Container, BRIDGE, IFNAME, MTU};
 
 pub async fn restore(host: &NetnsConn, containers: &[Container]) -> anyhow::Result<()> {
     // The lookups any restorer needs: the bridge once, each new eth0 once.
-    let bridge = host.get_link_by_name(BRIDGE).await?.context("no br0 in the host netns")?.ifindex;
+    let bridge = host
+        .get_link_by_name(BRIDGE)
+        .await?
+        .context("no br0 in the host netns")?
+        .ifindex;
     let mut refused: Vec<String> = Vec::new();
     let mut note = |what: &str, c: &Container, result: Result<(), String>| {
         if let Err(e) = result {
@@ -36,23 +40,60 @@ pub async fn restore(host: &NetnsConn, containers: &[Container]) -> anyhow::Resu
         note(
             "host side up",
             c,
-            says(h.link().set(LinkUnspec::new_with_name(&c.host_side).up().build()).execute().await),
+            says(
+                h.link()
+                    .set(LinkUnspec::new_with_name(&c.host_side).up().build())
+                    .execute()
+                    .await,
+            ),
         );
-        let port = LinkUnspec::new_with_name(&c.host_side).controller(bridge).build();
+        let port = LinkUnspec::new_with_name(&c.host_side)
+            .controller(bridge)
+            .build();
         note("set master", c, says(h.link().set(port).execute().await));
         let Some(eth) = conn.get_link_by_name(IFNAME).await? else {
             note("finding eth0", c, Err("it is not there".into()));
             continue;
         };
         let ch = conn.handle();
-        note("address", c, says(ch.address().add(eth.ifindex, c.addr.addr, c.addr.prefix).execute().await));
-        note("eth0 up", c, says(ch.link().set(LinkUnspec::new_with_index(eth.ifindex).up().build()).execute().await));
+        note(
+            "address",
+            c,
+            says(
+                ch.address()
+                    .add(eth.ifindex, c.addr.addr, c.addr.prefix)
+                    .execute()
+                    .await,
+            ),
+        );
+        note(
+            "eth0 up",
+            c,
+            says(
+                ch.link()
+                    .set(LinkUnspec::new_with_index(eth.ifindex).up().build())
+                    .execute()
+                    .await,
+            ),
+        );
         for route in Container::routes() {
-            note("route", c, says(ch.route().add(route_message(&route, eth.ifindex)).execute().await));
+            note(
+                "route",
+                c,
+                says(
+                    ch.route()
+                        .add(route_message(&route, eth.ifindex))
+                        .execute()
+                        .await,
+                ),
+            );
         }
     }
     match refused.as_slice() {
         [] => Ok(()),
-        [first, ..] => bail!("the kernel refused {} requests; first: {first}", refused.len()),
+        [first, ..] => bail!(
+            "the kernel refused {} requests; first: {first}",
+            refused.len()
+        ),
     }
 }

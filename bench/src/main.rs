@@ -25,7 +25,10 @@ use netguard::ledger::Locator;
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser)]
-#[command(name = "netguard-bench", about = "netguard's benchmarks (as root, in namespaces they create)")]
+#[command(
+    name = "netguard-bench",
+    about = "netguard's benchmarks (as root, in namespaces they create)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -110,9 +113,12 @@ fn main() -> ExitCode {
 }
 
 async fn stop_signal() -> &'static str {
-    let mut streams =
-        [(SignalKind::interrupt(), "SIGINT"), (SignalKind::terminate(), "SIGTERM"), (SignalKind::hangup(), "SIGHUP")]
-            .map(|(kind, name)| (signal(kind).expect("installing a signal handler"), name));
+    let mut streams = [
+        (SignalKind::interrupt(), "SIGINT"),
+        (SignalKind::terminate(), "SIGTERM"),
+        (SignalKind::hangup(), "SIGHUP"),
+    ]
+    .map(|(kind, name)| (signal(kind).expect("installing a signal handler"), name));
     let [a, b, c] = &mut streams;
     tokio::select! {
         _ = a.0.recv() => a.1,
@@ -146,7 +152,10 @@ async fn work(cli: Cli) -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
-    anyhow::ensure!(unsafe { libc::geteuid() } == 0, "the benchmarks need root (CAP_NET_ADMIN, CAP_SYS_ADMIN)");
+    anyhow::ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "the benchmarks need root (CAP_NET_ADMIN, CAP_SYS_ADMIN)"
+    );
     let netguard = match args.netguard {
         Some(path) => path,
         None => std::env::current_exe()?.with_file_name("netguard"),
@@ -179,7 +188,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         for (n, rounds) in plan {
             let rounds = args.rounds.unwrap_or(rounds);
-            results.mass_restore.push(mass::run(&netguard, n, rounds, &contenders).await?);
+            results
+                .mass_restore
+                .push(mass::run(&netguard, n, rounds, &contenders).await?);
         }
     }
     if wants(Part::Reaction) {
@@ -187,7 +198,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         results.reaction = Some(reaction::run(&netguard, trials).await?);
     }
     if wants(Part::Scale) {
-        let (window, repeats) = if args.quick { (Duration::from_secs(10), 5) } else { (Duration::from_secs(30), 20) };
+        let (window, repeats) = if args.quick {
+            (Duration::from_secs(10), 5)
+        } else {
+            (Duration::from_secs(30), 20)
+        };
         results.scale = Some(scale::run(&netguard, 1000, window, repeats).await?);
     }
     print!("{}", results.table());

@@ -52,7 +52,12 @@ pub struct MassResult {
 }
 
 /// Builds a world of `n` containers and times each contender `rounds` times.
-pub async fn run(netguard: &Path, n: usize, rounds: usize, contenders: &[Contender]) -> anyhow::Result<MassResult> {
+pub async fn run(
+    netguard: &Path,
+    n: usize,
+    rounds: usize,
+    contenders: &[Contender],
+) -> anyhow::Result<MassResult> {
     eprintln!("mass restore, N={n}: building the world");
     let world = World::build(n).await?;
     let mut times: BTreeMap<Contender, Vec<Duration>> = BTreeMap::new();
@@ -64,7 +69,10 @@ pub async fn run(netguard: &Path, n: usize, rounds: usize, contenders: &[Contend
             let took = trial(netguard, &world, who)
                 .await
                 .with_context(|| format!("{} at N={n}, round {round}", who.label()))?;
-            world.verify().await.with_context(|| format!("after {} at N={n}, round {round}", who.label()))?;
+            world
+                .verify()
+                .await
+                .with_context(|| format!("after {} at N={n}, round {round}", who.label()))?;
             eprintln!(
                 "  N={n} round {round}{}: {:<28} {:8.3} s",
                 if round == 0 { " (warm-up)" } else { "" },
@@ -76,8 +84,10 @@ pub async fn run(netguard: &Path, n: usize, rounds: usize, contenders: &[Contend
             }
         }
     }
-    let seconds: BTreeMap<Contender, Samples> = times.iter().map(|(c, t)| (*c, Samples::of(t))).collect();
-    let ratio = |a: Contender, b: Contender| Some(seconds.get(&a)?.median / seconds.get(&b)?.median);
+    let seconds: BTreeMap<Contender, Samples> =
+        times.iter().map(|(c, t)| (*c, Samples::of(t))).collect();
+    let ratio =
+        |a: Contender, b: Contender| Some(seconds.get(&a)?.median / seconds.get(&b)?.median);
     Ok(MassResult {
         n,
         rounds,
@@ -95,7 +105,11 @@ async fn trial(netguard: &Path, world: &World, who: Contender) -> anyhow::Result
         Contender::Agent => return agent_trial(netguard, world).await,
         Contender::Netguard => {
             let mut cmd = Command::new(netguard);
-            cmd.arg("restore").arg("--host-netns").arg(&world.host_path).arg("--state-dir").arg(&world.state_dir);
+            cmd.arg("restore")
+                .arg("--host-netns")
+                .arg(&world.host_path)
+                .arg("--state-dir")
+                .arg(&world.state_dir);
             // Never the system's agent: a socket nobody listens on, so the command works alone.
             cmd.arg("--socket").arg(world.state_dir.join("agent.sock"));
             cmd
@@ -108,8 +122,16 @@ async fn trial(netguard: &Path, world: &World, who: Contender) -> anyhow::Result
             cmd
         }
         Contender::Floor => {
-            let mut cmd = Command::new(std::env::current_exe().context("finding our own executable")?);
-            cmd.args(["floor", "--world", &world.name, "--n", &world.containers.len().to_string(), "--host"]);
+            let mut cmd =
+                Command::new(std::env::current_exe().context("finding our own executable")?);
+            cmd.args([
+                "floor",
+                "--world",
+                &world.name,
+                "--n",
+                &world.containers.len().to_string(),
+                "--host",
+            ]);
             cmd.arg(&world.host_path);
             cmd
         }
@@ -134,10 +156,20 @@ async fn agent_trial(netguard: &Path, world: &World) -> anyhow::Result<Duration>
 /// Runs a command to its end; its wall time, or its stderr if it fails.
 async fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true).output().await?;
+    let out = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output()
+        .await?;
     let took = started.elapsed();
     if !out.status.success() {
-        bail!("{:?} failed ({}): {}", cmd.as_std(), out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{:?} failed ({}): {}",
+            cmd.as_std(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(took)
 }

@@ -73,16 +73,35 @@ pub fn create<T: Send + 'static>(
     at_birth: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
     // The mount point, made first so that a failure leaves no netns behind.
-    File::options().write(true).create_new(true).mode(0o000).open(path).map_err(|e| {
-        io::Error::new(e.kind(), format!("cannot create {}: {e} (is a netns of that name left over?)", path.display()))
-    })?;
+    File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o000)
+        .open(path)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot create {}: {e} (is a netns of that name left over?)",
+                    path.display()
+                ),
+            )
+        })?;
     let target = path.to_path_buf();
     let made = std::thread::spawn(move || -> io::Result<T> {
         // SAFETY: unshare affects only this thread, which ends right after.
-        sys(unsafe { libc::unshare(libc::CLONE_NEWNET) }).map_err(context("unshare(CLONE_NEWNET)".into()))?;
+        sys(unsafe { libc::unshare(libc::CLONE_NEWNET) })
+            .map_err(context("unshare(CLONE_NEWNET)".into()))?;
         let value = at_birth()?;
-        mount(Some(Path::new("/proc/thread-self/ns/net")), &target, libc::MS_BIND)
-            .map_err(context(format!("bind-mounting the new netns on {}", target.display())))?;
+        mount(
+            Some(Path::new("/proc/thread-self/ns/net")),
+            &target,
+            libc::MS_BIND,
+        )
+        .map_err(context(format!(
+            "bind-mounting the new netns on {}",
+            target.display()
+        )))?;
         Ok(value)
     })
     .join()
@@ -114,12 +133,22 @@ pub fn remove(path: &Path) -> io::Result<()> {
 /// Removes the namespaces that earlier runs left when they were killed before cleaning up:
 /// `ngb<pid>-*` whose process is gone. Returns their names.
 pub fn remove_stale() -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(RUN_NETNS) else { return vec![] };
+    let Ok(entries) = std::fs::read_dir(RUN_NETNS) else {
+        return vec![];
+    };
     let mut removed = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix(PREFIX).and_then(|rest| rest.split('-').next()) else { continue };
-        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) || Path::new("/proc").join(pid).exists() {
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if pid.is_empty()
+            || !pid.bytes().all(|b| b.is_ascii_digit())
+            || Path::new("/proc").join(pid).exists()
+        {
             continue;
         }
         if remove(&entry.path()).is_ok() {

@@ -37,12 +37,18 @@ pub async fn run(netguard: &Path, trials: usize) -> anyhow::Result<ReactionResul
         let watch = Watch::start(&world).await?;
         let born = world.recreate(i, watch::subscribe)?;
         let since = std::time::Instant::now();
-        let took = watch.until_back(&world, &[i], vec![born], since, TIMEOUT).await?;
+        let took = watch
+            .until_back(&world, &[i], vec![born], since, TIMEOUT)
+            .await?;
         if t >= WARM_UP {
             times.push(took);
         }
         tokio::time::sleep(GAP).await;
     }
     agent.stop().await?;
-    Ok(ReactionResult { containers: CONTAINERS, trials, latency: Samples::of(&times) })
+    Ok(ReactionResult {
+        containers: CONTAINERS,
+        trials,
+        latency: Samples::of(&times),
+    })
 }

@@ -26,7 +26,10 @@ impl Machine {
                 .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_string())
         };
         Machine {
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
             cpu: field(&cpuinfo, "model name").unwrap_or_else(|| "unknown".into()),
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             memory_mib: field(&meminfo, "MemTotal")
@@ -47,7 +50,13 @@ pub struct Results {
 
 impl Results {
     pub fn new(quick: bool) -> Results {
-        Results { machine: Machine::read(), quick, mass_restore: vec![], reaction: None, scale: None }
+        Results {
+            machine: Machine::read(),
+            quick,
+            mass_restore: vec![],
+            reaction: None,
+            scale: None,
+        }
     }
 
     pub fn table(&self) -> String {
@@ -63,35 +72,77 @@ impl Results {
             m.memory_mib
         );
         if !self.mass_restore.is_empty() {
-            let _ = writeln!(t, "\n1. Mass restore: seconds until every link is back (median of the timed rounds)");
+            let _ = writeln!(
+                t,
+                "\n1. Mass restore: seconds until every link is back (median of the timed rounds)"
+            );
             let _ = write!(t, "{:<30}", "");
             for r in &self.mass_restore {
                 let _ = write!(t, "{:>12}", format!("N={}", r.n));
             }
             let _ = writeln!(t);
-            for c in [Contender::Netguard, Contender::Agent, Contender::Baseline, Contender::Floor] {
-                row(&mut t, c.label(), &self.mass_restore, |r| r.seconds.get(&c).map(|s| format!("{:.3}", s.median)));
+            for c in [
+                Contender::Netguard,
+                Contender::Agent,
+                Contender::Baseline,
+                Contender::Floor,
+            ] {
+                row(&mut t, c.label(), &self.mass_restore, |r| {
+                    r.seconds.get(&c).map(|s| format!("{:.3}", s.median))
+                });
             }
             row(&mut t, "baseline / netguard", &self.mass_restore, |r| {
                 r.baseline_over_netguard.map(|x| format!("{x:.1}x"))
             });
-            row(&mut t, "netguard / floor", &self.mass_restore, |r| r.netguard_over_floor.map(|x| format!("{x:.2}x")));
-            row(&mut t, "timed rounds", &self.mass_restore, |r| Some(r.rounds.to_string()));
+            row(&mut t, "netguard / floor", &self.mass_restore, |r| {
+                r.netguard_over_floor.map(|x| format!("{x:.2}x"))
+            });
+            row(&mut t, "timed rounds", &self.mass_restore, |r| {
+                Some(r.rounds.to_string())
+            });
         }
         let ms = |x: f64| format!("{:.1} ms", x * 1e3);
         if let Some(r) = &self.reaction {
-            let _ = writeln!(t, "\n2. Reaction latency, agent running: one netns re-created -> its veth back");
+            let _ = writeln!(
+                t,
+                "\n2. Reaction latency, agent running: one netns re-created -> its veth back"
+            );
             let l = &r.latency;
-            let _ = writeln!(t, "{:<30}{:>12}{:>12}   ({} trials)", "p50 / p99", ms(l.median), ms(l.p99), r.trials);
+            let _ = writeln!(
+                t,
+                "{:<30}{:>12}{:>12}   ({} trials)",
+                "p50 / p99",
+                ms(l.median),
+                ms(l.p99),
+                r.trials
+            );
         }
         if let Some(s) = &self.scale {
-            let _ = writeln!(t, "\n5. Scale: {} guarded links in {} netns, all healthy", s.links, s.links);
+            let _ = writeln!(
+                t,
+                "\n5. Scale: {} guarded links in {} netns, all healthy",
+                s.links, s.links
+            );
             let c = &s.idle_pass_cpu;
-            let _ =
-                writeln!(t, "{:<30}{:>12}{:>12}   (median, p99)", "idle reconcile pass CPU", ms(c.median), ms(c.p99));
-            let _ =
-                writeln!(t, "{:<30}{:>12}", "agent RSS", format!("{:.1} MiB", s.agent_rss_bytes as f64 / 1048576.0));
-            let _ = writeln!(t, "{:<30}{:>12}   (per second, idle)", "agent CPU", ms(s.agent_idle_cpu_per_second));
+            let _ = writeln!(
+                t,
+                "{:<30}{:>12}{:>12}   (median, p99)",
+                "idle reconcile pass CPU",
+                ms(c.median),
+                ms(c.p99)
+            );
+            let _ = writeln!(
+                t,
+                "{:<30}{:>12}",
+                "agent RSS",
+                format!("{:.1} MiB", s.agent_rss_bytes as f64 / 1048576.0)
+            );
+            let _ = writeln!(
+                t,
+                "{:<30}{:>12}   (per second, idle)",
+                "agent CPU",
+                ms(s.agent_idle_cpu_per_second)
+            );
             let _ = writeln!(
                 t,
                 "{:<30}{:>12}{:>12}   (median, p99)",
@@ -99,14 +150,30 @@ impl Results {
                 ms(s.status.median),
                 ms(s.status.p99)
             );
-            let _ = writeln!(t, "{:<30}{:>12}", "ledger on disk", format!("{} KiB", s.ledger_bytes / 1024));
-            let _ = writeln!(t, "{:<30}{:>12}{:>12}   (median, p99)", "ledger save", ms(s.save.median), ms(s.save.p99));
+            let _ = writeln!(
+                t,
+                "{:<30}{:>12}",
+                "ledger on disk",
+                format!("{} KiB", s.ledger_bytes / 1024)
+            );
+            let _ = writeln!(
+                t,
+                "{:<30}{:>12}{:>12}   (median, p99)",
+                "ledger save",
+                ms(s.save.median),
+                ms(s.save.p99)
+            );
         }
         t
     }
 }
 
-fn row(t: &mut String, label: &str, results: &[MassResult], cell: impl Fn(&MassResult) -> Option<String>) {
+fn row(
+    t: &mut String,
+    label: &str,
+    results: &[MassResult],
+    cell: impl Fn(&MassResult) -> Option<String>,
+) {
     let _ = write!(t, "{label:<30}");
     for r in results {
         let _ = write!(t, "{:>12}", cell(r).unwrap_or_else(|| "-".into()));

@@ -40,7 +40,12 @@ pub struct ScaleResult {
     pub save: Samples,
 }
 
-pub async fn run(netguard: &Path, links: usize, window: Duration, repeats: usize) -> anyhow::Result<ScaleResult> {
+pub async fn run(
+    netguard: &Path,
+    links: usize,
+    window: Duration,
+    repeats: usize,
+) -> anyhow::Result<ScaleResult> {
     eprintln!("scale, {links} links: building the world");
     let world = World::build(links).await?;
     let ledger_bytes = std::fs::metadata(world.state_dir.join(STATE_FILE))?.len();
@@ -52,7 +57,8 @@ pub async fn run(netguard: &Path, links: usize, window: Duration, repeats: usize
     let agent_rss_bytes = agent::rss(agent.pid())?;
     let cpu0 = agent::cpu_time(agent.pid())?;
     tokio::time::sleep(window).await;
-    let agent_idle_cpu_per_second = (agent::cpu_time(agent.pid())? - cpu0).as_secs_f64() / window.as_secs_f64();
+    let agent_idle_cpu_per_second =
+        (agent::cpu_time(agent.pid())? - cpu0).as_secs_f64() / window.as_secs_f64();
 
     let mut status = Vec::with_capacity(repeats);
     for _ in 0..repeats {
@@ -67,7 +73,10 @@ pub async fn run(netguard: &Path, links: usize, window: Duration, repeats: usize
             .await?;
         status.push(started.elapsed());
         if !out.status.success() {
-            bail!("netguard status failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "netguard status failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
     }
     agent.stop().await?;
@@ -85,14 +94,20 @@ pub async fn run(netguard: &Path, links: usize, window: Duration, repeats: usize
 /// CPU of `repeats` passes of one restorer over the healthy world, after a first pass.
 async fn idle_passes(world: &World, repeats: usize) -> anyhow::Result<Samples> {
     let (mut ledger, _) = Ledger::open(LedgerOptions::new(&world.state_dir))?;
-    let restorer = Restorer::new(Arc::new(Pool::new(Some(world.host_path.clone()))), CONCURRENCY);
+    let restorer = Restorer::new(
+        Arc::new(Pool::new(Some(world.host_path.clone()))),
+        CONCURRENCY,
+    );
     let mut times = Vec::with_capacity(repeats);
     for pass in 0..=repeats {
         let before = cpu_time();
         let report = restorer.pass(&mut ledger).await?;
         let took = cpu_time() - before;
         ensure!(
-            report.results.iter().all(|r| r.applied.is_empty() && report.broken().count() == 0),
+            report
+                .results
+                .iter()
+                .all(|r| r.applied.is_empty() && report.broken().count() == 0),
             "an idle pass was not idle:\n{report}"
         );
         if pass > 0 {
@@ -106,13 +121,23 @@ async fn idle_passes(world: &World, repeats: usize) -> anyhow::Result<Samples> {
 /// Times `repeats` saves of the world's ledger, each after one state change.
 fn save_times(world: &World, repeats: usize) -> anyhow::Result<Samples> {
     let (mut ledger, _) = Ledger::open(LedgerOptions::new(&world.state_dir))?;
-    let key = LinkKey { netns: world.containers[0].locator(), name: IFNAME.into() };
+    let key = LinkKey {
+        netns: world.containers[0].locator(),
+        name: IFNAME.into(),
+    };
     let mut times = Vec::with_capacity(repeats);
     for i in 0..repeats {
-        let state = if i % 2 == 0 { LinkState::Restored } else { LinkState::Intact };
+        let state = if i % 2 == 0 {
+            LinkState::Restored
+        } else {
+            LinkState::Intact
+        };
         ledger.set_link_state(&key, state, None);
         let started = Instant::now();
-        ensure!(ledger.save()?, "the ledger had a change but was not written");
+        ensure!(
+            ledger.save()?,
+            "the ledger had a change but was not written"
+        );
         times.push(started.elapsed());
     }
     // Leave it as learned, for the agent.

@@ -21,7 +21,13 @@ impl Samples {
         if s.is_empty() {
             return Samples::default();
         }
-        Samples { median: percentile(&s, 50.0), p99: percentile(&s, 99.0), min: s[0], max: s[s.len() - 1], samples: s }
+        Samples {
+            median: percentile(&s, 50.0),
+            p99: percentile(&s, 99.0),
+            min: s[0],
+            max: s[s.len() - 1],
+            samples: s,
+        }
     }
 }
 

@@ -29,7 +29,10 @@ const RTMGRP_IPV4_ROUTE: u32 = 0x40;
 /// thread's netns: pass it as the `at_birth` of a re-creation.
 pub fn subscribe() -> io::Result<Socket> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE))?;
+    socket.bind(&SocketAddr::new(
+        0,
+        RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE,
+    ))?;
     socket.set_rx_buf_sz(4 << 20)?;
     Ok(socket)
 }
@@ -72,7 +75,9 @@ impl Live {
                 self.links.insert(link.ifindex, link);
                 return Some(name);
             }
-            RouteNetlinkMessage::DelLink(m) => return self.links.remove(&m.header.index).map(|l| l.name),
+            RouteNetlinkMessage::DelLink(m) => {
+                return self.links.remove(&m.header.index).map(|l| l.name)
+            }
             RouteNetlinkMessage::NewAddress(m) => put(&mut self.addrs, parse_addr(m)?),
             RouteNetlinkMessage::DelAddress(m) => {
                 let gone = parse_addr(m)?;
@@ -89,7 +94,12 @@ impl Live {
     }
 
     fn inventory(&self) -> NetnsInventory {
-        NetnsInventory::new(0, self.links.values().cloned().collect(), self.addrs.clone(), self.routes.clone())
+        NetnsInventory::new(
+            0,
+            self.links.values().cloned().collect(),
+            self.addrs.clone(),
+            self.routes.clone(),
+        )
     }
 }
 
@@ -112,7 +122,12 @@ impl Watch {
         let (sender, events) = mpsc::unbounded_channel();
         let mut tasks = JoinSet::new();
         forward(&mut tasks, socket, Source::Host, sender.clone());
-        Ok(Watch { events, sender, host: Live::from_dump(world.host().dump().await?), tasks })
+        Ok(Watch {
+            events,
+            sender,
+            host: Live::from_dump(world.host().dump().await?),
+            tasks,
+        })
     }
 
     /// Waits until the links of the containers `which` are all back, each watched through
@@ -141,17 +156,30 @@ impl Watch {
     ) -> anyhow::Result<Duration> {
         let mut live: HashMap<usize, Live> = HashMap::new();
         for (&i, socket) in which.iter().zip(born) {
-            forward(&mut self.tasks, socket, Source::Container(i), self.sender.clone());
+            forward(
+                &mut self.tasks,
+                socket,
+                Source::Container(i),
+                self.sender.clone(),
+            );
             live.insert(i, Live::default());
         }
-        let by_host_side: HashMap<&str, usize> =
-            which.iter().map(|&i| (world.containers[i].host_side.as_str(), i)).collect();
+        let by_host_side: HashMap<&str, usize> = which
+            .iter()
+            .map(|&i| (world.containers[i].host_side.as_str(), i))
+            .collect();
         let mut pending: Vec<usize> = which.to_vec();
         let deadline = tokio::time::Instant::from_std(since + timeout);
         while !pending.is_empty() {
-            let Ok(Some(first)) = tokio::time::timeout_at(deadline, self.events.recv()).await else {
+            let Ok(Some(first)) = tokio::time::timeout_at(deadline, self.events.recv()).await
+            else {
                 let c = &world.containers[pending[0]];
-                bail!("{} of {} links not back after {timeout:?}; first: {}", pending.len(), which.len(), c.netns);
+                bail!(
+                    "{} of {} links not back after {timeout:?}; first: {}",
+                    pending.len(),
+                    which.len(),
+                    c.netns
+                );
             };
             // Everything queued is folded in before checking, once.
             let mut batch = vec![first];
@@ -172,7 +200,11 @@ impl Watch {
                         dirty.insert(i);
                     }
                     (Source::Host, NetlinkPayload::InnerMessage(msg)) => {
-                        if let Some(&i) = self.host.apply(&msg).and_then(|name| by_host_side.get(name.as_str())) {
+                        if let Some(&i) = self
+                            .host
+                            .apply(&msg)
+                            .and_then(|name| by_host_side.get(name.as_str()))
+                        {
                             dirty.insert(i);
                         }
                     }
@@ -188,7 +220,10 @@ impl Watch {
             }
             let host = self.host.inventory();
             pending.retain(|i| {
-                !dirty.contains(i) || world.containers[*i].check(&live[i].inventory(), &host, world.bridge).is_err()
+                !dirty.contains(i)
+                    || world.containers[*i]
+                        .check(&live[i].inventory(), &host, world.bridge)
+                        .is_err()
             });
         }
         Ok(since.elapsed())
@@ -196,7 +231,12 @@ impl Watch {
 }
 
 /// Moves a subscribed socket onto the runtime, in `tasks`; its notifications go to `sender`.
-fn forward(tasks: &mut JoinSet<()>, socket: Socket, source: Source, sender: mpsc::UnboundedSender<Notification>) {
+fn forward(
+    tasks: &mut JoinSet<()>,
+    socket: Socket,
+    source: Source,
+    sender: mpsc::UnboundedSender<Notification>,
+) {
     // SAFETY: the fd comes from a Socket we own; ownership moves into the TokioSocket.
     let socket = unsafe { TokioSocket::from_raw_fd(socket.into_raw_fd()) };
     let (connection, _handle, mut messages) = rtnetlink::from_socket(socket);

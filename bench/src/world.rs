@@ -51,8 +51,16 @@ impl Container {
             host_side: format!("vb{i}"),
             host_mac: Mac([0x02, 0x6e, 0x67, 0x00, hi, lo]),
             mac: Mac([0x02, 0x6e, 0x67, 0x01, hi, lo]),
-            addr: IpNet::new(IpAddr::V4(Ipv4Addr::new(198, 18, 1 + (i / 250) as u8, 2 + (i % 250) as u8)), PREFIX)
-                .expect("a valid prefix"),
+            addr: IpNet::new(
+                IpAddr::V4(Ipv4Addr::new(
+                    198,
+                    18,
+                    1 + (i / 250) as u8,
+                    2 + (i % 250) as u8,
+                )),
+                PREFIX,
+            )
+            .expect("a valid prefix"),
         }
     }
 
@@ -74,14 +82,25 @@ impl Container {
     /// Whether the kernel's view shows this container's link back exactly: name, kind, MAC,
     /// MTU, up, address, routes, its peer in the host netns with its MAC, up and a port of the
     /// bridge (`bridge` = its ifindex), the two ends peers of each other.
-    pub fn check(&self, inv: &NetnsInventory, host: &NetnsInventory, bridge: u32) -> Result<(), String> {
+    pub fn check(
+        &self,
+        inv: &NetnsInventory,
+        host: &NetnsInventory,
+        bridge: u32,
+    ) -> Result<(), String> {
         let fail = |what: String| Err(format!("{}: {what}", self.netns));
-        let Some(eth) = inv.link_by_name(IFNAME) else { return fail(format!("no {IFNAME}")) };
+        let Some(eth) = inv.link_by_name(IFNAME) else {
+            return fail(format!("no {IFNAME}"));
+        };
         let Some(vb) = host.link_by_name(&self.host_side) else {
             return fail(format!("no {} in the host", self.host_side));
         };
         for (link, mac) in [(eth, self.mac), (vb, self.host_mac)] {
-            if link.kind.as_deref() != Some("veth") || link.mac != Some(mac) || link.mtu != Some(MTU) || !link.up {
+            if link.kind.as_deref() != Some("veth")
+                || link.mac != Some(mac)
+                || link.mtu != Some(MTU)
+                || !link.up
+            {
                 return fail(format!(
                     "{} is {:?} {:?} mtu {:?} up {}",
                     link.name, link.kind, link.mac, link.mtu, link.up
@@ -97,7 +116,10 @@ impl Container {
         if !inv.addresses_of(eth.ifindex).any(|a| a == self.addr) {
             return fail(format!("{IFNAME} lacks {}", self.addr));
         }
-        match Container::routes().iter().find(|r| !inv.has_route(eth.ifindex, r)) {
+        match Container::routes()
+            .iter()
+            .find(|r| !inv.has_route(eth.ifindex, r))
+        {
             Some(missing) => fail(format!("no route {missing}")),
             None => Ok(()),
         }
@@ -130,30 +152,62 @@ impl World {
         let host_path = netns::path_of(&format!("{name}-host"));
         let state_dir = std::env::temp_dir().join(&name);
         // From here on, dropping `guard` removes whatever was made.
-        let mut guard = Partial { paths: vec![], dir: None };
+        let mut guard = Partial {
+            paths: vec![],
+            dir: None,
+        };
         netns::create(&host_path, without_ipv6)?;
         guard.paths.push(host_path.clone());
         let host = Arc::new(NetnsConn::open(Locator::Host, &host_path).await?);
         let handle = host.handle();
-        handle.link().add(LinkBridge::new(BRIDGE).mtu(MTU).up().build()).execute().await.context("creating br0")?;
-        let bridge = host.get_link_by_name(BRIDGE).await?.context("br0 vanished")?.ifindex;
-        handle.address().add(bridge, IpAddr::V4(GATEWAY), PREFIX).execute().await.context("addressing br0")?;
+        handle
+            .link()
+            .add(LinkBridge::new(BRIDGE).mtu(MTU).up().build())
+            .execute()
+            .await
+            .context("creating br0")?;
+        let bridge = host
+            .get_link_by_name(BRIDGE)
+            .await?
+            .context("br0 vanished")?
+            .ifindex;
+        handle
+            .address()
+            .add(bridge, IpAddr::V4(GATEWAY), PREFIX)
+            .execute()
+            .await
+            .context("addressing br0")?;
 
         let containers = containers(&name, n);
         for c in &containers {
             netns::create(&c.path, without_ipv6)?;
             guard.paths.push(c.path.clone());
         }
-        std::fs::create_dir_all(&state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+        std::fs::create_dir_all(&state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
         guard.dir = Some(state_dir.clone());
-        floor::restore(&host, &containers).await.context("building the world's links")?;
+        floor::restore(&host, &containers)
+            .await
+            .context("building the world's links")?;
 
-        let world = World { name, host_path, containers, state_dir, host, bridge };
+        let world = World {
+            name,
+            host_path,
+            containers,
+            state_dir,
+            host,
+            bridge,
+        };
         guard.disarm();
         world.verify().await.context("the world just built")?;
         let (mut ledger, _) = Ledger::open(LedgerOptions::new(&world.state_dir))?;
         let locators: Vec<Locator> = world.containers.iter().map(Container::locator).collect();
-        let learned = learn(&Pool::new(Some(world.host_path.clone())), &mut ledger, &locators).await?;
+        let learned = learn(
+            &Pool::new(Some(world.host_path.clone())),
+            &mut ledger,
+            &locators,
+        )
+        .await?;
         ensure!(
             learned.guarded.len() == n,
             "learn guarded {} links of {n}: {:?}",
@@ -186,7 +240,9 @@ impl World {
         &self,
         at_birth: impl Fn() -> std::io::Result<T> + Send + Clone + 'static,
     ) -> anyhow::Result<Vec<T>> {
-        (0..self.containers.len()).map(|i| self.recreate(i, at_birth.clone())).collect()
+        (0..self.containers.len())
+            .map(|i| self.recreate(i, at_birth.clone()))
+            .collect()
     }
 
     /// Waits until the kernel has torn down the namespaces that were replaced: their veths
@@ -195,7 +251,11 @@ impl World {
         let started = Instant::now();
         loop {
             let host = self.host.dump().await?;
-            let left = self.containers.iter().filter(|c| host.link_by_name(&c.host_side).is_some()).count();
+            let left = self
+                .containers
+                .iter()
+                .filter(|c| host.link_by_name(&c.host_side).is_some())
+                .count();
             if left == 0 {
                 return Ok(());
             }
@@ -235,7 +295,11 @@ impl World {
             .await;
         match problems.as_slice() {
             [] => Ok(()),
-            [first, ..] => bail!("{} of {} links are not back; first: {first}", problems.len(), self.containers.len()),
+            [first, ..] => bail!(
+                "{} of {} links are not back; first: {first}",
+                problems.len(),
+                self.containers.len()
+            ),
         }
     }
 }
@@ -281,7 +345,10 @@ impl Drop for World {
 fn remove(paths: &[PathBuf], dir: Option<&Path>) {
     for path in paths {
         if let Err(e) = netns::remove(path) {
-            eprintln!("netguard-bench: cannot remove netns {}: {e}", path.display());
+            eprintln!(
+                "netguard-bench: cannot remove netns {}: {e}",
+                path.display()
+            );
         }
     }
     if let Some(dir) = dir {

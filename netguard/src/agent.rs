@@ -57,7 +57,10 @@ pub enum AgentError {
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("cannot lock {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the ledger in {dir} is in use by another netguard (an agent, or a command still running); stop it or use another --state-dir")]
     Busy { dir: PathBuf },
 }
@@ -72,9 +75,17 @@ impl StateLock {
     pub fn acquire(dir: &Path) -> Result<StateLock, LockError> {
         const PATIENCE: Duration = Duration::from_secs(10);
         let path = dir.join("lock");
-        let io = |source| LockError::Io { path: path.clone(), source };
+        let io = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
         std::fs::create_dir_all(dir).map_err(io)?;
-        let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(io)?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
         let started = std::time::Instant::now();
         loop {
             // SAFETY: flock on an fd we own.
@@ -104,13 +115,21 @@ struct Shared {
 impl Shared {
     async fn status(&self) -> Status {
         let ledger = self.ledger.lock().await;
-        let rows = status::rows(&ledger, &self.last_events.lock().unwrap_or_else(|p| p.into_inner()));
-        Status { agent: Some(self.info.lock().unwrap_or_else(|p| p.into_inner()).clone()), rows }
+        let rows = status::rows(
+            &ledger,
+            &self.last_events.lock().unwrap_or_else(|p| p.into_inner()),
+        );
+        Status {
+            agent: Some(self.info.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            rows,
+        }
     }
 
     async fn operate(&self, operation: &Operation) -> Result<control::Reply, String> {
         let mut ledger = self.ledger.lock().await;
-        let reply = control::execute(operation, &mut ledger, &self.restorer).await.map_err(|e| e.to_string());
+        let reply = control::execute(operation, &mut ledger, &self.restorer)
+            .await
+            .map_err(|e| e.to_string());
         drop(ledger);
         // Whatever changed may need a pass (a lend pins nothing the reconciler should keep).
         self.wake.notify_one();
@@ -119,14 +138,23 @@ impl Shared {
 }
 
 /// Runs the agent until `shutdown` resolves.
-pub async fn run(options: AgentOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+pub async fn run(
+    options: AgentOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
     let _lock = lock_ledger(&options).await?;
     // Before the ledger is opened (and perhaps rebuilt): an agent refused is one that
     // touched nothing.
     let listener = api::listen(&options.socket).await?;
     let (ledger, opened) = Ledger::open(options.ledger.clone())?;
     tracing::info!("{}: {opened}", options.ledger.dir.display());
-    let mut tracer = Tracer::start(options.backend, TraceOptions { host_netns: options.host_netns.clone() }).await?;
+    let mut tracer = Tracer::start(
+        options.backend,
+        TraceOptions {
+            host_netns: options.host_netns.clone(),
+        },
+    )
+    .await?;
     tracing::info!("tracing with the {} backend", tracer.backend);
     for skipped in &tracer.unavailable {
         tracing::info!("not using {skipped}");
@@ -153,10 +181,17 @@ pub async fn run(options: AgentOptions, shutdown: impl std::future::Future<Outpu
     let s = shared.clone();
     tasks.spawn(async move {
         while let Some(event) = tracer.next().await {
-            s.last_events.lock().unwrap_or_else(|p| p.into_inner()).note(&event);
+            s.last_events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .note(&event);
             s.info.lock().unwrap_or_else(|p| p.into_inner()).events += 1;
             if s.ledger.lock().await.observe(&event, host_inode) {
-                tracing::debug!("event about a guarded device: {:?} {:?}", event.kind, event.current_name());
+                tracing::debug!(
+                    "event about a guarded device: {:?} {:?}",
+                    event.kind,
+                    event.current_name()
+                );
             }
             s.wake.notify_one();
         }
@@ -178,15 +213,22 @@ pub async fn run(options: AgentOptions, shutdown: impl std::future::Future<Outpu
     let s = shared.clone();
     tasks.spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let s = s.clone();
             tokio::spawn(async move {
                 let answer = |request: Request| {
                     let s = s.clone();
                     async move {
                         match request {
-                            Request::Status => serde_json::to_value(s.status().await).unwrap_or_default(),
-                            Request::Operate { operation } => serde_json::to_value(s.operate(&operation).await).unwrap_or_default(),
+                            Request::Status => {
+                                serde_json::to_value(s.status().await).unwrap_or_default()
+                            }
+                            Request::Operate { operation } => {
+                                serde_json::to_value(s.operate(&operation).await)
+                                    .unwrap_or_default()
+                            }
                         }
                     }
                 };
@@ -227,7 +269,8 @@ async fn lock_ledger(options: &AgentOptions) -> Result<StateLock, LockError> {
     loop {
         match StateLock::acquire(&options.ledger.dir) {
             Err(LockError::Busy { dir })
-                if tokio::time::Instant::now() < deadline && UnixStream::connect(&options.socket).await.is_err() =>
+                if tokio::time::Instant::now() < deadline
+                    && UnixStream::connect(&options.socket).await.is_err() =>
             {
                 if !std::mem::replace(&mut told, true) {
                     let dir = dir.display();
@@ -245,7 +288,15 @@ async fn reconcile(shared: &Shared) {
     match shared.restorer.pass(&mut ledger).await {
         Ok(report) => {
             for item in report.broken() {
-                tracing::warn!("{}: {:?}{}", item.target, item.outcome, item.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default());
+                tracing::warn!(
+                    "{}: {:?}{}",
+                    item.target,
+                    item.outcome,
+                    item.reason
+                        .as_ref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
+                );
             }
             for item in report.results.iter().filter(|r| !r.applied.is_empty()) {
                 tracing::info!("{}: {:?} in {:?}", item.target, item.outcome, report.took);
@@ -280,7 +331,9 @@ async fn watch_bind_mounts(wake: &Notify) {
     let mut watched: Vec<PathBuf> = Vec::new();
     loop {
         for dir in BIND_MOUNT_DIRS {
-            let Ok(real) = std::fs::canonicalize(dir) else { continue };
+            let Ok(real) = std::fs::canonicalize(dir) else {
+                continue;
+            };
             if !watched.contains(&real) && inotify.watch(&real).is_ok() {
                 watched.push(real);
             }
@@ -314,7 +367,9 @@ impl Inotify {
         }
         // SAFETY: fd is a fresh descriptor nobody else owns; the OwnedFd keeps it open for
         // as long as the AsyncFd lives.
-        Ok(Inotify(unsafe { AsyncFd::register(OwnedFd::from_raw_fd(fd)) }?))
+        Ok(Inotify(unsafe {
+            AsyncFd::register(OwnedFd::from_raw_fd(fd))
+        }?))
     }
 
     fn watch(&self, dir: &Path) -> std::io::Result<()> {
@@ -335,7 +390,9 @@ impl Inotify {
             // SAFETY: reading into a buffer we own, within its length.
             let n = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             if n > 0 {
-                while unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+                while unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) }
+                    > 0
+                {}
                 guard.clear_ready();
                 return Ok(());
             }

@@ -25,7 +25,10 @@ pub const RESULT_CACHE_DIR: &str = "/var/lib/cni/results";
 #[derive(Debug, thiserror::Error)]
 pub enum CniError {
     #[error("cannot read CNI file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("CNI file {path} is not usable: {detail}")]
     Parse { path: PathBuf, detail: String },
 }
@@ -122,36 +125,54 @@ struct CacheV1 {
 
 /// Reads one checkpoint or cache file.
 pub fn read(path: &Path) -> Result<Attachment, CniError> {
-    let bytes = std::fs::read(path).map_err(|source| CniError::Read { path: path.into(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| CniError::Read {
+        path: path.into(),
+        source,
+    })?;
     parse(path, &bytes)
 }
 
 /// Every file in `dir` that parses, and an error for each that does not.
 pub fn read_dir(dir: &Path) -> Result<Vec<Result<Attachment, CniError>>, CniError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| CniError::Read { path: dir.into(), source })?;
-    let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+    let entries = std::fs::read_dir(dir).map_err(|source| CniError::Read {
+        path: dir.into(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
     files.sort();
     Ok(files.iter().map(|p| read(p)).collect())
 }
 
 /// Parses either format (told apart by `"kind": "cniCacheV1"`).
 pub fn parse(path: &Path, bytes: &[u8]) -> Result<Attachment, CniError> {
-    let bad = |detail: String| CniError::Parse { path: path.into(), detail };
+    let bad = |detail: String| CniError::Parse {
+        path: path.into(),
+        detail,
+    };
     let doc: Value = serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
     if doc.get("kind").and_then(Value::as_str) == Some("cniCacheV1") {
-        let cache: CacheV1 = serde_json::from_value(doc).map_err(|e| bad(format!("not a libcni cache entry: {e}")))?;
+        let cache: CacheV1 = serde_json::from_value(doc)
+            .map_err(|e| bad(format!("not a libcni cache entry: {e}")))?;
         let plugin = match &cache.config {
             Some(b64) => Some(plugin_config(b64).map_err(bad)?).flatten(),
             None => None,
         };
-        let mut att = attachment(path, &cache.result, &cache.if_name, cache.netns.as_deref()).map_err(bad)?;
+        let mut att =
+            attachment(path, &cache.result, &cache.if_name, cache.netns.as_deref()).map_err(bad)?;
         att.container_id = cache.container_id;
         att.network = cache.network_name;
         att.plugin = plugin;
         Ok(att)
     } else {
-        let cp: Checkpoint = serde_json::from_value(doc)
-            .map_err(|e| bad(format!("neither a libcni cache entry nor a CNI checkpoint: {e}")))?;
+        let cp: Checkpoint = serde_json::from_value(doc).map_err(|e| {
+            bad(format!(
+                "neither a libcni cache entry nor a CNI checkpoint: {e}"
+            ))
+        })?;
         let mut att = attachment(path, &cp.result, &cp.ifname, Some(&cp.netns)).map_err(bad)?;
         att.container_id = cp.sandbox;
         att.pod = cp.podname;
@@ -162,7 +183,12 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Attachment, CniError> {
 /// The interface `ifname` of a result, configured as the CNI plugins' `ConfigureIface` does:
 /// only IPs whose `interface` index names it; a route without `gw` goes via the first gateway
 /// of its family, if any.
-fn attachment(path: &Path, result: &CniResult, ifname: &str, netns: Option<&str>) -> Result<Attachment, String> {
+fn attachment(
+    path: &Path,
+    result: &CniResult,
+    ifname: &str,
+    netns: Option<&str>,
+) -> Result<Attachment, String> {
     let in_pod = |i: &Interface| i.sandbox.as_deref().is_some_and(|s| !s.is_empty());
     let index = result
         .interfaces
@@ -174,14 +200,25 @@ fn attachment(path: &Path, result: &CniResult, ifname: &str, netns: Option<&str>
         .filter(|n| !n.is_empty())
         .or_else(|| iface.and_then(|i| i.sandbox.as_deref()))
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| format!("no netns for {ifname} (neither the file nor its interface says where it lives)"))?;
-    let mac = match iface.and_then(|i| i.mac.as_deref()).filter(|m| !m.is_empty()) {
+        .ok_or_else(|| {
+            format!(
+                "no netns for {ifname} (neither the file nor its interface says where it lives)"
+            )
+        })?;
+    let mac = match iface
+        .and_then(|i| i.mac.as_deref())
+        .filter(|m| !m.is_empty())
+    {
         Some(m) => Some(m.parse::<Mac>()?),
         None => None,
     };
     let mut addresses = Vec::new();
     let (mut gw4, mut gw6) = (None, None);
-    for ip in result.ips.iter().filter(|ip| index.is_some() && ip.interface == index) {
+    for ip in result
+        .ips
+        .iter()
+        .filter(|ip| index.is_some() && ip.interface == index)
+    {
         addresses.push(ip.address.parse::<IpNet>()?);
         if let Some(gw) = ip.gateway.as_deref().filter(|g| !g.is_empty()) {
             let gw: IpAddr = gw.parse().map_err(|_| format!("bad gateway '{gw}'"))?;
@@ -193,13 +230,26 @@ fn attachment(path: &Path, result: &CniResult, ifname: &str, netns: Option<&str>
     for r in &result.routes {
         let dst = r.dst.parse::<IpNet>()?.network();
         let gateway = match r.gw.as_deref().filter(|g| !g.is_empty()) {
-            Some(gw) => Some(gw.parse::<IpAddr>().map_err(|_| format!("bad route gateway '{gw}'"))?),
+            Some(gw) => Some(
+                gw.parse::<IpAddr>()
+                    .map_err(|_| format!("bad route gateway '{gw}'"))?,
+            ),
             None if dst.addr.is_ipv4() => gw4,
             None => gw6,
         };
-        routes.push(RouteSpec { dst, gateway, onlink: false, metric: None });
+        routes.push(RouteSpec {
+            dst,
+            gateway,
+            onlink: false,
+            metric: None,
+        });
     }
-    let host_interfaces = result.interfaces.iter().filter(|i| !in_pod(i)).map(|i| i.name.clone()).collect();
+    let host_interfaces = result
+        .interfaces
+        .iter()
+        .filter(|i| !in_pod(i))
+        .map(|i| i.name.clone())
+        .collect();
     Ok(Attachment {
         source: path.into(),
         netns: PathBuf::from(netns),
@@ -222,15 +272,17 @@ const LINK_PLUGINS: &[&str] = &["macvlan", "vlan", "bridge", "ptp", "ipvlan", "h
 /// conflist); `None` when no plugin there makes links.
 fn plugin_config(b64: &str) -> Result<Option<PluginConfig>, String> {
     let bytes = base64_decode(b64).ok_or("its \"config\" is not base64")?;
-    let conf: Value = serde_json::from_slice(&bytes).map_err(|e| format!("its \"config\" is not JSON: {e}"))?;
+    let conf: Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("its \"config\" is not JSON: {e}"))?;
     let candidates: Vec<&Value> = match conf.get("plugins").and_then(Value::as_array) {
         Some(list) => list.iter().collect(),
         None => vec![&conf],
     };
-    let Some(plugin) = candidates
-        .into_iter()
-        .find(|p| p.get("type").and_then(Value::as_str).is_some_and(|t| LINK_PLUGINS.contains(&t)))
-    else {
+    let Some(plugin) = candidates.into_iter().find(|p| {
+        p.get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| LINK_PLUGINS.contains(&t))
+    }) else {
         return Ok(None);
     };
     let text = |k: &str| plugin.get(k).and_then(Value::as_str).map(str::to_string);
@@ -258,7 +310,10 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
         } as u32)
     };
     let digits: Vec<u8> = text.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
-    let digits = digits.strip_suffix(b"==").or_else(|| digits.strip_suffix(b"=")).unwrap_or(&digits);
+    let digits = digits
+        .strip_suffix(b"==")
+        .or_else(|| digits.strip_suffix(b"="))
+        .unwrap_or(&digits);
     if digits.len() % 4 == 1 {
         return None;
     }
@@ -279,7 +334,9 @@ mod tests {
     use super::*;
 
     fn data(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/cni").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/data/cni")
+            .join(name)
     }
 
     #[test]
@@ -304,7 +361,10 @@ mod tests {
         assert_eq!(att.addresses, vec!["10.85.223.57/24".parse().unwrap()]);
         let routes: Vec<String> = att.routes.iter().map(|r| r.to_string()).collect();
         // A route without "gw" goes via the interface's gateway, as the CNI plugins do.
-        assert_eq!(routes, vec!["default via 10.85.223.1", "10.85.0.0/16 via 10.85.223.1"]);
+        assert_eq!(
+            routes,
+            vec!["default via 10.85.223.1", "10.85.0.0/16 via 10.85.223.1"]
+        );
         let plugin = att.plugin.unwrap();
         assert_eq!(plugin.kind, "macvlan");
         assert_eq!(plugin.master.as_deref(), Some("eth0.3"));
@@ -315,20 +375,34 @@ mod tests {
     fn libcni_cache_of_a_bridge_conflist_names_the_host_side() {
         let att = read(&data("cache-bridge-eth0")).unwrap();
         assert_eq!(att.netns, PathBuf::from("/var/run/netns/cni-abcd"));
-        assert_eq!(att.host_interfaces, vec!["cni0".to_string(), "veth1a2b3c4d".to_string()]);
+        assert_eq!(
+            att.host_interfaces,
+            vec!["cni0".to_string(), "veth1a2b3c4d".to_string()]
+        );
         let plugin = att.plugin.unwrap();
-        assert_eq!((plugin.kind.as_str(), plugin.bridge.as_deref(), plugin.mtu), ("bridge", Some("cni0"), Some(1450)));
+        assert_eq!(
+            (plugin.kind.as_str(), plugin.bridge.as_deref(), plugin.mtu),
+            ("bridge", Some("cni0"), Some(1450))
+        );
     }
 
     #[test]
     fn unusable_files_say_which_and_why() {
         let err = parse(Path::new("/x/junk"), b"{\"hello\": 1}").unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("/x/junk") && text.contains("neither a libcni cache entry nor a CNI checkpoint"), "{text}");
+        assert!(
+            text.contains("/x/junk")
+                && text.contains("neither a libcni cache entry nor a CNI checkpoint"),
+            "{text}"
+        );
         let err = parse(Path::new("/x/half"), b"{\"netns\": \"/proc/1/ns/net\"").unwrap_err();
         assert!(err.to_string().contains("not JSON"), "{err}");
-        let no_ns = br#"{"kind":"cniCacheV1","ifName":"eth0","result":{"interfaces":[{"name":"eth0"}]}}"#;
-        assert!(parse(Path::new("/x/nons"), no_ns).unwrap_err().to_string().contains("no netns"));
+        let no_ns =
+            br#"{"kind":"cniCacheV1","ifName":"eth0","result":{"interfaces":[{"name":"eth0"}]}}"#;
+        assert!(parse(Path::new("/x/nons"), no_ns)
+            .unwrap_err()
+            .to_string()
+            .contains("no netns"));
     }
 
     #[test]

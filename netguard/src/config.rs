@@ -13,7 +13,10 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config {path}: interval must be a positive number of seconds, not {value}")]
@@ -41,14 +44,26 @@ impl FileConfig {
     pub fn load(path: &Path, explicit: bool) -> Result<FileConfig, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(FileConfig::default()),
-            Err(source) => return Err(ConfigError::Read { path: path.into(), source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(FileConfig::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.into(),
+                    source,
+                })
+            }
         };
-        let config: FileConfig =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.message().to_string() })?;
+        let config: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.message().to_string(),
+        })?;
         if let Some(value) = config.interval {
             if !(value.is_finite() && value > 0.0) {
-                return Err(ConfigError::Interval { path: path.into(), value });
+                return Err(ConfigError::Interval {
+                    path: path.into(),
+                    value,
+                });
             }
         }
         Ok(config)
@@ -60,7 +75,10 @@ mod tests {
     use super::*;
 
     fn write(name: &str, text: &str) -> PathBuf {
-        let path = std::env::temp_dir().join(format!("netguard-config-{}-{name}.toml", std::process::id()));
+        let path = std::env::temp_dir().join(format!(
+            "netguard-config-{}-{name}.toml",
+            std::process::id()
+        ));
         std::fs::write(&path, text).unwrap();
         path
     }
@@ -83,21 +101,33 @@ mod tests {
     fn unknown_key_is_named() {
         let path = write("unknown", "intervall = 3\n");
         let err = FileConfig::load(&path, true).unwrap_err().to_string();
-        assert!(err.contains("intervall") && err.contains(&path.display().to_string()), "{err}");
+        assert!(
+            err.contains("intervall") && err.contains(&path.display().to_string()),
+            "{err}"
+        );
         std::fs::remove_file(path).unwrap();
     }
 
     #[test]
     fn missing_default_file_is_fine_but_missing_named_file_is_not() {
         let path = Path::new("/nonexistent/netguard.toml");
-        assert_eq!(FileConfig::load(path, false).unwrap(), FileConfig::default());
-        assert!(FileConfig::load(path, true).unwrap_err().to_string().contains("/nonexistent/netguard.toml"));
+        assert_eq!(
+            FileConfig::load(path, false).unwrap(),
+            FileConfig::default()
+        );
+        assert!(FileConfig::load(path, true)
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent/netguard.toml"));
     }
 
     #[test]
     fn zero_interval_is_refused() {
         let path = write("zero", "interval = 0\n");
-        assert!(FileConfig::load(&path, true).unwrap_err().to_string().contains("interval must be a positive"));
+        assert!(FileConfig::load(&path, true)
+            .unwrap_err()
+            .to_string()
+            .contains("interval must be a positive"));
         std::fs::remove_file(path).unwrap();
     }
 }

@@ -8,24 +8,40 @@ use serde::{Deserialize, Serialize};
 
 use crate::cni;
 use crate::inventory::InventoryError;
-use crate::lend::{self, LendError};
 use crate::ledger::learn::{self, LearnError};
 use crate::ledger::{Ledger, LedgerError, Locator};
+use crate::lend::{self, LendError};
 use crate::restore::{RestoreError, Restorer};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "operation", rename_all = "kebab-case")]
 pub enum Operation {
     /// Guard every link of these netns (and their host sides) as they are now.
-    Learn { netns: Vec<PathBuf> },
+    Learn {
+        netns: Vec<PathBuf>,
+    },
     /// Guard pod interfaces from CNI result files (a file, or every file of a directory).
-    ImportCni { path: PathBuf },
+    ImportCni {
+        path: PathBuf,
+    },
     /// Stop guarding a link (in `netns`, else wherever the name is unique).
-    Forget { name: String, netns: Option<PathBuf> },
-    Lend { iface: String, netns: PathBuf, name: Option<String>, persistent: bool },
-    Reclaim { iface: String },
+    Forget {
+        name: String,
+        netns: Option<PathBuf>,
+    },
+    Lend {
+        iface: String,
+        netns: PathBuf,
+        name: Option<String>,
+        persistent: bool,
+    },
+    Reclaim {
+        iface: String,
+    },
     /// One restore pass; with `dry_run` only the plan.
-    Restore { dry_run: bool },
+    Restore {
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +59,10 @@ pub enum ControlError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error("no guarded link is named {name}{}: see `netguard status`", .netns.as_ref().map(|n| format!(" in {}", n.display())).unwrap_or_default())]
-    NotGuarded { name: String, netns: Option<PathBuf> },
+    NotGuarded {
+        name: String,
+        netns: Option<PathBuf>,
+    },
     #[error("{name} is guarded in several netns ({places}): say which with --netns")]
     Ambiguous { name: String, places: String },
 }
@@ -59,12 +78,20 @@ pub struct Reply {
 
 impl Reply {
     fn done(text: String, detail: impl Serialize) -> Reply {
-        Reply { ok: true, text, detail: serde_json::to_value(detail).unwrap_or_default() }
+        Reply {
+            ok: true,
+            text,
+            detail: serde_json::to_value(detail).unwrap_or_default(),
+        }
     }
 }
 
 /// Carries out `operation`; the ledger is saved afterwards.
-pub async fn execute(operation: &Operation, ledger: &mut Ledger, restorer: &Restorer) -> Result<Reply, ControlError> {
+pub async fn execute(
+    operation: &Operation,
+    ledger: &mut Ledger,
+    restorer: &Restorer,
+) -> Result<Reply, ControlError> {
     let pool = restorer.pool();
     let reply = match operation {
         Operation::Learn { netns } => {
@@ -80,12 +107,18 @@ pub async fn execute(operation: &Operation, ledger: &mut Ledger, restorer: &Rest
             Reply::done(text, &learned)
         }
         Operation::ImportCni { path } => {
-            let files = if path.is_dir() { cni::read_dir(path)? } else { vec![cni::read(path)] };
+            let files = if path.is_dir() {
+                cni::read_dir(path)?
+            } else {
+                vec![cni::read(path)]
+            };
             let mut lines = Vec::new();
             let mut ok = true;
             for file in files {
                 let imported = match file {
-                    Ok(attachment) => learn::import_cni(pool, ledger, &attachment).await.map_err(ControlError::from),
+                    Ok(attachment) => learn::import_cni(pool, ledger, &attachment)
+                        .await
+                        .map_err(ControlError::from),
                     Err(e) => Err(e.into()),
                 };
                 match imported {
@@ -96,7 +129,11 @@ pub async fn execute(operation: &Operation, ledger: &mut Ledger, restorer: &Rest
                     }
                 }
             }
-            Reply { ok, text: lines.join("\n"), detail: serde_json::json!(lines) }
+            Reply {
+                ok,
+                text: lines.join("\n"),
+                detail: serde_json::json!(lines),
+            }
         }
         Operation::Forget { name, netns } => {
             let locator = match netns {
@@ -104,11 +141,22 @@ pub async fn execute(operation: &Operation, ledger: &mut Ledger, restorer: &Rest
                 None => unique_locator(ledger, name)?,
             };
             if !ledger.forget_link(&locator, name) {
-                return Err(ControlError::NotGuarded { name: name.clone(), netns: netns.clone() });
+                return Err(ControlError::NotGuarded {
+                    name: name.clone(),
+                    netns: netns.clone(),
+                });
             }
-            Reply::done(format!("no longer guarding {name} in {locator}"), serde_json::json!({ "forgot": name }))
+            Reply::done(
+                format!("no longer guarding {name} in {locator}"),
+                serde_json::json!({ "forgot": name }),
+            )
         }
-        Operation::Lend { iface, netns, name, persistent } => {
+        Operation::Lend {
+            iface,
+            netns,
+            name,
+            persistent,
+        } => {
             let text = lend::lend(pool, ledger, iface, netns, name.as_deref(), *persistent).await?;
             Reply::done(text.clone(), serde_json::json!({ "lent": text }))
         }
@@ -123,7 +171,11 @@ pub async fn execute(operation: &Operation, ledger: &mut Ledger, restorer: &Rest
         Operation::Restore { dry_run: false } => {
             let report = restorer.pass(ledger).await?;
             let ok = report.broken().next().is_none();
-            Reply { ok, text: report.to_string(), detail: serde_json::to_value(&report).unwrap_or_default() }
+            Reply {
+                ok,
+                text: report.to_string(),
+                detail: serde_json::to_value(&report).unwrap_or_default(),
+            }
         }
     };
     ledger.save()?;
@@ -132,13 +184,24 @@ pub async fn execute(operation: &Operation, ledger: &mut Ledger, restorer: &Rest
 
 /// The one netns a link named `name` is guarded in.
 fn unique_locator(ledger: &Ledger, name: &str) -> Result<Locator, ControlError> {
-    let places: Vec<Locator> = ledger.links().filter(|l| l.spec.name == name).map(|l| l.spec.netns.clone()).collect();
+    let places: Vec<Locator> = ledger
+        .links()
+        .filter(|l| l.spec.name == name)
+        .map(|l| l.spec.netns.clone())
+        .collect();
     match places.as_slice() {
-        [] => Err(ControlError::NotGuarded { name: name.into(), netns: None }),
+        [] => Err(ControlError::NotGuarded {
+            name: name.into(),
+            netns: None,
+        }),
         [one] => Ok(one.clone()),
         many => Err(ControlError::Ambiguous {
             name: name.into(),
-            places: many.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", "),
+            places: many
+                .iter()
+                .map(|l| l.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
         }),
     }
 }

@@ -217,14 +217,24 @@ mod tests {
         ev.from = Some(Place {
             name: Some("eth0".into()),
             ifindex: Some(3),
-            netns: Netns { inode: 4026532118, names: vec!["/run/netns/c1".into()] },
+            netns: Netns {
+                inode: 4026532118,
+                names: vec!["/run/netns/c1".into()],
+            },
         });
         ev.to = Some(Place {
             name: Some("dev3".into()),
             ifindex: Some(3),
-            netns: Netns { inode: 4026531840, names: vec![INIT_NET.into()] },
+            netns: Netns {
+                inode: 4026531840,
+                names: vec![INIT_NET.into()],
+            },
         });
-        ev.by = Some(Actor { pid: 57, tgid: 57, comm: "kworker/u4:1".into() });
+        ev.by = Some(Actor {
+            pid: 57,
+            tgid: 57,
+            comm: "kworker/u4:1".into(),
+        });
         let line = serde_json::to_string(&ev).unwrap();
         assert!(line.contains(r#""kind":"move""#), "{line}");
         assert!(line.contains(r#""cause":"netns-teardown""#), "{line}");
@@ -235,17 +245,29 @@ mod tests {
 
     #[test]
     fn netns_display_names_init_net_and_paths() {
-        let init = Netns { inode: 1, names: vec![INIT_NET.into()] };
+        let init = Netns {
+            inode: 1,
+            names: vec![INIT_NET.into()],
+        };
         assert_eq!(init.to_string(), "init_net");
-        let c1 = Netns { inode: 4026532118, names: vec!["/run/netns/c1".into()] };
+        let c1 = Netns {
+            inode: 4026532118,
+            names: vec!["/run/netns/c1".into()],
+        };
         assert_eq!(c1.to_string(), "4026532118 (/run/netns/c1)");
-        let anon = Netns { inode: 7, names: vec![] };
+        let anon = Netns {
+            inode: 7,
+            names: vec![],
+        };
         assert_eq!(anon.to_string(), "7");
     }
 
     #[test]
     fn mac_formatting_skips_zero_addresses() {
         assert_eq!(format_mac(&[0; 6]), None);
-        assert_eq!(format_mac(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]).as_deref(), Some("52:54:00:12:34:56"));
+        assert_eq!(
+            format_mac(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]).as_deref(),
+            Some("52:54:00:12:34:56")
+        );
     }
 }

@@ -20,7 +20,8 @@ use futures::{StreamExt, TryStreamExt};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
-    InfoData, InfoMacVlan, InfoVlan, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoMacVlan, InfoVlan, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo,
+    LinkMessage,
 };
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::route::{
@@ -31,17 +32,25 @@ use serde::Serialize;
 
 use crate::ledger::{IpNet, Locator, Mac, MacvlanMode, NicIdentity, RouteSpec, VlanProtocol};
 use crate::netns::{self, NetnsError};
+use crate::trace::netlink::socket::{recv_tagged, Datagram};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
     #[error(transparent)]
     Netns(#[from] NetnsError),
     #[error("cannot open an rtnetlink socket in netns {netns}: {source}")]
-    Socket { netns: String, source: std::io::Error },
+    Socket {
+        netns: String,
+        source: std::io::Error,
+    },
     #[error("the netlink connection to netns {0} must be opened inside a tokio runtime")]
     NoRuntime(String),
     #[error("{what} in netns {netns} failed: {source}")]
-    Netlink { netns: String, what: String, source: rtnetlink::Error },
+    Netlink {
+        netns: String,
+        what: String,
+        source: rtnetlink::Error,
+    },
 }
 
 /// One link as the kernel reports it.
@@ -85,14 +94,27 @@ impl LiveLink {
             (Some(kind), Some(bus)) => driver_of(kind, bus),
             _ => None,
         };
-        let perm_mac = self.perm_mac.or(if self.bus.is_none() { self.mac } else { None });
-        NicIdentity { perm_mac, bus: self.bus.clone(), driver }
+        let perm_mac = self
+            .perm_mac
+            .or(if self.bus.is_none() { self.mac } else { None });
+        NicIdentity {
+            perm_mac,
+            bus: self.bus.clone(),
+            driver,
+        }
     }
 }
 
 /// `/sys/bus/KIND/devices/BUS/driver` basename: global, unlike `/sys/class/net`.
 fn driver_of(bus_kind: &str, bus: &str) -> Option<String> {
-    let target = std::fs::read_link(Path::new("/sys/bus").join(bus_kind).join("devices").join(bus).join("driver")).ok()?;
+    let target = std::fs::read_link(
+        Path::new("/sys/bus")
+            .join(bus_kind)
+            .join("devices")
+            .join(bus)
+            .join("driver"),
+    )
+    .ok()?;
     Some(target.file_name()?.to_string_lossy().into_owned())
 }
 
@@ -129,10 +151,30 @@ pub struct NetnsInventory {
 }
 
 impl NetnsInventory {
-    pub fn new(inode: u64, links: Vec<LiveLink>, addresses: Vec<LiveAddr>, routes: Vec<LiveRoute>) -> Self {
-        let by_index = links.iter().enumerate().map(|(i, l)| (l.ifindex, i)).collect();
-        let by_name = links.iter().enumerate().map(|(i, l)| (l.name.clone(), i)).collect();
-        NetnsInventory { inode, links, addresses, routes, by_index, by_name }
+    pub fn new(
+        inode: u64,
+        links: Vec<LiveLink>,
+        addresses: Vec<LiveAddr>,
+        routes: Vec<LiveRoute>,
+    ) -> Self {
+        let by_index = links
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.ifindex, i))
+            .collect();
+        let by_name = links
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.name.clone(), i))
+            .collect();
+        NetnsInventory {
+            inode,
+            links,
+            addresses,
+            routes,
+            by_index,
+            by_name,
+        }
     }
 
     pub fn link(&self, ifindex: u32) -> Option<&LiveLink> {
@@ -145,7 +187,10 @@ impl NetnsInventory {
 
     /// Addresses a link carries, except the kernel's link-scope ones.
     pub fn addresses_of(&self, ifindex: u32) -> impl Iterator<Item = IpNet> + '_ {
-        self.addresses.iter().filter(move |a| a.ifindex == ifindex && !a.link_scope).map(|a| a.net)
+        self.addresses
+            .iter()
+            .filter(move |a| a.ifindex == ifindex && !a.link_scope)
+            .map(|a| a.net)
     }
 
     /// Main-table unicast routes out of a link that someone added (not the kernel's subnet
@@ -153,7 +198,12 @@ impl NetnsInventory {
     pub fn routes_of(&self, ifindex: u32) -> impl Iterator<Item = &RouteSpec> + '_ {
         self.routes
             .iter()
-            .filter(move |r| r.oif == Some(ifindex) && r.unicast && !r.by_kernel && r.table == u32::from(RouteHeader::RT_TABLE_MAIN))
+            .filter(move |r| {
+                r.oif == Some(ifindex)
+                    && r.unicast
+                    && !r.by_kernel
+                    && r.table == u32::from(RouteHeader::RT_TABLE_MAIN)
+            })
             .map(|r| &r.route)
     }
 
@@ -170,7 +220,10 @@ impl NetnsInventory {
 
     /// Physical NICs here, with the identity guarded NICs are matched against.
     pub fn nics(&self) -> impl Iterator<Item = (&LiveLink, NicIdentity)> + '_ {
-        self.links.iter().filter(|l| l.is_physical()).map(|l| (l, l.nic_identity()))
+        self.links
+            .iter()
+            .filter(|l| l.is_physical())
+            .map(|l| (l, l.nic_identity()))
     }
 }
 
@@ -201,17 +254,36 @@ impl NetnsConn {
             return Err(InventoryError::NoRuntime(name));
         }
         let file = open_mounted(path).await?;
-        let inode = file.metadata().map_err(|source| NetnsError::Open { path: path.into(), source })?.ino();
+        let inode = file
+            .metadata()
+            .map_err(|source| NetnsError::Open {
+                path: path.into(),
+                source,
+            })?
+            .ino();
         // Made in the netns we opened, even if the path is re-pointed meanwhile.
         let socket = socket_in(&file, path).await?;
         // Lets the kernel filter dumps by ifindex instead of sending everything.
-        socket.set_netlink_get_strict_chk(true).map_err(|source| InventoryError::Socket { netns: name.clone(), source })?;
+        socket
+            .set_netlink_get_strict_chk(true)
+            .map_err(|source| InventoryError::Socket {
+                netns: name.clone(),
+                source,
+            })?;
         // SAFETY: `socket` is a netlink socket fd we own; ownership moves into TokioSocket.
         let socket = unsafe { netlink_sys::TokioSocket::from_raw_fd(socket.into_raw_fd()) };
         let (connection, handle, _) = rtnetlink::from_socket(socket);
         let task = tokio::spawn(connection);
         tracing::debug!("rtnetlink connection open in netns {name} (inode {inode})");
-        Ok(NetnsConn { locator, path: path.into(), inode, file, handle, dump_lock: tokio::sync::Mutex::new(()), task })
+        Ok(NetnsConn {
+            locator,
+            path: path.into(),
+            inode,
+            file,
+            handle,
+            dump_lock: tokio::sync::Mutex::new(()),
+            task,
+        })
     }
 
     pub fn handle(&self) -> &rtnetlink::Handle {
@@ -225,7 +297,11 @@ impl NetnsConn {
 
     fn err(&self, what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> InventoryError + '_ {
         let what = what.into();
-        move |source| InventoryError::Netlink { netns: self.locator.to_string(), what, source }
+        move |source| InventoryError::Netlink {
+            netns: self.locator.to_string(),
+            what,
+            source,
+        }
     }
 
     /// Links, addresses and routes of this netns.
@@ -271,19 +347,26 @@ impl NetnsConn {
 
     /// RTM_GETLINK without the statistics we never read: a much smaller reply.
     fn link_get(&self) -> rtnetlink::LinkGetRequest {
-        self.handle.link().get().set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
+        self.handle
+            .link()
+            .get()
+            .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
     }
 
     /// One link by ifindex (a single RTM_GETLINK, not a dump).
     pub async fn get_link(&self, ifindex: u32) -> Result<Option<LiveLink>, InventoryError> {
         let query = self.link_get().match_index(ifindex).execute();
-        first_link(query).await.map_err(self.err(format!("reading link {ifindex}")))
+        first_link(query)
+            .await
+            .map_err(self.err(format!("reading link {ifindex}")))
     }
 
     /// One link by name (a single RTM_GETLINK, not a dump).
     pub async fn get_link_by_name(&self, name: &str) -> Result<Option<LiveLink>, InventoryError> {
         let query = self.link_get().match_name(name).execute();
-        first_link(query).await.map_err(self.err(format!("reading link {name}")))
+        first_link(query)
+            .await
+            .map_err(self.err(format!("reading link {name}")))
     }
 
     /// Addresses of one link (a dump the kernel filters by ifindex).
@@ -291,16 +374,32 @@ impl NetnsConn {
         let _one_dump_at_a_time = self.dump_lock.lock().await;
         let mut query = self.handle.address().get().set_link_index_filter(ifindex);
         query.message_mut().header.index = ifindex;
-        let addrs: Vec<AddressMessage> =
-            query.execute().try_collect().await.map_err(self.err(format!("reading addresses of link {ifindex}")))?;
-        Ok(addrs.iter().filter_map(parse_addr).filter(|a| a.ifindex == ifindex).map(|a| a.net).collect())
+        let addrs: Vec<AddressMessage> = query
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.err(format!("reading addresses of link {ifindex}")))?;
+        Ok(addrs
+            .iter()
+            .filter_map(parse_addr)
+            .filter(|a| a.ifindex == ifindex)
+            .map(|a| a.net)
+            .collect())
     }
 
     /// Routes out of one link in the family of `like` (a dump the kernel filters by oif).
-    pub async fn routes_of_link(&self, ifindex: u32, like: IpAddr) -> Result<NetnsInventory, InventoryError> {
+    pub async fn routes_of_link(
+        &self,
+        ifindex: u32,
+        like: IpAddr,
+    ) -> Result<NetnsInventory, InventoryError> {
         let _one_dump_at_a_time = self.dump_lock.lock().await;
         let mut query = RouteMessage::default();
-        query.header.address_family = if like.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        query.header.address_family = if like.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
         query.attributes.push(RouteAttribute::Oif(ifindex));
         let found: Vec<RouteMessage> = self
             .handle
@@ -310,7 +409,11 @@ impl NetnsConn {
             .try_collect()
             .await
             .map_err(self.err(format!("reading routes of link {ifindex}")))?;
-        let routes = found.iter().filter_map(parse_route).filter(|r| r.oif == Some(ifindex)).collect();
+        let routes = found
+            .iter()
+            .filter_map(parse_route)
+            .filter(|r| r.oif == Some(ifindex))
+            .collect();
         Ok(NetnsInventory::new(self.inode, vec![], vec![], routes))
     }
 
@@ -322,11 +425,17 @@ impl NetnsConn {
         let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(msg));
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
         let what = format!("asking the nsid of {}", other.locator);
-        let mut responses = self.handle.clone().request(req).map_err(self.err(what.clone()))?;
+        let mut responses = self
+            .handle
+            .clone()
+            .request(req)
+            .map_err(self.err(what.clone()))?;
         let mut id = None;
         while let Some(resp) = responses.next().await {
             match resp.payload {
-                NetlinkPayload::Error(e) if e.code.is_some() => return Err(self.err(what)(rtnetlink::Error::NetlinkError(e))),
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    return Err(self.err(what)(rtnetlink::Error::NetlinkError(e)))
+                }
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) => {
                     id = m.attributes.iter().find_map(|a| match a {
                         NsidAttribute::Id(i) if *i >= 0 => Some(*i),
@@ -372,8 +481,13 @@ async fn open_mounted(path: &Path) -> Result<File, NetnsError> {
 /// (a thread left inside would keep that netns alive). A thread per socket cost more than the
 /// socket.
 async fn socket_in(netns: &File, path: &Path) -> Result<netlink_sys::Socket, InventoryError> {
-    type Job = (File, PathBuf, tokio::sync::oneshot::Sender<Result<netlink_sys::Socket, InventoryError>>);
-    static ENTERING: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> = std::sync::OnceLock::new();
+    type Job = (
+        File,
+        PathBuf,
+        tokio::sync::oneshot::Sender<Result<netlink_sys::Socket, InventoryError>>,
+    );
+    static ENTERING: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> =
+        std::sync::OnceLock::new();
     let jobs = ENTERING.get_or_init(|| {
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
@@ -382,16 +496,26 @@ async fn socket_in(netns: &File, path: &Path) -> Result<netlink_sys::Socket, Inv
                 let home_path = Path::new("/proc/thread-self/ns/net");
                 let home = match netns::open(home_path) {
                     Ok(home) => home,
-                    Err(e) => return tracing::error!("cannot keep a thread for entering namespaces: {e}"),
+                    Err(e) => {
+                        return tracing::error!("cannot keep a thread for entering namespaces: {e}")
+                    }
                 };
                 for (netns, path, reply) in queue {
-                    let made = netns::enter(&netns, &path).map_err(InventoryError::from).and_then(|()| {
-                        netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)
-                            .map_err(|source| InventoryError::Socket { netns: path.display().to_string(), source })
-                    });
+                    let made = netns::enter(&netns, &path)
+                        .map_err(InventoryError::from)
+                        .and_then(|()| {
+                            netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE).map_err(
+                                |source| InventoryError::Socket {
+                                    netns: path.display().to_string(),
+                                    source,
+                                },
+                            )
+                        });
                     if let Err(e) = netns::enter(&home, home_path) {
                         // Stuck elsewhere: every later request finds this thread gone.
-                        return tracing::error!("the thread entering namespaces cannot go back: {e}");
+                        return tracing::error!(
+                            "the thread entering namespaces cannot go back: {e}"
+                        );
                     }
                     let _ = reply.send(made);
                 }
@@ -401,9 +525,15 @@ async fn socket_in(netns: &File, path: &Path) -> Result<netlink_sys::Socket, Inv
     });
     let gone = || InventoryError::Netns(NetnsError::ThreadDied { path: path.into() });
     // Our own fd for the job: the caller's may be closed if it stops waiting.
-    let netns = netns.try_clone().map_err(|source| NetnsError::Open { path: path.into(), source })?;
+    let netns = netns.try_clone().map_err(|source| NetnsError::Open {
+        path: path.into(),
+        source,
+    })?;
     let (reply, made) = tokio::sync::oneshot::channel();
-    jobs.lock().unwrap_or_else(|p| p.into_inner()).send((netns, path.into(), reply)).map_err(|_| gone())?;
+    jobs.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send((netns, path.into(), reply))
+        .map_err(|_| gone())?;
     made.await.map_err(|_| gone())?
 }
 
@@ -430,10 +560,15 @@ impl Changes {
     const RECEIVE_BUFFER: libc::c_int = 4 << 20;
 
     pub async fn open(host: &Path) -> Result<Changes, InventoryError> {
-        let io = |source| InventoryError::Socket { netns: host.display().to_string(), source };
+        let io = |source| InventoryError::Socket {
+            netns: host.display().to_string(),
+            source,
+        };
         let file = netns::open(host)?;
         let mut socket = socket_in(&file, host).await?;
-        socket.bind(&netlink_sys::SocketAddr::new(0, 0)).map_err(io)?;
+        socket
+            .bind(&netlink_sys::SocketAddr::new(0, 0))
+            .map_err(io)?;
         for group in [
             libc::RTNLGRP_LINK,
             libc::RTNLGRP_IPV4_IFADDR,
@@ -457,17 +592,24 @@ impl Changes {
             )
         };
         socket.set_non_blocking(true).map_err(io)?;
-        Ok(Changes { socket, buf: vec![0; 64 << 10] })
+        Ok(Changes {
+            socket,
+            buf: vec![0; 64 << 10],
+        })
     }
 
     /// Every netns something was announced about since the last call (never blocks).
     pub fn take(&mut self) -> Changed {
         let mut changed = Changed::default();
         loop {
-            match recv_nsid(self.socket.as_raw_fd(), &mut self.buf) {
-                Ok((_, true)) => changed.anything = true,
-                Ok((None, false)) => changed.host = true,
-                Ok((Some(nsid), false)) => {
+            match recv_tagged(self.socket.as_raw_fd(), &mut self.buf) {
+                Ok(Datagram {
+                    truncated: true, ..
+                }) => changed.anything = true,
+                Ok(Datagram { nsid: None, .. }) => changed.host = true,
+                Ok(Datagram {
+                    nsid: Some(nsid), ..
+                }) => {
                     changed.nsids.insert(nsid);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return changed,
@@ -481,37 +623,6 @@ impl Changes {
             }
         }
     }
-}
-
-/// One datagram: the nsid the kernel tagged it with (`None`: from our own netns) and whether
-/// it was cut short. Only the tag matters here, not the messages.
-fn recv_nsid(fd: RawFd, buf: &mut [u8]) -> std::io::Result<(Option<i32>, bool)> {
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    // u64 elements keep the control buffer aligned for cmsghdr.
-    let mut control = [0u64; 8];
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
-    header.msg_iov = &mut iov;
-    header.msg_iovlen = 1;
-    header.msg_control = control.as_mut_ptr().cast();
-    header.msg_controllen = size_of_val(&control) as _;
-    // SAFETY: the header points at `buf` and `control`, both alive and of the sizes given.
-    if unsafe { libc::recvmsg(fd, &mut header, libc::MSG_DONTWAIT) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut nsid = None;
-    // SAFETY: the kernel filled the control buffer and msg_controllen; the CMSG macros walk it
-    // within those bounds, and the data is read unaligned.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&header);
-        while !cmsg.is_null() {
-            if ((*cmsg).cmsg_level, (*cmsg).cmsg_type) == (libc::SOL_NETLINK, libc::NETLINK_LISTEN_ALL_NSID) {
-                nsid = Some(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>()));
-            }
-            cmsg = libc::CMSG_NXTHDR(&header, cmsg);
-        }
-    }
-    Ok((nsid, header.msg_flags & libc::MSG_TRUNC != 0))
 }
 
 const OWN_NETNS: &str = "/proc/self/ns/net";
@@ -542,7 +653,10 @@ pub struct Pruned {
 impl Pool {
     /// `host`: the netns standing in for the host (`None`: our own, i.e. init_net).
     pub fn new(host: Option<PathBuf>) -> Pool {
-        Pool { host: host.unwrap_or_else(|| PathBuf::from(OWN_NETNS)), conns: Mutex::new(HashMap::new()) }
+        Pool {
+            host: host.unwrap_or_else(|| PathBuf::from(OWN_NETNS)),
+            conns: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn path_of<'a>(&'a self, locator: &'a Locator) -> &'a Path {
@@ -594,8 +708,15 @@ impl Pool {
             if now == Some(conn.inode) {
                 return true;
             }
-            tracing::debug!("dropping rtnetlink connection to {locator} (inode {} -> {now:?})", conn.inode);
-            pruned.push(Pruned { locator: locator.clone(), old_inode: conn.inode, now });
+            tracing::debug!(
+                "dropping rtnetlink connection to {locator} (inode {} -> {now:?})",
+                conn.inode
+            );
+            pruned.push(Pruned {
+                locator: locator.clone(),
+                old_inode: conn.inode,
+                now,
+            });
             false
         });
         pruned
@@ -609,7 +730,9 @@ impl Pool {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Locator, Arc<NetnsConn>>> {
-        self.conns.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.conns
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -654,11 +777,19 @@ fn parse_link_info(infos: &[LinkInfo], link: &mut LiveLink) {
         match info {
             LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
             LinkInfo::Data(InfoData::Vlan(data)) => {
-                let id = data.iter().find_map(|d| if let InfoVlan::Id(id) = d { Some(*id) } else { None });
+                let id = data.iter().find_map(|d| {
+                    if let InfoVlan::Id(id) = d {
+                        Some(*id)
+                    } else {
+                        None
+                    }
+                });
                 let proto = data
                     .iter()
                     .find_map(|d| match d {
-                        InfoVlan::Protocol(netlink_packet_route::link::VlanProtocol::Ieee8021Ad) => Some(VlanProtocol::Dot1ad),
+                        InfoVlan::Protocol(
+                            netlink_packet_route::link::VlanProtocol::Ieee8021Ad,
+                        ) => Some(VlanProtocol::Dot1ad),
                         InfoVlan::Protocol(_) => Some(VlanProtocol::Dot1q),
                         _ => None,
                     })
@@ -704,8 +835,22 @@ pub fn parse_addr(msg: &AddressMessage) -> Option<LiveAddr> {
     let addr = msg
         .attributes
         .iter()
-        .find_map(|a| if let AddressAttribute::Local(ip) = a { Some(*ip) } else { None })
-        .or_else(|| msg.attributes.iter().find_map(|a| if let AddressAttribute::Address(ip) = a { Some(*ip) } else { None }))?;
+        .find_map(|a| {
+            if let AddressAttribute::Local(ip) = a {
+                Some(*ip)
+            } else {
+                None
+            }
+        })
+        .or_else(|| {
+            msg.attributes.iter().find_map(|a| {
+                if let AddressAttribute::Address(ip) = a {
+                    Some(*ip)
+                } else {
+                    None
+                }
+            })
+        })?;
     Some(LiveAddr {
         ifindex: msg.header.index,
         net: IpNet::new(addr, msg.header.prefix_len).ok()?,
@@ -735,7 +880,10 @@ pub fn parse_route(msg: &RouteMessage) -> Option<LiveRoute> {
         by_kernel: h.protocol == RouteProtocol::Kernel,
         unicast: h.kind == RouteType::Unicast,
         route: RouteSpec {
-            dst: IpNet { addr: unspecified, prefix: 0 },
+            dst: IpNet {
+                addr: unspecified,
+                prefix: 0,
+            },
             gateway: None,
             onlink: h.flags.contains(RouteFlags::Onlink),
             metric: None,

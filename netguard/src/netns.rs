@@ -16,9 +16,15 @@ pub const BIND_MOUNT_DIRS: &[&str] = &["/run/netns", "/var/run/netns", "/var/run
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
     #[error("cannot open netns {path}: {source} (does the namespace exist, and are you root?)")]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot enter netns {path}: {source}")]
-    Enter { path: PathBuf, source: std::io::Error },
+    Enter {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a network namespace (expected an nsfs file such as /run/netns/NAME or /proc/PID/ns/net)")]
     NotNetns { path: PathBuf },
     #[error("the thread that entered netns {path} died")]
@@ -27,13 +33,19 @@ pub enum NetnsError {
 
 /// nsfs inode of the netns a path (bind mount or `/proc/PID/ns/net`) refers to.
 pub fn inode_of(path: &Path) -> Result<u64, NetnsError> {
-    let meta = std::fs::metadata(path).map_err(|source| NetnsError::Open { path: path.into(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| NetnsError::Open {
+        path: path.into(),
+        source,
+    })?;
     Ok(meta.ino())
 }
 
 /// Opens a netns file, checking it really is a network namespace.
 pub fn open(path: &Path) -> Result<File, NetnsError> {
-    let file = File::open(path).map_err(|source| NetnsError::Open { path: path.into(), source })?;
+    let file = File::open(path).map_err(|source| NetnsError::Open {
+        path: path.into(),
+        source,
+    })?;
     // NS_GET_NSTYPE answers CLONE_NEWNET only for a network namespace.
     const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
     // SAFETY: ioctl on an fd we own, no pointers passed.
@@ -49,7 +61,10 @@ pub fn open(path: &Path) -> Result<File, NetnsError> {
 pub fn enter(file: &File, path: &Path) -> Result<(), NetnsError> {
     // SAFETY: setns on a valid fd; affects only the calling thread.
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(NetnsError::Enter { path: path.into(), source: std::io::Error::last_os_error() });
+        return Err(NetnsError::Enter {
+            path: path.into(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
@@ -91,10 +106,18 @@ impl Resolver {
         let init_inode = inode_of(Path::new("/proc/1/ns/net")).ok();
         let (host_inode, host_name) = match host {
             Some(path) => (inode_of(path)?, path.display().to_string()),
-            None => (inode_of(Path::new("/proc/self/ns/net"))?, INIT_NET.to_string()),
+            None => (
+                inode_of(Path::new("/proc/self/ns/net"))?,
+                INIT_NET.to_string(),
+            ),
         };
         let resolver = Resolver {
-            inner: Arc::new(Mutex::new(ResolverState { host_inode, host_name, init_inode, names: HashMap::new() })),
+            inner: Arc::new(Mutex::new(ResolverState {
+                host_inode,
+                host_name,
+                init_inode,
+                names: HashMap::new(),
+            })),
         };
         resolver.rescan();
         Ok(resolver)
@@ -143,7 +166,13 @@ impl Resolver {
             names.push(INIT_NET.to_string());
         }
         if let Some(known) = state.names.get(&inode) {
-            names.extend(known.iter().filter(|n| !names.contains(n)).cloned().collect::<Vec<_>>());
+            names.extend(
+                known
+                    .iter()
+                    .filter(|n| !names.contains(n))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
         }
         Netns { inode, names }
     }
@@ -167,7 +196,9 @@ impl Resolver {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ResolverState> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -231,7 +262,11 @@ mod tests {
     #[test]
     fn a_regular_file_is_not_a_netns() {
         let err = open(Path::new("/proc/self/status")).unwrap_err();
-        assert!(err.to_string().contains("/proc/self/status is not a network namespace"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("/proc/self/status is not a network namespace"),
+            "{err}"
+        );
     }
 
     #[test]

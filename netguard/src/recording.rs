@@ -8,14 +8,29 @@ use crate::event::Event;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordingError {
-    #[error("cannot open recording {path} for writing: {source} (is the directory there and writable?)")]
-    Create { path: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot open recording {path} for writing: {source} (is the directory there and writable?)"
+    )]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write recording {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot read recording {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}: not a netguard event ({source}); was it written by `netguard trace --record`?")]
-    Parse { path: PathBuf, line: usize, source: serde_json::Error },
+    Parse {
+        path: PathBuf,
+        line: usize,
+        source: serde_json::Error,
+    },
 }
 
 /// Appends events to a recording.
@@ -30,8 +45,14 @@ impl Recorder {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|source| RecordingError::Create { path: path.into(), source })?;
-        Ok(Recorder { path: path.into(), file })
+            .map_err(|source| RecordingError::Create {
+                path: path.into(),
+                source,
+            })?;
+        Ok(Recorder {
+            path: path.into(),
+            file,
+        })
     }
 
     /// Writes one event as one line (a single write, so a crash never leaves half a line
@@ -41,25 +62,37 @@ impl Recorder {
         line.push(b'\n');
         self.file
             .write_all(&line)
-            .map_err(|source| RecordingError::Write { path: self.path.clone(), source })
+            .map_err(|source| RecordingError::Write {
+                path: self.path.clone(),
+                source,
+            })
     }
 
     /// Makes everything appended so far durable.
     pub fn sync(&mut self) -> Result<(), RecordingError> {
         self.file
             .sync_all()
-            .map_err(|source| RecordingError::Write { path: self.path.clone(), source })
+            .map_err(|source| RecordingError::Write {
+                path: self.path.clone(),
+                source,
+            })
     }
 }
 
 /// Reads a whole recording. A torn last line (the writer was killed mid-write) is ignored;
 /// any other bad line is an error naming the file and line.
 pub fn read(path: &Path) -> Result<Vec<Event>, RecordingError> {
-    let file = File::open(path).map_err(|source| RecordingError::Read { path: path.into(), source })?;
+    let file = File::open(path).map_err(|source| RecordingError::Read {
+        path: path.into(),
+        source,
+    })?;
     let lines: Vec<String> = BufReader::new(file)
         .lines()
         .collect::<Result<_, _>>()
-        .map_err(|source| RecordingError::Read { path: path.into(), source })?;
+        .map_err(|source| RecordingError::Read {
+            path: path.into(),
+            source,
+        })?;
     let mut events = Vec::with_capacity(lines.len());
     for (index, text) in lines.iter().enumerate() {
         if text.trim().is_empty() {
@@ -68,7 +101,13 @@ pub fn read(path: &Path) -> Result<Vec<Event>, RecordingError> {
         match serde_json::from_str(text) {
             Ok(event) => events.push(event),
             Err(source) if index + 1 == lines.len() && source.is_eof() => break,
-            Err(source) => return Err(RecordingError::Parse { path: path.into(), line: index + 1, source }),
+            Err(source) => {
+                return Err(RecordingError::Parse {
+                    path: path.into(),
+                    line: index + 1,
+                    source,
+                })
+            }
         }
     }
     Ok(events)
@@ -88,12 +127,22 @@ mod tests {
         let path = temp_path("roundtrip");
         let _ = std::fs::remove_file(&path);
         let mut rec = Recorder::open(&path).unwrap();
-        rec.append(&Event::new(EventKind::Register, Cause::Unknown)).unwrap();
-        rec.append(&Event::new(EventKind::Unregister, Cause::Explicit)).unwrap();
+        rec.append(&Event::new(EventKind::Register, Cause::Unknown))
+            .unwrap();
+        rec.append(&Event::new(EventKind::Unregister, Cause::Explicit))
+            .unwrap();
         rec.sync().unwrap();
-        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"time\":").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"time\":")
+            .unwrap();
         let events = read(&path).unwrap();
-        assert_eq!(events.iter().map(|e| e.kind).collect::<Vec<_>>(), [EventKind::Register, EventKind::Unregister]);
+        assert_eq!(
+            events.iter().map(|e| e.kind).collect::<Vec<_>>(),
+            [EventKind::Register, EventKind::Unregister]
+        );
         std::fs::remove_file(&path).unwrap();
     }
 
@@ -102,13 +151,19 @@ mod tests {
         let path = temp_path("foreign");
         std::fs::write(&path, "hello\n{}\n").unwrap();
         let err = read(&path).unwrap_err().to_string();
-        assert!(err.contains(&format!("{}:1: not a netguard event", path.display())), "{err}");
+        assert!(
+            err.contains(&format!("{}:1: not a netguard event", path.display())),
+            "{err}"
+        );
         std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
     fn unwritable_recording_names_the_file() {
-        let err = Recorder::open(Path::new("/nonexistent-dir/rec.jsonl")).err().unwrap().to_string();
+        let err = Recorder::open(Path::new("/nonexistent-dir/rec.jsonl"))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("/nonexistent-dir/rec.jsonl"), "{err}");
     }
 }

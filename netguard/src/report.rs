@@ -13,7 +13,10 @@ use crate::event::{DeviceKey, Event};
 #[serde(untagged)]
 pub enum DeviceId {
     Key(DeviceKey),
-    Hardware { perm_addr: Option<String>, ifindex: Option<u32> },
+    Hardware {
+        perm_addr: Option<String>,
+        ifindex: Option<u32>,
+    },
 }
 
 /// One device's history.
@@ -36,10 +39,22 @@ pub fn timelines(events: &[Event]) -> Vec<Timeline> {
         let Some(id) = device_id(event) else { continue };
         let timeline = by_id.entry(id.clone()).or_insert_with(|| {
             order.push(id.clone());
-            Timeline { id, perm_addr: None, link_kind: None, names: Vec::new(), events: Vec::new() }
+            Timeline {
+                id,
+                perm_addr: None,
+                link_kind: None,
+                names: Vec::new(),
+                events: Vec::new(),
+            }
         });
-        timeline.perm_addr = timeline.perm_addr.take().or_else(|| event.perm_addr.clone());
-        timeline.link_kind = timeline.link_kind.take().or_else(|| event.link_kind.clone());
+        timeline.perm_addr = timeline
+            .perm_addr
+            .take()
+            .or_else(|| event.perm_addr.clone());
+        timeline.link_kind = timeline
+            .link_kind
+            .take()
+            .or_else(|| event.link_kind.clone());
         for place in [&event.from, &event.to].into_iter().flatten() {
             if let Some(name) = &place.name {
                 if timeline.names.last() != Some(name) {
@@ -49,7 +64,10 @@ pub fn timelines(events: &[Event]) -> Vec<Timeline> {
         }
         timeline.events.push(event.clone());
     }
-    order.into_iter().filter_map(|id| by_id.remove(&id)).collect()
+    order
+        .into_iter()
+        .filter_map(|id| by_id.remove(&id))
+        .collect()
 }
 
 fn device_id(event: &Event) -> Option<DeviceId> {
@@ -58,7 +76,10 @@ fn device_id(event: &Event) -> Option<DeviceId> {
     }
     let place = event.from.as_ref().or(event.to.as_ref())?;
     place.name.as_ref()?;
-    Some(DeviceId::Hardware { perm_addr: event.perm_addr.clone(), ifindex: place.ifindex })
+    Some(DeviceId::Hardware {
+        perm_addr: event.perm_addr.clone(),
+        ifindex: place.ifindex,
+    })
 }
 
 #[cfg(test)]
@@ -67,8 +88,19 @@ mod tests {
     use crate::event::{Cause, EventKind, Netns, Place, INIT_NET};
 
     fn place(name: &str, ifindex: u32, netns: u64) -> Place {
-        let names = if netns == 1 { vec![INIT_NET.to_string()] } else { vec![format!("/run/netns/c{netns}")] };
-        Place { name: Some(name.into()), ifindex: Some(ifindex), netns: Netns { inode: netns, names } }
+        let names = if netns == 1 {
+            vec![INIT_NET.to_string()]
+        } else {
+            vec![format!("/run/netns/c{netns}")]
+        };
+        Place {
+            name: Some(name.into()),
+            ifindex: Some(ifindex),
+            netns: Netns {
+                inode: netns,
+                names,
+            },
+        }
     }
 
     fn event(kind: EventKind, key: u64, from: Option<Place>, to: Option<Place>) -> Event {
@@ -82,10 +114,25 @@ mod tests {
     #[test]
     fn one_device_through_lend_rename_and_refund() {
         let events = vec![
-            event(EventKind::Move, 7, Some(place("eth1", 3, 1)), Some(place("eth1", 3, 2))),
-            event(EventKind::Rename, 7, Some(place("eth1", 3, 2)), Some(place("eth0", 3, 2))),
+            event(
+                EventKind::Move,
+                7,
+                Some(place("eth1", 3, 1)),
+                Some(place("eth1", 3, 2)),
+            ),
+            event(
+                EventKind::Rename,
+                7,
+                Some(place("eth1", 3, 2)),
+                Some(place("eth0", 3, 2)),
+            ),
             event(EventKind::Register, 9, None, Some(place("veth0", 5, 1))),
-            event(EventKind::Move, 7, Some(place("eth0", 3, 2)), Some(place("dev3", 3, 1))),
+            event(
+                EventKind::Move,
+                7,
+                Some(place("eth0", 3, 2)),
+                Some(place("dev3", 3, 1)),
+            ),
         ];
         let lines = timelines(&events);
         assert_eq!(lines.len(), 2);

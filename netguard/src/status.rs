@@ -52,13 +52,25 @@ pub struct LastEvents {
 
 impl LastEvents {
     pub fn note(&mut self, event: &Event) {
-        if matches!(event.kind, EventKind::TeardownBegin | EventKind::TeardownEnd) {
+        if matches!(
+            event.kind,
+            EventKind::TeardownBegin | EventKind::TeardownEnd
+        ) {
             return;
         }
-        let names = [&event.from, &event.to].into_iter().flatten().filter_map(|p| p.name.clone());
+        let names = [&event.from, &event.to]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.name.clone());
         let what = describe(event);
         for key in event.perm_addr.iter().cloned().chain(names) {
-            self.by_key.insert(key, LastEvent { time: event.time, what: what.clone() });
+            self.by_key.insert(
+                key,
+                LastEvent {
+                    time: event.time,
+                    what: what.clone(),
+                },
+            );
         }
     }
 
@@ -85,7 +97,11 @@ pub fn rows(ledger: &Ledger, last: &LastEvents) -> Vec<StatusEntry> {
     ledger
         .status()
         .into_iter()
-        .map(|row| StatusEntry { last_event: last.for_row(&row), row, live: None })
+        .map(|row| StatusEntry {
+            last_event: last.for_row(&row),
+            row,
+            live: None,
+        })
         .collect()
 }
 
@@ -97,13 +113,19 @@ pub fn rows_with_plan(ledger: &Ledger, plan: &Plan) -> Vec<StatusEntry> {
         .map(|row| {
             let item = plan.items.iter().find(|item| match &item.target {
                 Target::Nic { home_name, .. } => row.kind == "nic" && *home_name == row.name,
-                Target::Link { key, .. } => row.kind != "nic" && key.name == row.name && key.netns.to_string() == row.netns,
+                Target::Link { key, .. } => {
+                    row.kind != "nic" && key.name == row.name && key.netns.to_string() == row.netns
+                }
             });
             let live = item.map(|i| match &i.reason {
                 Some(reason) => format!("{} ({reason})", i.verdict),
                 None => i.verdict.to_string(),
             });
-            StatusEntry { row, last_event: None, live }
+            StatusEntry {
+                row,
+                last_event: None,
+                live,
+            }
         })
         .collect()
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use netguard::agent::StateLock;
 use netguard_tests::{
-    dumps, has_addr, is_up, link, pings, skip_unless_root, wait_until, wait_until_every, Bridged, MacvlanPod, Netguard,
-    Ran, TestDir, TestNetns,
+    dumps, has_addr, is_up, link, pings, skip_unless_root, wait_until, wait_until_every, Bridged,
+    MacvlanPod, Netguard, Ran, TestDir, TestNetns,
 };
 use serde_json::{json, Value};
 
@@ -24,7 +24,11 @@ impl Setup {
     fn new(tag: &str) -> Setup {
         let w = Bridged::new(tag);
         let dir = TestDir::new(tag);
-        Setup { ng: Netguard::new(&dir, &w.host), w, _dir: dir }
+        Setup {
+            ng: Netguard::new(&dir, &w.host),
+            w,
+            _dir: dir,
+        }
     }
 
     fn c_path(&self) -> String {
@@ -34,7 +38,10 @@ impl Setup {
     /// `netguard learn --netns C`: guards eth0 (and its host side vh0 on br0).
     fn learn(&self) {
         let ran = self.ng.run_ok(&["learn", "--netns", &self.c_path()]);
-        assert!(ran.stdout.contains(&format!("eth0 in {}", self.c_path())), "{ran}");
+        assert!(
+            ran.stdout.contains(&format!("eth0 in {}", self.c_path())),
+            "{ran}"
+        );
     }
 
     fn explain(&self) -> String {
@@ -44,14 +51,22 @@ impl Setup {
 
 /// The one line a refused command printed on stderr.
 fn one_line(ran: &Ran) -> &str {
-    let lines: Vec<&str> = ran.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<&str> = ran
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     assert_eq!(lines.len(), 1, "one line expected: {ran}");
     lines[0]
 }
 
 /// Whether `ns` has a route to `dst` via `gateway` through `dev` (false while `dev` is absent).
 fn has_route(ns: &TestNetns, dev: &str, dst: &str, gateway: &str) -> bool {
-    ns.ip_out(&["route", "show"]).lines().any(|l| l.split_whitespace().take(5).eq([dst, "via", gateway, "dev", dev]))
+    ns.ip_out(&["route", "show"]).lines().any(|l| {
+        l.split_whitespace()
+            .take(5)
+            .eq([dst, "via", gateway, "dev", dev])
+    })
 }
 
 #[test]
@@ -75,20 +90,38 @@ fn container_reboot_gets_its_veth_back_from_the_agent() {
 
     let eth0_now = link(&w.c, "eth0");
     assert_eq!(eth0_now["linkinfo"]["info_kind"], "veth", "{}", s.explain());
-    assert_eq!((&eth0_now["address"], &eth0_now["mtu"]), (&eth0["address"], &eth0["mtu"]), "{}", s.explain());
+    assert_eq!(
+        (&eth0_now["address"], &eth0_now["mtu"]),
+        (&eth0["address"], &eth0["mtu"]),
+        "{}",
+        s.explain()
+    );
     assert!(is_up(&eth0_now));
     assert!(has_addr(&w.c, "eth0", "198.18.1.2", 24), "{}", s.explain());
-    assert!(has_route(&w.c, "eth0", "default", "198.18.1.1"), "{}", s.explain());
-    assert!(has_route(&w.c, "eth0", "198.19.1.0/24", "198.18.1.1"), "{}", s.explain());
+    assert!(
+        has_route(&w.c, "eth0", "default", "198.18.1.1"),
+        "{}",
+        s.explain()
+    );
+    assert!(
+        has_route(&w.c, "eth0", "198.19.1.0/24", "198.18.1.1"),
+        "{}",
+        s.explain()
+    );
     let vh0_now = link(&w.host, "vh0");
     assert_eq!(vh0_now["master"], "br0", "{}", s.explain());
-    assert_eq!((&vh0_now["address"], &vh0_now["mtu"]), (&vh0["address"], &vh0["mtu"]));
+    assert_eq!(
+        (&vh0_now["address"], &vh0_now["mtu"]),
+        (&vh0["address"], &vh0["mtu"])
+    );
     assert!(is_up(&vh0_now));
 
     let status = s.ng.status_json();
     assert_eq!(status["agent"]["backend"], "netlink", "{status:#}");
     assert_eq!(status["agent"]["pid"], agent.pid());
-    let row = s.ng.status_row(&w.c, "eth0").unwrap_or_else(|| panic!("eth0 not in status: {status:#}"));
+    let row =
+        s.ng.status_row(&w.c, "eth0")
+            .unwrap_or_else(|| panic!("eth0 not in status: {status:#}"));
     assert_eq!(row["state"], "restored", "{status:#}");
 
     // SIGTERM: the agent saves its ledger, removes its socket and exits 0.
@@ -107,7 +140,11 @@ fn bridge_port_lost_is_put_back_within_the_interval() {
     let _agent = s.ng.start_agent();
 
     w.host.ip(&["link", "set", "vh0", "nomaster"]);
-    wait_until("vh0 is a port of br0 again", || link(&w.host, "vh0")["master"] == "br0", || s.explain());
+    wait_until(
+        "vh0 is a port of br0 again",
+        || link(&w.host, "vh0")["master"] == "br0",
+        || s.explain(),
+    );
     assert!(is_up(&link(&w.host, "vh0")));
     assert!(pings(&w.c, "198.18.1.1"), "{}", s.explain());
     assert_eq!(s.ng.status_row(&w.c, "eth0").unwrap()["state"], "restored");
@@ -120,17 +157,32 @@ fn whole(w: &Bridged) -> Result<(), String> {
     let c_links = w.c.ip_json(&["-d", "link", "show"]);
     let host_links = w.host.ip_json(&["-d", "link", "show"]);
     let names = |links: &Value| -> Vec<String> {
-        links.as_array().unwrap().iter().map(|l| l["ifname"].as_str().unwrap_or("?").to_string()).collect()
+        links
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap_or("?").to_string())
+            .collect()
     };
     let (c_names, host_names) = (names(&c_links), names(&host_links));
-    if c_names.iter().chain(&host_names).any(|n| n.starts_with("ngtmp")) {
-        return Err(format!("a temporary name is left: {c_names:?} {host_names:?}"));
+    if c_names
+        .iter()
+        .chain(&host_names)
+        .any(|n| n.starts_with("ngtmp"))
+    {
+        return Err(format!(
+            "a temporary name is left: {c_names:?} {host_names:?}"
+        ));
     }
     if c_names.iter().filter(|n| *n == "eth0").count() != 1 {
         return Err(format!("the container has {c_names:?}"));
     }
-    let veths: Vec<&Value> =
-        host_links.as_array().unwrap().iter().filter(|l| l["linkinfo"]["info_kind"] == "veth").collect();
+    let veths: Vec<&Value> = host_links
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["linkinfo"]["info_kind"] == "veth")
+        .collect();
     match veths.as_slice() {
         [vh0] if vh0["ifname"] == "vh0" && vh0["master"] == "br0" && is_up(vh0) => Ok(()),
         _ => Err(format!("the host has veths {veths:?}")),
@@ -154,16 +206,23 @@ fn agent_killed_during_a_repair_converges_when_started_again() {
         w.c.recreate();
         if mid_repair {
             let started = || creations() > before;
-            wait_until_every(Duration::from_millis(1), "the agent starts re-creating the veth", started, || {
-                s.explain()
-            });
+            wait_until_every(
+                Duration::from_millis(1),
+                "the agent starts re-creating the veth",
+                started,
+                || s.explain(),
+            );
         }
         agent.kill9();
         agent = s.ng.start_agent();
         wait_until(
             &format!(
                 "converged after a SIGKILL {}",
-                if mid_repair { "mid-repair" } else { "right after the re-creation" }
+                if mid_repair {
+                    "mid-repair"
+                } else {
+                    "right after the re-creation"
+                }
             ),
             || whole(w).is_ok() && w.c.ping("198.18.1.1"),
             || format!("{:?}\n{}", whole(w), s.explain()),
@@ -184,20 +243,41 @@ fn corrupt_state_file_is_kept_aside_and_the_agent_guards_on() {
     let aside: Vec<PathBuf> = std::fs::read_dir(&s.ng.state_dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("state.json.corrupt-"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("state.json.corrupt-")
+        })
         .collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
-    assert_eq!(std::fs::read(&aside[0]).unwrap(), garbage, "the corrupt file is kept untouched");
+    assert_eq!(
+        std::fs::read(&aside[0]).unwrap(),
+        garbage,
+        "the corrupt file is kept untouched"
+    );
     let log = s.ng.log();
-    assert!(log.contains(&format!("kept aside untouched as {}", aside[0].display())), "{log}");
-    assert!(!log.contains('\x1b'), "terminal colours in a log file: {log}");
+    assert!(
+        log.contains(&format!("kept aside untouched as {}", aside[0].display())),
+        "{log}"
+    );
+    assert!(
+        !log.contains('\x1b'),
+        "terminal colours in a log file: {log}"
+    );
 
     // The agent holds the ledger: this learn goes through it.
     s.learn();
-    let row = s.ng.status_row(&s.w.c, "eth0").unwrap_or_else(|| panic!("eth0 not in status: {}", s.explain()));
+    let row =
+        s.ng.status_row(&s.w.c, "eth0")
+            .unwrap_or_else(|| panic!("eth0 not in status: {}", s.explain()));
     assert_eq!(row["kind"], "veth");
     s.w.host.ip(&["link", "set", "vh0", "nomaster"]);
-    wait_until("vh0 is a port of br0 again", || link(&s.w.host, "vh0")["master"] == "br0", || s.explain());
+    wait_until(
+        "vh0 is a port of br0 again",
+        || link(&s.w.host, "vh0")["master"] == "br0",
+        || s.explain(),
+    );
 }
 
 #[test]
@@ -210,36 +290,65 @@ fn restore_dry_run_changes_nothing_then_restore_repairs_or_says_why_not() {
     s.learn();
     w.host.ip(&["link", "set", "vh0", "nomaster"]);
     w.c.ip(&["route", "del", "198.19.1.0/24"]);
-    let ledger_files =
-        || ["state.json", "journal.jsonl"].map(|f| std::fs::read(s.ng.state_dir.join(f)).unwrap_or_default());
+    let ledger_files = || {
+        ["state.json", "journal.jsonl"]
+            .map(|f| std::fs::read(s.ng.state_dir.join(f)).unwrap_or_default())
+    };
     let before = (dumps(&w.host), dumps(&w.c), ledger_files());
 
     let ran = s.ng.run_ok(&["restore", "--dry-run", "--json"]);
-    let plan: Value = serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {ran}"));
-    let actions: Vec<&Value> =
-        plan["items"].as_array().unwrap().iter().flat_map(|i| i["actions"].as_array().into_iter().flatten()).collect();
-    let planned = |what: Value| actions.iter().any(|a| what.as_object().unwrap().iter().all(|(k, v)| &a[k] == v));
-    assert!(planned(json!({ "action": "set-master", "dev": "vh0", "master": "br0" })), "{ran}");
+    let plan: Value =
+        serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {ran}"));
+    let actions: Vec<&Value> = plan["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i["actions"].as_array().into_iter().flatten())
+        .collect();
+    let planned = |what: Value| {
+        actions
+            .iter()
+            .any(|a| what.as_object().unwrap().iter().all(|(k, v)| &a[k] == v))
+    };
+    assert!(
+        planned(json!({ "action": "set-master", "dev": "vh0", "master": "br0" })),
+        "{ran}"
+    );
     assert!(
         planned(
             json!({ "action": "add-route", "dev": "eth0", "route": { "dst": "198.19.1.0/24", "gateway": "198.18.1.1" } })
         ),
         "{ran}"
     );
-    assert_eq!((dumps(&w.host), dumps(&w.c), ledger_files()), before, "the dry run changed something");
+    assert_eq!(
+        (dumps(&w.host), dumps(&w.c), ledger_files()),
+        before,
+        "the dry run changed something"
+    );
 
     let ran = s.ng.run(&["restore"]);
     assert_eq!(ran.code(), Some(0), "{ran}");
     assert_eq!(link(&w.host, "vh0")["master"], "br0", "{}", s.explain());
-    assert!(has_route(&w.c, "eth0", "198.19.1.0/24", "198.18.1.1"), "{}", s.explain());
+    assert!(
+        has_route(&w.c, "eth0", "198.19.1.0/24", "198.18.1.1"),
+        "{}",
+        s.explain()
+    );
     assert!(pings(&w.c, "198.18.1.1"));
 
     // The container is gone for good: nothing to restore into, and it is said.
     w.c.delete();
     let ran = s.ng.run(&["restore"]);
     assert_eq!(ran.code(), Some(1), "{ran}");
-    let eth0 = ran.stdout.lines().find(|l| l.contains("eth0")).unwrap_or_else(|| panic!("eth0 not named: {ran}"));
-    assert!(eth0.contains(&format!("netns {} is not there", s.c_path())), "{ran}");
+    let eth0 = ran
+        .stdout
+        .lines()
+        .find(|l| l.contains("eth0"))
+        .unwrap_or_else(|| panic!("eth0 not named: {ran}"));
+    assert!(
+        eth0.contains(&format!("netns {} is not there", s.c_path())),
+        "{ran}"
+    );
 }
 
 #[test]
@@ -249,20 +358,37 @@ fn status_without_an_agent_says_so_and_shows_the_live_verdict() {
     }
     let s = Setup::new("st");
     s.learn();
-    let eth0_line = |ran: &Ran| ran.stdout.lines().find(|l| l.starts_with("eth0 ")).map(str::to_string);
+    let eth0_line = |ran: &Ran| {
+        ran.stdout
+            .lines()
+            .find(|l| l.starts_with("eth0 "))
+            .map(str::to_string)
+    };
 
     let ran = s.ng.run_ok(&["status"]);
     assert!(ran.stdout.starts_with("no agent is running"), "{ran}");
     let row = eth0_line(&ran).unwrap_or_else(|| panic!("eth0 not listed: {ran}"));
-    assert!(row.contains(&s.c_path()) && row.ends_with("intact"), "{ran}");
+    assert!(
+        row.contains(&s.c_path()) && row.ends_with("intact"),
+        "{ran}"
+    );
 
     s.w.host.ip(&["link", "set", "vh0", "nomaster"]);
     let ran = s.ng.run_ok(&["status"]);
-    assert!(eth0_line(&ran).is_some_and(|row| row.ends_with("repair (repairing)")), "{ran}");
+    assert!(
+        eth0_line(&ran).is_some_and(|row| row.ends_with("repair (repairing)")),
+        "{ran}"
+    );
     let status = s.ng.status_json();
     assert!(status["agent"].is_null(), "{status:#}");
-    assert_eq!(status["rows"][0]["live"], "repair (repairing)", "{status:#}");
-    assert!(link(&s.w.host, "vh0")["master"].is_null(), "status repaired something");
+    assert_eq!(
+        status["rows"][0]["live"], "repair (repairing)",
+        "{status:#}"
+    );
+    assert!(
+        link(&s.w.host, "vh0")["master"].is_null(),
+        "status repaired something"
+    );
 }
 
 #[test]
@@ -279,7 +405,10 @@ fn unknown_config_key_is_named_with_its_file() {
     let ran = ng.run(&["agent", "--config", config.to_str().unwrap()]);
     assert_eq!(ran.code(), Some(2), "{ran}");
     let line = one_line(&ran);
-    assert!(line.contains("intervall") && line.contains(config.to_str().unwrap()), "{ran}");
+    assert!(
+        line.contains("intervall") && line.contains(config.to_str().unwrap()),
+        "{ran}"
+    );
     assert!(!ng.socket.exists(), "the agent started anyway");
 }
 
@@ -298,16 +427,31 @@ fn bad_requests_to_a_running_agent_get_one_clear_line() {
 
     let ran = s.ng.run(&["forget", "nosuch0"]);
     assert_ne!(ran.code(), Some(0), "{ran}");
-    assert!(one_line(&ran).contains("no guarded link is named nosuch0"), "{ran}");
+    assert!(
+        one_line(&ran).contains("no guarded link is named nosuch0"),
+        "{ran}"
+    );
 
     // A second agent on the same ledger and socket, then on the same socket only.
     let ran = s.ng.run(&["agent", "--backend", "netlink"]);
     assert_ne!(ran.code(), Some(0), "{ran}");
-    assert!(one_line(&ran).contains("in use by another netguard"), "{ran}");
-    let ran = s.ng.with_state_dir(s.ng.state_dir.join("other")).run(&["agent", "--backend", "netlink"]);
+    assert!(
+        one_line(&ran).contains("in use by another netguard"),
+        "{ran}"
+    );
+    let ran =
+        s.ng.with_state_dir(s.ng.state_dir.join("other"))
+            .run(&["agent", "--backend", "netlink"]);
     assert_ne!(ran.code(), Some(0), "{ran}");
-    assert!(one_line(&ran).contains(&format!("already listens on {}", s.ng.socket.display())), "{ran}");
-    assert_eq!(s.ng.status_json()["agent"]["pid"], agent.pid(), "the first agent is still the one answering");
+    assert!(
+        one_line(&ran).contains(&format!("already listens on {}", s.ng.socket.display())),
+        "{ran}"
+    );
+    assert_eq!(
+        s.ng.status_json()["agent"]["pid"],
+        agent.pid(),
+        "the first agent is still the one answering"
+    );
 
     // What is guarded can be forgotten.
     s.ng.run_ok(&["forget", "eth0"]);
@@ -361,17 +505,33 @@ fn imported_cni_checkpoint_is_guarded_and_its_link_rebuilt_from_it() {
     let _agent = ng.start_agent();
 
     let ran = ng.run_ok(&["import-cni", file.to_str().unwrap()]);
-    assert!(ran.stdout.contains(&format!("guarding mv0 in {pod}")), "{ran}");
-    let row = ng.status_row(&w.pod, "mv0").unwrap_or_else(|| panic!("mv0 not in status: {}", explain()));
-    assert_eq!((row["kind"].as_str(), row["mac"].as_str()), (Some("macvlan"), Some(mac.as_str())));
+    assert!(
+        ran.stdout.contains(&format!("guarding mv0 in {pod}")),
+        "{ran}"
+    );
+    let row = ng
+        .status_row(&w.pod, "mv0")
+        .unwrap_or_else(|| panic!("mv0 not in status: {}", explain()));
+    assert_eq!(
+        (row["kind"].as_str(), row["mac"].as_str()),
+        (Some("macvlan"), Some(mac.as_str()))
+    );
 
     w.pod.ip(&["link", "del", "mv0"]);
-    wait_until("mv0 is back with its routes", || has_route(&w.pod, "mv0", "198.19.2.0/24", "198.18.2.1"), explain);
+    wait_until(
+        "mv0 is back with its routes",
+        || has_route(&w.pod, "mv0", "198.19.2.0/24", "198.18.2.1"),
+        explain,
+    );
     let mv0 = link(&w.pod, "mv0");
     assert_eq!(mv0["linkinfo"]["info_kind"], "macvlan");
     assert_eq!(mv0["address"], mac.as_str());
     assert!(is_up(&mv0));
     assert!(has_addr(&w.pod, "mv0", "198.18.2.2", 24), "{}", explain());
-    assert!(has_route(&w.pod, "mv0", "default", "198.18.2.1"), "{}", explain());
+    assert!(
+        has_route(&w.pod, "mv0", "default", "198.18.2.1"),
+        "{}",
+        explain()
+    );
     assert!(pings(&w.pod, "198.18.2.1"), "{}", explain());
 }

@@ -6,9 +6,13 @@ use std::sync::Arc;
 
 use netguard::inventory::Pool;
 use netguard::ledger::learn::learn;
-use netguard::ledger::{Ledger, LedgerOptions, LinkKey, LinkState, Locator, NicState, Opened, STATE_FILE};
+use netguard::ledger::{
+    Ledger, LedgerOptions, LinkKey, LinkState, Locator, NicState, Opened, STATE_FILE,
+};
 use netguard::restore::{ItemResult, Outcome, PassReport, Restorer, Target};
-use netguard_tests::{dumps, has_addr, is_up, link, pings, skip_unless_root, Bridged, MacvlanPod, TestDir, TestNetns};
+use netguard_tests::{
+    dumps, has_addr, is_up, link, pings, skip_unless_root, Bridged, MacvlanPod, TestDir, TestNetns,
+};
 
 /// A ledger in its own directory and a restorer whose host is `host`.
 fn start(host: &TestNetns, dir: &TestDir) -> (Ledger, Restorer) {
@@ -36,8 +40,17 @@ async fn container_reboot_brings_the_veth_back_into_the_new_netns() {
     let w = Bridged::new("rb");
     let dir = TestDir::new("rb");
     let (mut ledger, restorer) = start(&w.host, &dir);
-    let learned = learn(restorer.pool(), &mut ledger, &[w.c_loc()]).await.unwrap();
-    assert_eq!(learned.guarded, vec![LinkKey { netns: w.c_loc(), name: "eth0".into() }], "{learned:?}");
+    let learned = learn(restorer.pool(), &mut ledger, &[w.c_loc()])
+        .await
+        .unwrap();
+    assert_eq!(
+        learned.guarded,
+        vec![LinkKey {
+            netns: w.c_loc(),
+            name: "eth0".into()
+        }],
+        "{learned:?}"
+    );
     let mac = link(&w.c, "eth0")["address"].clone();
     let host_mac = link(&w.host, "vh0")["address"].clone();
 
@@ -49,18 +62,27 @@ async fn container_reboot_brings_the_veth_back_into_the_new_netns() {
     let report = restorer.pass(&mut ledger).await.unwrap();
     let eth0 = result_for(&report, "eth0");
     assert_eq!(eth0.outcome, Outcome::Restored, "{report}");
-    assert!(eth0.reason.as_deref().unwrap_or("").contains("replaced"), "{report}");
+    assert!(
+        eth0.reason.as_deref().unwrap_or("").contains("replaced"),
+        "{report}"
+    );
 
     let eth0_now = link(&w.c, "eth0");
     assert_eq!(eth0_now["address"], mac);
     assert!(is_up(&eth0_now));
     assert!(has_addr(&w.c, "eth0", "198.18.1.2", 24));
-    assert!(w.c.ip_out(&["route", "show", "dev", "eth0"]).contains("198.19.1.0/24 via 198.18.1.1"));
+    assert!(w
+        .c
+        .ip_out(&["route", "show", "dev", "eth0"])
+        .contains("198.19.1.0/24 via 198.18.1.1"));
     let vh0 = link(&w.host, "vh0");
     assert_eq!(vh0["master"], "br0");
     assert_eq!(vh0["address"], host_mac);
     assert!(is_up(&vh0));
-    assert!(pings(&w.c, "198.18.1.1"), "no ping from the re-created eth0 to the bridge");
+    assert!(
+        pings(&w.c, "198.18.1.1"),
+        "no ping from the re-created eth0 to the bridge"
+    );
 
     // Level-triggered: a second pass finds it whole and does nothing.
     let again = restorer.pass(&mut ledger).await.unwrap();
@@ -81,7 +103,9 @@ async fn bridge_port_lost_is_brought_up_and_enslaved_again() {
     let w = Bridged::new("bp");
     let dir = TestDir::new("bp");
     let (mut ledger, restorer) = start(&w.host, &dir);
-    learn(restorer.pool(), &mut ledger, &[w.c_loc()]).await.unwrap();
+    learn(restorer.pool(), &mut ledger, &[w.c_loc()])
+        .await
+        .unwrap();
     w.host.ip(&["link", "set", "vh0", "nomaster"]);
     w.host.ip(&["link", "set", "vh0", "down"]);
     assert!(!pings(&w.c, "198.18.1.1"));
@@ -90,7 +114,13 @@ async fn bridge_port_lost_is_brought_up_and_enslaved_again() {
     let eth0 = result_for(&report, "eth0");
     assert_eq!(eth0.outcome, Outcome::Restored, "{report}");
     let applied: Vec<String> = eth0.applied.iter().map(ToString::to_string).collect();
-    assert_eq!(applied, vec!["[host] ip link set vh0 up", "[host] ip link set vh0 master br0"]);
+    assert_eq!(
+        applied,
+        vec![
+            "[host] ip link set vh0 up",
+            "[host] ip link set vh0 master br0"
+        ]
+    );
     let vh0 = link(&w.host, "vh0");
     assert_eq!(vh0["master"], "br0");
     assert!(is_up(&vh0));
@@ -104,13 +134,25 @@ async fn macvlan_comes_back_in_the_living_pod_netns_when_its_parent_returns() {
     }
     let w = MacvlanPod::new("mv");
     let (host, pod) = (&w.host, &w.pod);
-    assert!(pings(pod, "198.18.2.1"), "test setup: macvlan over veth does not ping");
+    assert!(
+        pings(pod, "198.18.2.1"),
+        "test setup: macvlan over veth does not ping"
+    );
 
     let dir = TestDir::new("mv");
     let (mut ledger, restorer) = start(host, &dir);
     let pod_loc = Locator::Path(pod.path());
-    let learned = learn(restorer.pool(), &mut ledger, std::slice::from_ref(&pod_loc)).await.unwrap();
-    assert_eq!(learned.guarded, vec![LinkKey { netns: pod_loc.clone(), name: "mv0".into() }], "{learned:?}");
+    let learned = learn(restorer.pool(), &mut ledger, std::slice::from_ref(&pod_loc))
+        .await
+        .unwrap();
+    assert_eq!(
+        learned.guarded,
+        vec![LinkKey {
+            netns: pod_loc.clone(),
+            name: "mv0".into()
+        }],
+        "{learned:?}"
+    );
     let mac = link(pod, "mv0")["address"].clone();
     let inode = pod.inode();
 
@@ -118,19 +160,32 @@ async fn macvlan_comes_back_in_the_living_pod_netns_when_its_parent_returns() {
     host.ip(&["link", "del", "pv0"]);
     assert!(!pod.ip_out(&["link"]).contains("mv0"));
     let waiting = restorer.pass(&mut ledger).await.unwrap();
-    assert_eq!(result_for(&waiting, "mv0").outcome, Outcome::Waiting, "{waiting}");
-    assert_eq!(ledger.link(&pod_loc, "mv0").unwrap().state, LinkState::Waiting);
+    assert_eq!(
+        result_for(&waiting, "mv0").outcome,
+        Outcome::Waiting,
+        "{waiting}"
+    );
+    assert_eq!(
+        ledger.link(&pod_loc, "mv0").unwrap().state,
+        LinkState::Waiting
+    );
 
     w.add_parent();
     let report = restorer.pass(&mut ledger).await.unwrap();
-    assert_eq!(result_for(&report, "mv0").outcome, Outcome::Restored, "{report}");
+    assert_eq!(
+        result_for(&report, "mv0").outcome,
+        Outcome::Restored,
+        "{report}"
+    );
     assert_eq!(pod.inode(), inode, "the pod netns is never replaced");
     let mv0 = link(pod, "mv0");
     assert_eq!(mv0["address"], mac);
     assert_eq!(mv0["linkinfo"]["info_kind"], "macvlan");
     assert!(is_up(&mv0));
     assert!(has_addr(pod, "mv0", "198.18.2.2", 24));
-    assert!(pod.ip_out(&["route", "show", "dev", "mv0"]).contains("198.19.2.0/24 via 198.18.2.1"));
+    assert!(pod
+        .ip_out(&["route", "show", "dev", "mv0"])
+        .contains("198.19.2.0/24 via 198.18.2.1"));
     assert!(pings(pod, "198.18.2.1"));
 }
 
@@ -141,12 +196,24 @@ async fn home_name_held_by_another_device_is_a_conflict_then_renamed_home_once_f
     }
     let host = TestNetns::new("nich");
     // A veth stands in for a physical NIC (no real NICs here), registered through the API.
-    host.ip(&["link", "add", "nic7", "type", "veth", "peer", "name", "nic7p"]);
+    host.ip(&[
+        "link", "add", "nic7", "type", "veth", "peer", "name", "nic7p",
+    ]);
     host.ip(&["link", "set", "nic7", "up"]);
-    host.ip(&["link", "add", "lan7", "type", "veth", "peer", "name", "lan7p"]);
+    host.ip(&[
+        "link", "add", "lan7", "type", "veth", "peer", "name", "lan7p",
+    ]);
     let dir = TestDir::new("nic");
     let (mut ledger, restorer) = start(&host, &dir);
-    let live = restorer.pool().host().await.unwrap().get_link_by_name("nic7").await.unwrap().unwrap();
+    let live = restorer
+        .pool()
+        .host()
+        .await
+        .unwrap()
+        .get_link_by_name("nic7")
+        .await
+        .unwrap()
+        .unwrap();
     ledger.guard_nic(live.nic_identity(), "lan7", true, None);
     let mac = link(&host, "nic7")["address"].clone();
     let holder_mac = link(&host, "lan7")["address"].clone();
@@ -155,15 +222,29 @@ async fn home_name_held_by_another_device_is_a_conflict_then_renamed_home_once_f
     let nic = result_for(&report, "lan7");
     assert_eq!(nic.outcome, Outcome::Conflict, "{report}");
     assert!(nic.applied.is_empty());
-    assert!(nic.reason.as_deref().unwrap().contains("held by another device"), "{report}");
+    assert!(
+        nic.reason
+            .as_deref()
+            .unwrap()
+            .contains("held by another device"),
+        "{report}"
+    );
     assert_eq!(link(&host, "nic7")["address"], mac, "nothing renamed");
-    assert_eq!(link(&host, "lan7")["address"], holder_mac, "the holder is left alone");
+    assert_eq!(
+        link(&host, "lan7")["address"],
+        holder_mac,
+        "the holder is left alone"
+    );
     assert_eq!(ledger.nics()[0].state, NicState::Conflict);
 
     // Retried later: once the name is free the NIC goes home, up again.
     host.ip(&["link", "del", "lan7"]);
     let report = restorer.pass(&mut ledger).await.unwrap();
-    assert_eq!(result_for(&report, "lan7").outcome, Outcome::Restored, "{report}");
+    assert_eq!(
+        result_for(&report, "lan7").outcome,
+        Outcome::Restored,
+        "{report}"
+    );
     let home = link(&host, "lan7");
     assert_eq!(home["address"], mac);
     assert!(is_up(&home));
@@ -179,27 +260,55 @@ async fn a_change_between_passes_is_seen_though_the_last_look_is_kept() {
     let w = Bridged::new("ch");
     let dir = TestDir::new("ch");
     let (mut ledger, restorer) = start(&w.host, &dir);
-    learn(restorer.pool(), &mut ledger, &[w.c_loc()]).await.unwrap();
+    learn(restorer.pool(), &mut ledger, &[w.c_loc()])
+        .await
+        .unwrap();
     let first = restorer.pass(&mut ledger).await.unwrap();
-    assert_eq!(result_for(&first, "eth0").outcome, Outcome::Intact, "{first}");
+    assert_eq!(
+        result_for(&first, "eth0").outcome,
+        Outcome::Intact,
+        "{first}"
+    );
 
     // Inside the container, and then on the host side: each announced by the kernel.
     w.c.ip(&["route", "del", "198.19.1.0/24"]);
     let report = restorer.pass(&mut ledger).await.unwrap();
-    let applied: Vec<String> = result_for(&report, "eth0").applied.iter().map(ToString::to_string).collect();
-    assert_eq!(applied, vec![format!("[{}] ip route add 198.19.1.0/24 via 198.18.1.1 dev eth0", w.c.path().display())]);
+    let applied: Vec<String> = result_for(&report, "eth0")
+        .applied
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        applied,
+        vec![format!(
+            "[{}] ip route add 198.19.1.0/24 via 198.18.1.1 dev eth0",
+            w.c.path().display()
+        )]
+    );
     w.host.ip(&["link", "set", "vh0", "nomaster"]);
     let report = restorer.pass(&mut ledger).await.unwrap();
-    let applied: Vec<String> = result_for(&report, "eth0").applied.iter().map(ToString::to_string).collect();
+    let applied: Vec<String> = result_for(&report, "eth0")
+        .applied
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     assert_eq!(applied, vec!["[host] ip link set vh0 master br0"]);
 
     // A container restart between passes: a new netns at the same path.
     w.c.recreate();
     let report = restorer.pass(&mut ledger).await.unwrap();
-    assert_eq!(result_for(&report, "eth0").outcome, Outcome::Restored, "{report}");
+    assert_eq!(
+        result_for(&report, "eth0").outcome,
+        Outcome::Restored,
+        "{report}"
+    );
     assert!(has_addr(&w.c, "eth0", "198.18.1.2", 24));
     let again = restorer.pass(&mut ledger).await.unwrap();
-    assert_eq!(result_for(&again, "eth0").outcome, Outcome::Intact, "{again}");
+    assert_eq!(
+        result_for(&again, "eth0").outcome,
+        Outcome::Intact,
+        "{again}"
+    );
 }
 
 #[tokio::test]
@@ -210,7 +319,9 @@ async fn dry_run_plans_but_changes_nothing() {
     let w = Bridged::new("dr");
     let dir = TestDir::new("dr");
     let (mut ledger, restorer) = start(&w.host, &dir);
-    learn(restorer.pool(), &mut ledger, &[w.c_loc()]).await.unwrap();
+    learn(restorer.pool(), &mut ledger, &[w.c_loc()])
+        .await
+        .unwrap();
     w.host.ip(&["link", "set", "vh0", "nomaster"]);
     w.c.ip(&["route", "del", "198.19.1.0/24"]);
     let (host_before, c_before) = (dumps(&w.host), dumps(&w.c));
@@ -219,8 +330,13 @@ async fn dry_run_plans_but_changes_nothing() {
     let plan = restorer.dry_run(&ledger).await.unwrap();
     let text = plan.to_string();
     assert!(text.contains("ip link set vh0 master br0"), "{text}");
-    assert!(text.contains("ip route add 198.19.1.0/24 via 198.18.1.1 dev eth0"), "{text}");
-    assert!(serde_json::to_string(&plan).unwrap().contains("\"action\":\"set-master\""));
+    assert!(
+        text.contains("ip route add 198.19.1.0/24 via 198.18.1.1 dev eth0"),
+        "{text}"
+    );
+    assert!(serde_json::to_string(&plan)
+        .unwrap()
+        .contains("\"action\":\"set-master\""));
 
     assert_eq!(dumps(&w.host), host_before);
     assert_eq!(dumps(&w.c), c_before);
@@ -235,7 +351,9 @@ async fn corrupt_state_file_is_kept_aside_and_the_ledger_rebuilt() {
     let w = Bridged::new("cs");
     let dir = TestDir::new("cs");
     let (mut ledger, restorer) = start(&w.host, &dir);
-    learn(restorer.pool(), &mut ledger, &[w.c_loc()]).await.unwrap();
+    learn(restorer.pool(), &mut ledger, &[w.c_loc()])
+        .await
+        .unwrap();
     ledger.save().unwrap();
     drop(ledger);
 
@@ -246,11 +364,31 @@ async fn corrupt_state_file_is_kept_aside_and_the_ledger_rebuilt() {
     std::fs::write(&state, &bytes).unwrap();
 
     let (mut ledger, opened) = Ledger::open(LedgerOptions::new(dir.0.clone())).unwrap();
-    let Opened::Rebuilt { moved_to: Some(aside), .. } = &opened else { panic!("{opened:?}") };
-    assert_eq!(std::fs::read(aside).unwrap(), bytes, "the corrupt file is kept untouched");
-    assert!(opened.to_string().contains("rebuilt from the journal"), "{opened}");
-    assert!(ledger.link(&w.c_loc(), "eth0").is_some(), "the guarded veth survived");
+    let Opened::Rebuilt {
+        moved_to: Some(aside),
+        ..
+    } = &opened
+    else {
+        panic!("{opened:?}")
+    };
+    assert_eq!(
+        std::fs::read(aside).unwrap(),
+        bytes,
+        "the corrupt file is kept untouched"
+    );
+    assert!(
+        opened.to_string().contains("rebuilt from the journal"),
+        "{opened}"
+    );
+    assert!(
+        ledger.link(&w.c_loc(), "eth0").is_some(),
+        "the guarded veth survived"
+    );
 
     let report = restorer.pass(&mut ledger).await.unwrap();
-    assert_eq!(result_for(&report, "eth0").outcome, Outcome::Intact, "{report}");
+    assert_eq!(
+        result_for(&report, "eth0").outcome,
+        Outcome::Intact,
+        "{report}"
+    );
 }

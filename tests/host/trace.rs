@@ -19,12 +19,19 @@ async fn a_move_between_namespaces_is_one_event_with_the_key_of_its_register() {
     if skip_unless_root() {
         return;
     }
-    let (host, a, b) = (TestNetns::new("h"), TestNetns::new("a"), TestNetns::new("b"));
+    let (host, a, b) = (
+        TestNetns::new("h"),
+        TestNetns::new("a"),
+        TestNetns::new("b"),
+    );
     let mut watch = EventWatch::start(NETLINK, &host, &[&a, &b]).await;
 
     a.ip(&["link", "add", "va", "type", "veth", "peer", "name", "vb"]);
-    let register =
-        watch.expect("register of vb in A", |e| e.kind == EventKind::Register && is_at(&e.to, "vb", a.inode())).await;
+    let register = watch
+        .expect("register of vb in A", |e| {
+            e.kind == EventKind::Register && is_at(&e.to, "vb", a.inode())
+        })
+        .await;
     assert_eq!(register.link_kind.as_deref(), Some("veth"));
     let ifindex = register.to.as_ref().and_then(|p| p.ifindex);
     assert!(ifindex.is_some(), "{register:?}");
@@ -34,10 +41,16 @@ async fn a_move_between_namespaces_is_one_event_with_the_key_of_its_register() {
     assert!(is_at(&moved.from, "vb", a.inode()), "{moved:?}");
     assert!(is_at(&moved.to, "vb", b.inode()), "{moved:?}");
     assert_eq!(moved.from.as_ref().unwrap().ifindex, ifindex);
-    assert_eq!(moved.device, register.device, "the move carries the key of the register");
+    assert_eq!(
+        moved.device, register.device,
+        "the move carries the key of the register"
+    );
     assert_eq!(moved.cause, Cause::Explicit);
     let a_names = &moved.from.as_ref().unwrap().netns.names;
-    assert!(a_names.contains(&a.path().display().to_string()), "{a_names:?}");
+    assert!(
+        a_names.contains(&a.path().display().to_string()),
+        "{a_names:?}"
+    );
 }
 
 #[tokio::test]
@@ -49,14 +62,22 @@ async fn a_rename_inside_a_netns_says_old_and_new_name() {
     let mut watch = EventWatch::start(NETLINK, &host, &[&a]).await;
 
     a.ip(&["link", "add", "r0", "type", "veth", "peer", "name", "r1"]);
-    let register =
-        watch.expect("register of r0", |e| e.kind == EventKind::Register && is_at(&e.to, "r0", a.inode())).await;
+    let register = watch
+        .expect("register of r0", |e| {
+            e.kind == EventKind::Register && is_at(&e.to, "r0", a.inode())
+        })
+        .await;
     a.ip(&["link", "set", "r0", "name", "r0new"]);
-    let rename = watch.expect("rename of r0", kind_is(EventKind::Rename)).await;
+    let rename = watch
+        .expect("rename of r0", kind_is(EventKind::Rename))
+        .await;
     assert!(is_at(&rename.from, "r0", a.inode()), "{rename:?}");
     assert!(is_at(&rename.to, "r0new", a.inode()), "{rename:?}");
     assert_eq!(rename.device, register.device);
-    assert_eq!(rename.from.as_ref().unwrap().ifindex, register.to.as_ref().unwrap().ifindex);
+    assert_eq!(
+        rename.from.as_ref().unwrap().ifindex,
+        register.to.as_ref().unwrap().ifindex
+    );
 }
 
 #[tokio::test]
@@ -64,7 +85,11 @@ async fn deleted_veths_and_veths_of_a_deleted_netns_are_unregistered() {
     if skip_unless_root() {
         return;
     }
-    let (host, a, b) = (TestNetns::new("h"), TestNetns::new("a"), TestNetns::new("b"));
+    let (host, a, b) = (
+        TestNetns::new("h"),
+        TestNetns::new("a"),
+        TestNetns::new("b"),
+    );
     let (a_inode, b_inode) = (a.inode(), b.inode());
     let mut watch = EventWatch::start(NETLINK, &host, &[&a, &b]).await;
 
@@ -82,19 +107,39 @@ async fn deleted_veths_and_veths_of_a_deleted_netns_are_unregistered() {
     }
 
     // A veth across A and B; B dies with its end, which takes A's end along.
-    a.ip(&["link", "add", "e0", "type", "veth", "peer", "name", "e1", "netns", &b.name]);
-    watch.expect("register of e1 in B", |e| e.kind == EventKind::Register && is_at(&e.to, "e1", b_inode)).await;
+    a.ip(&[
+        "link", "add", "e0", "type", "veth", "peer", "name", "e1", "netns", &b.name,
+    ]);
+    watch
+        .expect("register of e1 in B", |e| {
+            e.kind == EventKind::Register && is_at(&e.to, "e1", b_inode)
+        })
+        .await;
     b.delete();
-    let begin = watch.expect("teardown-begin of B", kind_is(EventKind::TeardownBegin)).await;
+    let begin = watch
+        .expect("teardown-begin of B", kind_is(EventKind::TeardownBegin))
+        .await;
     assert_eq!(begin.from.as_ref().unwrap().netns.inode, b_inode);
     let dead = watch
-        .expect("unregister of e1 in B", |e| e.kind == EventKind::Unregister && is_at(&e.from, "e1", b_inode))
+        .expect("unregister of e1 in B", |e| {
+            e.kind == EventKind::Unregister && is_at(&e.from, "e1", b_inode)
+        })
         .await;
-    assert_eq!((dead.netns_dying, dead.cause), (Some(true), Cause::NetnsTeardown), "{dead:?}");
+    assert_eq!(
+        (dead.netns_dying, dead.cause),
+        (Some(true), Cause::NetnsTeardown),
+        "{dead:?}"
+    );
     let peer = watch
-        .expect("unregister of e0 in A", |e| e.kind == EventKind::Unregister && is_at(&e.from, "e0", a_inode))
+        .expect("unregister of e0 in A", |e| {
+            e.kind == EventKind::Unregister && is_at(&e.from, "e0", a_inode)
+        })
         .await;
-    assert_eq!((peer.netns_dying, peer.cause), (Some(false), Cause::NetnsTeardown), "{peer:?}");
+    assert_eq!(
+        (peer.netns_dying, peer.cause),
+        (Some(false), Cause::NetnsTeardown),
+        "{peer:?}"
+    );
 }
 
 #[tokio::test]
@@ -106,12 +151,24 @@ async fn auto_falls_back_to_netlink_and_says_why() {
     let mut watch = EventWatch::start(BackendChoice::Auto, &host, &[&a]).await;
     assert_eq!(watch.tracer.backend, BackendKind::Netlink);
     for backend in [BackendKind::Fentry, BackendKind::Kprobe] {
-        let skipped = watch.tracer.unavailable.iter().find(|u| u.backend == backend);
-        assert!(skipped.is_some_and(|u| !u.reason.is_empty()), "{backend} missing from {:?}", watch.tracer.unavailable);
+        let skipped = watch
+            .tracer
+            .unavailable
+            .iter()
+            .find(|u| u.backend == backend);
+        assert!(
+            skipped.is_some_and(|u| !u.reason.is_empty()),
+            "{backend} missing from {:?}",
+            watch.tracer.unavailable
+        );
     }
     // And it traces.
     a.ip(&["link", "add", "u0", "type", "veth", "peer", "name", "u1"]);
-    watch.expect("register of u0", |e| e.kind == EventKind::Register && is_at(&e.to, "u0", a.inode())).await;
+    watch
+        .expect("register of u0", |e| {
+            e.kind == EventKind::Register && is_at(&e.to, "u0", a.inode())
+        })
+        .await;
 }
 
 #[test]
@@ -119,12 +176,24 @@ fn the_trace_command_prints_a_move_as_json() {
     if skip_unless_root() {
         return;
     }
-    let (host, a, b) = (TestNetns::new("h"), TestNetns::new("a"), TestNetns::new("b"));
+    let (host, a, b) = (
+        TestNetns::new("h"),
+        TestNetns::new("a"),
+        TestNetns::new("b"),
+    );
     a.ip(&["link", "add", "c0", "type", "veth", "peer", "name", "c1"]);
     let bin = netguard_bin();
     let host_path = host.path();
     let mut child = Command::new(&bin)
-        .args(["trace", "--backend", "netlink", "--json", "--duration", "3", "--host-netns"])
+        .args([
+            "trace",
+            "--backend",
+            "netlink",
+            "--json",
+            "--duration",
+            "3",
+            "--host-netns",
+        ])
         .arg(&host_path)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -138,12 +207,18 @@ fn the_trace_command_prints_a_move_as_json() {
         }
     });
     let mut stderr_seen = Vec::new();
-    while !stderr_seen.iter().any(|l: &String| l.contains("tracing with")) {
+    while !stderr_seen
+        .iter()
+        .any(|l: &String| l.contains("tracing with"))
+    {
         match stderr_lines.recv_timeout(EVENT_TIMEOUT * 2) {
             Ok(line) => stderr_seen.push(line),
             Err(_) => {
                 let _ = child.kill();
-                panic!("netguard trace did not start; stderr:\n{}", stderr_seen.join("\n"));
+                panic!(
+                    "netguard trace did not start; stderr:\n{}",
+                    stderr_seen.join("\n")
+                );
             }
         }
     }
@@ -152,17 +227,28 @@ fn the_trace_command_prints_a_move_as_json() {
     reader.join().unwrap();
     stderr_seen.extend(stderr_lines.try_iter());
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "exit {}; stderr:\n{}", output.status, stderr_seen.join("\n"));
     assert!(
-        stderr_seen.iter().any(|l| l == "netguard: tracing with the netlink backend"),
+        output.status.success(),
+        "exit {}; stderr:\n{}",
+        output.status,
+        stderr_seen.join("\n")
+    );
+    assert!(
+        stderr_seen
+            .iter()
+            .any(|l| l == "netguard: tracing with the netlink backend"),
         "stderr does not name the backend:\n{}",
         stderr_seen.join("\n")
     );
     let events: Vec<Event> = stdout
         .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("not an event ({err}): {line}")))
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("not an event ({err}): {line}"))
+        })
         .collect();
-    let moved = events.iter().find(|e| e.kind == EventKind::Move && is_at(&e.from, "c1", a.inode()));
+    let moved = events
+        .iter()
+        .find(|e| e.kind == EventKind::Move && is_at(&e.from, "c1", a.inode()));
     let moved = moved.unwrap_or_else(|| panic!("no move of c1 from A in:\n{stdout}"));
     assert!(is_at(&moved.to, "c1", b.inode()), "{moved:?}");
 }

@@ -21,12 +21,21 @@ pub const IP: &str = "/sbin/ip";
 /// failed test).
 pub fn ip(args: &[&str]) {
     let out = Command::new(IP).args(args).output().expect("run ip");
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Runs `ip ARGS` and returns whether it succeeded.
 pub fn ip_ok(args: &[&str]) -> bool {
-    Command::new(IP).args(args).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new(IP)
+        .args(args)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// A named netns (`/run/netns/NAME`) deleted on drop, even when the test panics.
@@ -63,8 +72,18 @@ impl TestNetns {
 
     /// `ip -n NAME ARGS`, returning stdout (for comparing dumps).
     pub fn ip_out(&self, args: &[&str]) -> String {
-        let out = Command::new(IP).args(["-n", &self.name]).args(args).output().expect("run ip");
-        assert!(out.status.success(), "ip -n {} {}: {}", self.name, args.join(" "), String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(IP)
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip -n {} {}: {}",
+            self.name,
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -131,12 +150,17 @@ pub fn link(ns: &TestNetns, dev: &str) -> Value {
 }
 
 pub fn is_up(link: &Value) -> bool {
-    link["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "UP"))
+    link["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == "UP"))
 }
 
 pub fn has_addr(ns: &TestNetns, dev: &str, addr: &str, prefix: u64) -> bool {
     let info = ns.ip_json(&["addr", "show", "dev", dev]);
-    info[0]["addr_info"].as_array().is_some_and(|a| a.iter().any(|i| i["local"] == addr && i["prefixlen"] == prefix))
+    info[0]["addr_info"].as_array().is_some_and(|a| {
+        a.iter()
+            .any(|i| i["local"] == addr && i["prefixlen"] == prefix)
+    })
 }
 
 /// Pings a few times: the first packet may wait on ARP.
@@ -151,17 +175,28 @@ pub fn dumps(ns: &TestNetns) -> Vec<String> {
     for l in ns.ip_json(&["-d", "link", "show"]).as_array().unwrap() {
         out.push(format!(
             "link {} {} {} {} master={} up={}",
-            l["ifindex"], l["ifname"], l["address"], l["linkinfo"]["info_kind"], l["master"], is_up(l)
+            l["ifindex"],
+            l["ifname"],
+            l["address"],
+            l["linkinfo"]["info_kind"],
+            l["master"],
+            is_up(l)
         ));
     }
     for l in ns.ip_json(&["addr", "show"]).as_array().unwrap() {
         for a in l["addr_info"].as_array().unwrap() {
-            out.push(format!("addr {} {}/{}", l["ifname"], a["local"], a["prefixlen"]));
+            out.push(format!(
+                "addr {} {}/{}",
+                l["ifname"], a["local"], a["prefixlen"]
+            ));
         }
     }
     for family in ["-4", "-6"] {
         for r in ns.ip_json(&[family, "route", "show"]).as_array().unwrap() {
-            out.push(format!("route {} via {} dev {}", r["dst"], r["gateway"], r["dev"]));
+            out.push(format!(
+                "route {} via {} dev {}",
+                r["dst"], r["gateway"], r["dev"]
+            ));
         }
     }
     out
@@ -182,7 +217,10 @@ impl Bridged {
         host.ip(&["link", "add", "br0", "type", "bridge"]);
         host.ip(&["addr", "add", "198.18.1.1/24", "dev", "br0"]);
         host.ip(&["link", "set", "br0", "up"]);
-        host.ip(&["link", "add", "vh0", "mtu", "1400", "type", "veth", "peer", "name", "eth0", "mtu", "1400", "netns", &c.name]);
+        host.ip(&[
+            "link", "add", "vh0", "mtu", "1400", "type", "veth", "peer", "name", "eth0", "mtu",
+            "1400", "netns", &c.name,
+        ]);
         host.ip(&["link", "set", "vh0", "master", "br0"]);
         host.ip(&["link", "set", "vh0", "up"]);
         c.ip(&["addr", "add", "198.18.1.2/24", "dev", "eth0"]);
@@ -207,20 +245,39 @@ pub struct MacvlanPod {
 
 impl MacvlanPod {
     pub fn new(tag: &str) -> MacvlanPod {
-        let w = MacvlanPod { host: TestNetns::new(&format!("{tag}h")), pod: TestNetns::new(&format!("{tag}p")) };
+        let w = MacvlanPod {
+            host: TestNetns::new(&format!("{tag}h")),
+            pod: TestNetns::new(&format!("{tag}p")),
+        };
         w.add_parent();
-        w.host.ip(&["link", "add", "link", "pv0", "name", "mv0", "netns", &w.pod.name, "type", "macvlan", "mode", "bridge"]);
+        w.host.ip(&[
+            "link",
+            "add",
+            "link",
+            "pv0",
+            "name",
+            "mv0",
+            "netns",
+            &w.pod.name,
+            "type",
+            "macvlan",
+            "mode",
+            "bridge",
+        ]);
         w.pod.ip(&["addr", "add", "198.18.2.2/24", "dev", "mv0"]);
         w.pod.ip(&["link", "set", "mv0", "up"]);
         w.pod.ip(&["route", "add", "default", "via", "198.18.2.1"]);
-        w.pod.ip(&["route", "add", "198.19.2.0/24", "via", "198.18.2.1"]);
+        w.pod
+            .ip(&["route", "add", "198.19.2.0/24", "via", "198.18.2.1"]);
         w
     }
 
     /// Creates the parent pv0 (again, after a "driver reload" removed it).
     pub fn add_parent(&self) {
-        self.host.ip(&["link", "add", "pv0", "type", "veth", "peer", "name", "pv1"]);
-        self.host.ip(&["addr", "add", "198.18.2.1/24", "dev", "pv1"]);
+        self.host
+            .ip(&["link", "add", "pv0", "type", "veth", "peer", "name", "pv1"]);
+        self.host
+            .ip(&["addr", "add", "198.18.2.1/24", "dev", "pv1"]);
         self.host.ip(&["link", "set", "pv0", "up"]);
         self.host.ip(&["link", "set", "pv1", "up"]);
     }
@@ -241,9 +298,17 @@ impl EventWatch {
     /// Starts the tracer; `ours` are the namespaces whose events count (read their inodes
     /// now: they may be deleted later in the test).
     pub async fn start(choice: BackendChoice, host: &TestNetns, ours: &[&TestNetns]) -> EventWatch {
-        let options = TraceOptions { host_netns: Some(host.path()) };
-        let tracer = Tracer::start(choice, options).await.expect("start the tracer");
-        EventWatch { tracer, ours: ours.iter().map(|ns| ns.inode()).collect(), seen: Vec::new() }
+        let options = TraceOptions {
+            host_netns: Some(host.path()),
+        };
+        let tracer = Tracer::start(choice, options)
+            .await
+            .expect("start the tracer");
+        EventWatch {
+            tracer,
+            ours: ours.iter().map(|ns| ns.inode()).collect(),
+            seen: Vec::new(),
+        }
     }
 
     /// The next event about our namespaces that `wanted` accepts; panics after
@@ -254,10 +319,19 @@ impl EventWatch {
             let next = tokio::time::timeout_at(deadline, self.tracer.next()).await;
             let event = match next {
                 Ok(Some(event)) => event,
-                Ok(None) => panic!("the tracer stopped while waiting for {what}; seen:\n{}", self.seen_lines()),
-                Err(_) => panic!("no {what} within {EVENT_TIMEOUT:?}; seen:\n{}", self.seen_lines()),
+                Ok(None) => panic!(
+                    "the tracer stopped while waiting for {what}; seen:\n{}",
+                    self.seen_lines()
+                ),
+                Err(_) => panic!(
+                    "no {what} within {EVENT_TIMEOUT:?}; seen:\n{}",
+                    self.seen_lines()
+                ),
             };
-            let place_is_ours = |p: &Option<Place>| p.as_ref().is_some_and(|p| self.ours.contains(&p.netns.inode));
+            let place_is_ours = |p: &Option<Place>| {
+                p.as_ref()
+                    .is_some_and(|p| self.ours.contains(&p.netns.inode))
+            };
             if !(place_is_ours(&event.from) || place_is_ours(&event.to)) {
                 continue;
             }
@@ -282,7 +356,9 @@ impl EventWatch {
 
 /// Whether a place is `name` in the netns with that inode.
 pub fn is_at(place: &Option<Place>, name: &str, netns: u64) -> bool {
-    place.as_ref().is_some_and(|p| p.name.as_deref() == Some(name) && p.netns.inode == netns)
+    place
+        .as_ref()
+        .is_some_and(|p| p.name.as_deref() == Some(name) && p.netns.inode == netns)
 }
 
 /// The workspace's `netguard` binary, built first (a no-op when up to date) so that a test
@@ -296,12 +372,25 @@ pub fn netguard_bin() -> PathBuf {
 fn build_netguard() -> PathBuf {
     // Test executables live in <target>/<profile>/deps/.
     let exe = std::env::current_exe().expect("path of the test executable");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("<target>/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("<target>/<profile>");
     let target_dir = profile_dir.parent().expect("<target>");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
     let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", "netguard", "--bin", "netguard", "--target-dir"])
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "netguard",
+            "--bin",
+            "netguard",
+            "--target-dir",
+        ])
         .arg(target_dir)
         .current_dir(workspace)
         .status()
@@ -325,7 +414,11 @@ pub const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Polls `done` every 50 ms until it holds and returns how long that took; panics after
 /// [`AGENT_TIMEOUT`] with `what` and what `explain` shows then.
-pub fn wait_until(what: &str, done: impl FnMut() -> bool, explain: impl FnOnce() -> String) -> Duration {
+pub fn wait_until(
+    what: &str,
+    done: impl FnMut() -> bool,
+    explain: impl FnOnce() -> String,
+) -> Duration {
     wait_until_every(Duration::from_millis(50), what, done, explain)
 }
 
@@ -361,7 +454,11 @@ impl Ran {
 
 impl fmt::Display for Ran {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}\n--- stdout:\n{}--- stderr:\n{}", self.status, self.stdout, self.stderr)
+        write!(
+            f,
+            "{}\n--- stdout:\n{}--- stderr:\n{}",
+            self.status, self.stdout, self.stderr
+        )
     }
 }
 
@@ -386,7 +483,12 @@ impl Netguard {
 
     /// The same command on the ledger in `state_dir`.
     pub fn with_state_dir(&self, state_dir: PathBuf) -> Netguard {
-        Netguard { bin: self.bin.clone(), state_dir, socket: self.socket.clone(), host_netns: self.host_netns.clone() }
+        Netguard {
+            bin: self.bin.clone(),
+            state_dir,
+            socket: self.socket.clone(),
+            host_netns: self.host_netns.clone(),
+        }
     }
 
     /// `netguard ARGS --state-dir .. --socket .. --host-netns ..`.
@@ -406,7 +508,11 @@ impl Netguard {
     }
 
     pub fn run(&self, args: &[&str]) -> Ran {
-        let out = self.command(args).stdin(Stdio::null()).output().expect("run netguard");
+        let out = self
+            .command(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run netguard");
         Ran {
             status: out.status,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -424,14 +530,19 @@ impl Netguard {
     /// `netguard status --json`, parsed.
     pub fn status_json(&self) -> Value {
         let ran = self.run_ok(&["status", "--json"]);
-        serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {ran}"))
+        serde_json::from_str(&ran.stdout)
+            .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {ran}"))
     }
 
     /// The status row of the link `name` in `netns`, if listed.
     pub fn status_row(&self, netns: &TestNetns, name: &str) -> Option<Value> {
         let netns = netns.path().display().to_string();
         let status = self.status_json();
-        status["rows"].as_array()?.iter().find(|r| r["name"] == name && r["netns"] == netns.as_str()).cloned()
+        status["rows"]
+            .as_array()?
+            .iter()
+            .find(|r| r["name"] == name && r["netns"] == netns.as_str())
+            .cloned()
     }
 
     /// Where an agent started by [`Netguard::start_agent`] logs (every start appends).
@@ -446,7 +557,11 @@ impl Netguard {
     /// Starts `netguard agent --backend netlink --interval 1` and waits until it answers
     /// `status` itself.
     pub fn start_agent(&self) -> AgentProcess {
-        let log = File::options().create(true).append(true).open(self.log_path()).expect("open the agent log");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open the agent log");
         let child = self
             .command(&["agent", "--backend", "netlink", "--interval", "1"])
             .stdin(Stdio::null())
@@ -460,11 +575,15 @@ impl Netguard {
             "the agent answers status",
             || {
                 if let Ok(Some(exit)) = agent.child.try_wait() {
-                    panic!("netguard agent exited ({exit}) while starting; log:\n{}", self.log());
+                    panic!(
+                        "netguard agent exited ({exit}) while starting; log:\n{}",
+                        self.log()
+                    );
                 }
                 // Only a live socket: `status` without an agent takes the ledger's lock,
                 // which the starting agent needs.
-                UnixStream::connect(&self.socket).is_ok() && self.status_json()["agent"]["pid"] == pid
+                UnixStream::connect(&self.socket).is_ok()
+                    && self.status_json()["agent"]["pid"] == pid
             },
             || format!("log:\n{}", self.log()),
         );
@@ -476,8 +595,17 @@ impl Netguard {
         let mut text = format!("netguard status: {}\n", self.run(&["status"]));
         for ns in netns {
             for what in [&["-d", "link"][..], &["addr"], &["route"]] {
-                let out = Command::new(IP).args(["-n", &ns.name]).args(what).output().expect("run ip");
-                text += &format!("--- ip -n {} {}:\n{}", ns.name, what.join(" "), String::from_utf8_lossy(&out.stdout));
+                let out = Command::new(IP)
+                    .args(["-n", &ns.name])
+                    .args(what)
+                    .output()
+                    .expect("run ip");
+                text += &format!(
+                    "--- ip -n {} {}:\n{}",
+                    ns.name,
+                    what.join(" "),
+                    String::from_utf8_lossy(&out.stdout)
+                );
             }
         }
         text + &format!("--- agent log:\n{}", self.log())

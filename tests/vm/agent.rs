@@ -37,11 +37,19 @@ impl Agent {
             .stderr(log_file)
             .spawn()
             .map_err(|e| format!("cannot start the agent: {e}"))?;
-        let agent = Agent { child, state_dir, socket, log };
+        let agent = Agent {
+            child,
+            state_dir,
+            socket,
+            log,
+        };
         let started = Instant::now();
         while agent.status().is_err() {
             if started.elapsed() > WAIT {
-                return Err(format!("the agent never answered; its log:\n{}", agent.log_tail()));
+                return Err(format!(
+                    "the agent never answered; its log:\n{}",
+                    agent.log_tail()
+                ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -68,7 +76,8 @@ impl Agent {
 
     fn status(&self) -> Result<Value, String> {
         let text = self.netguard(&["status", "--json"])?;
-        let status: Value = serde_json::from_str(&text).map_err(|e| format!("status --json: {e}: {text}"))?;
+        let status: Value =
+            serde_json::from_str(&text).map_err(|e| format!("status --json: {e}: {text}"))?;
         if status["agent"].is_null() {
             return Err("status says no agent".into());
         }
@@ -106,22 +115,31 @@ fn link(netns: Option<&str>, name: &str) -> Option<Value> {
     if let Some(ns) = netns {
         cmd.args(["-n", ns]);
     }
-    let out = cmd.args(["addr", "show", "dev", name]).stderr(Stdio::null()).output().ok()?;
+    let out = cmd
+        .args(["addr", "show", "dev", name])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
     let parsed: Value = serde_json::from_slice(&out.stdout).ok()?;
     parsed.as_array()?.first().cloned()
 }
 
 fn has_address(link: &Value, addr: &str, prefix: u64) -> bool {
-    link["addr_info"]
-        .as_array()
-        .is_some_and(|a| a.iter().any(|i| i["local"] == addr && i["prefixlen"] == prefix))
+    link["addr_info"].as_array().is_some_and(|a| {
+        a.iter()
+            .any(|i| i["local"] == addr && i["prefixlen"] == prefix)
+    })
 }
 
 fn has_default_route(netns: &str, dev: &str, via: &str) -> bool {
-    let out = Command::new(IP).args(["-j", "-n", netns, "route", "show", "default"]).output();
+    let out = Command::new(IP)
+        .args(["-j", "-n", netns, "route", "show", "default"])
+        .output();
     let Ok(out) = out else { return false };
     let routes: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    routes.as_array().is_some_and(|r| r.iter().any(|r| r["dev"] == dev && r["gateway"] == via))
+    routes
+        .as_array()
+        .is_some_and(|r| r.iter().any(|r| r["dev"] == dev && r["gateway"] == via))
 }
 
 /// Polls `check` until it holds; returns how long that took.
@@ -140,9 +158,13 @@ fn nic_home(name: &str, mac: &str) -> bool {
     link(None, name).is_some_and(|l| l["address"] == mac)
 }
 
-type Scenario = for<'a> fn(&'a Agent) -> std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + 'a>>;
+type Scenario =
+    for<'a> fn(&'a Agent) -> std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + 'a>>;
 
-pub async fn run_all(backend: BackendKind, wanted: &dyn Fn(&str) -> bool) -> Vec<(&'static str, Outcome)> {
+pub async fn run_all(
+    backend: BackendKind,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Vec<(&'static str, Outcome)> {
     let scenarios: [(&'static str, Scenario); 5] = [
         ("agent-refund-home", |a| Box::pin(refund_home(a))),
         ("agent-two-refunds", |a| Box::pin(two_refunds(a))),
@@ -150,7 +172,10 @@ pub async fn run_all(backend: BackendKind, wanted: &dyn Fn(&str) -> bool) -> Vec
         ("agent-persistent-lend", |a| Box::pin(persistent_lend(a))),
         ("agent-driver-reload", |a| Box::pin(driver_reload(a))),
     ];
-    let chosen: Vec<_> = scenarios.into_iter().filter(|(name, _)| wanted(name)).collect();
+    let chosen: Vec<_> = scenarios
+        .into_iter()
+        .filter(|(name, _)| wanted(name))
+        .collect();
     if chosen.is_empty() {
         return Vec::new();
     }
@@ -160,7 +185,9 @@ pub async fn run_all(backend: BackendKind, wanted: &dyn Fn(&str) -> bool) -> Vec
     };
     let mut results = Vec::new();
     for (name, scenario) in chosen {
-        let outcome = scenario(&agent).await.map_err(|why| format!("{why}\n  agent log:\n{}", agent.log_tail()));
+        let outcome = scenario(&agent)
+            .await
+            .map_err(|why| format!("{why}\n  agent log:\n{}", agent.log_tail()));
         results.push((name, outcome));
         cleanup();
     }
@@ -176,12 +203,21 @@ async fn refund_home(agent: &Agent) -> Outcome {
     ip(&["netns", "add", "c1"])?;
     ip(&["link", "set", "eth1", "netns", "c1", "name", "eth0"])?;
     // The agent has seen it leave (and so knows its home name) before the netns goes.
-    until("the agent sees eth1 lent", || agent.row("eth1").is_ok_and(|r| r["state"] == "lent")).await?;
+    until("the agent sees eth1 lent", || {
+        agent.row("eth1").is_ok_and(|r| r["state"] == "lent")
+    })
+    .await?;
     let start = Instant::now();
     ip(&["netns", "del", "c1"])?;
-    until("eth1 home under its name", || nic_home("eth1", "52:54:00:12:34:57")).await?;
+    until("eth1 home under its name", || {
+        nic_home("eth1", "52:54:00:12:34:57")
+    })
+    .await?;
     let took = start.elapsed();
-    println!("NGVM INFO agent: eth1 renamed home {} ms after `ip netns del`", took.as_millis());
+    println!(
+        "NGVM INFO agent: eth1 renamed home {} ms after `ip netns del`",
+        took.as_millis()
+    );
     let row = agent.row("eth1")?;
     if row["state"] != "restored" {
         return Err(format!("status row: {row}"));
@@ -196,14 +232,22 @@ async fn two_refunds(agent: &Agent) -> Outcome {
         ip(&["link", "set", nic, "netns", ns, "name", "eth0"])?;
     }
     until("the agent sees both lent", || {
-        ["eth1", "eth2"].iter().all(|n| agent.row(n).is_ok_and(|r| r["state"] == "lent"))
+        ["eth1", "eth2"]
+            .iter()
+            .all(|n| agent.row(n).is_ok_and(|r| r["state"] == "lent"))
     })
     .await?;
     let start = Instant::now();
     ip(&["netns", "del", "c1"])?;
     ip(&["netns", "del", "c2"])?;
-    until("eth1 and eth2 home", || nic_home("eth1", "52:54:00:12:34:57") && nic_home("eth2", "52:54:00:12:34:58")).await?;
-    println!("NGVM INFO agent: two refunded NICs home {} ms after the deletes", start.elapsed().as_millis());
+    until("eth1 and eth2 home", || {
+        nic_home("eth1", "52:54:00:12:34:57") && nic_home("eth2", "52:54:00:12:34:58")
+    })
+    .await?;
+    println!(
+        "NGVM INFO agent: two refunded NICs home {} ms after the deletes",
+        start.elapsed().as_millis()
+    );
     Ok(())
 }
 
@@ -236,15 +280,29 @@ async fn lend_reclaim(agent: &Agent) -> Outcome {
 /// when a netns is re-created at the same path.
 async fn persistent_lend(agent: &Agent) -> Outcome {
     ip(&["netns", "add", "c3"])?;
-    agent.netguard(&["lend", "eth2", "--netns", "/run/netns/c3", "--name", "eth0", "--persistent"])?;
+    agent.netguard(&[
+        "lend",
+        "eth2",
+        "--netns",
+        "/run/netns/c3",
+        "--name",
+        "eth0",
+        "--persistent",
+    ])?;
     ip(&["netns", "del", "c3"])?;
-    until("eth2 home after its container died", || nic_home("eth2", "52:54:00:12:34:58")).await?;
+    until("eth2 home after its container died", || {
+        nic_home("eth2", "52:54:00:12:34:58")
+    })
+    .await?;
     ip(&["netns", "add", "c3"])?;
     let took = until("eth2 lent again as eth0 in the new c3", || {
         link(Some("c3"), "eth0").is_some_and(|l| l["address"] == "52:54:00:12:34:58")
     })
     .await?;
-    println!("NGVM INFO agent: persistent lend renewed {} ms after the netns came back", took.as_millis());
+    println!(
+        "NGVM INFO agent: persistent lend renewed {} ms after the netns came back",
+        took.as_millis()
+    );
     agent.netguard(&["reclaim", "eth0"])?;
     Ok(())
 }
@@ -258,16 +316,44 @@ async fn driver_reload(agent: &Agent) -> Outcome {
         &["netns", "add", "p2"],
         &["link", "set", "eth1", "up"],
         &["link", "set", "eth2", "up"],
-        &["link", "add", "link", "eth1", "name", "eth1.3", "type", "vlan", "id", "3"],
+        &[
+            "link", "add", "link", "eth1", "name", "eth1.3", "type", "vlan", "id", "3",
+        ],
         &["link", "set", "eth1.3", "up"],
-        &["link", "add", "link", "eth1.3", "name", "mvp1", "type", "macvlan", "mode", "bridge"],
+        &[
+            "link", "add", "link", "eth1.3", "name", "mvp1", "type", "macvlan", "mode", "bridge",
+        ],
         &["link", "set", "mvp1", "netns", "p1"],
-        &["-n", "p1", "link", "set", "mvp1", "name", "eth0", "address", "02:00:00:00:03:02", "up"],
+        &[
+            "-n",
+            "p1",
+            "link",
+            "set",
+            "mvp1",
+            "name",
+            "eth0",
+            "address",
+            "02:00:00:00:03:02",
+            "up",
+        ],
         &["-n", "p1", "addr", "add", "198.18.3.2/24", "dev", "eth0"],
         &["-n", "p1", "route", "add", "default", "via", "198.18.3.1"],
-        &["link", "add", "link", "eth2", "name", "mvp2", "type", "macvlan", "mode", "bridge"],
+        &[
+            "link", "add", "link", "eth2", "name", "mvp2", "type", "macvlan", "mode", "bridge",
+        ],
         &["link", "set", "mvp2", "netns", "p2"],
-        &["-n", "p2", "link", "set", "mvp2", "name", "eth0", "address", "02:00:00:00:04:02", "up"],
+        &[
+            "-n",
+            "p2",
+            "link",
+            "set",
+            "mvp2",
+            "name",
+            "eth0",
+            "address",
+            "02:00:00:00:04:02",
+            "up",
+        ],
         &["-n", "p2", "addr", "add", "198.18.4.2/24", "dev", "eth0"],
         &["-n", "p2", "route", "add", "default", "via", "198.18.4.1"],
     ] {
@@ -289,35 +375,60 @@ async fn driver_reload(agent: &Agent) -> Outcome {
     });
     std::fs::write("/tmp/checkpoint-p2", checkpoint.to_string()).map_err(|e| e.to_string())?;
     agent.netguard(&["import-cni", "/tmp/checkpoint-p2"])?;
-    let inode = |ns: &str| netguard::netns::inode_of(std::path::Path::new(&format!("/run/netns/{ns}"))).ok();
+    let inode = |ns: &str| {
+        netguard::netns::inode_of(std::path::Path::new(&format!("/run/netns/{ns}"))).ok()
+    };
     let (p1, p2) = (inode("p1"), inode("p2"));
 
     let start = Instant::now();
-    let reload = Command::new("sh").args(["-c", "modprobe -r e1000 && modprobe e1000"]).output().map_err(|e| e.to_string())?;
+    let reload = Command::new("sh")
+        .args(["-c", "modprobe -r e1000 && modprobe e1000"])
+        .output()
+        .map_err(|e| e.to_string())?;
     if !reload.status.success() {
-        return Err(format!("driver reload failed: {}", String::from_utf8_lossy(&reload.stderr)));
+        return Err(format!(
+            "driver reload failed: {}",
+            String::from_utf8_lossy(&reload.stderr)
+        ));
     }
     let pod_back = |ns: &str, mac: &str, addr: &str, gw: &str| {
-        link(Some(ns), "eth0").is_some_and(|l| l["address"] == mac && has_address(&l, addr, 24)) && has_default_route(ns, "eth0", gw)
+        link(Some(ns), "eth0").is_some_and(|l| l["address"] == mac && has_address(&l, addr, 24))
+            && has_default_route(ns, "eth0", gw)
     };
-    until("p1's macvlan back with MAC, address, default route", || pod_back("p1", "02:00:00:00:03:02", "198.18.3.2", "198.18.3.1")).await?;
-    until("p2's macvlan back from the checkpoint", || pod_back("p2", "02:00:00:00:04:02", "198.18.4.2", "198.18.4.1")).await?;
+    until("p1's macvlan back with MAC, address, default route", || {
+        pod_back("p1", "02:00:00:00:03:02", "198.18.3.2", "198.18.3.1")
+    })
+    .await?;
+    until("p2's macvlan back from the checkpoint", || {
+        pod_back("p2", "02:00:00:00:04:02", "198.18.4.2", "198.18.4.1")
+    })
+    .await?;
     let took = start.elapsed();
     let vlan = link(None, "eth1.3").ok_or("vlan eth1.3 not back in the host")?;
-    let detail = Command::new(IP).args(["-d", "link", "show", "eth1.3"]).output().map_err(|e| e.to_string())?;
+    let detail = Command::new(IP)
+        .args(["-d", "link", "show", "eth1.3"])
+        .output()
+        .map_err(|e| e.to_string())?;
     if !String::from_utf8_lossy(&detail.stdout).contains("vlan protocol 802.1Q id 3") {
         return Err(format!("eth1.3 is not vlan id 3: {vlan}"));
     }
     if (inode("p1"), inode("p2")) != (p1, p2) {
         return Err("a pod netns was replaced".into());
     }
-    println!("NGVM INFO agent: vlan + 2 macvlans back {} ms after the driver reload started", took.as_millis());
+    println!(
+        "NGVM INFO agent: vlan + 2 macvlans back {} ms after the driver reload started",
+        took.as_millis()
+    );
     let status = agent.status()?;
     let restored = status["rows"].as_array().map_or(0, |rows| {
-        rows.iter().filter(|r| r["name"] == "eth0" && r["kind"] == "macvlan" && r["state"] == "restored").count()
+        rows.iter()
+            .filter(|r| r["name"] == "eth0" && r["kind"] == "macvlan" && r["state"] == "restored")
+            .count()
     });
     if restored != 2 {
-        return Err(format!("status does not show both macvlans restored: {status}"));
+        return Err(format!(
+            "status does not show both macvlans restored: {status}"
+        ));
     }
     Ok(())
 }

@@ -42,7 +42,11 @@ impl Trace {
                 }
             }
         });
-        Ok(Trace { events, dropped_requests, backend })
+        Ok(Trace {
+            events,
+            dropped_requests,
+            backend,
+        })
     }
 
     /// Index of the next event: scenarios look only at what came after their own mark.
@@ -61,7 +65,11 @@ impl Trace {
     ) -> Result<Vec<Event>, String> {
         let start = Instant::now();
         loop {
-            let found: Vec<Event> = self.events.lock().unwrap()[mark..].iter().filter(|e| pred(e)).cloned().collect();
+            let found: Vec<Event> = self.events.lock().unwrap()[mark..]
+                .iter()
+                .filter(|e| pred(e))
+                .cloned()
+                .collect();
             if found.len() >= count {
                 return Ok(found);
             }
@@ -149,7 +157,10 @@ fn parse_args() -> (Vec<BackendKind>, Option<String>) {
 #[tokio::main]
 async fn main() {
     let (backends, filter) = parse_args();
-    let mut report = Report { passed: 0, failed: 0 };
+    let mut report = Report {
+        passed: 0,
+        failed: 0,
+    };
     for backend in backends {
         let wanted = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
         let trace = match Trace::start(backend).await {
@@ -172,5 +183,8 @@ async fn main() {
             report.verdict(&format!("{backend}/{name}"), result);
         }
     }
-    println!("NGVM SUMMARY {} passed, {} failed", report.passed, report.failed);
+    println!(
+        "NGVM SUMMARY {} passed, {} failed",
+        report.passed, report.failed
+    );
 }

@@ -38,10 +38,18 @@ pub async fn back_and_forth(name: &str, netns: &str, count: usize) -> Result<Dur
     let index = link.header.index;
     let start = Instant::now();
     for n in 0..count {
-        let (handle, target) = if n % 2 == 0 { (&host, &there) } else { (&guest, &home) };
+        let (handle, target) = if n % 2 == 0 {
+            (&host, &there)
+        } else {
+            (&guest, &home)
+        };
         handle
             .link()
-            .set(LinkUnspec::new_with_index(index).setns_by_fd(target.as_raw_fd()).build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .setns_by_fd(target.as_raw_fd())
+                    .build(),
+            )
             .execute()
             .await
             .map_err(|e| format!("move {n} of {name}: {e}"))?;

@@ -42,37 +42,60 @@ pub async fn run_all(trace: &Trace, wanted: &dyn Fn(&str) -> bool) -> Vec<(&'sta
 
 /// Runs iproute2, returning its stderr as the error.
 pub fn ip(args: &[&str]) -> Outcome {
-    let out = Command::new(IP).args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
+    let out = Command::new(IP)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
     if !out.status.success() {
-        return Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     Ok(())
 }
 
 fn netns_inode(name: &str) -> Result<u64, String> {
-    netguard::netns::inode_of(std::path::Path::new(&format!("/run/netns/{name}"))).map_err(|e| e.to_string())
+    netguard::netns::inode_of(std::path::Path::new(&format!("/run/netns/{name}")))
+        .map_err(|e| e.to_string())
 }
 
 /// Puts the guest back as it booted: eth0..eth2 home under their names, no test netns.
 pub fn cleanup() {
     for ns in ["c1", "c2", "c3", "p1", "p2"] {
-        let _ = Command::new(IP).args(["netns", "del", ns]).stderr(Stdio::null()).status();
+        let _ = Command::new(IP)
+            .args(["netns", "del", ns])
+            .stderr(Stdio::null())
+            .status();
     }
     for link in ["mv0", "eth1.3"] {
-        let _ = Command::new(IP).args(["link", "del", link]).stderr(Stdio::null()).status();
+        let _ = Command::new(IP)
+            .args(["link", "del", link])
+            .stderr(Stdio::null())
+            .status();
     }
     // Let refunds land before renaming NICs home by their MAC's last byte (…:56 eth0, :57 eth1, :58 eth2).
     std::thread::sleep(Duration::from_millis(300));
     if let Ok(out) = Command::new(IP).args(["-o", "link"]).output() {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let name = line.split(':').nth(1).map(|s| s.trim().split('@').next().unwrap_or("").to_string());
-            let home = ["56", "57", "58"].iter().position(|tail| line.contains(&format!("52:54:00:12:34:{tail}")));
+            let name = line
+                .split(':')
+                .nth(1)
+                .map(|s| s.trim().split('@').next().unwrap_or("").to_string());
+            let home = ["56", "57", "58"]
+                .iter()
+                .position(|tail| line.contains(&format!("52:54:00:12:34:{tail}")));
             if let (Some(name), Some(n)) = (name, home) {
                 let home = format!("eth{n}");
                 // Down as at boot: a scenario may have set it up, and an up NIC cannot be renamed.
-                let _ = Command::new(IP).args(["link", "set", &name, "down"]).status();
+                let _ = Command::new(IP)
+                    .args(["link", "set", &name, "down"])
+                    .status();
                 if name != home {
-                    let _ = Command::new(IP).args(["link", "set", &name, "name", &home]).status();
+                    let _ = Command::new(IP)
+                        .args(["link", "set", &name, "name", &home])
+                        .status();
                 }
             }
         }
@@ -81,7 +104,10 @@ pub fn cleanup() {
 
 fn expect<T: PartialEq + std::fmt::Debug>(what: &str, got: T, want: T, event: &Event) -> Outcome {
     if got != want {
-        return Err(format!("{what}: got {got:?}, want {want:?} in {}", serde_json::to_string(event).unwrap_or_default()));
+        return Err(format!(
+            "{what}: got {got:?}, want {want:?} in {}",
+            serde_json::to_string(event).unwrap_or_default()
+        ));
     }
     Ok(())
 }
@@ -102,7 +128,9 @@ async fn explicit_move(trace: &Trace) -> Result<Option<netguard::event::DeviceKe
     let mark = trace.mark();
     ip(&["link", "set", "eth1", "netns", "c1", "name", "eth0"])?;
     let found = trace
-        .wait_for(mark, 1, WAIT, "move eth1 -> eth0 into c1", |e| e.kind == EventKind::Move && from_name(e) == Some("eth1"))
+        .wait_for(mark, 1, WAIT, "move eth1 -> eth0 into c1", |e| {
+            e.kind == EventKind::Move && from_name(e) == Some("eth1")
+        })
         .await?;
     let e = &found[0];
     expect("cause", e.cause, Cause::Explicit, e)?;
@@ -116,14 +144,45 @@ async fn explicit_move(trace: &Trace) -> Result<Option<netguard::event::DeviceKe
             .await?;
         let r = &renamed[0];
         expect("renamed from", from_name(r), to_name(e), r)?;
-        expect("renamed in", r.to.as_ref().map(|p| p.netns.inode), Some(c1), r)?;
-        expect("renamed by", r.by.as_ref().map(|a| a.comm.as_str()), Some("ip"), r)?;
+        expect(
+            "renamed in",
+            r.to.as_ref().map(|p| p.netns.inode),
+            Some(c1),
+            r,
+        )?;
+        expect(
+            "renamed by",
+            r.by.as_ref().map(|a| a.comm.as_str()),
+            Some("ip"),
+            r,
+        )?;
     }
-    expect("from init_net", e.from.as_ref().map(|p| p.netns.is_init()), Some(true), e)?;
-    expect("to netns", e.to.as_ref().map(|p| p.netns.inode), Some(c1), e)?;
-    expect("to netns named", e.to.as_ref().map(|p| p.netns.names.contains(&"/run/netns/c1".to_string())), Some(true), e)?;
+    expect(
+        "from init_net",
+        e.from.as_ref().map(|p| p.netns.is_init()),
+        Some(true),
+        e,
+    )?;
+    expect(
+        "to netns",
+        e.to.as_ref().map(|p| p.netns.inode),
+        Some(c1),
+        e,
+    )?;
+    expect(
+        "to netns named",
+        e.to.as_ref()
+            .map(|p| p.netns.names.contains(&"/run/netns/c1".to_string())),
+        Some(true),
+        e,
+    )?;
     expect("result", e.result.unwrap_or(0), 0, e)?;
-    expect("perm addr", e.perm_addr.as_deref(), Some("52:54:00:12:34:57"), e)?;
+    expect(
+        "perm addr",
+        e.perm_addr.as_deref(),
+        Some("52:54:00:12:34:57"),
+        e,
+    )?;
     if trace.backend != BackendKind::Netlink {
         expect("by", e.by.as_ref().map(|a| a.comm.as_str()), Some("ip"), e)?;
     }
@@ -136,22 +195,41 @@ async fn teardown_refund(trace: &Trace, key: Option<netguard::event::DeviceKey>)
     let mark = trace.mark();
     ip(&["netns", "del", "c1"])?;
     let found = trace
-        .wait_for(mark, 1, WAIT, "move eth0 -> devN out of c1", |e| e.kind == EventKind::Move && from_name(e) == Some("eth0"))
+        .wait_for(mark, 1, WAIT, "move eth0 -> devN out of c1", |e| {
+            e.kind == EventKind::Move && from_name(e) == Some("eth0")
+        })
         .await?;
     let e = &found[0];
     expect("cause", e.cause, Cause::NetnsTeardown, e)?;
-    expect("from netns", e.from.as_ref().map(|p| p.netns.inode), Some(c1), e)?;
-    expect("to init_net", e.to.as_ref().map(|p| p.netns.is_init()), Some(true), e)?;
+    expect(
+        "from netns",
+        e.from.as_ref().map(|p| p.netns.inode),
+        Some(c1),
+        e,
+    )?;
+    expect(
+        "to init_net",
+        e.to.as_ref().map(|p| p.netns.is_init()),
+        Some(true),
+        e,
+    )?;
     let after = to_name(e).unwrap_or("");
-    let is_dev_n = after.strip_prefix("dev").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let is_dev_n = after
+        .strip_prefix("dev")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
     if !is_dev_n {
-        return Err(format!("name after: got {after:?}, want devN in {}", serde_json::to_string(e).unwrap_or_default()));
+        return Err(format!(
+            "name after: got {after:?}, want devN in {}",
+            serde_json::to_string(e).unwrap_or_default()
+        ));
     }
     if key.is_some() {
         expect("same device as the lend", e.device, key, e)?;
     }
     trace
-        .wait_for(mark, 1, WAIT, "teardown-begin", |e| e.kind == EventKind::TeardownBegin)
+        .wait_for(mark, 1, WAIT, "teardown-begin", |e| {
+            e.kind == EventKind::TeardownBegin
+        })
         .await?;
     println!("NGVM INFO {}: refunded as {after}", trace.backend);
     Ok(())
@@ -162,7 +240,9 @@ async fn veth_dies_with_netns(trace: &Trace) -> Outcome {
     ip(&["netns", "add", "c2"])?;
     let c2 = netns_inode("c2")?;
     let mark = trace.mark();
-    ip(&["link", "add", "va0", "type", "veth", "peer", "name", "vb0", "netns", "c2"])?;
+    ip(&[
+        "link", "add", "va0", "type", "veth", "peer", "name", "vb0", "netns", "c2",
+    ])?;
     let registered = trace
         .wait_for(mark, 2, WAIT, "register va0 and vb0", |e| {
             e.kind == EventKind::Register && matches!(to_name(e), Some("va0" | "vb0"))
@@ -178,13 +258,34 @@ async fn veth_dies_with_netns(trace: &Trace) -> Outcome {
             e.kind == EventKind::Unregister && matches!(from_name(e), Some("va0" | "vb0"))
         })
         .await?;
-    let inner = gone.iter().find(|e| from_name(e) == Some("vb0")).ok_or("no unregister for vb0")?;
-    expect("vb0 netns", inner.from.as_ref().map(|p| p.netns.inode), Some(c2), inner)?;
+    let inner = gone
+        .iter()
+        .find(|e| from_name(e) == Some("vb0"))
+        .ok_or("no unregister for vb0")?;
+    expect(
+        "vb0 netns",
+        inner.from.as_ref().map(|p| p.netns.inode),
+        Some(c2),
+        inner,
+    )?;
     expect("vb0 netns dying", inner.netns_dying, Some(true), inner)?;
     expect("vb0 cause", inner.cause, Cause::NetnsTeardown, inner)?;
-    let outer = gone.iter().find(|e| from_name(e) == Some("va0")).ok_or("no unregister for va0")?;
-    expect("va0 in init_net", outer.from.as_ref().map(|p| p.netns.is_init()), Some(true), outer)?;
-    expect("va0 link kind", outer.link_kind.as_deref(), Some("veth"), outer)?;
+    let outer = gone
+        .iter()
+        .find(|e| from_name(e) == Some("va0"))
+        .ok_or("no unregister for va0")?;
+    expect(
+        "va0 in init_net",
+        outer.from.as_ref().map(|p| p.netns.is_init()),
+        Some(true),
+        outer,
+    )?;
+    expect(
+        "va0 link kind",
+        outer.link_kind.as_deref(),
+        Some("veth"),
+        outer,
+    )?;
     Ok(())
 }
 
@@ -194,18 +295,40 @@ async fn rename(trace: &Trace) -> Outcome {
     ip(&["link", "set", "eth2", "name", "wan0"])?;
     ip(&["link", "set", "wan0", "name", "eth2"])?;
     let found = trace
-        .wait_for(mark, 2, WAIT, "rename eth2 -> wan0 -> eth2", |e| e.kind == EventKind::Rename)
+        .wait_for(mark, 2, WAIT, "rename eth2 -> wan0 -> eth2", |e| {
+            e.kind == EventKind::Rename
+        })
         .await?;
     let (there, back) = (&found[0], &found[1]);
     expect("old name", from_name(there), Some("eth2"), there)?;
     expect("new name", to_name(there), Some("wan0"), there)?;
-    expect("ifindex kept", there.from.as_ref().map(|p| p.ifindex), there.to.as_ref().map(|p| p.ifindex), there)?;
-    expect("in init_net", there.from.as_ref().map(|p| p.netns.is_init()), Some(true), there)?;
+    expect(
+        "ifindex kept",
+        there.from.as_ref().map(|p| p.ifindex),
+        there.to.as_ref().map(|p| p.ifindex),
+        there,
+    )?;
+    expect(
+        "in init_net",
+        there.from.as_ref().map(|p| p.netns.is_init()),
+        Some(true),
+        there,
+    )?;
     expect("cause", there.cause, Cause::Explicit, there)?;
-    expect("back", (from_name(back), to_name(back)), (Some("wan0"), Some("eth2")), back)?;
+    expect(
+        "back",
+        (from_name(back), to_name(back)),
+        (Some("wan0"), Some("eth2")),
+        back,
+    )?;
     expect("same device", back.device, there.device, back)?;
     if trace.backend != BackendKind::Netlink {
-        expect("by", there.by.as_ref().map(|a| a.comm.as_str()), Some("ip"), there)?;
+        expect(
+            "by",
+            there.by.as_ref().map(|a| a.comm.as_str()),
+            Some("ip"),
+            there,
+        )?;
     }
     Ok(())
 }
@@ -243,7 +366,14 @@ pub async fn cli_record_report(backend: BackendKind) -> Outcome {
     let record = format!("/tmp/record-{backend}.jsonl");
     let _ = std::fs::remove_file(&record);
     let mut child = Command::new("/bin/netguard")
-        .args(["trace", "--backend", backend.as_str(), "--json", "--record", &record])
+        .args([
+            "trace",
+            "--backend",
+            backend.as_str(),
+            "--json",
+            "--record",
+            &record,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -266,7 +396,10 @@ pub async fn cli_record_report(backend: BackendKind) -> Outcome {
     // The refund lands asynchronously; wait until devN shows up in init_net.
     let mut refunded = None;
     for _ in 0..300 {
-        let out = Command::new(IP).args(["-o", "link"]).output().map_err(|e| e.to_string())?;
+        let out = Command::new(IP)
+            .args(["-o", "link"])
+            .output()
+            .map_err(|e| e.to_string())?;
         refunded = String::from_utf8_lossy(&out.stdout)
             .lines()
             .find(|l| l.contains("52:54:00:12:34:57"))
@@ -281,7 +414,9 @@ pub async fn cli_record_report(backend: BackendKind) -> Outcome {
     let dev_n = refunded.ok_or("eth1 never came back as devN")?;
     ip(&["link", "set", &dev_n, "name", "eth1"])?;
     ip(&["netns", "add", "c2"])?;
-    ip(&["link", "add", "va0", "type", "veth", "peer", "name", "vb0", "netns", "c2"])?;
+    ip(&[
+        "link", "add", "va0", "type", "veth", "peer", "name", "vb0", "netns", "c2",
+    ])?;
     ip(&["netns", "del", "c2"])?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     // SAFETY: signalling our own child.
@@ -299,19 +434,42 @@ pub async fn cli_record_report(backend: BackendKind) -> Outcome {
     let teardown = stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<Event>(l).ok())
-        .find(|e| e.kind == EventKind::Move && e.cause == Cause::NetnsTeardown && from_name(e) == Some("eth0"))
+        .find(|e| {
+            e.kind == EventKind::Move
+                && e.cause == Cause::NetnsTeardown
+                && from_name(e) == Some("eth0")
+        })
         .ok_or_else(|| format!("--json output has no netns-teardown move of eth0:\n{stdout}"))?;
-    expect("refund name", to_name(&teardown), Some(dev_n.as_str()), &teardown)?;
-    expect("refund to init_net", teardown.to.as_ref().map(|p| p.netns.is_init()), Some(true), &teardown)?;
+    expect(
+        "refund name",
+        to_name(&teardown),
+        Some(dev_n.as_str()),
+        &teardown,
+    )?;
+    expect(
+        "refund to init_net",
+        teardown.to.as_ref().map(|p| p.netns.is_init()),
+        Some(true),
+        &teardown,
+    )?;
     cleanup();
 
-    let report = Command::new("/bin/netguard").args(["report", &record]).output().map_err(|e| e.to_string())?;
+    let report = Command::new("/bin/netguard")
+        .args(["report", &record])
+        .output()
+        .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&report.stdout);
     let nic_line = format!("device eth1 -> eth0 -> {dev_n} -> eth1");
     if !report.status.success() || !text.contains(&nic_line) {
-        return Err(format!("report lacks {nic_line:?}:\n{text}{}", String::from_utf8_lossy(&report.stderr)));
+        return Err(format!(
+            "report lacks {nic_line:?}:\n{text}{}",
+            String::from_utf8_lossy(&report.stderr)
+        ));
     }
-    if !text.lines().any(|l| l.starts_with("device va0") || l.starts_with("device vb0")) {
+    if !text
+        .lines()
+        .any(|l| l.starts_with("device va0") || l.starts_with("device vb0"))
+    {
         return Err(format!("report lacks the veth pair:\n{text}"));
     }
     println!("NGVM INFO {backend}: report timeline: {nic_line}");

@@ -8,7 +8,14 @@ use crate::{setup, shell};
 
 pub fn run(quick: bool) -> anyhow::Result<ExitCode> {
     setup::run()?;
-    shell::cargo(&["build", "--release", "-p", "netguard", "-p", "netguard-bench"])?;
+    shell::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "netguard",
+        "-p",
+        "netguard-bench",
+    ])?;
     let target = shell::workspace_root().join("target");
     let mut bench = Command::new(target.join("release/netguard-bench"));
     bench.arg("--json").arg(target.join("bench/latest.json"));

@@ -51,7 +51,9 @@ fn main() -> ExitCode {
         Task::Setup => setup::run().map(|()| ExitCode::SUCCESS),
         Task::Run { args } => run(args),
         Task::Test { vm } => test(&vm),
-        Task::VmTest { vm } => setup::run().and_then(|()| vm::run(&vm)).map(|t| t.exit_code()),
+        Task::VmTest { vm } => setup::run()
+            .and_then(|()| vm::run(&vm))
+            .map(|t| t.exit_code()),
         Task::Bench { quick } => bench::run(quick),
     };
     match result {
@@ -66,10 +68,15 @@ fn main() -> ExitCode {
 fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
     setup::run()?;
     shell::cargo(&["build", "--release", "-p", "netguard"])?;
-    let args = if args.is_empty() { vec!["agent".to_string()] } else { args };
-    let status = std::process::Command::new(shell::workspace_root().join("target/release/netguard"))
-        .args(&args)
-        .status()?;
+    let args = if args.is_empty() {
+        vec!["agent".to_string()]
+    } else {
+        args
+    };
+    let status =
+        std::process::Command::new(shell::workspace_root().join("target/release/netguard"))
+            .args(&args)
+            .status()?;
     Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
 }
 
@@ -99,7 +106,10 @@ fn test(vm_args: &vm::VmArgs) -> anyhow::Result<ExitCode> {
     setup::run()?;
     let mut total = Tally::default();
     let cargo_tests = shell::cargo_test()?;
-    println!("cargo tests: {} passed, {} failed", cargo_tests.passed, cargo_tests.failed);
+    println!(
+        "cargo tests: {} passed, {} failed",
+        cargo_tests.passed, cargo_tests.failed
+    );
     total.add(cargo_tests);
     let vm = vm::run(vm_args)?;
     total.add(vm);

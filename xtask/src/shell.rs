@@ -8,12 +8,17 @@ use anyhow::{bail, Context};
 use crate::Tally;
 
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 /// Runs a command, failing with its name when it fails.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
     }
@@ -22,15 +27,23 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 
 /// Runs a command and returns its stdout, failing with its stderr.
 pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.stderr(Stdio::piped()).output().with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = cmd
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    run(Command::new(env!("CARGO")).args(args).current_dir(workspace_root()))
+    run(Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(workspace_root()))
 }
 
 /// `cargo test` over the workspace (unit and privileged host tests), counting the results
@@ -46,11 +59,20 @@ pub fn cargo_test() -> anyhow::Result<Tally> {
     print!("{text}");
     let mut tally = Tally::default();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix("test result: ") else { continue };
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            continue;
+        };
         for part in rest.split(';') {
             let mut words = part.split_whitespace().rev();
-            let (Some(label), Some(count)) = (words.next(), words.next()) else { continue };
-            let count: u32 = count.trim_start_matches("ok.").trim_start_matches("FAILED.").trim().parse().unwrap_or(0);
+            let (Some(label), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let count: u32 = count
+                .trim_start_matches("ok.")
+                .trim_start_matches("FAILED.")
+                .trim()
+                .parse()
+                .unwrap_or(0);
             match label {
                 "passed" => tally.passed += count,
                 "failed" => tally.failed += count,

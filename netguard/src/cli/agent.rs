@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use netguard::agent::{self, AgentOptions};
-use netguard::config::{FileConfig, DEFAULT_CONFIG, DEFAULT_INTERVAL, DEFAULT_SOCKET, DEFAULT_STATE_DIR};
+use netguard::config::{
+    FileConfig, DEFAULT_CONFIG, DEFAULT_INTERVAL, DEFAULT_SOCKET, DEFAULT_STATE_DIR,
+};
 use netguard::ledger::{Exclusions, LedgerOptions, Mac};
 use netguard::trace::BackendChoice;
 use tokio::signal::unix::{signal, SignalKind};
@@ -38,10 +40,20 @@ pub struct AgentArgs {
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     super::require_root()?;
     let explicit = args.config.is_some();
-    let file = FileConfig::load(args.config.as_deref().unwrap_or(DEFAULT_CONFIG.as_ref()), explicit)?;
-    let backend: BackendChoice = args.backend.or(file.backend).as_deref().unwrap_or("auto").parse()?;
+    let file = FileConfig::load(
+        args.config.as_deref().unwrap_or(DEFAULT_CONFIG.as_ref()),
+        explicit,
+    )?;
+    let backend: BackendChoice = args
+        .backend
+        .or(file.backend)
+        .as_deref()
+        .unwrap_or("auto")
+        .parse()?;
     let interval = match args.interval.or(file.interval) {
-        Some(secs) if !(secs.is_finite() && secs > 0.0) => anyhow::bail!("--interval {secs}: give a positive number of seconds"),
+        Some(secs) if !(secs.is_finite() && secs > 0.0) => {
+            anyhow::bail!("--interval {secs}: give a positive number of seconds")
+        }
         Some(secs) => Duration::from_secs_f64(secs),
         None => DEFAULT_INTERVAL,
     };
@@ -52,11 +64,18 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             Err(_) => exclude.names.push(item.clone()),
         }
     }
-    let mut ledger = LedgerOptions::new(args.state_dir.or(file.state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into()));
+    let mut ledger = LedgerOptions::new(
+        args.state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+    );
     ledger.exclude = exclude;
     let options = AgentOptions {
         ledger,
-        socket: args.socket.or(file.socket).unwrap_or_else(|| DEFAULT_SOCKET.into()),
+        socket: args
+            .socket
+            .or(file.socket)
+            .unwrap_or_else(|| DEFAULT_SOCKET.into()),
         backend,
         host_netns: args.host_netns.or(file.host_netns),
         interval,

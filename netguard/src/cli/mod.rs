@@ -17,7 +17,11 @@ use netguard::control::Operation;
 const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "netguard", version, about = "Keeps container network interfaces from silently vanishing or losing their names")]
+#[command(
+    name = "netguard",
+    version,
+    about = "Keeps container network interfaces from silently vanishing or losing their names"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -124,10 +128,15 @@ fn require_root() -> anyhow::Result<()> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The agent tells what it does; one-shot commands only warn.
-    let default_level = if matches!(cli.command, Command::Agent(_)) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Agent(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
         // No colour codes in a log file or the journal.
@@ -138,13 +147,34 @@ pub fn main() -> ExitCode {
         Command::Agent(args) => agent::run(args),
         Command::Status { place, json } => status::run(&place, json),
         Command::Learn { netns, place, json } => ops::run(&place, Operation::Learn { netns }, json),
-        Command::Lend { iface, netns, name, persistent, place } => {
-            ops::run(&place, Operation::Lend { iface, netns, name, persistent }, false)
-        }
+        Command::Lend {
+            iface,
+            netns,
+            name,
+            persistent,
+            place,
+        } => ops::run(
+            &place,
+            Operation::Lend {
+                iface,
+                netns,
+                name,
+                persistent,
+            },
+            false,
+        ),
         Command::Reclaim { iface, place } => ops::run(&place, Operation::Reclaim { iface }, false),
-        Command::ImportCni { path, place } => ops::run(&place, Operation::ImportCni { path }, false),
-        Command::Forget { name, netns, place } => ops::run(&place, Operation::Forget { name, netns }, false),
-        Command::Restore { dry_run, json, place } => ops::run(&place, Operation::Restore { dry_run }, json),
+        Command::ImportCni { path, place } => {
+            ops::run(&place, Operation::ImportCni { path }, false)
+        }
+        Command::Forget { name, netns, place } => {
+            ops::run(&place, Operation::Forget { name, netns }, false)
+        }
+        Command::Restore {
+            dry_run,
+            json,
+            place,
+        } => ops::run(&place, Operation::Restore { dry_run }, json),
         Command::Report { file, json } => output::report(&file, json),
     };
     match result {

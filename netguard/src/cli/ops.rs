@@ -49,7 +49,14 @@ pub fn run(place: &Place, operation: Operation, json: bool) -> anyhow::Result<Ex
     super::require_root()?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let reply = runtime.block_on(async {
-        match api::request::<Result<Reply, String>>(&place.socket, &Request::Operate { operation: operation.clone() }).await {
+        match api::request::<Result<Reply, String>>(
+            &place.socket,
+            &Request::Operate {
+                operation: operation.clone(),
+            },
+        )
+        .await
+        {
             Ok(answer) => answer.map_err(anyhow::Error::msg),
             Err(ApiError::NoAgent { .. }) => {
                 let (_lock, mut ledger, restorer) = place.open_locally()?;
@@ -63,5 +70,9 @@ pub fn run(place: &Place, operation: Operation, json: bool) -> anyhow::Result<Ex
     } else if !reply.text.is_empty() {
         println!("{}", reply.text);
     }
-    Ok(if reply.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if reply.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -17,12 +17,24 @@ pub fn run(place: &Place, json: bool) -> anyhow::Result<ExitCode> {
             Ok(status) => Ok((status, None)),
             Err(no_agent @ ApiError::NoAgent { .. }) if !place.state_dir.exists() => {
                 // Looking must not create a ledger.
-                Ok((Status { agent: None, rows: Vec::new() }, Some(no_agent)))
+                Ok((
+                    Status {
+                        agent: None,
+                        rows: Vec::new(),
+                    },
+                    Some(no_agent),
+                ))
             }
             Err(no_agent @ ApiError::NoAgent { .. }) => {
                 let (_lock, ledger, restorer) = place.open_locally()?;
                 let plan = restorer.dry_run(&ledger).await?;
-                Ok::<_, anyhow::Error>((Status { agent: None, rows: status::rows_with_plan(&ledger, &plan) }, Some(no_agent)))
+                Ok::<_, anyhow::Error>((
+                    Status {
+                        agent: None,
+                        rows: status::rows_with_plan(&ledger, &plan),
+                    },
+                    Some(no_agent),
+                ))
             }
             Err(e) => Err(e.into()),
         }
@@ -46,7 +58,10 @@ pub fn run(place: &Place, json: bool) -> anyhow::Result<ExitCode> {
                 println!("  not using {skipped}");
             }
         }
-        (None, Some(why)) => println!("{why}; showing the ledger in {} and the live kernel", place.state_dir.display()),
+        (None, Some(why)) => println!(
+            "{why}; showing the ledger in {} and the live kernel",
+            place.state_dir.display()
+        ),
         (None, None) => {}
     }
     if status.rows.is_empty() {
@@ -79,10 +94,23 @@ pub fn run(place: &Place, json: bool) -> anyhow::Result<ExitCode> {
             entry
                 .last_event
                 .as_ref()
-                .map(|e| format!("{} ago: {}", age((Utc::now() - e.time).num_seconds()), e.what))
+                .map(|e| {
+                    format!(
+                        "{} ago: {}",
+                        age((Utc::now() - e.time).num_seconds()),
+                        e.what
+                    )
+                })
                 .unwrap_or_else(|| "-".into())
         };
-        table.push(vec![row.name.clone(), row.kind.clone(), row.mac.clone().unwrap_or("-".into()), now, state, last]);
+        table.push(vec![
+            row.name.clone(),
+            row.kind.clone(),
+            row.mac.clone().unwrap_or("-".into()),
+            now,
+            state,
+            last,
+        ]);
     }
     print_table(&table);
     Ok(ExitCode::SUCCESS)
@@ -98,12 +126,20 @@ fn age(seconds: i64) -> String {
 
 fn print_table(rows: &[Vec<String>]) {
     let columns = rows[0].len();
-    let widths: Vec<usize> = (0..columns).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
     for row in rows {
         let cells: Vec<String> = row
             .iter()
             .enumerate()
-            .map(|(c, cell)| if c + 1 == columns { cell.clone() } else { format!("{cell:<w$}", w = widths[c]) })
+            .map(|(c, cell)| {
+                if c + 1 == columns {
+                    cell.clone()
+                } else {
+                    format!("{cell:<w$}", w = widths[c])
+                }
+            })
             .collect();
         println!("{}", cells.join("  "));
     }

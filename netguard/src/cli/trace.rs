@@ -43,7 +43,9 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let mut recorder = args.record.as_deref().map(Recorder::open).transpose()?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let options = TraceOptions { host_netns: args.host_netns.clone() };
+        let options = TraceOptions {
+            host_netns: args.host_netns.clone(),
+        };
         let mut tracer = Tracer::start(choice, options).await?;
         eprintln!("netguard: tracing with the {} backend", tracer.backend);
         for skipped in &tracer.unavailable {
@@ -79,7 +81,11 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         if let Some(rec) = recorder.as_mut() {
             rec.sync()?;
         }
-        eprintln!("netguard: {} events seen, {} dropped", tracer.seen(), tracer.dropped());
+        eprintln!(
+            "netguard: {} events seen, {} dropped",
+            tracer.seen(),
+            tracer.dropped()
+        );
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -20,17 +20,34 @@ pub const FILE_NAME: &str = "journal.jsonl";
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum JournalEntry {
     /// The whole ledger (first line of every journal file).
-    Snapshot { content: LedgerContent },
-    PutNic { nic: NicRecord },
-    ForgetNic { identity: NicIdentity },
-    PutLink { link: LinkRecord },
-    ForgetLink { key: LinkKey },
+    Snapshot {
+        content: LedgerContent,
+    },
+    PutNic {
+        nic: NicRecord,
+    },
+    ForgetNic {
+        identity: NicIdentity,
+    },
+    PutLink {
+        link: LinkRecord,
+    },
+    ForgetLink {
+        key: LinkKey,
+    },
     /// A kernel event the ledger was told about.
-    Event { event: Event },
+    Event {
+        event: Event,
+    },
     /// A restore action and how it went.
-    Action { action: serde_json::Value, outcome: String },
+    Action {
+        action: serde_json::Value,
+        outcome: String,
+    },
     /// Something worth knowing later (ledger rebuilt, document moved aside, ...).
-    Note { message: String },
+    Note {
+        message: String,
+    },
 }
 
 impl JournalEntry {
@@ -38,18 +55,24 @@ impl JournalEntry {
     pub fn apply(&self, content: &mut LedgerContent) {
         match self {
             JournalEntry::Snapshot { content: snap } => *content = snap.clone(),
-            JournalEntry::PutNic { nic } => match content.nics.iter_mut().find(|n| n.identity == nic.identity) {
-                Some(slot) => *slot = nic.clone(),
-                None => content.nics.push(nic.clone()),
-            },
-            JournalEntry::ForgetNic { identity } => content.nics.retain(|n| &n.identity != identity),
+            JournalEntry::PutNic { nic } => {
+                match content.nics.iter_mut().find(|n| n.identity == nic.identity) {
+                    Some(slot) => *slot = nic.clone(),
+                    None => content.nics.push(nic.clone()),
+                }
+            }
+            JournalEntry::ForgetNic { identity } => {
+                content.nics.retain(|n| &n.identity != identity)
+            }
             JournalEntry::PutLink { link } => {
                 content.links.insert(link.spec.key(), link.clone());
             }
             JournalEntry::ForgetLink { key } => {
                 content.links.remove(key);
             }
-            JournalEntry::Event { .. } | JournalEntry::Action { .. } | JournalEntry::Note { .. } => {}
+            JournalEntry::Event { .. }
+            | JournalEntry::Action { .. }
+            | JournalEntry::Note { .. } => {}
         }
     }
 }
@@ -81,22 +104,45 @@ pub struct Journal {
 
 impl Journal {
     /// Opens `dir/journal.jsonl` for appending; sequence numbers continue after `last_seq`.
-    pub fn open(dir: &Path, max_bytes: u64, keep: usize, last_seq: u64) -> Result<Journal, LedgerError> {
+    pub fn open(
+        dir: &Path,
+        max_bytes: u64,
+        keep: usize,
+        last_seq: u64,
+    ) -> Result<Journal, LedgerError> {
         let path = dir.join(FILE_NAME);
         let file = open_append(&path)?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Ok(Journal { path, file, size, max_bytes, keep, next_seq: last_seq + 1 })
+        Ok(Journal {
+            path,
+            file,
+            size,
+            max_bytes,
+            keep,
+            next_seq: last_seq + 1,
+        })
     }
 
     /// Appends one line; returns its sequence number. One `write` per line, so a crash tears
     /// at most the last line (skipped on replay).
     pub fn append(&mut self, entry: JournalEntry) -> Result<u64, LedgerError> {
-        let line = JournalLine { seq: self.next_seq, time: Utc::now(), entry };
-        let mut text = serde_json::to_vec(&line).map_err(|e| LedgerError::Encode { path: self.path.clone(), source: e })?;
+        let line = JournalLine {
+            seq: self.next_seq,
+            time: Utc::now(),
+            entry,
+        };
+        let mut text = serde_json::to_vec(&line).map_err(|e| LedgerError::Encode {
+            path: self.path.clone(),
+            source: e,
+        })?;
         text.push(b'\n');
         self.file
             .write_all(&text)
-            .map_err(|source| LedgerError::Io { action: "append to", path: self.path.clone(), source })?;
+            .map_err(|source| LedgerError::Io {
+                action: "append to",
+                path: self.path.clone(),
+                source,
+            })?;
         self.size += text.len() as u64;
         self.next_seq += 1;
         Ok(line.seq)
@@ -107,9 +153,11 @@ impl Journal {
     }
 
     pub fn sync(&self) -> Result<(), LedgerError> {
-        self.file
-            .sync_data()
-            .map_err(|source| LedgerError::Io { action: "fsync", path: self.path.clone(), source })
+        self.file.sync_data().map_err(|source| LedgerError::Io {
+            action: "fsync",
+            path: self.path.clone(),
+            source,
+        })
     }
 
     pub fn needs_rotation(&self) -> bool {
@@ -122,12 +170,22 @@ impl Journal {
         self.sync()?;
         let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
         for n in (1..=self.keep).rev() {
-            let from = if n == 1 { self.path.clone() } else { rotated(&dir, n - 1) };
+            let from = if n == 1 {
+                self.path.clone()
+            } else {
+                rotated(&dir, n - 1)
+            };
             let to = rotated(&dir, n);
             match fs::rename(&from, &to) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(source) => return Err(LedgerError::Io { action: "rotate", path: from, source }),
+                Err(source) => {
+                    return Err(LedgerError::Io {
+                        action: "rotate",
+                        path: from,
+                        source,
+                    })
+                }
             }
         }
         if self.keep == 0 {
@@ -135,7 +193,9 @@ impl Journal {
         }
         self.file = open_append(&self.path)?;
         self.size = 0;
-        self.append(JournalEntry::Snapshot { content: snapshot.clone() })?;
+        self.append(JournalEntry::Snapshot {
+            content: snapshot.clone(),
+        })?;
         self.sync()?;
         super::store::sync_dir(&dir)
     }
@@ -150,7 +210,11 @@ fn open_append(path: &Path) -> Result<File, LedgerError> {
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|source| LedgerError::Io { action: "open", path: path.to_path_buf(), source })
+        .map_err(|source| LedgerError::Io {
+            action: "open",
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Reads every journal file in `dir`, oldest first.
@@ -159,13 +223,22 @@ pub fn read_all(dir: &Path) -> Result<Replay, LedgerError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Replay::default()),
-        Err(source) => return Err(LedgerError::Io { action: "list", path: dir.to_path_buf(), source }),
+        Err(source) => {
+            return Err(LedgerError::Io {
+                action: "list",
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name == FILE_NAME {
             files.push((0, entry.path()));
-        } else if let Some(n) = name.strip_prefix(&format!("{FILE_NAME}.")).and_then(|n| n.parse().ok()) {
+        } else if let Some(n) = name
+            .strip_prefix(&format!("{FILE_NAME}."))
+            .and_then(|n| n.parse().ok())
+        {
             files.push((n, entry.path()));
         }
     }
@@ -173,9 +246,17 @@ pub fn read_all(dir: &Path) -> Result<Replay, LedgerError> {
     files.sort_by_key(|f| std::cmp::Reverse(f.0));
     let mut replay = Replay::default();
     for (_, path) in files {
-        let file = File::open(&path).map_err(|source| LedgerError::Io { action: "read", path: path.clone(), source })?;
+        let file = File::open(&path).map_err(|source| LedgerError::Io {
+            action: "read",
+            path: path.clone(),
+            source,
+        })?;
         for line in BufReader::new(file).split(b'\n') {
-            let line = line.map_err(|source| LedgerError::Io { action: "read", path: path.clone(), source })?;
+            let line = line.map_err(|source| LedgerError::Io {
+                action: "read",
+                path: path.clone(),
+                source,
+            })?;
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
@@ -216,13 +297,30 @@ mod tests {
         let content = sample_content();
         let mut journal = Journal::open(dir.path(), 1 << 20, 3, 0).unwrap();
         let link = content.links.values().next().unwrap().clone();
-        journal.append(JournalEntry::PutLink { link: link.clone() }).unwrap();
-        journal.append(JournalEntry::Note { message: "hello".into() }).unwrap();
-        journal.append(JournalEntry::ForgetLink { key: link.spec.key() }).unwrap();
-        journal.append(JournalEntry::PutNic { nic: content.nics[0].clone() }).unwrap();
+        journal
+            .append(JournalEntry::PutLink { link: link.clone() })
+            .unwrap();
+        journal
+            .append(JournalEntry::Note {
+                message: "hello".into(),
+            })
+            .unwrap();
+        journal
+            .append(JournalEntry::ForgetLink {
+                key: link.spec.key(),
+            })
+            .unwrap();
+        journal
+            .append(JournalEntry::PutNic {
+                nic: content.nics[0].clone(),
+            })
+            .unwrap();
         assert_eq!(journal.last_seq(), 4);
         // A crash in the middle of a write.
-        let mut raw = OpenOptions::new().append(true).open(dir.path().join(FILE_NAME)).unwrap();
+        let mut raw = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(FILE_NAME))
+            .unwrap();
         raw.write_all(br#"{"seq":5,"time":"2025-"#).unwrap();
 
         let replay = read_all(dir.path()).unwrap();
@@ -254,7 +352,10 @@ mod tests {
         }
         assert!(dir.path().join(format!("{FILE_NAME}.1")).exists());
         assert!(dir.path().join(format!("{FILE_NAME}.2")).exists());
-        assert!(!dir.path().join(format!("{FILE_NAME}.3")).exists(), "only `keep` rotated files");
+        assert!(
+            !dir.path().join(format!("{FILE_NAME}.3")).exists(),
+            "only `keep` rotated files"
+        );
         let replay = read_all(dir.path()).unwrap();
         let mut rebuilt = LedgerContent::default();
         replay_into(&mut rebuilt, &replay.lines);

@@ -15,7 +15,12 @@ pub enum LearnError {
     #[error(transparent)]
     Inventory(#[from] InventoryError),
     #[error("cannot guard {ifname} in {netns} from {source_file}: {why}")]
-    Cni { ifname: String, netns: String, source_file: String, why: String },
+    Cni {
+        ifname: String,
+        netns: String,
+        source_file: String,
+        why: String,
+    },
 }
 
 /// What [`learn`] guarded, and what it left out and why.
@@ -37,13 +42,25 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     /// Where IFLA_LINK of `link` points: (netns, device), or why it cannot be told.
     fn linked(&self, link: &LiveLink) -> Result<(Locator, &LiveLink), String> {
-        let index = link.link.ok_or_else(|| format!("{} names no peer/parent", link.name))?;
+        let index = link
+            .link
+            .ok_or_else(|| format!("{} names no peer/parent", link.name))?;
         let (locator, inv) = match link.link_netnsid {
             None => (self.locator.clone(), self.inv),
             Some(id) if Some(id) == self.host_nsid => (Locator::Host, self.host),
-            Some(id) => return Err(format!("{}'s peer/parent is in a netns other than the host's (nsid {id})", link.name)),
+            Some(id) => {
+                return Err(format!(
+                    "{}'s peer/parent is in a netns other than the host's (nsid {id})",
+                    link.name
+                ))
+            }
         };
-        let other = inv.link(index).ok_or_else(|| format!("{}'s peer/parent (ifindex {index}) is not in {locator}", link.name))?;
+        let other = inv.link(index).ok_or_else(|| {
+            format!(
+                "{}'s peer/parent (ifindex {index}) is not in {locator}",
+                link.name
+            )
+        })?;
         Ok((locator, other))
     }
 
@@ -52,19 +69,47 @@ impl Ctx<'_> {
             Some("veth") => {
                 let (netns, peer) = self.linked(link)?;
                 if netns != Locator::Host || self.locator == Locator::Host {
-                    return Err(format!("{} is a veth whose peer is not in the host netns", link.name));
+                    return Err(format!(
+                        "{} is a veth whose peer is not in the host netns",
+                        link.name
+                    ));
                 }
-                let master = peer.master.and_then(|m| self.host.link(m)).map(|m| m.name.clone());
+                let master = peer
+                    .master
+                    .and_then(|m| self.host.link(m))
+                    .map(|m| m.name.clone());
                 KindSpec::Veth {
-                    peer: VethPeer { name: peer.name.clone(), netns, mac: peer.mac, mtu: peer.mtu, up: peer.up, master },
+                    peer: VethPeer {
+                        name: peer.name.clone(),
+                        netns,
+                        mac: peer.mac,
+                        mtu: peer.mtu,
+                        up: peer.up,
+                        master,
+                    },
                 }
             }
             Some("vlan") => {
-                let (id, protocol) = link.vlan.ok_or_else(|| format!("{} is a vlan without an id", link.name))?;
-                KindSpec::Vlan { parent: self.parent(link)?, id, protocol }
+                let (id, protocol) = link
+                    .vlan
+                    .ok_or_else(|| format!("{} is a vlan without an id", link.name))?;
+                KindSpec::Vlan {
+                    parent: self.parent(link)?,
+                    id,
+                    protocol,
+                }
             }
-            Some("macvlan") => KindSpec::Macvlan { parent: self.parent(link)?, mode: link.macvlan_mode.unwrap_or(MacvlanMode::Bridge) },
-            other => return Err(format!("{} is a {} link, not one netguard rebuilds", link.name, other.unwrap_or("physical"))),
+            Some("macvlan") => KindSpec::Macvlan {
+                parent: self.parent(link)?,
+                mode: link.macvlan_mode.unwrap_or(MacvlanMode::Bridge),
+            },
+            other => {
+                return Err(format!(
+                    "{} is a {} link, not one netguard rebuilds",
+                    link.name,
+                    other.unwrap_or("physical")
+                ))
+            }
         };
         Ok(LinkSpec {
             name: link.name.clone(),
@@ -84,14 +129,21 @@ impl Ctx<'_> {
         Ok(if parent.is_physical() {
             Parent::Nic(parent.nic_identity())
         } else {
-            Parent::Link { netns, name: parent.name.clone() }
+            Parent::Link {
+                netns,
+                name: parent.name.clone(),
+            }
         })
     }
 }
 
 /// Guards every veth, vlan and macvlan in the given netns as it is now, and the host-side
 /// vlan/macvlan they stand on. Links that cannot be rebuilt are listed in `skipped`.
-pub async fn learn(pool: &Pool, ledger: &mut Ledger, netns: &[Locator]) -> Result<Learned, InventoryError> {
+pub async fn learn(
+    pool: &Pool,
+    ledger: &mut Ledger,
+    netns: &[Locator],
+) -> Result<Learned, InventoryError> {
     let host_conn = pool.host().await?;
     let host = host_conn.dump().await?;
     let mut learned = Learned::default();
@@ -102,17 +154,36 @@ pub async fn learn(pool: &Pool, ledger: &mut Ledger, netns: &[Locator]) -> Resul
             let conn = pool.get(locator).await?;
             (conn.dump().await?, conn.nsid_of(&host_conn).await?)
         };
-        let ctx = Ctx { host: &host, locator: locator.clone(), inv: &inv, host_nsid };
-        let host_ctx = Ctx { host: &host, locator: Locator::Host, inv: &host, host_nsid: None };
+        let ctx = Ctx {
+            host: &host,
+            locator: locator.clone(),
+            inv: &inv,
+            host_nsid,
+        };
+        let host_ctx = Ctx {
+            host: &host,
+            locator: Locator::Host,
+            inv: &host,
+            host_nsid: None,
+        };
         // Host-side parents (a macvlan's vlan) are guarded too, so they come back first.
-        let mut queue: VecDeque<(&Ctx, &LiveLink)> = inv.links.iter().filter(|l| l.name != "lo").map(|l| (&ctx, l)).collect();
+        let mut queue: VecDeque<(&Ctx, &LiveLink)> = inv
+            .links
+            .iter()
+            .filter(|l| l.name != "lo")
+            .map(|l| (&ctx, l))
+            .collect();
         while let Some((ctx, link)) = queue.pop_front() {
             if ctx.locator == Locator::Host && link.is_physical() {
                 continue;
             }
             match ctx.spec(link) {
                 Ok(spec) => {
-                    if let Some(Parent::Link { netns: Locator::Host, name }) = spec.kind.parent() {
+                    if let Some(Parent::Link {
+                        netns: Locator::Host,
+                        name,
+                    }) = spec.kind.parent()
+                    {
                         if let Some(parent) = host.link_by_name(name) {
                             if matches!(parent.kind.as_deref(), Some("vlan" | "macvlan")) {
                                 queue.push_back((&host_ctx, parent));
@@ -134,7 +205,11 @@ pub async fn learn(pool: &Pool, ledger: &mut Ledger, netns: &[Locator]) -> Resul
 
 /// Guards a pod interface from a CNI result: MAC, addresses and routes from the result; kind
 /// and parent from the live link, or from the plugin config when the link is already gone.
-pub async fn import_cni(pool: &Pool, ledger: &mut Ledger, att: &Attachment) -> Result<LinkKey, LearnError> {
+pub async fn import_cni(
+    pool: &Pool,
+    ledger: &mut Ledger,
+    att: &Attachment,
+) -> Result<LinkKey, LearnError> {
     let locator = Locator::Path(att.netns.clone());
     let fail = |why: String| LearnError::Cni {
         ifname: att.ifname.clone(),
@@ -148,17 +223,27 @@ pub async fn import_cni(pool: &Pool, ledger: &mut Ledger, att: &Attachment) -> R
     let live = match pool.get(&locator).await {
         Ok(conn) => Some((conn.dump().await?, conn.nsid_of(&host_conn).await?)),
         Err(e) => {
-            tracing::info!("importing {}: {e}; using its plugin config", att.source.display());
+            tracing::info!(
+                "importing {}: {e}; using its plugin config",
+                att.source.display()
+            );
             None
         }
     };
     let from_kernel = live.as_ref().and_then(|(inv, host_nsid)| {
-        let ctx = Ctx { host: &host, locator: locator.clone(), inv, host_nsid: *host_nsid };
+        let ctx = Ctx {
+            host: &host,
+            locator: locator.clone(),
+            inv,
+            host_nsid: *host_nsid,
+        };
         inv.link_by_name(&att.ifname).map(|link| ctx.spec(link))
     });
     let mut spec = match from_kernel {
         Some(spec) => spec.map_err(fail)?,
-        None => spec_from_config(att, &host, live.as_ref().map(|(inv, _)| inv.inode)).map_err(fail)?,
+        None => {
+            spec_from_config(att, &host, live.as_ref().map(|(inv, _)| inv.inode)).map_err(fail)?
+        }
     };
     if att.mac.is_some() {
         spec.mac = att.mac;
@@ -174,13 +259,26 @@ pub async fn import_cni(pool: &Pool, ledger: &mut Ledger, att: &Attachment) -> R
     Ok(key)
 }
 
-fn spec_from_config(att: &Attachment, host: &NetnsInventory, inode: Option<u64>) -> Result<LinkSpec, String> {
-    let plugin = att.plugin.as_ref().ok_or("the link is gone and the file has no plugin config to rebuild it from")?;
+fn spec_from_config(
+    att: &Attachment,
+    host: &NetnsInventory,
+    inode: Option<u64>,
+) -> Result<LinkSpec, String> {
+    let plugin = att
+        .plugin
+        .as_ref()
+        .ok_or("the link is gone and the file has no plugin config to rebuild it from")?;
     let parent = || -> Result<Parent, String> {
-        let master = plugin.master.as_deref().ok_or(format!("{} config has no master", plugin.kind))?;
+        let master = plugin
+            .master
+            .as_deref()
+            .ok_or(format!("{} config has no master", plugin.kind))?;
         Ok(match host.link_by_name(master) {
             Some(nic) if nic.is_physical() => Parent::Nic(nic.nic_identity()),
-            _ => Parent::Link { netns: Locator::Host, name: master.to_string() },
+            _ => Parent::Link {
+                netns: Locator::Host,
+                name: master.to_string(),
+            },
         })
     };
     let kind = match plugin.kind.as_str() {
@@ -188,7 +286,10 @@ fn spec_from_config(att: &Attachment, host: &NetnsInventory, inode: Option<u64>)
             let mode = plugin.mode.as_deref().unwrap_or("bridge");
             let mode = serde_json::from_value(serde_json::Value::String(mode.to_string()))
                 .map_err(|_| format!("unknown macvlan mode '{mode}'"))?;
-            KindSpec::Macvlan { parent: parent()?, mode }
+            KindSpec::Macvlan {
+                parent: parent()?,
+                mode,
+            }
         }
         "vlan" => KindSpec::Vlan {
             parent: parent()?,
@@ -196,17 +297,29 @@ fn spec_from_config(att: &Attachment, host: &NetnsInventory, inode: Option<u64>)
             protocol: Default::default(),
         },
         "bridge" | "ptp" => {
-            let bridge = (plugin.kind == "bridge").then(|| plugin.bridge.clone().unwrap_or_else(|| "cni0".into()));
+            let bridge = (plugin.kind == "bridge")
+                .then(|| plugin.bridge.clone().unwrap_or_else(|| "cni0".into()));
             let peer = att
                 .host_interfaces
                 .iter()
                 .find(|n| Some(*n) != bridge.as_ref())
                 .ok_or("the result names no host-side veth")?;
             KindSpec::Veth {
-                peer: VethPeer { name: peer.clone(), netns: Locator::Host, mac: None, mtu: plugin.mtu, up: true, master: bridge },
+                peer: VethPeer {
+                    name: peer.clone(),
+                    netns: Locator::Host,
+                    mac: None,
+                    mtu: plugin.mtu,
+                    up: true,
+                    master: bridge,
+                },
             }
         }
-        other => return Err(format!("netguard cannot rebuild links made by the {other} plugin")),
+        other => {
+            return Err(format!(
+                "netguard cannot rebuild links made by the {other} plugin"
+            ))
+        }
     };
     Ok(LinkSpec {
         name: att.ifname.clone(),
@@ -227,31 +340,53 @@ mod tests {
     use std::path::Path;
 
     fn att(file: &str) -> Attachment {
-        crate::cni::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/cni").join(file)).unwrap()
+        crate::cni::read(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/data/cni")
+                .join(file),
+        )
+        .unwrap()
     }
 
     #[test]
     fn cni_config_rebuilds_a_gone_macvlan_on_its_vlan() {
         let a = att("cache-macvlan-eth0");
         let spec = spec_from_config(&a, &NetnsInventory::default(), None).unwrap();
-        assert_eq!(spec.kind, KindSpec::Macvlan {
-            parent: Parent::Link { netns: Locator::Host, name: "eth0.3".into() },
-            mode: MacvlanMode::Bridge
-        });
+        assert_eq!(
+            spec.kind,
+            KindSpec::Macvlan {
+                parent: Parent::Link {
+                    netns: Locator::Host,
+                    name: "eth0.3".into()
+                },
+                mode: MacvlanMode::Bridge
+            }
+        );
         assert_eq!(spec.mac, Some("9a:3c:11:22:33:44".parse().unwrap()));
         assert_eq!(spec.routes.len(), 2);
     }
 
     #[test]
     fn cni_bridge_config_gives_the_host_side_and_bridge() {
-        let spec = spec_from_config(&att("cache-bridge-eth0"), &NetnsInventory::default(), None).unwrap();
-        let KindSpec::Veth { peer } = spec.kind else { panic!() };
-        assert_eq!((peer.name.as_str(), peer.master.as_deref()), ("veth1a2b3c4d", Some("cni0")));
+        let spec =
+            spec_from_config(&att("cache-bridge-eth0"), &NetnsInventory::default(), None).unwrap();
+        let KindSpec::Veth { peer } = spec.kind else {
+            panic!()
+        };
+        assert_eq!(
+            (peer.name.as_str(), peer.master.as_deref()),
+            ("veth1a2b3c4d", Some("cni0"))
+        );
     }
 
     #[test]
     fn a_checkpoint_without_config_needs_the_live_link() {
-        let err = spec_from_config(&att("checkpoint-06c9b8d0a800"), &NetnsInventory::default(), None).unwrap_err();
+        let err = spec_from_config(
+            &att("checkpoint-06c9b8d0a800"),
+            &NetnsInventory::default(),
+            None,
+        )
+        .unwrap_err();
         assert!(err.contains("no plugin config"), "{err}");
     }
 }

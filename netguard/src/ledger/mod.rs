@@ -30,11 +30,21 @@ pub const STATE_FILE: &str = "state.json";
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("cannot {action} {path}: {source} (check the ledger directory exists, is writable by root, and the disk is not full)")]
-    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot encode ledger data for {path}: {source}")]
-    Encode { path: PathBuf, source: serde_json::Error },
+    Encode {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{path}: {problem}; netguard will not overwrite it: upgrade netguard, or move the file away to start from the journal")]
-    Newer { path: PathBuf, problem: store::DocProblem },
+    Newer {
+        path: PathBuf,
+        problem: store::DocProblem,
+    },
 }
 
 /// Physical NICs never guarded, by name or MAC.
@@ -56,7 +66,12 @@ pub struct LedgerOptions {
 
 impl LedgerOptions {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        LedgerOptions { dir: dir.into(), journal_max_bytes: 8 << 20, journal_keep: 4, exclude: Exclusions::default() }
+        LedgerOptions {
+            dir: dir.into(),
+            journal_max_bytes: 8 << 20,
+            journal_keep: 4,
+            exclude: Exclusions::default(),
+        }
     }
 }
 
@@ -74,16 +89,33 @@ pub enum Opened {
     /// The document, plus `replayed` newer journal changes.
     Loaded { replayed: usize },
     /// The document was unusable: moved aside, ledger rebuilt from the journal.
-    Rebuilt { file: PathBuf, problem: String, moved_to: Option<PathBuf>, replayed: usize },
+    Rebuilt {
+        file: PathBuf,
+        problem: String,
+        moved_to: Option<PathBuf>,
+        replayed: usize,
+    },
 }
 
 impl std::fmt::Display for Opened {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Opened::Fresh => f.write_str("new empty ledger"),
-            Opened::Loaded { replayed } => write!(f, "ledger loaded ({replayed} newer journal changes replayed)"),
-            Opened::Rebuilt { file, problem, moved_to, replayed } => {
-                write!(f, "ledger document {} is unusable ({problem}); ", file.display())?;
+            Opened::Loaded { replayed } => write!(
+                f,
+                "ledger loaded ({replayed} newer journal changes replayed)"
+            ),
+            Opened::Rebuilt {
+                file,
+                problem,
+                moved_to,
+                replayed,
+            } => {
+                write!(
+                    f,
+                    "ledger document {} is unusable ({problem}); ",
+                    file.display()
+                )?;
                 if let Some(to) = moved_to {
                     write!(f, "kept aside untouched as {}; ", to.display())?;
                 }
@@ -129,8 +161,11 @@ impl Ledger {
     /// with newer journal entries; or, when the document is unusable, moved aside and rebuilt
     /// from the journal. Only a document from a newer netguard stops it.
     pub fn open(options: LedgerOptions) -> Result<(Ledger, Opened), LedgerError> {
-        std::fs::create_dir_all(&options.dir)
-            .map_err(|source| LedgerError::Io { action: "create", path: options.dir.clone(), source })?;
+        std::fs::create_dir_all(&options.dir).map_err(|source| LedgerError::Io {
+            action: "create",
+            path: options.dir.clone(),
+            source,
+        })?;
         let path = options.dir.join(STATE_FILE);
         let replay = journal::read_all(&options.dir)?;
         let (mut content, opened) = match store::load(&path) {
@@ -138,28 +173,71 @@ impl Ledger {
             Ok(None) if replay.lines.is_empty() => (LedgerContent::default(), Opened::Fresh),
             Ok(None) => (
                 LedgerContent::default(),
-                Opened::Rebuilt { file: path.clone(), problem: "it does not exist".into(), moved_to: None, replayed: 0 },
+                Opened::Rebuilt {
+                    file: path.clone(),
+                    problem: "it does not exist".into(),
+                    moved_to: None,
+                    replayed: 0,
+                },
             ),
-            Err(problem @ store::DocProblem::Newer(_)) => return Err(LedgerError::Newer { path, problem }),
+            Err(problem @ store::DocProblem::Newer(_)) => {
+                return Err(LedgerError::Newer { path, problem })
+            }
             Err(problem) => {
                 let moved_to = Some(store::move_aside(&path)?);
                 let problem = problem.to_string();
-                (LedgerContent::default(), Opened::Rebuilt { file: path.clone(), problem, moved_to, replayed: 0 })
+                (
+                    LedgerContent::default(),
+                    Opened::Rebuilt {
+                        file: path.clone(),
+                        problem,
+                        moved_to,
+                        replayed: 0,
+                    },
+                )
             }
         };
         let replayed = journal::replay_into(&mut content, &replay.lines);
-        let last_seq = replay.lines.iter().map(|l| l.seq).max().unwrap_or(0).max(content.journal_seq);
-        let journal = Journal::open(&options.dir, options.journal_max_bytes, options.journal_keep, last_seq)?;
+        let last_seq = replay
+            .lines
+            .iter()
+            .map(|l| l.seq)
+            .max()
+            .unwrap_or(0)
+            .max(content.journal_seq);
+        let journal = Journal::open(
+            &options.dir,
+            options.journal_max_bytes,
+            options.journal_keep,
+            last_seq,
+        )?;
         let opened = match opened {
             Opened::Loaded { .. } => Opened::Loaded { replayed },
-            Opened::Rebuilt { file, problem, moved_to, .. } => Opened::Rebuilt { file, problem, moved_to, replayed },
+            Opened::Rebuilt {
+                file,
+                problem,
+                moved_to,
+                ..
+            } => Opened::Rebuilt {
+                file,
+                problem,
+                moved_to,
+                replayed,
+            },
             Opened::Fresh => Opened::Fresh,
         };
-        let mut ledger = Ledger { dirty: replayed > 0, options, content, journal };
+        let mut ledger = Ledger {
+            dirty: replayed > 0,
+            options,
+            content,
+            journal,
+        };
         match &opened {
             Opened::Rebuilt { .. } => {
                 tracing::warn!("{opened}");
-                ledger.append(JournalEntry::Note { message: opened.to_string() });
+                ledger.append(JournalEntry::Note {
+                    message: opened.to_string(),
+                });
                 ledger.save()?;
             }
             _ => tracing::info!("{}: {opened}", path.display()),
@@ -179,7 +257,10 @@ impl Ledger {
         self.journal.sync()?;
         self.content.journal_seq = self.journal.last_seq();
         let path = self.options.dir.join(STATE_FILE);
-        let bytes = store::encode(&self.content).map_err(|source| LedgerError::Encode { path: path.clone(), source })?;
+        let bytes = store::encode(&self.content).map_err(|source| LedgerError::Encode {
+            path: path.clone(),
+            source,
+        })?;
         store::write_atomic(&path, &bytes)?;
         self.dirty = false;
         Ok(true)
@@ -203,12 +284,20 @@ impl Ledger {
     }
 
     pub fn link(&self, netns: &Locator, name: &str) -> Option<&LinkRecord> {
-        self.content.links.get(&LinkKey { netns: netns.clone(), name: name.to_string() })
+        self.content.links.get(&LinkKey {
+            netns: netns.clone(),
+            name: name.to_string(),
+        })
     }
 
     /// Guards a link from now on (replacing any earlier spec under the same netns + name).
     pub fn record_link(&mut self, spec: LinkSpec) {
-        let record = LinkRecord { spec, state: LinkState::Intact, reason: None, since: Utc::now() };
+        let record = LinkRecord {
+            spec,
+            state: LinkState::Intact,
+            reason: None,
+            since: Utc::now(),
+        };
         if self.content.links.get(&record.spec.key()).map(|r| &r.spec) == Some(&record.spec) {
             return;
         }
@@ -218,7 +307,10 @@ impl Ledger {
 
     /// Stops guarding a link; `false` if it was not guarded.
     pub fn forget_link(&mut self, netns: &Locator, name: &str) -> bool {
-        let key = LinkKey { netns: netns.clone(), name: name.to_string() };
+        let key = LinkKey {
+            netns: netns.clone(),
+            name: name.to_string(),
+        };
         if self.content.links.remove(&key).is_none() {
             return false;
         }
@@ -229,7 +321,9 @@ impl Ledger {
 
     /// Sets how a guarded link stands (journalled only when it changes).
     pub fn set_link_state(&mut self, key: &LinkKey, state: LinkState, reason: Option<String>) {
-        let Some(record) = self.content.links.get(key) else { return };
+        let Some(record) = self.content.links.get(key) else {
+            return;
+        };
         if record.state == state && record.reason == reason {
             return;
         }
@@ -242,7 +336,9 @@ impl Ledger {
 
     /// Updates the netns inode a guarded link was last seen in.
     pub fn set_link_netns_inode(&mut self, key: &LinkKey, inode: u64) {
-        let Some(record) = self.content.links.get(key) else { return };
+        let Some(record) = self.content.links.get(key) else {
+            return;
+        };
         if record.spec.netns_inode == Some(inode) {
             return;
         }
@@ -259,7 +355,13 @@ impl Ledger {
 
     /// Guards a NIC explicitly (also how tests stand a veth in for a NIC), at home under
     /// `home_name`. Replaces any record with the same identity.
-    pub fn guard_nic(&mut self, identity: NicIdentity, home_name: &str, up: bool, location: Option<NicLocation>) {
+    pub fn guard_nic(
+        &mut self,
+        identity: NicIdentity,
+        home_name: &str,
+        up: bool,
+        location: Option<NicLocation>,
+    ) {
         tracing::info!("guarding NIC {identity} (home name {home_name})");
         self.put_nic(NicRecord::new(identity, home_name, up, location));
     }
@@ -272,7 +374,13 @@ impl Ledger {
 
     /// A physical NIC seen in the host netns (inventory or event): guarded from first sight
     /// unless excluded, its home name being the name it has now.
-    pub fn see_host_nic(&mut self, live: &NicIdentity, mac: Option<Mac>, up: bool, location: NicLocation) {
+    pub fn see_host_nic(
+        &mut self,
+        live: &NicIdentity,
+        mac: Option<Mac>,
+        up: bool,
+        location: NicLocation,
+    ) {
         if self.is_new_nic(live, mac, &location.name) {
             let home = location.name.clone();
             self.guard_nic(live.clone(), &home, up, Some(location));
@@ -280,7 +388,13 @@ impl Ledger {
     }
 
     /// Sets where a guarded NIC is and how it stands (journalled only when it changes).
-    pub fn set_nic(&mut self, identity: &NicIdentity, state: NicState, reason: Option<String>, location: Option<NicLocation>) {
+    pub fn set_nic(
+        &mut self,
+        identity: &NicIdentity,
+        state: NicState,
+        reason: Option<String>,
+        location: Option<NicLocation>,
+    ) {
         self.update_nic(identity, |rec| {
             rec.state = state;
             rec.reason = reason;
@@ -295,7 +409,9 @@ impl Ledger {
 
     /// Applies `change` to the NIC recorded with `identity`; journals it if anything changed.
     fn update_nic(&mut self, identity: &NicIdentity, change: impl FnOnce(&mut NicRecord)) {
-        let Some(current) = self.content.nics.iter().find(|n| &n.identity == identity) else { return };
+        let Some(current) = self.content.nics.iter().find(|n| &n.identity == identity) else {
+            return;
+        };
         let mut next = current.clone();
         change(&mut next);
         if &next == current {
@@ -312,7 +428,9 @@ impl Ledger {
     pub fn observe(&mut self, event: &Event, host_inode: u64) -> bool {
         let changed = self.observe_nic(event, host_inode) | self.observe_link(event, host_inode);
         if changed {
-            self.append(JournalEntry::Event { event: event.clone() });
+            self.append(JournalEntry::Event {
+                event: event.clone(),
+            });
         }
         changed
     }
@@ -320,10 +438,19 @@ impl Ledger {
     fn observe_nic(&mut self, event: &Event, host_inode: u64) -> bool {
         let at_host = |p: &Option<Place>| p.as_ref().is_some_and(|p| p.netns.inode == host_inode);
         let location = |p: &Place| {
-            p.name.clone().map(|name| NicLocation { netns: p.netns.clone(), name, ifindex: p.ifindex })
+            p.name.clone().map(|name| NicLocation {
+                netns: p.netns.clone(),
+                name,
+                ifindex: p.ifindex,
+            })
         };
-        let perm_mac = event.perm_addr.as_deref().and_then(|m| m.parse::<Mac>().ok());
-        let known = self.nic_for_event(event, perm_mac).map(|n| n.identity.clone());
+        let perm_mac = event
+            .perm_addr
+            .as_deref()
+            .and_then(|m| m.parse::<Mac>().ok());
+        let known = self
+            .nic_for_event(event, perm_mac)
+            .map(|n| n.identity.clone());
         let physical = event.link_kind.is_none() && perm_mac.is_some();
 
         match (event.kind, known) {
@@ -337,7 +464,9 @@ impl Ledger {
                         }
                     }
                     rec.state = match &to {
-                        Some(loc) if at_host(&event.to) && loc.name == rec.home_name => NicState::Home,
+                        Some(loc) if at_host(&event.to) && loc.name == rec.home_name => {
+                            NicState::Home
+                        }
                         Some(_) if at_host(&event.to) => NicState::Refunded,
                         _ => NicState::Lent,
                     };
@@ -348,28 +477,48 @@ impl Ledger {
             }
             (EventKind::Move, None) if physical && at_host(&event.from) => {
                 // First sight of a NIC as it leaves home: home is where it came from.
-                let (Some(from), Some(id)) = (event.from.as_ref().and_then(location), perm_mac) else { return false };
+                let (Some(from), Some(id)) = (event.from.as_ref().and_then(location), perm_mac)
+                else {
+                    return false;
+                };
                 if self.is_excluded(&from.name, &[Some(id)]) {
                     return false;
                 }
-                let identity = NicIdentity { perm_mac: Some(id), bus: None, driver: None };
+                let identity = NicIdentity {
+                    perm_mac: Some(id),
+                    bus: None,
+                    driver: None,
+                };
                 let home = from.name.clone();
                 self.guard_nic(identity.clone(), &home, true, Some(from));
-                self.set_nic(&identity, NicState::Lent, None, event.to.as_ref().and_then(location));
+                self.set_nic(
+                    &identity,
+                    NicState::Lent,
+                    None,
+                    event.to.as_ref().and_then(location),
+                );
                 true
             }
             (EventKind::Rename, Some(identity)) => {
-                let Some(to) = event.to.as_ref().and_then(location) else { return false };
+                let Some(to) = event.to.as_ref().and_then(location) else {
+                    return false;
+                };
                 let in_host = at_host(&event.to);
                 let from_name = event.from.as_ref().and_then(|p| p.name.clone());
                 self.update_nic(&identity, |rec| {
-                    if in_host && rec.state == NicState::Home && from_name.as_deref() == Some(rec.home_name.as_str()) {
+                    if in_host
+                        && rec.state == NicState::Home
+                        && from_name.as_deref() == Some(rec.home_name.as_str())
+                    {
                         // An admin renamed it at home: that is its home name now.
                         rec.home_name = to.name.clone();
                     } else if in_host {
                         // Our own rename home (the pass may have recorded it before this
                         // event, or before the refund that preceded it, was read).
-                        let by_us = event.by.as_ref().is_some_and(|a| a.tgid == std::process::id());
+                        let by_us = event
+                            .by
+                            .as_ref()
+                            .is_some_and(|a| a.tgid == std::process::id());
                         rec.state = match rec.state {
                             _ if to.name != rec.home_name => NicState::Refunded,
                             NicState::Restored => NicState::Restored,
@@ -382,9 +531,13 @@ impl Ledger {
                 true
             }
             (EventKind::Register, Some(identity)) => {
-                let Some(to) = event.to.as_ref().and_then(location) else { return false };
+                let Some(to) = event.to.as_ref().and_then(location) else {
+                    return false;
+                };
                 let state = match at_host(&event.to) {
-                    true if self.nic_home_name(&identity) == Some(to.name.as_str()) => NicState::Home,
+                    true if self.nic_home_name(&identity) == Some(to.name.as_str()) => {
+                        NicState::Home
+                    }
                     true => NicState::Refunded,
                     false => NicState::Lent,
                 };
@@ -392,14 +545,21 @@ impl Ledger {
                 true
             }
             (EventKind::Register, None) if physical && at_host(&event.to) => {
-                let (Some(to), Some(id)) = (event.to.as_ref().and_then(location), perm_mac) else { return false };
-                let identity = NicIdentity { perm_mac: Some(id), bus: None, driver: None };
+                let (Some(to), Some(id)) = (event.to.as_ref().and_then(location), perm_mac) else {
+                    return false;
+                };
+                let identity = NicIdentity {
+                    perm_mac: Some(id),
+                    bus: None,
+                    driver: None,
+                };
                 let new = self.is_new_nic(&identity, None, &to.name);
                 self.see_host_nic(&identity, None, false, to);
                 new
             }
             (EventKind::Unregister, Some(identity)) => {
-                let reason = Some("device unregistered (driver unloaded or device removed)".to_string());
+                let reason =
+                    Some("device unregistered (driver unloaded or device removed)".to_string());
                 self.set_nic(&identity, NicState::Lost, reason, None);
                 true
             }
@@ -408,13 +568,21 @@ impl Ledger {
     }
 
     fn nic_home_name(&self, identity: &NicIdentity) -> Option<&str> {
-        self.content.nics.iter().find(|n| &n.identity == identity).map(|n| n.home_name.as_str())
+        self.content
+            .nics
+            .iter()
+            .find(|n| &n.identity == identity)
+            .map(|n| n.home_name.as_str())
     }
 
     /// The guarded NIC an event is about: by permanent MAC, else by where it was last seen.
     fn nic_for_event(&self, event: &Event, perm_mac: Option<Mac>) -> Option<&NicRecord> {
         if let Some(mac) = perm_mac {
-            return self.content.nics.iter().find(|n| n.identity.perm_mac == Some(mac));
+            return self
+                .content
+                .nics
+                .iter()
+                .find(|n| n.identity.perm_mac == Some(mac));
         }
         let place = event.from.as_ref().or(event.to.as_ref())?;
         self.content.nics.iter().find(|n| {
@@ -440,13 +608,18 @@ impl Ledger {
             self.content
                 .links
                 .values()
-                .filter(|r| in_netns(&r.spec, place.netns.inode) && place.name.as_deref() == Some(r.spec.name.as_str()))
+                .filter(|r| {
+                    in_netns(&r.spec, place.netns.inode)
+                        && place.name.as_deref() == Some(r.spec.name.as_str())
+                })
                 .map(|r| r.spec.key())
                 .collect()
         };
         match event.kind {
             EventKind::Rename => {
-                let Some(new_name) = event.to.as_ref().and_then(|p| p.name.clone()) else { return false };
+                let Some(new_name) = event.to.as_ref().and_then(|p| p.name.clone()) else {
+                    return false;
+                };
                 let keys = matching(&event.from);
                 for key in &keys {
                     if let Some(mut record) = self.content.links.remove(key) {
@@ -461,13 +634,19 @@ impl Ledger {
             EventKind::Unregister | EventKind::Move => {
                 let keys = matching(&event.from);
                 for key in &keys {
-                    let why = if event.kind == EventKind::Move { "moved out of its netns" } else { "unregistered" };
+                    let why = if event.kind == EventKind::Move {
+                        "moved out of its netns"
+                    } else {
+                        "unregistered"
+                    };
                     self.set_link_state(key, LinkState::Missing, Some(why.to_string()));
                 }
                 !keys.is_empty()
             }
             EventKind::TeardownBegin => {
-                let Some(from) = &event.from else { return false };
+                let Some(from) = &event.from else {
+                    return false;
+                };
                 let keys: Vec<LinkKey> = self
                     .content
                     .links
@@ -476,7 +655,11 @@ impl Ledger {
                     .map(|r| r.spec.key())
                     .collect();
                 for key in &keys {
-                    self.set_link_state(key, LinkState::Missing, Some(format!("netns {} torn down", from.netns)));
+                    self.set_link_state(
+                        key,
+                        LinkState::Missing,
+                        Some(format!("netns {} torn down", from.netns)),
+                    );
                 }
                 !keys.is_empty()
             }
@@ -487,7 +670,10 @@ impl Ledger {
     /// Journals a restore action and its outcome.
     pub fn note_action(&mut self, action: &impl Serialize, outcome: &str) {
         match serde_json::to_value(action) {
-            Ok(action) => self.append(JournalEntry::Action { action, outcome: outcome.to_string() }),
+            Ok(action) => self.append(JournalEntry::Action {
+                action,
+                outcome: outcome.to_string(),
+            }),
             Err(e) => tracing::error!("cannot journal an action: {e}"),
         }
     }
@@ -499,7 +685,10 @@ impl Ledger {
             mac: n.identity.perm_mac.map(|m| m.to_string()),
             name: n.home_name.clone(),
             netns: Locator::Host.to_string(),
-            now: n.location.as_ref().map(|l| format!("{} in {}", l.name, l.netns)),
+            now: n
+                .location
+                .as_ref()
+                .map(|l| format!("{} in {}", l.name, l.netns)),
             state: n.state.to_string(),
             reason: n.reason.clone(),
             since: n.since,
@@ -560,7 +749,14 @@ mod tests {
     }
 
     fn place(name: &str, ifindex: u32, inode: u64) -> Option<Place> {
-        Some(Place { name: Some(name.into()), ifindex: Some(ifindex), netns: Netns { inode, names: vec![] } })
+        Some(Place {
+            name: Some(name.into()),
+            ifindex: Some(ifindex),
+            netns: Netns {
+                inode,
+                names: vec![],
+            },
+        })
     }
 
     fn nic_event(kind: EventKind, cause: Cause, from: Option<Place>, to: Option<Place>) -> Event {
@@ -583,7 +779,10 @@ mod tests {
         drop(ledger);
         let (ledger, opened) = open(dir.path());
         assert_eq!(opened, Opened::Loaded { replayed: 0 });
-        assert_eq!(ledger.link(&link.spec.netns, &link.spec.name).unwrap().spec, link.spec);
+        assert_eq!(
+            ledger.link(&link.spec.netns, &link.spec.name).unwrap().spec,
+            link.spec
+        );
     }
 
     #[test]
@@ -597,7 +796,10 @@ mod tests {
         drop(ledger); // crash: no save
         let (ledger, opened) = open(dir.path());
         assert_eq!(opened, Opened::Loaded { replayed: 1 });
-        assert_eq!(ledger.link(&spec.netns, &spec.name).unwrap().state, LinkState::Waiting);
+        assert_eq!(
+            ledger.link(&spec.netns, &spec.name).unwrap().state,
+            LinkState::Waiting
+        );
     }
 
     #[test]
@@ -620,12 +822,23 @@ mod tests {
         std::fs::write(&state, &bytes).unwrap();
 
         let (ledger, opened) = open(dir.path());
-        let Opened::Rebuilt { file, moved_to: Some(aside), replayed, .. } = &opened else { panic!("{opened:?}") };
+        let Opened::Rebuilt {
+            file,
+            moved_to: Some(aside),
+            replayed,
+            ..
+        } = &opened
+        else {
+            panic!("{opened:?}")
+        };
         assert_eq!(file, &state);
         assert_eq!(std::fs::read(aside).unwrap(), bytes, "kept aside untouched");
         assert!(*replayed >= 2);
         let text = opened.to_string();
-        assert!(text.contains("state.json") && text.contains("rebuilt from the journal"), "{text}");
+        assert!(
+            text.contains("state.json") && text.contains("rebuilt from the journal"),
+            "{text}"
+        );
         assert_eq!(ledger.links().count(), content.links.len());
         assert_eq!(ledger.nics().len(), 1);
         // The rebuilt ledger was saved again and loads cleanly.
@@ -639,7 +852,16 @@ mod tests {
         // A directory where the file should be cannot be read as a file.
         std::fs::create_dir(dir.path().join(STATE_FILE)).unwrap();
         let (_, opened) = open(dir.path());
-        assert!(matches!(opened, Opened::Rebuilt { moved_to: Some(_), .. }), "{opened:?}");
+        assert!(
+            matches!(
+                opened,
+                Opened::Rebuilt {
+                    moved_to: Some(_),
+                    ..
+                }
+            ),
+            "{opened:?}"
+        );
     }
 
     #[test]
@@ -657,31 +879,64 @@ mod tests {
         let dir = TempDir::new("ledger-nic");
         let (mut ledger, _) = open(dir.path());
         // First sight as it leaves home (eth2 -> container, renamed eth0 there).
-        let moved = nic_event(EventKind::Move, Cause::Explicit, place("eth2", 4, HOST), place("eth2", 4, C1));
+        let moved = nic_event(
+            EventKind::Move,
+            Cause::Explicit,
+            place("eth2", 4, HOST),
+            place("eth2", 4, C1),
+        );
         assert!(ledger.observe(&moved, HOST));
         let nic = ledger.nics()[0].clone();
-        assert_eq!((nic.home_name.as_str(), nic.state), ("eth2", NicState::Lent));
+        assert_eq!(
+            (nic.home_name.as_str(), nic.state),
+            ("eth2", NicState::Lent)
+        );
         // Renamed inside the container: home name unchanged.
-        let renamed = nic_event(EventKind::Rename, Cause::Explicit, place("eth2", 4, C1), place("eth0", 4, C1));
+        let renamed = nic_event(
+            EventKind::Rename,
+            Cause::Explicit,
+            place("eth2", 4, C1),
+            place("eth0", 4, C1),
+        );
         ledger.observe(&renamed, HOST);
         assert_eq!(ledger.nics()[0].home_name, "eth2");
         // Container exits: the kernel hands it back as dev4.
-        let back = nic_event(EventKind::Move, Cause::NetnsTeardown, place("eth0", 4, C1), place("dev4", 4, HOST));
+        let back = nic_event(
+            EventKind::Move,
+            Cause::NetnsTeardown,
+            place("eth0", 4, C1),
+            place("dev4", 4, HOST),
+        );
         ledger.observe(&back, HOST);
         let nic = &ledger.nics()[0];
         assert_eq!(nic.state, NicState::Refunded);
         assert_eq!(nic.location.as_ref().unwrap().name, "dev4");
         // Renamed home (by us): home.
-        let home = nic_event(EventKind::Rename, Cause::Explicit, place("dev4", 4, HOST), place("eth2", 4, HOST));
+        let home = nic_event(
+            EventKind::Rename,
+            Cause::Explicit,
+            place("dev4", 4, HOST),
+            place("eth2", 4, HOST),
+        );
         ledger.observe(&home, HOST);
         assert_eq!(ledger.nics()[0].state, NicState::Home);
         // An admin renames it at home: that is its home name from now on.
-        let admin = nic_event(EventKind::Rename, Cause::Explicit, place("eth2", 4, HOST), place("lan0", 4, HOST));
+        let admin = nic_event(
+            EventKind::Rename,
+            Cause::Explicit,
+            place("eth2", 4, HOST),
+            place("lan0", 4, HOST),
+        );
         ledger.observe(&admin, HOST);
         assert_eq!(ledger.nics()[0].home_name, "lan0");
         assert_eq!(ledger.nics()[0].state, NicState::Home);
         // Driver unloaded.
-        let gone = nic_event(EventKind::Unregister, Cause::Explicit, place("lan0", 4, HOST), None);
+        let gone = nic_event(
+            EventKind::Unregister,
+            Cause::Explicit,
+            place("lan0", 4, HOST),
+            None,
+        );
         ledger.observe(&gone, HOST);
         assert_eq!(ledger.nics()[0].state, NicState::Lost);
     }
@@ -692,7 +947,12 @@ mod tests {
         let mut options = LedgerOptions::new(dir.path());
         options.exclude.names.push("eth2".into());
         let (mut ledger, _) = Ledger::open(options).unwrap();
-        let moved = nic_event(EventKind::Move, Cause::Explicit, place("eth2", 4, HOST), place("eth0", 4, C1));
+        let moved = nic_event(
+            EventKind::Move,
+            Cause::Explicit,
+            place("eth2", 4, HOST),
+            place("eth0", 4, C1),
+        );
         assert!(!ledger.observe(&moved, HOST));
         assert!(ledger.nics().is_empty());
     }
@@ -701,7 +961,12 @@ mod tests {
     fn link_events_follow_renames_and_mark_teardown() {
         let dir = TempDir::new("ledger-link-events");
         let (mut ledger, _) = open(dir.path());
-        let mut spec = sample_content().links.into_values().find(|l| l.spec.kind.name() == "veth").unwrap().spec;
+        let mut spec = sample_content()
+            .links
+            .into_values()
+            .find(|l| l.spec.kind.name() == "veth")
+            .unwrap()
+            .spec;
         spec.netns_inode = Some(C1);
         ledger.record_link(spec.clone());
         let mut ev = Event::new(EventKind::Rename, Cause::Explicit);
@@ -712,9 +977,19 @@ mod tests {
         let renamed = ledger.link(&spec.netns, "eth9").unwrap().spec.key();
 
         let mut teardown = Event::new(EventKind::TeardownBegin, Cause::NetnsTeardown);
-        teardown.from = Some(Place { name: None, ifindex: None, netns: Netns { inode: C1, names: vec![] } });
+        teardown.from = Some(Place {
+            name: None,
+            ifindex: None,
+            netns: Netns {
+                inode: C1,
+                names: vec![],
+            },
+        });
         assert!(ledger.observe(&teardown, HOST));
-        assert_eq!(ledger.link(&renamed.netns, &renamed.name).unwrap().state, LinkState::Missing);
+        assert_eq!(
+            ledger.link(&renamed.netns, &renamed.name).unwrap().state,
+            LinkState::Missing
+        );
         // Unrelated events are not journalled.
         let mut other = Event::new(EventKind::Unregister, Cause::Explicit);
         other.from = place("veth123", 9, HOST);
@@ -732,7 +1007,14 @@ mod tests {
         }
         let rows = ledger.status();
         assert_eq!(rows.len(), 1 + content.links.len());
-        assert_eq!((rows[0].kind.as_str(), rows[0].name.as_str(), rows[0].state.as_str()), ("nic", "eth2", "home"));
+        assert_eq!(
+            (
+                rows[0].kind.as_str(),
+                rows[0].name.as_str(),
+                rows[0].state.as_str()
+            ),
+            ("nic", "eth2", "home")
+        );
         let json = serde_json::to_string(&rows).unwrap();
         assert!(json.contains(r#""state":"intact""#), "{json}");
     }

@@ -28,7 +28,11 @@ impl Mac {
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 
@@ -39,8 +43,11 @@ impl FromStr for Mac {
         let mut out = [0u8; 6];
         let mut parts = s.split(':');
         for byte in out.iter_mut() {
-            let part = parts.next().ok_or_else(|| format!("'{s}' is not a MAC address (aa:bb:cc:dd:ee:ff)"))?;
-            *byte = u8::from_str_radix(part, 16).map_err(|_| format!("'{s}' is not a MAC address (aa:bb:cc:dd:ee:ff)"))?;
+            let part = parts
+                .next()
+                .ok_or_else(|| format!("'{s}' is not a MAC address (aa:bb:cc:dd:ee:ff)"))?;
+            *byte = u8::from_str_radix(part, 16)
+                .map_err(|_| format!("'{s}' is not a MAC address (aa:bb:cc:dd:ee:ff)"))?;
         }
         if parts.next().is_some() {
             return Err(format!("'{s}' is not a MAC address (aa:bb:cc:dd:ee:ff)"));
@@ -89,15 +96,22 @@ impl IpNet {
     pub fn network(&self) -> IpNet {
         let addr = match self.addr {
             IpAddr::V4(a) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 IpAddr::V4((u32::from(a) & mask).into())
             }
             IpAddr::V6(a) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 IpAddr::V6((u128::from(a) & mask).into())
             }
         };
-        IpNet { addr, prefix: self.prefix }
+        IpNet {
+            addr,
+            prefix: self.prefix,
+        }
     }
 
     pub fn is_default(&self) -> bool {
@@ -120,9 +134,13 @@ impl FromStr for IpNet {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = addr.parse().map_err(|_| format!("'{s}' is not an IP address with prefix"))?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("'{s}' is not an IP address with prefix"))?;
         let prefix = match prefix {
-            Some(p) => p.parse().map_err(|_| format!("'{s}' has a bad prefix length"))?,
+            Some(p) => p
+                .parse()
+                .map_err(|_| format!("'{s}' has a bad prefix length"))?,
             None if addr.is_ipv4() => 32,
             None => 128,
         };
@@ -217,7 +235,10 @@ impl NicIdentity {
         };
         let bus = agree(&self.bus, &live.bus);
         let driver = agree(&self.driver, &live.driver);
-        perm != Some(false) && bus != Some(false) && driver != Some(false) && (perm == Some(true) || bus == Some(true))
+        perm != Some(false)
+            && bus != Some(false)
+            && driver != Some(false)
+            && (perm == Some(true) || bus == Some(true))
     }
 }
 
@@ -338,12 +359,26 @@ pub struct Lend {
 
 impl NicRecord {
     /// A NIC guarded from now on: home if it carries its home name, else refunded.
-    pub fn new(identity: NicIdentity, home_name: &str, up: bool, location: Option<NicLocation>) -> NicRecord {
+    pub fn new(
+        identity: NicIdentity,
+        home_name: &str,
+        up: bool,
+        location: Option<NicLocation>,
+    ) -> NicRecord {
         let state = match &location {
             Some(loc) if loc.name != home_name => NicState::Refunded,
             _ => NicState::Home,
         };
-        NicRecord { identity, home_name: home_name.to_string(), up, location, state, reason: None, since: Utc::now(), lent: None }
+        NicRecord {
+            identity,
+            home_name: home_name.to_string(),
+            up,
+            location,
+            state,
+            reason: None,
+            since: Utc::now(),
+            lent: None,
+        }
     }
 }
 
@@ -404,9 +439,19 @@ pub struct VethPeer {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum KindSpec {
-    Veth { peer: VethPeer },
-    Vlan { parent: Parent, id: u16, #[serde(default)] protocol: VlanProtocol },
-    Macvlan { parent: Parent, mode: MacvlanMode },
+    Veth {
+        peer: VethPeer,
+    },
+    Vlan {
+        parent: Parent,
+        id: u16,
+        #[serde(default)]
+        protocol: VlanProtocol,
+    },
+    Macvlan {
+        parent: Parent,
+        mode: MacvlanMode,
+    },
 }
 
 impl KindSpec {
@@ -450,7 +495,10 @@ pub struct LinkSpec {
 
 impl LinkSpec {
     pub fn key(&self) -> LinkKey {
-        LinkKey { netns: self.netns.clone(), name: self.name.clone() }
+        LinkKey {
+            netns: self.netns.clone(),
+            name: self.name.clone(),
+        }
     }
 }
 
@@ -496,11 +544,16 @@ mod links_as_list {
 
     use super::{LinkKey, LinkRecord};
 
-    pub fn serialize<S: Serializer>(links: &BTreeMap<LinkKey, LinkRecord>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        links: &BTreeMap<LinkKey, LinkRecord>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.collect_seq(links.values())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<LinkKey, LinkRecord>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<LinkKey, LinkRecord>, D::Error> {
         let list = Vec::<LinkRecord>::deserialize(d)?;
         Ok(list.into_iter().map(|r| (r.spec.key(), r)).collect())
     }
@@ -521,28 +574,66 @@ mod tests {
         let net: IpNet = "198.18.3.7/24".parse().unwrap();
         assert_eq!(net.network().to_string(), "198.18.3.0/24");
         assert_eq!("10.0.0.1".parse::<IpNet>().unwrap().prefix, 32);
-        assert_eq!("fd00::1/64".parse::<IpNet>().unwrap().network().to_string(), "fd00::/64");
+        assert_eq!(
+            "fd00::1/64".parse::<IpNet>().unwrap().network().to_string(),
+            "fd00::/64"
+        );
         assert!("10.0.0.1/33".parse::<IpNet>().is_err());
-        assert_eq!("0.0.0.0/0".parse::<IpNet>().unwrap().network().to_string(), "0.0.0.0/0");
+        assert_eq!(
+            "0.0.0.0/0".parse::<IpNet>().unwrap().network().to_string(),
+            "0.0.0.0/0"
+        );
     }
 
     #[test]
     fn nic_identity_needs_a_strong_key_and_no_disagreement() {
         let mac: Mac = "52:54:00:00:00:01".parse().unwrap();
-        let rec = NicIdentity { perm_mac: Some(mac), bus: Some("0000:00:03.0".into()), driver: Some("e1000".into()) };
+        let rec = NicIdentity {
+            perm_mac: Some(mac),
+            bus: Some("0000:00:03.0".into()),
+            driver: Some("e1000".into()),
+        };
         // Driver reload: same NIC, nothing else known yet.
-        assert!(rec.matches(&NicIdentity { perm_mac: Some(mac), bus: None, driver: None }));
+        assert!(rec.matches(&NicIdentity {
+            perm_mac: Some(mac),
+            bus: None,
+            driver: None
+        }));
         // Same slot, other card.
         let other: Mac = "52:54:00:00:00:02".parse().unwrap();
-        assert!(!rec.matches(&NicIdentity { perm_mac: Some(other), bus: Some("0000:00:03.0".into()), driver: None }));
+        assert!(!rec.matches(&NicIdentity {
+            perm_mac: Some(other),
+            bus: Some("0000:00:03.0".into()),
+            driver: None
+        }));
         // Same permaddr, other driver: not the same device.
-        assert!(!rec.matches(&NicIdentity { perm_mac: Some(mac), bus: None, driver: Some("igb".into()) }));
+        assert!(!rec.matches(&NicIdentity {
+            perm_mac: Some(mac),
+            bus: None,
+            driver: Some("igb".into())
+        }));
         // Bus only is enough when we never knew a permaddr.
-        let by_bus = NicIdentity { perm_mac: None, bus: Some("0000:00:04.0".into()), driver: None };
-        assert!(by_bus.matches(&NicIdentity { perm_mac: Some(mac), bus: Some("0000:00:04.0".into()), driver: None }));
+        let by_bus = NicIdentity {
+            perm_mac: None,
+            bus: Some("0000:00:04.0".into()),
+            driver: None,
+        };
+        assert!(by_bus.matches(&NicIdentity {
+            perm_mac: Some(mac),
+            bus: Some("0000:00:04.0".into()),
+            driver: None
+        }));
         // Driver alone identifies nothing.
-        let weak = NicIdentity { perm_mac: None, bus: None, driver: Some("e1000".into()) };
-        assert!(!weak.matches(&NicIdentity { perm_mac: None, bus: None, driver: Some("e1000".into()) }));
+        let weak = NicIdentity {
+            perm_mac: None,
+            bus: None,
+            driver: Some("e1000".into()),
+        };
+        assert!(!weak.matches(&NicIdentity {
+            perm_mac: None,
+            bus: None,
+            driver: Some("e1000".into())
+        }));
     }
 
     #[test]
@@ -574,7 +665,10 @@ mod tests {
         };
         let text = serde_json::to_string(&spec).unwrap();
         assert!(text.contains(r#""type":"veth""#), "{text}");
-        assert!(text.contains(r#""netns":{"path":"/run/netns/c1"}"#), "{text}");
+        assert!(
+            text.contains(r#""netns":{"path":"/run/netns/c1"}"#),
+            "{text}"
+        );
         assert!(text.contains(r#""addresses":["198.18.0.2/24"]"#), "{text}");
         let back: LinkSpec = serde_json::from_str(&text).unwrap();
         assert_eq!(back, spec);

@@ -48,15 +48,26 @@ pub fn encode(content: &LedgerContent) -> Result<Vec<u8>, serde_json::Error> {
 
 pub fn decode(bytes: &[u8]) -> Result<LedgerContent, DocProblem> {
     let doc: Value = serde_json::from_slice(bytes).map_err(DocProblem::NotJson)?;
-    let version = doc.get("version").and_then(Value::as_u64).ok_or(DocProblem::MissingField("version"))?;
+    let version = doc
+        .get("version")
+        .and_then(Value::as_u64)
+        .ok_or(DocProblem::MissingField("version"))?;
     if version > VERSION {
         return Err(DocProblem::Newer(version));
     }
-    let found = doc.get("checksum").and_then(Value::as_str).ok_or(DocProblem::MissingField("checksum"))?;
-    let content = doc.get("ledger").ok_or(DocProblem::MissingField("ledger"))?;
+    let found = doc
+        .get("checksum")
+        .and_then(Value::as_str)
+        .ok_or(DocProblem::MissingField("checksum"))?;
+    let content = doc
+        .get("ledger")
+        .ok_or(DocProblem::MissingField("ledger"))?;
     let computed = checksum(content);
     if found != computed {
-        return Err(DocProblem::Checksum { found: found.to_string(), computed });
+        return Err(DocProblem::Checksum {
+            found: found.to_string(),
+            computed,
+        });
     }
     serde_json::from_value(content.clone()).map_err(DocProblem::Layout)
 }
@@ -74,7 +85,11 @@ pub fn load(path: &Path) -> Result<Option<LedgerContent>, DocProblem> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
     let io = |action: &'static str, p: &Path| {
         let p = p.to_path_buf();
-        move |source| LedgerError::Io { action, path: p, source }
+        move |source| LedgerError::Io {
+            action,
+            path: p,
+            source,
+        }
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = tmp_path(path);
@@ -95,7 +110,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
 pub fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|source| LedgerError::Io { action: "fsync directory", path: dir.to_path_buf(), source })
+        .map_err(|source| LedgerError::Io {
+            action: "fsync directory",
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
@@ -110,7 +129,11 @@ pub fn move_aside(path: &Path) -> Result<PathBuf, LedgerError> {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".corrupt-{stamp}"));
     let aside = path.with_file_name(name);
-    fs::rename(path, &aside).map_err(|source| LedgerError::Io { action: "move aside", path: path.to_path_buf(), source })?;
+    fs::rename(path, &aside).map_err(|source| LedgerError::Io {
+        action: "move aside",
+        path: path.to_path_buf(),
+        source,
+    })?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))?;
     Ok(aside)
 }
@@ -133,10 +156,16 @@ mod tests {
         assert!(matches!(err, DocProblem::Checksum { .. }), "{err}");
 
         let truncated = &text.as_bytes()[..text.len() / 2];
-        assert!(matches!(decode(truncated).unwrap_err(), DocProblem::NotJson(_)));
+        assert!(matches!(
+            decode(truncated).unwrap_err(),
+            DocProblem::NotJson(_)
+        ));
 
         let newer = text.replacen("\"version\": 1", "\"version\": 7", 1);
-        assert!(matches!(decode(newer.as_bytes()).unwrap_err(), DocProblem::Newer(7)));
+        assert!(matches!(
+            decode(newer.as_bytes()).unwrap_err(),
+            DocProblem::Newer(7)
+        ));
     }
 
     #[test]
@@ -157,7 +186,11 @@ mod tests {
         fs::write(&path, b"{garbage").unwrap();
         let aside = move_aside(&path).unwrap();
         assert!(!path.exists());
-        assert!(aside.file_name().unwrap().to_string_lossy().starts_with("state.json.corrupt-"));
+        assert!(aside
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("state.json.corrupt-"));
         assert_eq!(fs::read(&aside).unwrap(), b"{garbage");
     }
 }

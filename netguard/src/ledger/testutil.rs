@@ -14,7 +14,8 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("netguard-test-{}-{tag}-{n}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("netguard-test-{}-{tag}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).unwrap();
         TempDir(path)
@@ -73,7 +74,11 @@ pub fn sample_content() -> LedgerContent {
         up: true,
         addresses: vec![],
         routes: vec![],
-        kind: KindSpec::Vlan { parent: Parent::Nic(nic.clone()), id: 3, protocol: VlanProtocol::Dot1q },
+        kind: KindSpec::Vlan {
+            parent: Parent::Nic(nic.clone()),
+            id: 3,
+            protocol: VlanProtocol::Dot1q,
+        },
     };
     let macvlan = LinkSpec {
         name: "eth0".into(),
@@ -90,13 +95,26 @@ pub fn sample_content() -> LedgerContent {
             metric: None,
         }],
         kind: KindSpec::Macvlan {
-            parent: Parent::Link { netns: Locator::Host, name: "eth0.3".into() },
+            parent: Parent::Link {
+                netns: Locator::Host,
+                name: "eth0.3".into(),
+            },
             mode: MacvlanMode::Bridge,
         },
     };
     let links = [veth, vlan, macvlan]
         .into_iter()
-        .map(|spec| (spec.key(), LinkRecord { spec, state: LinkState::Intact, reason: None, since: Utc::now() }))
+        .map(|spec| {
+            (
+                spec.key(),
+                LinkRecord {
+                    spec,
+                    state: LinkState::Intact,
+                    reason: None,
+                    since: Utc::now(),
+                },
+            )
+        })
         .collect();
     LedgerContent {
         journal_seq: 0,

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkMessage};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
+};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVlan};
 use serde::Serialize;
@@ -56,7 +59,13 @@ pub struct ItemResult {
 
 impl ItemResult {
     fn unapplied(item: &Item, outcome: Outcome, reason: Option<String>) -> ItemResult {
-        ItemResult { target: item.target.clone(), outcome, reason, applied: vec![], error: None }
+        ItemResult {
+            target: item.target.clone(),
+            outcome,
+            reason,
+            applied: vec![],
+            error: None,
+        }
     }
 }
 
@@ -75,7 +84,10 @@ pub struct Executor {
 
 impl Executor {
     pub fn new(pool: Arc<Pool>, concurrency: usize) -> Executor {
-        Executor { pool, concurrency: concurrency.max(1) }
+        Executor {
+            pool,
+            concurrency: concurrency.max(1),
+        }
     }
 
     /// Runs every item; an item with `after` runs once that item is done, and waits (does
@@ -99,8 +111,15 @@ impl Executor {
                     Some(None) => {}
                     Some(Some((Outcome::Intact | Outcome::Restored, _))) => ready.push(i),
                     Some(Some((outcome, why))) => {
-                        let dep = item.after.as_ref().map(ToString::to_string).unwrap_or_default();
-                        let why = format!("waits for its parent {dep}, which is {outcome:?}: {}", why.as_deref().unwrap_or("-"));
+                        let dep = item
+                            .after
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_default();
+                        let why = format!(
+                            "waits for its parent {dep}, which is {outcome:?}: {}",
+                            why.as_deref().unwrap_or("-")
+                        );
                         results[i] = Some(ItemResult::unapplied(item, Outcome::Waiting, Some(why)));
                     }
                 }
@@ -130,7 +149,11 @@ impl Executor {
             .zip(&plan.items)
             .map(|(r, item)| {
                 r.unwrap_or_else(|| {
-                    ItemResult::unapplied(item, Outcome::Waiting, Some("waits for a parent that was not planned".into()))
+                    ItemResult::unapplied(
+                        item,
+                        Outcome::Waiting,
+                        Some("waits for a parent that was not planned".into()),
+                    )
                 })
             })
             .collect()
@@ -169,7 +192,12 @@ impl Executor {
     }
 
     /// Carries out one action and reads the result back.
-    async fn run(&self, action: &Action, seen: &mut Seen, masters: &Masters) -> Result<(), ActionError> {
+    async fn run(
+        &self,
+        action: &Action,
+        seen: &mut Seen,
+        masters: &Masters,
+    ) -> Result<(), ActionError> {
         let fail = |kernel: String| ActionError {
             tried: action.to_string(),
             netns: action.netns().to_string(),
@@ -177,7 +205,10 @@ impl Executor {
             kernel,
         };
         let conn = self.conn(action.netns()).await.map_err(fail)?;
-        let ctx = Ctx { conn: &conn, fail: &fail };
+        let ctx = Ctx {
+            conn: &conn,
+            fail: &fail,
+        };
         match action {
             Action::SetUp { netns, dev } | Action::SetDown { netns, dev } => {
                 let want = matches!(action, Action::SetUp { .. });
@@ -187,42 +218,83 @@ impl Executor {
                     let msg = if want { msg.up() } else { msg.down() };
                     ctx.kernel(conn.handle().link().set(msg.build()).execute().await)?;
                 }
-                ctx.verify(netns, link.ifindex, seen, |l| l.up == want, "admin state unchanged").await
+                ctx.verify(
+                    netns,
+                    link.ifindex,
+                    seen,
+                    |l| l.up == want,
+                    "admin state unchanged",
+                )
+                .await
             }
             Action::Rename { netns, dev, to } => {
                 let link = ctx.need(netns, dev, seen).await?;
                 if link.name != *to {
-                    let msg = LinkUnspec::new_with_index(link.ifindex).name(to.clone()).build();
+                    let msg = LinkUnspec::new_with_index(link.ifindex)
+                        .name(to.clone())
+                        .build();
                     ctx.kernel(conn.handle().link().set(msg).execute().await)?;
                 }
                 seen.remove(&(netns.clone(), dev.clone()));
-                ctx.verify(netns, link.ifindex, seen, |l| l.name == *to, "name unchanged").await
+                ctx.verify(
+                    netns,
+                    link.ifindex,
+                    seen,
+                    |l| l.name == *to,
+                    "name unchanged",
+                )
+                .await
             }
             Action::SetMaster { netns, dev, master } => {
                 let link = ctx.need(netns, dev, seen).await?;
                 let key = (netns.clone(), master.clone());
-                let known = masters.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+                let known = masters
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&key)
+                    .cloned();
                 let bridge = match known {
                     Some(bridge) => bridge,
                     None => {
                         let bridge = ctx.need(netns, master, seen).await?;
-                        masters.lock().unwrap_or_else(|p| p.into_inner()).insert(key, bridge.clone());
+                        masters
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(key, bridge.clone());
                         bridge
                     }
                 };
                 if link.master != Some(bridge.ifindex) {
-                    let msg = LinkUnspec::new_with_index(link.ifindex).controller(bridge.ifindex).build();
+                    let msg = LinkUnspec::new_with_index(link.ifindex)
+                        .controller(bridge.ifindex)
+                        .build();
                     ctx.kernel(conn.handle().link().set(msg).execute().await)?;
                 }
-                ctx.verify(netns, link.ifindex, seen, |l| l.master == Some(bridge.ifindex), "not a port of it").await
+                ctx.verify(
+                    netns,
+                    link.ifindex,
+                    seen,
+                    |l| l.master == Some(bridge.ifindex),
+                    "not a port of it",
+                )
+                .await
             }
             Action::SetMac { netns, dev, mac } => {
                 let link = ctx.need(netns, dev, seen).await?;
                 if link.mac != Some(*mac) {
-                    let msg = LinkUnspec::new_with_index(link.ifindex).address(mac.0.to_vec()).build();
+                    let msg = LinkUnspec::new_with_index(link.ifindex)
+                        .address(mac.0.to_vec())
+                        .build();
                     ctx.kernel(conn.handle().link().set(msg).execute().await)?;
                 }
-                ctx.verify(netns, link.ifindex, seen, |l| l.mac == Some(*mac), "MAC unchanged").await
+                ctx.verify(
+                    netns,
+                    link.ifindex,
+                    seen,
+                    |l| l.mac == Some(*mac),
+                    "MAC unchanged",
+                )
+                .await
             }
             Action::SetMtu { netns, dev, mtu } => {
                 let link = ctx.need(netns, dev, seen).await?;
@@ -230,44 +302,90 @@ impl Executor {
                     let msg = LinkUnspec::new_with_index(link.ifindex).mtu(*mtu).build();
                     ctx.kernel(conn.handle().link().set(msg).execute().await)?;
                 }
-                ctx.verify(netns, link.ifindex, seen, |l| l.mtu == Some(*mtu), "MTU unchanged").await
+                ctx.verify(
+                    netns,
+                    link.ifindex,
+                    seen,
+                    |l| l.mtu == Some(*mtu),
+                    "MTU unchanged",
+                )
+                .await
             }
             Action::DeleteStaleVeth { netns, dev, mac } => {
-                let Some(link) = ctx.get(netns, dev, seen).await? else { return Ok(()) };
+                let Some(link) = ctx.get(netns, dev, seen).await? else {
+                    return Ok(());
+                };
                 if link.kind.as_deref() != Some("veth") || (mac.is_some() && link.mac != *mac) {
-                    return Err(fail(format!("{dev} is no longer the stale veth (kind {:?}, MAC {:?}): left alone", link.kind, link.mac)));
+                    return Err(fail(format!(
+                        "{dev} is no longer the stale veth (kind {:?}, MAC {:?}): left alone",
+                        link.kind, link.mac
+                    )));
                 }
                 seen.remove(&(netns.clone(), dev.clone()));
                 // The kernel removes the pair itself when it tears the replaced netns down, all
                 // dying netns in one batch: far cheaper than a delete of ours (each waits for
                 // RCU, holding RTNL). Only a netns that someone keeps alive never gets there.
-                if vanishes(&conn, link.ifindex, STALE_GRACE).await.map_err(|e| fail(e.to_string()))? {
+                if vanishes(&conn, link.ifindex, STALE_GRACE)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?
+                {
                     return Ok(());
                 }
                 match conn.handle().link().del(link.ifindex).execute().await {
                     Err(e) if errno(&e) == Some(libc::ENODEV) => {}
                     other => ctx.kernel(other)?,
                 }
-                match conn.get_link(link.ifindex).await.map_err(|e| fail(e.to_string()))? {
+                match conn
+                    .get_link(link.ifindex)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?
+                {
                     None => Ok(()),
-                    Some(_) => Err(fail("still there after the kernel accepted the delete".into())),
+                    Some(_) => Err(fail(
+                        "still there after the kernel accepted the delete".into(),
+                    )),
                 }
             }
-            Action::CreateVeth { netns, name, mac, mtu, peer, peer_netns, peer_mac, peer_mtu } => {
+            Action::CreateVeth {
+                netns,
+                name,
+                mac,
+                mtu,
+                peer,
+                peer_netns,
+                peer_mac,
+                peer_mtu,
+            } => {
                 let peer_conn = self.conn(peer_netns).await.map_err(fail)?;
                 // Created directly in its netns: never visible, even briefly, in ours.
                 let peer_fd = (peer_netns != netns).then(|| peer_conn.fd());
                 let msg = veth_message(name, mac, mtu, peer, peer_mac, peer_mtu, peer_fd);
                 ctx.created(conn.handle().link().add(msg).execute().await)?;
                 let ours = ctx.verify_new(netns, name, "veth", mac, seen).await?;
-                let peer_ctx = Ctx { conn: &peer_conn, fail: &fail };
-                let theirs = peer_ctx.verify_new(peer_netns, peer, "veth", peer_mac, seen).await?;
+                let peer_ctx = Ctx {
+                    conn: &peer_conn,
+                    fail: &fail,
+                };
+                let theirs = peer_ctx
+                    .verify_new(peer_netns, peer, "veth", peer_mac, seen)
+                    .await?;
                 if ours.link != Some(theirs.ifindex) {
-                    return Err(fail(format!("{name} and {peer} exist but are not peers of each other")));
+                    return Err(fail(format!(
+                        "{name} and {peer} exist but are not peers of each other"
+                    )));
                 }
                 Ok(())
             }
-            Action::CreateVlan { parent_netns, parent, netns, name, id, protocol, mac, mtu } => {
+            Action::CreateVlan {
+                parent_netns,
+                parent,
+                netns,
+                name,
+                id,
+                protocol,
+                mac,
+                mtu,
+            } => {
                 let lower = ctx.need(parent_netns, parent, seen).await?;
                 self.parent_up(&ctx, &lower).await?;
                 let proto = match protocol {
@@ -275,33 +393,74 @@ impl Executor {
                     VlanProtocol::Dot1ad => netlink_packet_route::link::VlanProtocol::Ieee8021Ad,
                 };
                 let msg = LinkVlan::new(name, lower.ifindex, *id).protocol(proto);
-                self.create_stacked(&ctx, msg, parent_netns, netns, name, "vlan", mac, mtu, seen).await
+                self.create_stacked(&ctx, msg, parent_netns, netns, name, "vlan", mac, mtu, seen)
+                    .await
             }
-            Action::CreateMacvlan { parent_netns, parent, netns, name, mode, mac, mtu } => {
+            Action::CreateMacvlan {
+                parent_netns,
+                parent,
+                netns,
+                name,
+                mode,
+                mac,
+                mtu,
+            } => {
                 let lower = ctx.need(parent_netns, parent, seen).await?;
                 self.parent_up(&ctx, &lower).await?;
                 let msg = LinkMacVlan::new(name, lower.ifindex, macvlan_mode_to(*mode));
-                self.create_stacked(&ctx, msg, parent_netns, netns, name, "macvlan", mac, mtu, seen).await
+                self.create_stacked(
+                    &ctx,
+                    msg,
+                    parent_netns,
+                    netns,
+                    name,
+                    "macvlan",
+                    mac,
+                    mtu,
+                    seen,
+                )
+                .await
             }
             Action::AddAddress { netns, dev, addr } => {
                 let link = ctx.need(netns, dev, seen).await?;
-                let added = conn.handle().address().add(link.ifindex, addr.addr, addr.prefix).execute().await;
+                let added = conn
+                    .handle()
+                    .address()
+                    .add(link.ifindex, addr.addr, addr.prefix)
+                    .execute()
+                    .await;
                 ctx.created(added)?;
-                let now = conn.addresses_of_link(link.ifindex).await.map_err(|e| fail(e.to_string()))?;
+                let now = conn
+                    .addresses_of_link(link.ifindex)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
                 if now.contains(addr) {
                     Ok(())
                 } else {
-                    Err(fail(format!("the kernel accepted it but {dev} has {now:?}")))
+                    Err(fail(format!(
+                        "the kernel accepted it but {dev} has {now:?}"
+                    )))
                 }
             }
             Action::AddRoute { netns, dev, route } => {
                 let link = ctx.need(netns, dev, seen).await?;
-                ctx.created(conn.handle().route().add(route_message(route, link.ifindex)).execute().await)?;
-                let now = conn.routes_of_link(link.ifindex, route.dst.addr).await.map_err(|e| fail(e.to_string()))?;
+                ctx.created(
+                    conn.handle()
+                        .route()
+                        .add(route_message(route, link.ifindex))
+                        .execute()
+                        .await,
+                )?;
+                let now = conn
+                    .routes_of_link(link.ifindex, route.dst.addr)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
                 if now.has_route(link.ifindex, route) {
                     Ok(())
                 } else {
-                    Err(fail("the kernel accepted it but the route is not there".into()))
+                    Err(fail(
+                        "the kernel accepted it but the route is not there".into(),
+                    ))
                 }
             }
         }
@@ -323,32 +482,66 @@ impl Executor {
     ) -> Result<(), ActionError> {
         let target = self.conn(netns).await.map_err(ctx.fail)?;
         if netns == parent_netns {
-            ctx.created(ctx.conn.handle().link().add(with_mac_mtu(msg, mac, mtu).build()).execute().await)?;
+            ctx.created(
+                ctx.conn
+                    .handle()
+                    .link()
+                    .add(with_mac_mtu(msg, mac, mtu).build())
+                    .execute()
+                    .await,
+            )?;
         } else {
             // The kernel looks a new link's name up in the netns the request is sent to, so
             // a pod's `eth0` would collide with the host's: create it under a name of our
             // own, then move it in under its real one.
             let temp = crate::inventory::temporary_link_name();
-            ctx.kernel(ctx.conn.handle().link().add(with_mac_mtu(msg.name(temp.clone()), mac, mtu).build()).execute().await)?;
+            ctx.kernel(
+                ctx.conn
+                    .handle()
+                    .link()
+                    .add(with_mac_mtu(msg.name(temp.clone()), mac, mtu).build())
+                    .execute()
+                    .await,
+            )?;
             let made = ctx.need(parent_netns, &temp, seen).await?;
             seen.remove(&(parent_netns.clone(), temp.clone()));
-            let moving = LinkUnspec::new_with_index(made.ifindex).setns_by_fd(target.fd()).name(name.to_string()).build();
+            let moving = LinkUnspec::new_with_index(made.ifindex)
+                .setns_by_fd(target.fd())
+                .name(name.to_string())
+                .build();
             if let Err(e) = ctx.conn.handle().link().set(moving).execute().await {
                 // Leave nothing of ours behind in the parent's netns.
                 let _ = ctx.conn.handle().link().del(made.ifindex).execute().await;
                 return Err((ctx.fail)(kernel_says(&e)));
             }
         }
-        Ctx { conn: &target, fail: ctx.fail }.verify_new(netns, name, kind, mac, seen).await.map(|_| ())
+        Ctx {
+            conn: &target,
+            fail: ctx.fail,
+        }
+        .verify_new(netns, name, kind, mac, seen)
+        .await
+        .map(|_| ())
     }
 
     /// A guarded vlan/macvlan carries nothing over a parent that is down (a NIC comes back
     /// down after a driver reload), and a vlan cannot even be set up on one.
-    async fn parent_up(&self, ctx: &Ctx<'_, impl Fn(String) -> ActionError>, parent: &LiveLink) -> Result<(), ActionError> {
+    async fn parent_up(
+        &self,
+        ctx: &Ctx<'_, impl Fn(String) -> ActionError>,
+        parent: &LiveLink,
+    ) -> Result<(), ActionError> {
         if parent.up {
             return Ok(());
         }
-        ctx.kernel(ctx.conn.handle().link().set(LinkUnspec::new_with_index(parent.ifindex).up().build()).execute().await)
+        ctx.kernel(
+            ctx.conn
+                .handle()
+                .link()
+                .set(LinkUnspec::new_with_index(parent.ifindex).up().build())
+                .execute()
+                .await,
+        )
     }
 
     async fn conn(&self, netns: &Locator) -> Result<Arc<NetnsConn>, String> {
@@ -363,19 +556,35 @@ struct Ctx<'a, F: Fn(String) -> ActionError> {
 }
 
 impl<F: Fn(String) -> ActionError> Ctx<'_, F> {
-    async fn get(&self, netns: &Locator, name: &str, seen: &mut Seen) -> Result<Option<LiveLink>, ActionError> {
+    async fn get(
+        &self,
+        netns: &Locator,
+        name: &str,
+        seen: &mut Seen,
+    ) -> Result<Option<LiveLink>, ActionError> {
         if let Some(link) = seen.get(&(netns.clone(), name.to_string())) {
             return Ok(Some(link.clone()));
         }
-        let link = self.conn.get_link_by_name(name).await.map_err(|e| (self.fail)(e.to_string()))?;
+        let link = self
+            .conn
+            .get_link_by_name(name)
+            .await
+            .map_err(|e| (self.fail)(e.to_string()))?;
         if let Some(l) = &link {
             seen.insert((netns.clone(), name.to_string()), l.clone());
         }
         Ok(link)
     }
 
-    async fn need(&self, netns: &Locator, name: &str, seen: &mut Seen) -> Result<LiveLink, ActionError> {
-        self.get(netns, name, seen).await?.ok_or_else(|| (self.fail)(format!("there is no device {name} in {netns}")))
+    async fn need(
+        &self,
+        netns: &Locator,
+        name: &str,
+        seen: &mut Seen,
+    ) -> Result<LiveLink, ActionError> {
+        self.get(netns, name, seen)
+            .await?
+            .ok_or_else(|| (self.fail)(format!("there is no device {name} in {netns}")))
     }
 
     fn kernel(&self, result: Result<(), rtnetlink::Error>) -> Result<(), ActionError> {
@@ -398,7 +607,11 @@ impl<F: Fn(String) -> ActionError> Ctx<'_, F> {
         ok: impl Fn(&LiveLink) -> bool,
         otherwise: &str,
     ) -> Result<(), ActionError> {
-        let link = self.conn.get_link(ifindex).await.map_err(|e| (self.fail)(e.to_string()))?;
+        let link = self
+            .conn
+            .get_link(ifindex)
+            .await
+            .map_err(|e| (self.fail)(e.to_string()))?;
         let Some(link) = link else {
             return Err((self.fail)(format!("device (ifindex {ifindex}) vanished")));
         };
@@ -407,7 +620,9 @@ impl<F: Fn(String) -> ActionError> Ctx<'_, F> {
         if good {
             Ok(())
         } else {
-            Err((self.fail)(format!("the kernel accepted it but on reading back: {otherwise}")))
+            Err((self.fail)(format!(
+                "the kernel accepted it but on reading back: {otherwise}"
+            )))
         }
     }
 
@@ -419,15 +634,23 @@ impl<F: Fn(String) -> ActionError> Ctx<'_, F> {
         mac: &Option<Mac>,
         seen: &mut Seen,
     ) -> Result<LiveLink, ActionError> {
-        let link = self.conn.get_link_by_name(name).await.map_err(|e| (self.fail)(e.to_string()))?;
+        let link = self
+            .conn
+            .get_link_by_name(name)
+            .await
+            .map_err(|e| (self.fail)(e.to_string()))?;
         let Some(link) = link else {
-            return Err((self.fail)(format!("{name} is not in {netns} after the kernel accepted it")));
+            return Err((self.fail)(format!(
+                "{name} is not in {netns} after the kernel accepted it"
+            )));
         };
         if link.kind.as_deref() != Some(kind) || (mac.is_some() && link.mac != *mac) {
             return Err((self.fail)(format!(
                 "{name} in {netns} is a {} with MAC {}, not the {kind} asked for",
                 link.kind.as_deref().unwrap_or("device"),
-                link.mac.map(|m| m.to_string()).unwrap_or_else(|| "-".into())
+                link.mac
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "-".into())
             )));
         }
         seen.insert((netns.clone(), name.to_string()), link.clone());
@@ -455,7 +678,11 @@ async fn vanishes(conn: &NetnsConn, ifindex: u32, grace: Duration) -> Result<boo
     }
 }
 
-fn with_mac_mtu<T>(msg: LinkMessageBuilder<T>, mac: &Option<Mac>, mtu: &Option<u32>) -> LinkMessageBuilder<T> {
+fn with_mac_mtu<T>(
+    msg: LinkMessageBuilder<T>,
+    mac: &Option<Mac>,
+    mtu: &Option<u32>,
+) -> LinkMessageBuilder<T> {
     let msg = match mac {
         Some(mac) => msg.address(mac.0.to_vec()),
         None => msg,
@@ -493,20 +720,32 @@ pub fn veth_message(
 /// `ip route add` of one route through `oif` (main table, proto boot as iproute2 does).
 pub fn route_message(route: &RouteSpec, oif: u32) -> RouteMessage {
     let mut msg = RouteMessage::default();
-    msg.header.address_family = if route.dst.addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    msg.header.address_family = if route.dst.addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
     msg.header.destination_prefix_length = route.dst.prefix;
     msg.header.table = RouteHeader::RT_TABLE_MAIN;
     msg.header.protocol = RouteProtocol::Boot;
     msg.header.kind = RouteType::Unicast;
-    msg.header.scope = if route.gateway.is_some() { RouteScope::Universe } else { RouteScope::Link };
+    msg.header.scope = if route.gateway.is_some() {
+        RouteScope::Universe
+    } else {
+        RouteScope::Link
+    };
     if route.onlink {
         msg.header.flags |= RouteFlags::Onlink;
     }
     if route.dst.prefix > 0 {
-        msg.attributes.push(RouteAttribute::Destination(RouteAddress::from(route.dst.network().addr)));
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(
+                route.dst.network().addr,
+            )));
     }
     if let Some(gw) = route.gateway {
-        msg.attributes.push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
     }
     msg.attributes.push(RouteAttribute::Oif(oif));
     if let Some(metric) = route.metric {
@@ -536,14 +775,31 @@ mod tests {
 
     #[test]
     fn routes_are_built_like_ip_route_add() {
-        let default = RouteSpec { dst: "0.0.0.0/0".parse().unwrap(), gateway: Some("198.18.0.1".parse().unwrap()), onlink: false, metric: None };
+        let default = RouteSpec {
+            dst: "0.0.0.0/0".parse().unwrap(),
+            gateway: Some("198.18.0.1".parse().unwrap()),
+            onlink: false,
+            metric: None,
+        };
         let msg = route_message(&default, 7);
         assert_eq!(msg.header.scope, RouteScope::Universe);
-        assert!(!msg.attributes.iter().any(|a| matches!(a, RouteAttribute::Destination(_))));
-        let subnet = RouteSpec { dst: "198.18.5.9/24".parse().unwrap(), gateway: None, onlink: false, metric: Some(10) };
+        assert!(!msg
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Destination(_))));
+        let subnet = RouteSpec {
+            dst: "198.18.5.9/24".parse().unwrap(),
+            gateway: None,
+            onlink: false,
+            metric: Some(10),
+        };
         let msg = route_message(&subnet, 7);
         assert_eq!(msg.header.scope, RouteScope::Link);
-        assert!(msg.attributes.contains(&RouteAttribute::Destination(RouteAddress::Inet("198.18.5.0".parse().unwrap()))));
+        assert!(msg
+            .attributes
+            .contains(&RouteAttribute::Destination(RouteAddress::Inet(
+                "198.18.5.0".parse().unwrap()
+            ))));
         assert!(msg.attributes.contains(&RouteAttribute::Priority(10)));
     }
 }

@@ -14,7 +14,10 @@ use crate::event::Netns;
 use futures::StreamExt;
 
 use crate::inventory::{Changed, Changes, InventoryError, NetnsConn, Pool, Pruned};
-use crate::ledger::{KindSpec, Ledger, LedgerContent, LinkState, Locator, Mac, NicIdentity, NicLocation, NicRecord, NicState, Parent};
+use crate::ledger::{
+    KindSpec, Ledger, LedgerContent, LinkState, Locator, Mac, NicIdentity, NicLocation, NicRecord,
+    NicState, Parent,
+};
 
 pub mod apply;
 pub mod plan;
@@ -41,7 +44,12 @@ pub struct PassReport {
 impl PassReport {
     /// Items that are not as they should be after this pass.
     pub fn broken(&self) -> impl Iterator<Item = &ItemResult> {
-        self.results.iter().filter(|r| !matches!(r.outcome, Outcome::Intact | Outcome::Restored | Outcome::Lent))
+        self.results.iter().filter(|r| {
+            !matches!(
+                r.outcome,
+                Outcome::Intact | Outcome::Restored | Outcome::Lent
+            )
+        })
     }
 }
 
@@ -104,7 +112,11 @@ fn give_back_memory() {
 impl Restorer {
     /// Links are repaired up to `concurrency` at a time.
     pub fn new(pool: Arc<Pool>, concurrency: usize) -> Restorer {
-        Restorer { executor: Executor::new(pool.clone(), concurrency), pool, known: Default::default() }
+        Restorer {
+            executor: Executor::new(pool.clone(), concurrency),
+            pool,
+            known: Default::default(),
+        }
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
@@ -125,33 +137,53 @@ impl Restorer {
         if known.changes.is_none() {
             match Changes::open(self.pool.path_of(&Locator::Host)).await {
                 Ok(changes) => known.changes = Some(changes),
-                Err(e) => tracing::warn!("not listening for changes ({e}): this pass reads every netns"),
+                Err(e) => {
+                    tracing::warn!("not listening for changes ({e}): this pass reads every netns")
+                }
             }
         }
         let changed = match &mut known.changes {
             Some(changes) => changes.take(),
-            None => Changed { anything: true, ..Changed::default() },
+            None => Changed {
+                anything: true,
+                ..Changed::default()
+            },
         };
-        let due = known.read_all_at.is_none_or(|at| at.elapsed() >= READ_ALL_EVERY);
+        let due = known
+            .read_all_at
+            .is_none_or(|at| at.elapsed() >= READ_ALL_EVERY);
         if changed.anything || due || known.world.host.inode != host.inode {
             let changes = known.changes.take();
-            *known = Known { changes, read_all_at: Some(Instant::now()), ..Known::default() };
+            *known = Known {
+                changes,
+                read_all_at: Some(Instant::now()),
+                ..Known::default()
+            };
             known.again.insert(Locator::Host);
         }
         let wanted = wanted(ledger);
-        let Known { world, nsids, again, .. } = &mut *known;
+        let Known {
+            world,
+            nsids,
+            again,
+            ..
+        } = &mut *known;
         world.netns.retain(|locator, _| wanted.contains(locator));
         world.unreachable.clear();
         nsids.retain(|locator, _| wanted.contains(locator));
         let stale: Vec<Locator> = wanted
             .into_iter()
             .filter(|locator| {
-                let Some(inv) = world.netns.get(*locator) else { return true };
+                let Some(inv) = world.netns.get(*locator) else {
+                    return true;
+                };
                 let announced = match nsids.get(*locator) {
                     Some(Some(nsid)) => changed.nsids.contains(nsid),
                     _ => true,
                 };
-                announced || again.contains(*locator) || self.pool.inode_at(locator) != Some(inv.inode)
+                announced
+                    || again.contains(*locator)
+                    || self.pool.inode_at(locator) != Some(inv.inode)
             })
             .cloned()
             .collect();
@@ -171,7 +203,13 @@ impl Restorer {
             })
             .buffer_unordered(READ_CONCURRENCY)
             .collect::<Vec<_>>();
-        let host_read = async move { if read_host { Some(host.dump().await) } else { None } };
+        let host_read = async move {
+            if read_host {
+                Some(host.dump().await)
+            } else {
+                None
+            }
+        };
         let (host_inv, reads) = futures::join!(host_read, reads);
         if let Some(inv) = host_inv {
             world.host = inv.map_err(RestoreError::Host)?;
@@ -200,7 +238,9 @@ impl Restorer {
         let see = &mut |identity: NicIdentity, mac, up, location: NicLocation| {
             if ledger.is_new_nic(&identity, mac, &location.name) {
                 let home = location.name.clone();
-                content.nics.push(NicRecord::new(identity, &home, up, Some(location)));
+                content
+                    .nics
+                    .push(NicRecord::new(identity, &home, up, Some(location)));
             }
         };
         see_host_nics(see, world, self.host_netns(world));
@@ -215,7 +255,9 @@ impl Restorer {
         let (mut known, pruned, read) = self.survey(ledger.content()).await?;
         let world = &known.world;
         let host_netns = self.host_netns(world);
-        let see = &mut |identity: NicIdentity, mac, up, location| ledger.see_host_nic(&identity, mac, up, location);
+        let see = &mut |identity: NicIdentity, mac, up, location| {
+            ledger.see_host_nic(&identity, mac, up, location)
+        };
         see_host_nics(see, world, host_netns.clone());
         let plan = plan::plan(ledger.content(), world);
         for item in &plan.items {
@@ -245,13 +287,25 @@ impl Restorer {
         if read >= GIVE_BACK_AFTER {
             give_back_memory();
         }
-        let report = PassReport { results, pruned, took: started.elapsed() };
-        tracing::debug!("restore pass: {} items, {} not fine, {:?}", report.results.len(), report.broken().count(), report.took);
+        let report = PassReport {
+            results,
+            pruned,
+            took: started.elapsed(),
+        };
+        tracing::debug!(
+            "restore pass: {} items, {} not fine, {:?}",
+            report.results.len(),
+            report.broken().count(),
+            report.took
+        );
         Ok(report)
     }
 
     fn host_netns(&self, world: &World) -> Netns {
-        Netns { inode: world.host.inode, names: vec![self.pool.host_name()] }
+        Netns {
+            inode: world.host.inode,
+            names: vec![self.pool.host_name()],
+        }
     }
 }
 
@@ -265,8 +319,14 @@ fn wanted(ledger: &LedgerContent) -> HashSet<&Locator> {
             KindSpec::Veth { peer } => {
                 wanted.insert(&peer.netns);
             }
-            KindSpec::Vlan { parent: Parent::Link { netns, .. }, .. }
-            | KindSpec::Macvlan { parent: Parent::Link { netns, .. }, .. } => {
+            KindSpec::Vlan {
+                parent: Parent::Link { netns, .. },
+                ..
+            }
+            | KindSpec::Macvlan {
+                parent: Parent::Link { netns, .. },
+                ..
+            } => {
                 wanted.insert(netns);
             }
             _ => {}
@@ -283,7 +343,11 @@ fn see_host_nics(
     host: Netns,
 ) {
     for (link, identity) in world.host.nics() {
-        let location = NicLocation { netns: host.clone(), name: link.name.clone(), ifindex: Some(link.ifindex) };
+        let location = NicLocation {
+            netns: host.clone(),
+            name: link.name.clone(),
+            ifindex: Some(link.ifindex),
+        };
         see(identity, link.mac, link.up, location);
     }
 }
@@ -304,7 +368,8 @@ fn record(ledger: &mut Ledger, item: &Item, result: &ItemResult, world: &World, 
             if result.outcome == Outcome::Intact
                 && record.is_some_and(|r| {
                     r.spec.netns_inode == inode
-                        && (r.state == LinkState::Restored || (r.state == LinkState::Intact && r.reason.is_none()))
+                        && (r.state == LinkState::Restored
+                            || (r.state == LinkState::Intact && r.reason.is_none()))
                 })
             {
                 return;
@@ -329,15 +394,36 @@ fn record(ledger: &mut Ledger, item: &Item, result: &ItemResult, world: &World, 
                 ledger.set_link_netns_inode(key, inode);
             }
         }
-        Target::Nic { identity, home_name } => {
-            let previous = ledger.nics().iter().find(|n| &n.identity == identity).map(|n| (n.state, n.location.clone()));
-            let live = world.host.nics().find(|(_, id)| identity.matches(id)).map(|(l, _)| l);
-            let at = |name: &str| Some(NicLocation { netns: host.clone(), name: name.to_string(), ifindex: live.map(|l| l.ifindex) });
+        Target::Nic {
+            identity,
+            home_name,
+        } => {
+            let previous = ledger
+                .nics()
+                .iter()
+                .find(|n| &n.identity == identity)
+                .map(|n| (n.state, n.location.clone()));
+            let live = world
+                .host
+                .nics()
+                .find(|(_, id)| identity.matches(id))
+                .map(|(l, _)| l);
+            let at = |name: &str| {
+                Some(NicLocation {
+                    netns: host.clone(),
+                    name: name.to_string(),
+                    ifindex: live.map(|l| l.ifindex),
+                })
+            };
             let (state, location) = match result.outcome {
-                Outcome::Intact if previous.as_ref().is_some_and(|p| p.0 == NicState::Restored) => (NicState::Restored, at(home_name)),
+                Outcome::Intact if previous.as_ref().is_some_and(|p| p.0 == NicState::Restored) => {
+                    (NicState::Restored, at(home_name))
+                }
                 Outcome::Intact => (NicState::Home, at(home_name)),
                 Outcome::Restored => (NicState::Restored, at(home_name)),
-                Outcome::Conflict | Outcome::Waiting => (NicState::Conflict, live.and_then(|l| at(&l.name))),
+                Outcome::Conflict | Outcome::Waiting => {
+                    (NicState::Conflict, live.and_then(|l| at(&l.name)))
+                }
                 Outcome::Failed => (NicState::Refunded, live.and_then(|l| at(&l.name))),
                 Outcome::Lent => (NicState::Lent, previous.and_then(|p| p.1)),
                 Outcome::Lost => (NicState::Lost, None),

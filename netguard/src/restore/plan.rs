@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::inventory::{LiveLink, NetnsInventory};
 use crate::ledger::{
-    IpNet, KindSpec, LedgerContent, LinkKey, LinkRecord, LinkSpec, Locator, Mac, MacvlanMode, NicIdentity, NicRecord,
-    NicState, Parent, RouteSpec, VethPeer, VlanProtocol,
+    IpNet, KindSpec, LedgerContent, LinkKey, LinkRecord, LinkSpec, Locator, Mac, MacvlanMode,
+    NicIdentity, NicRecord, NicState, Parent, RouteSpec, VethPeer, VlanProtocol,
 };
 
 /// What the kernel says now: the host netns and every other netns a guarded link needs.
@@ -25,10 +25,14 @@ impl World {
     pub fn inventory(&self, locator: &Locator) -> Result<&NetnsInventory, String> {
         match locator {
             Locator::Host => Ok(&self.host),
-            Locator::Path(_) => self.netns.get(locator).ok_or_else(|| match self.unreachable.get(locator) {
-                Some(why) => format!("netns {locator} is not there ({why})"),
-                None => format!("netns {locator} was not looked at"),
-            }),
+            Locator::Path(_) => {
+                self.netns
+                    .get(locator)
+                    .ok_or_else(|| match self.unreachable.get(locator) {
+                        Some(why) => format!("netns {locator} is not there ({why})"),
+                        None => format!("netns {locator} was not looked at"),
+                    })
+            }
         }
     }
 }
@@ -38,15 +42,41 @@ impl World {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum Action {
-    SetUp { netns: Locator, dev: String },
-    SetDown { netns: Locator, dev: String },
-    Rename { netns: Locator, dev: String, to: String },
-    SetMaster { netns: Locator, dev: String, master: String },
-    SetMac { netns: Locator, dev: String, mac: Mac },
-    SetMtu { netns: Locator, dev: String, mtu: u32 },
+    SetUp {
+        netns: Locator,
+        dev: String,
+    },
+    SetDown {
+        netns: Locator,
+        dev: String,
+    },
+    Rename {
+        netns: Locator,
+        dev: String,
+        to: String,
+    },
+    SetMaster {
+        netns: Locator,
+        dev: String,
+        master: String,
+    },
+    SetMac {
+        netns: Locator,
+        dev: String,
+        mac: Mac,
+    },
+    SetMtu {
+        netns: Locator,
+        dev: String,
+        mtu: u32,
+    },
     /// A veth pair whose host side's peer died with a replaced netns (the kernel would remove
     /// it once the old netns is freed); removed so the pair can be re-created.
-    DeleteStaleVeth { netns: Locator, dev: String, mac: Option<Mac> },
+    DeleteStaleVeth {
+        netns: Locator,
+        dev: String,
+        mac: Option<Mac>,
+    },
     /// A veth pair: `name` in `netns`, `peer` created directly in `peer_netns` (IFLA_NET_NS_FD).
     CreateVeth {
         netns: Locator,
@@ -79,8 +109,16 @@ pub enum Action {
         mac: Option<Mac>,
         mtu: Option<u32>,
     },
-    AddAddress { netns: Locator, dev: String, addr: IpNet },
-    AddRoute { netns: Locator, dev: String, route: RouteSpec },
+    AddAddress {
+        netns: Locator,
+        dev: String,
+        addr: IpNet,
+    },
+    AddRoute {
+        netns: Locator,
+        dev: String,
+        route: RouteSpec,
+    },
 }
 
 impl Action {
@@ -97,7 +135,8 @@ impl Action {
             | Action::CreateVeth { netns, .. }
             | Action::AddAddress { netns, .. }
             | Action::AddRoute { netns, .. } => netns,
-            Action::CreateVlan { parent_netns, .. } | Action::CreateMacvlan { parent_netns, .. } => parent_netns,
+            Action::CreateVlan { parent_netns, .. }
+            | Action::CreateMacvlan { parent_netns, .. } => parent_netns,
         }
     }
 
@@ -113,17 +152,25 @@ impl Action {
             | Action::DeleteStaleVeth { dev, .. }
             | Action::AddAddress { dev, .. }
             | Action::AddRoute { dev, .. } => dev,
-            Action::CreateVeth { name, .. } | Action::CreateVlan { name, .. } | Action::CreateMacvlan { name, .. } => name,
+            Action::CreateVeth { name, .. }
+            | Action::CreateVlan { name, .. }
+            | Action::CreateMacvlan { name, .. } => name,
         }
     }
 }
 
 fn opt<T: fmt::Display>(label: &str, v: &Option<T>) -> String {
-    v.as_ref().map(|v| format!(" {label} {v}")).unwrap_or_default()
+    v.as_ref()
+        .map(|v| format!(" {label} {v}"))
+        .unwrap_or_default()
 }
 
 fn other_netns(here: &Locator, there: &Locator) -> String {
-    if here == there { String::new() } else { format!(" netns {there}") }
+    if here == there {
+        String::new()
+    } else {
+        format!(" netns {there}")
+    }
 }
 
 impl fmt::Display for Action {
@@ -137,8 +184,20 @@ impl fmt::Display for Action {
             Action::SetMaster { dev, master, .. } => write!(f, "ip link set {dev} master {master}"),
             Action::SetMac { dev, mac, .. } => write!(f, "ip link set {dev} address {mac}"),
             Action::SetMtu { dev, mtu, .. } => write!(f, "ip link set {dev} mtu {mtu}"),
-            Action::DeleteStaleVeth { dev, .. } => write!(f, "ip link del {dev} (stale veth: its peer's netns was replaced)"),
-            Action::CreateVeth { name, mac, mtu, peer, peer_netns, peer_mac, peer_mtu, .. } => write!(
+            Action::DeleteStaleVeth { dev, .. } => write!(
+                f,
+                "ip link del {dev} (stale veth: its peer's netns was replaced)"
+            ),
+            Action::CreateVeth {
+                name,
+                mac,
+                mtu,
+                peer,
+                peer_netns,
+                peer_mac,
+                peer_mtu,
+                ..
+            } => write!(
                 f,
                 "ip link add {name}{}{} type veth peer name {peer}{}{} netns {peer_netns}",
                 opt("address", mac),
@@ -146,14 +205,31 @@ impl fmt::Display for Action {
                 opt("address", peer_mac),
                 opt("mtu", peer_mtu)
             ),
-            Action::CreateVlan { parent_netns, parent, netns, name, id, protocol, mac, mtu } => write!(
+            Action::CreateVlan {
+                parent_netns,
+                parent,
+                netns,
+                name,
+                id,
+                protocol,
+                mac,
+                mtu,
+            } => write!(
                 f,
                 "ip link add link {parent} name {name}{}{}{} type vlan id {id} protocol {protocol}",
                 opt("address", mac),
                 opt("mtu", mtu),
                 other_netns(parent_netns, netns)
             ),
-            Action::CreateMacvlan { parent_netns, parent, netns, name, mode, mac, mtu } => write!(
+            Action::CreateMacvlan {
+                parent_netns,
+                parent,
+                netns,
+                name,
+                mode,
+                mac,
+                mtu,
+            } => write!(
                 f,
                 "ip link add link {parent} name {name}{}{}{} type macvlan mode {mode}",
                 opt("address", mac),
@@ -170,14 +246,23 @@ impl fmt::Display for Action {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Target {
-    Nic { home_name: String, identity: NicIdentity },
-    Link { kind: &'static str, key: LinkKey },
+    Nic {
+        home_name: String,
+        identity: NicIdentity,
+    },
+    Link {
+        kind: &'static str,
+        key: LinkKey,
+    },
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Target::Nic { home_name, identity } => write!(f, "NIC {home_name} ({identity})"),
+            Target::Nic {
+                home_name,
+                identity,
+            } => write!(f, "NIC {home_name} ({identity})"),
             Target::Link { kind, key } => write!(f, "{kind} {key}"),
         }
     }
@@ -203,7 +288,10 @@ pub enum Verdict {
 
 impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
         f.write_str(&s)
     }
 }
@@ -223,7 +311,13 @@ pub struct Item {
 
 impl Item {
     fn new(target: Target, verdict: Verdict, reason: impl Into<Option<String>>) -> Item {
-        Item { target, verdict, reason: reason.into(), actions: vec![], after: None }
+        Item {
+            target,
+            verdict,
+            reason: reason.into(),
+            actions: vec![],
+            after: None,
+        }
     }
 }
 
@@ -260,8 +354,16 @@ impl fmt::Display for Plan {
 
 /// Compares every guarded NIC and link with the kernel's view.
 pub fn plan(ledger: &LedgerContent, world: &World) -> Plan {
-    let mut items: Vec<Item> = ledger.nics.iter().map(|n| plan_nic(n, &world.host)).collect();
-    let links: Vec<Item> = ledger.links.values().map(|r| plan_link(r, ledger, world)).collect();
+    let mut items: Vec<Item> = ledger
+        .nics
+        .iter()
+        .map(|n| plan_nic(n, &world.host))
+        .collect();
+    let links: Vec<Item> = ledger
+        .links
+        .values()
+        .map(|r| plan_link(r, ledger, world))
+        .collect();
     // A link that waits on a parent being re-created in this same pass is planned as if the
     // parent were there; the executor runs it after the parent.
     items.extend(links);
@@ -269,12 +371,17 @@ pub fn plan(ledger: &LedgerContent, world: &World) -> Plan {
 }
 
 fn plan_nic(nic: &NicRecord, host: &NetnsInventory) -> Item {
-    let target = Target::Nic { home_name: nic.home_name.clone(), identity: nic.identity.clone() };
+    let target = Target::Nic {
+        home_name: nic.home_name.clone(),
+        identity: nic.identity.clone(),
+    };
     let found: Vec<&LiveLink> = host
         .links
         .iter()
         // A vlan or macvlan inherits its NIC's bus address: it is not the NIC.
-        .filter(|l| !(l.kind.is_some() && l.bus.is_some()) && nic.identity.matches(&l.nic_identity()))
+        .filter(|l| {
+            !(l.kind.is_some() && l.bus.is_some()) && nic.identity.matches(&l.nic_identity())
+        })
         .collect();
     let live = match found.as_slice() {
         [] if nic.state == NicState::Lent => return Item::new(target, Verdict::Lent, None),
@@ -282,7 +389,10 @@ fn plan_nic(nic: &NicRecord, host: &NetnsInventory) -> Item {
         [one] => *one,
         many => {
             let names: Vec<&str> = many.iter().map(|l| l.name.as_str()).collect();
-            let why = format!("its identity matches several devices ({}): not renaming any", names.join(", "));
+            let why = format!(
+                "its identity matches several devices ({}): not renaming any",
+                names.join(", ")
+            );
             return Item::new(target, Verdict::Conflict, why);
         }
     };
@@ -296,33 +406,62 @@ fn plan_nic(nic: &NicRecord, host: &NetnsInventory) -> Item {
         );
         return Item::new(target, Verdict::Conflict, why);
     }
-    let mut item = Item::new(target, Verdict::Repair, format!("came back as {}", live.name));
+    let mut item = Item::new(
+        target,
+        Verdict::Repair,
+        format!("came back as {}", live.name),
+    );
     // The kernel refuses to rename a running device (EBUSY).
     if live.up {
-        item.actions.push(Action::SetDown { netns: Locator::Host, dev: live.name.clone() });
+        item.actions.push(Action::SetDown {
+            netns: Locator::Host,
+            dev: live.name.clone(),
+        });
     }
-    item.actions.push(Action::Rename { netns: Locator::Host, dev: live.name.clone(), to: nic.home_name.clone() });
+    item.actions.push(Action::Rename {
+        netns: Locator::Host,
+        dev: live.name.clone(),
+        to: nic.home_name.clone(),
+    });
     if live.up || nic.up {
-        item.actions.push(Action::SetUp { netns: Locator::Host, dev: nic.home_name.clone() });
+        item.actions.push(Action::SetUp {
+            netns: Locator::Host,
+            dev: nic.home_name.clone(),
+        });
     }
     item
 }
 
 fn plan_link(record: &LinkRecord, ledger: &LedgerContent, world: &World) -> Item {
     let spec = &record.spec;
-    let target = Target::Link { kind: spec.kind.name(), key: spec.key() };
+    let target = Target::Link {
+        kind: spec.kind.name(),
+        key: spec.key(),
+    };
     let inv = match world.inventory(&spec.netns) {
         Ok(inv) => inv,
         Err(why) => return Item::new(target, Verdict::Waiting, why),
     };
     let result = match &spec.kind {
         KindSpec::Veth { peer } => plan_veth(spec, peer, inv, world),
-        KindSpec::Vlan { parent, .. } | KindSpec::Macvlan { parent, .. } => plan_stacked(spec, parent, inv, ledger, world),
+        KindSpec::Vlan { parent, .. } | KindSpec::Macvlan { parent, .. } => {
+            plan_stacked(spec, parent, inv, ledger, world)
+        }
     };
     match result {
         Ok((actions, after, why)) => {
-            let verdict = if actions.is_empty() { Verdict::Intact } else { Verdict::Repair };
-            Item { target, verdict, reason: why, actions, after }
+            let verdict = if actions.is_empty() {
+                Verdict::Intact
+            } else {
+                Verdict::Repair
+            };
+            Item {
+                target,
+                verdict,
+                reason: why,
+                actions,
+                after,
+            }
         }
         Err((verdict, why)) => Item::new(target, verdict, why),
     }
@@ -333,19 +472,27 @@ type Planned = Result<(Vec<Action>, Option<LinkKey>, Option<String>), (Verdict, 
 
 fn replaced(spec: &LinkSpec, inv: &NetnsInventory) -> Option<String> {
     match spec.netns_inode {
-        Some(old) if old != inv.inode && spec.netns != Locator::Host => {
-            Some(format!("netns {} was replaced (inode {old} -> {})", spec.netns, inv.inode))
-        }
+        Some(old) if old != inv.inode && spec.netns != Locator::Host => Some(format!(
+            "netns {} was replaced (inode {old} -> {})",
+            spec.netns, inv.inode
+        )),
         _ => None,
     }
 }
 
 fn plan_veth(spec: &LinkSpec, peer: &VethPeer, inv: &NetnsInventory, world: &World) -> Planned {
-    let peer_inv = world.inventory(&peer.netns).map_err(|why| (Verdict::Waiting, why))?;
+    let peer_inv = world
+        .inventory(&peer.netns)
+        .map_err(|why| (Verdict::Waiting, why))?;
     let bridge = match &peer.master {
         Some(name) => match peer_inv.link_by_name(name) {
             Some(br) => Some(br),
-            None => return Err((Verdict::Waiting, format!("bridge {name} is not in {}", peer.netns))),
+            None => {
+                return Err((
+                    Verdict::Waiting,
+                    format!("bridge {name} is not in {}", peer.netns),
+                ))
+            }
         },
         None => None,
     };
@@ -361,7 +508,10 @@ fn plan_veth(spec: &LinkSpec, peer: &VethPeer, inv: &NetnsInventory, world: &Wor
             if !paired {
                 return Err((
                     Verdict::Conflict,
-                    format!("{} in {} and {} in {} are not the guarded veth pair", spec.name, spec.netns, peer.name, peer.netns),
+                    format!(
+                        "{} in {} and {} in {} are not the guarded veth pair",
+                        spec.name, spec.netns, peer.name, peer.netns
+                    ),
                 ));
             }
             configure_peer(peer, Some(theirs), bridge, &mut actions);
@@ -369,7 +519,13 @@ fn plan_veth(spec: &LinkSpec, peer: &VethPeer, inv: &NetnsInventory, world: &Wor
             (!actions.is_empty()).then(|| "repairing".to_string())
         }
         (Some(_), None) => {
-            return Err((Verdict::Conflict, format!("{} in {} exists but its peer {} does not", spec.name, spec.netns, peer.name)));
+            return Err((
+                Verdict::Conflict,
+                format!(
+                    "{} in {} exists but its peer {} does not",
+                    spec.name, spec.netns, peer.name
+                ),
+            ));
         }
         (None, theirs) => {
             let replaced = replaced(spec, inv);
@@ -380,10 +536,17 @@ fn plan_veth(spec: &LinkSpec, peer: &VethPeer, inv: &NetnsInventory, world: &Wor
                 if replaced.is_none() || theirs.kind.as_deref() != Some("veth") || !ours_by_mac {
                     return Err((
                         Verdict::Conflict,
-                        format!("{} is missing from {} but {} exists in {}: not touching it", spec.name, spec.netns, peer.name, peer.netns),
+                        format!(
+                            "{} is missing from {} but {} exists in {}: not touching it",
+                            spec.name, spec.netns, peer.name, peer.netns
+                        ),
                     ));
                 }
-                actions.push(Action::DeleteStaleVeth { netns: peer.netns.clone(), dev: peer.name.clone(), mac: theirs.mac });
+                actions.push(Action::DeleteStaleVeth {
+                    netns: peer.netns.clone(),
+                    dev: peer.name.clone(),
+                    mac: theirs.mac,
+                });
             }
             actions.push(Action::CreateVeth {
                 netns: peer.netns.clone(),
@@ -404,52 +567,103 @@ fn plan_veth(spec: &LinkSpec, peer: &VethPeer, inv: &NetnsInventory, world: &Wor
 }
 
 /// MAC and MTU of a link that exists but drifted (re-created by someone else, say).
-fn fix_drift(netns: &Locator, dev: &str, mac: Option<Mac>, mtu: Option<u32>, live: Option<&LiveLink>, actions: &mut Vec<Action>) {
+fn fix_drift(
+    netns: &Locator,
+    dev: &str,
+    mac: Option<Mac>,
+    mtu: Option<u32>,
+    live: Option<&LiveLink>,
+    actions: &mut Vec<Action>,
+) {
     let Some(live) = live else { return };
     if let Some(mac) = mac.filter(|m| live.mac != Some(*m)) {
-        actions.push(Action::SetMac { netns: netns.clone(), dev: dev.to_string(), mac });
+        actions.push(Action::SetMac {
+            netns: netns.clone(),
+            dev: dev.to_string(),
+            mac,
+        });
     }
     if let Some(mtu) = mtu.filter(|m| live.mtu != Some(*m)) {
-        actions.push(Action::SetMtu { netns: netns.clone(), dev: dev.to_string(), mtu });
+        actions.push(Action::SetMtu {
+            netns: netns.clone(),
+            dev: dev.to_string(),
+            mtu,
+        });
     }
 }
 
 /// Host side of a veth: up, THEN enslaved (a port enslaved while down may not attach).
-fn configure_peer(peer: &VethPeer, live: Option<&LiveLink>, bridge: Option<&LiveLink>, actions: &mut Vec<Action>) {
+fn configure_peer(
+    peer: &VethPeer,
+    live: Option<&LiveLink>,
+    bridge: Option<&LiveLink>,
+    actions: &mut Vec<Action>,
+) {
     let dev = || peer.name.clone();
     fix_drift(&peer.netns, &peer.name, peer.mac, peer.mtu, live, actions);
     if peer.up && !live.is_some_and(|l| l.up) {
-        actions.push(Action::SetUp { netns: peer.netns.clone(), dev: dev() });
+        actions.push(Action::SetUp {
+            netns: peer.netns.clone(),
+            dev: dev(),
+        });
     }
     if let Some(bridge) = bridge {
         if live.and_then(|l| l.master) != Some(bridge.ifindex) {
-            actions.push(Action::SetMaster { netns: peer.netns.clone(), dev: dev(), master: bridge.name.clone() });
+            actions.push(Action::SetMaster {
+                netns: peer.netns.clone(),
+                dev: dev(),
+                master: bridge.name.clone(),
+            });
         }
     }
 }
 
 /// A link's own configuration: addresses, up, then routes (a gateway route needs the link up
 /// and the gateway's subnet present). `live: None` means it is about to be created.
-fn configure(spec: &LinkSpec, inv: &NetnsInventory, live: Option<&LiveLink>, actions: &mut Vec<Action>) {
+fn configure(
+    spec: &LinkSpec,
+    inv: &NetnsInventory,
+    live: Option<&LiveLink>,
+    actions: &mut Vec<Action>,
+) {
     let dev = || spec.name.clone();
     let netns = || spec.netns.clone();
     fix_drift(&spec.netns, &spec.name, spec.mac, spec.mtu, live, actions);
-    let have: Vec<IpNet> = live.map(|l| inv.addresses_of(l.ifindex).collect()).unwrap_or_default();
+    let have: Vec<IpNet> = live
+        .map(|l| inv.addresses_of(l.ifindex).collect())
+        .unwrap_or_default();
     for addr in spec.addresses.iter().filter(|a| !have.contains(a)) {
-        actions.push(Action::AddAddress { netns: netns(), dev: dev(), addr: *addr });
+        actions.push(Action::AddAddress {
+            netns: netns(),
+            dev: dev(),
+            addr: *addr,
+        });
     }
     if spec.up && !live.is_some_and(|l| l.up) {
-        actions.push(Action::SetUp { netns: netns(), dev: dev() });
+        actions.push(Action::SetUp {
+            netns: netns(),
+            dev: dev(),
+        });
     }
     for route in &spec.routes {
         if !live.is_some_and(|l| inv.has_route(l.ifindex, route)) {
-            actions.push(Action::AddRoute { netns: netns(), dev: dev(), route: route.clone() });
+            actions.push(Action::AddRoute {
+                netns: netns(),
+                dev: dev(),
+                route: route.clone(),
+            });
         }
     }
 }
 
 /// A vlan or macvlan: needs its parent; re-created directly in its netns.
-fn plan_stacked(spec: &LinkSpec, parent: &Parent, inv: &NetnsInventory, ledger: &LedgerContent, world: &World) -> Planned {
+fn plan_stacked(
+    spec: &LinkSpec,
+    parent: &Parent,
+    inv: &NetnsInventory,
+    ledger: &LedgerContent,
+    world: &World,
+) -> Planned {
     if let Some(live) = inv.link_by_name(&spec.name) {
         let kind_ok = live.kind.as_deref() == Some(spec.kind.name());
         let vlan_ok = match &spec.kind {
@@ -459,7 +673,12 @@ fn plan_stacked(spec: &LinkSpec, parent: &Parent, inv: &NetnsInventory, ledger: 
         if !kind_ok || !vlan_ok {
             return Err((
                 Verdict::Conflict,
-                format!("{} in {} is not the guarded {}", spec.name, spec.netns, spec.kind.name()),
+                format!(
+                    "{} in {} is not the guarded {}",
+                    spec.name,
+                    spec.netns,
+                    spec.kind.name()
+                ),
             ));
         }
         let mut actions = Vec::new();
@@ -471,20 +690,41 @@ fn plan_stacked(spec: &LinkSpec, parent: &Parent, inv: &NetnsInventory, ledger: 
     // Gone: find the parent, by identity or by name, as it is now.
     let (parent_netns, parent_name, after) = match parent {
         Parent::Nic(identity) => {
-            let found = world.host.nics().find(|(_, id)| identity.matches(id)).map(|(l, _)| l.name.clone());
+            let found = world
+                .host
+                .nics()
+                .find(|(_, id)| identity.matches(id))
+                .map(|(l, _)| l.name.clone());
             match found {
                 Some(name) => (Locator::Host, name, None),
-                None => return Err((Verdict::Waiting, format!("its parent NIC ({identity}) is not back in the host netns"))),
+                None => {
+                    return Err((
+                        Verdict::Waiting,
+                        format!("its parent NIC ({identity}) is not back in the host netns"),
+                    ))
+                }
             }
         }
         Parent::Link { netns, name } => {
-            let key = LinkKey { netns: netns.clone(), name: name.clone() };
-            let present = world.inventory(netns).ok().and_then(|i| i.link_by_name(name)).is_some();
+            let key = LinkKey {
+                netns: netns.clone(),
+                name: name.clone(),
+            };
+            let present = world
+                .inventory(netns)
+                .ok()
+                .and_then(|i| i.link_by_name(name))
+                .is_some();
             match (present, ledger.links.contains_key(&key)) {
                 (true, _) => (netns.clone(), name.clone(), None),
                 // A guarded parent: re-created first, in the same pass.
                 (false, true) => (netns.clone(), name.clone(), Some(key)),
-                (false, false) => return Err((Verdict::Waiting, format!("its parent {name} is not in {netns}"))),
+                (false, false) => {
+                    return Err((
+                        Verdict::Waiting,
+                        format!("its parent {name} is not in {netns}"),
+                    ))
+                }
             }
         }
     };
@@ -544,7 +784,11 @@ mod tests {
     }
 
     fn nic(ifindex: u32, name: &str, perm: &str) -> LiveLink {
-        LiveLink { perm_mac: Some(perm.parse().unwrap()), bus: Some("0000:00:03.0".into()), ..live(ifindex, name, None) }
+        LiveLink {
+            perm_mac: Some(perm.parse().unwrap()),
+            bus: Some("0000:00:03.0".into()),
+            ..live(ifindex, name, None)
+        }
     }
 
     fn veth_only(content: &mut LedgerContent) {
@@ -567,17 +811,34 @@ mod tests {
             ..live(10, "vc1", Some("veth"))
         };
         let host = NetnsInventory::new(1, vec![live(1, "lo", None), br, vc1], vec![], vec![]);
-        let eth0 = LiveLink { link: Some(10), mac: Some("02:00:00:00:00:01".parse().unwrap()), ..live(2, "eth0", Some("veth")) };
-        let addrs = vec![LiveAddr { ifindex: 2, net: "198.18.0.2/24".parse().unwrap(), link_scope: false }];
+        let eth0 = LiveLink {
+            link: Some(10),
+            mac: Some("02:00:00:00:00:01".parse().unwrap()),
+            ..live(2, "eth0", Some("veth"))
+        };
+        let addrs = vec![LiveAddr {
+            ifindex: 2,
+            net: "198.18.0.2/24".parse().unwrap(),
+            link_scope: false,
+        }];
         let routes = vec![LiveRoute {
             oif: Some(2),
             table: 254,
             by_kernel: false,
             unicast: true,
-            route: RouteSpec { dst: "0.0.0.0/0".parse().unwrap(), gateway: Some("198.18.0.1".parse().unwrap()), onlink: false, metric: None },
+            route: RouteSpec {
+                dst: "0.0.0.0/0".parse().unwrap(),
+                gateway: Some("198.18.0.1".parse().unwrap()),
+                onlink: false,
+                metric: None,
+            },
         }];
         let c1_inv = NetnsInventory::new(C1, vec![live(1, "lo", None), eth0], addrs, routes);
-        World { host, netns: HashMap::from([(c1(), c1_inv)]), unreachable: HashMap::new() }
+        World {
+            host,
+            netns: HashMap::from([(c1(), c1_inv)]),
+            unreachable: HashMap::new(),
+        }
     }
 
     #[test]
@@ -595,12 +856,29 @@ mod tests {
         veth_only(&mut content);
         let mut world = healthy_veth_world();
         // New netns at the same path: only lo. The pair died with the old one.
-        world.netns.insert(c1(), NetnsInventory::new(C1 + 7, vec![live(1, "lo", None)], vec![], vec![]));
-        world.host = NetnsInventory::new(1, world.host.links.iter().filter(|l| l.name != "vc1").cloned().collect(), vec![], vec![]);
+        world.netns.insert(
+            c1(),
+            NetnsInventory::new(C1 + 7, vec![live(1, "lo", None)], vec![], vec![]),
+        );
+        world.host = NetnsInventory::new(
+            1,
+            world
+                .host
+                .links
+                .iter()
+                .filter(|l| l.name != "vc1")
+                .cloned()
+                .collect(),
+            vec![],
+            vec![],
+        );
         let plan = super::plan(&content, &world);
         let item = &plan.items[0];
         assert_eq!(item.verdict, Verdict::Repair);
-        assert!(item.reason.as_deref().unwrap().contains("replaced (inode"), "{plan}");
+        assert!(
+            item.reason.as_deref().unwrap().contains("replaced (inode"),
+            "{plan}"
+        );
         let text: Vec<String> = item.actions.iter().map(|a| a.to_string()).collect();
         assert_eq!(
             text,
@@ -622,9 +900,15 @@ mod tests {
         let mut content = sample_content();
         veth_only(&mut content);
         let mut world = healthy_veth_world();
-        world.netns.insert(c1(), NetnsInventory::new(C1 + 7, vec![live(1, "lo", None)], vec![], vec![]));
+        world.netns.insert(
+            c1(),
+            NetnsInventory::new(C1 + 7, vec![live(1, "lo", None)], vec![], vec![]),
+        );
         let plan1 = super::plan(&content, &world);
-        assert!(matches!(plan1.items[0].actions[0], Action::DeleteStaleVeth { .. }), "{plan1}");
+        assert!(
+            matches!(plan1.items[0].actions[0], Action::DeleteStaleVeth { .. }),
+            "{plan1}"
+        );
 
         // Same situation but vc1 has another MAC: not ours.
         let links = world
@@ -665,8 +949,18 @@ mod tests {
             .collect();
         world.host = NetnsInventory::new(1, links, vec![], vec![]);
         let plan = super::plan(&content, &world);
-        let text: Vec<String> = plan.items[0].actions.iter().map(|a| a.to_string()).collect();
-        assert_eq!(text, vec!["[host] ip link set vc1 up", "[host] ip link set vc1 master br0"]);
+        let text: Vec<String> = plan.items[0]
+            .actions
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            text,
+            vec![
+                "[host] ip link set vc1 up",
+                "[host] ip link set vc1 master br0"
+            ]
+        );
     }
 
     #[test]
@@ -675,16 +969,29 @@ mod tests {
         veth_only(&mut content);
         let mut world = healthy_veth_world();
         world.netns.clear();
-        world.unreachable.insert(c1(), "No such file or directory".into());
+        world
+            .unreachable
+            .insert(c1(), "No such file or directory".into());
         let plan1 = super::plan(&content, &world);
         assert_eq!(plan1.items[0].verdict, Verdict::Waiting);
-        assert!(plan1.items[0].reason.as_deref().unwrap().contains("No such file"), "{plan1}");
+        assert!(
+            plan1.items[0]
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("No such file"),
+            "{plan1}"
+        );
 
         let mut world = healthy_veth_world();
         world.host = NetnsInventory::new(1, vec![live(1, "lo", None)], vec![], vec![]);
         let plan2 = super::plan(&content, &world);
         assert_eq!(plan2.items[0].verdict, Verdict::Waiting, "{plan2}");
-        assert!(plan2.items[0].reason.as_deref().unwrap().contains("bridge br0"));
+        assert!(plan2.items[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("bridge br0"));
     }
 
     #[test]
@@ -693,17 +1000,48 @@ mod tests {
         content.links.retain(|_, l| l.spec.kind.name() != "veth");
         let pod = Locator::Path("/proc/111576/ns/net".into());
         // The NIC is back under a new ifindex; no vlan; the pod netns has only lo.
-        let host = NetnsInventory::new(1, vec![live(1, "lo", None), nic(9, "eth0", "52:54:00:12:34:56")], vec![], vec![]);
+        let host = NetnsInventory::new(
+            1,
+            vec![live(1, "lo", None), nic(9, "eth0", "52:54:00:12:34:56")],
+            vec![],
+            vec![],
+        );
         let pod_inv = NetnsInventory::new(4026532300, vec![live(1, "lo", None)], vec![], vec![]);
-        let world = World { host, netns: HashMap::from([(pod.clone(), pod_inv)]), unreachable: HashMap::new() };
+        let world = World {
+            host,
+            netns: HashMap::from([(pod.clone(), pod_inv)]),
+            unreachable: HashMap::new(),
+        };
         let plan = super::plan(&content, &world);
-        let vlan = plan.items.iter().find(|i| matches!(&i.target, Target::Link { kind: "vlan", .. })).unwrap();
-        let macvlan = plan.items.iter().find(|i| matches!(&i.target, Target::Link { kind: "macvlan", .. })).unwrap();
+        let vlan = plan
+            .items
+            .iter()
+            .find(|i| matches!(&i.target, Target::Link { kind: "vlan", .. }))
+            .unwrap();
+        let macvlan = plan
+            .items
+            .iter()
+            .find(|i| {
+                matches!(
+                    &i.target,
+                    Target::Link {
+                        kind: "macvlan",
+                        ..
+                    }
+                )
+            })
+            .unwrap();
         assert_eq!(
             vlan.actions[0].to_string(),
             "[host] ip link add link eth0 name eth0.3 mtu 1500 type vlan id 3 protocol 802.1q"
         );
-        assert_eq!(macvlan.after, Some(LinkKey { netns: Locator::Host, name: "eth0.3".into() }));
+        assert_eq!(
+            macvlan.after,
+            Some(LinkKey {
+                netns: Locator::Host,
+                name: "eth0.3".into()
+            })
+        );
         let text: Vec<String> = macvlan.actions.iter().map(|a| a.to_string()).collect();
         assert_eq!(
             text,
@@ -722,9 +1060,16 @@ mod tests {
             unreachable: HashMap::new(),
         };
         let plan = super::plan(&content, &world);
-        let vlan = plan.items.iter().find(|i| matches!(&i.target, Target::Link { kind: "vlan", .. })).unwrap();
+        let vlan = plan
+            .items
+            .iter()
+            .find(|i| matches!(&i.target, Target::Link { kind: "vlan", .. }))
+            .unwrap();
         assert_eq!(vlan.verdict, Verdict::Waiting);
-        assert!(vlan.reason.as_deref().unwrap().contains("parent NIC"), "{plan}");
+        assert!(
+            vlan.reason.as_deref().unwrap().contains("parent NIC"),
+            "{plan}"
+        );
     }
 
     #[test]
@@ -745,20 +1090,34 @@ mod tests {
                 l
             })
             .collect();
-        let fixed = NetnsInventory::new(inv.inode, links, inv.addresses.clone(), inv.routes.clone());
+        let fixed =
+            NetnsInventory::new(inv.inode, links, inv.addresses.clone(), inv.routes.clone());
         world.netns.insert(c1(), fixed);
         let plan = super::plan(&content, &world);
-        let text: Vec<String> = plan.items[0].actions.iter().map(|a| a.to_string()).collect();
+        let text: Vec<String> = plan.items[0]
+            .actions
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
         assert_eq!(
             text,
-            vec!["[/run/netns/c1] ip link set eth0 address 02:00:00:00:00:01", "[/run/netns/c1] ip link set eth0 mtu 1500"]
+            vec![
+                "[/run/netns/c1] ip link set eth0 address 02:00:00:00:00:01",
+                "[/run/netns/c1] ip link set eth0 mtu 1500"
+            ]
         );
     }
 
     fn nic_only(content: &mut LedgerContent) {
         content.links.clear();
-        content.nics[0].location =
-            Some(NicLocation { netns: crate::event::Netns { inode: 1, names: vec![] }, name: "eth2".into(), ifindex: Some(4) });
+        content.nics[0].location = Some(NicLocation {
+            netns: crate::event::Netns {
+                inode: 1,
+                names: vec![],
+            },
+            name: "eth2".into(),
+            ifindex: Some(4),
+        });
     }
 
     #[test]
@@ -768,9 +1127,25 @@ mod tests {
         let mut dev4 = nic(4, "dev4", "52:54:00:12:34:56");
         dev4.up = false;
         let host = NetnsInventory::new(1, vec![live(1, "lo", None), dev4], vec![], vec![]);
-        let plan = super::plan(&content, &World { host, ..World::default() });
-        let text: Vec<String> = plan.items[0].actions.iter().map(|a| a.to_string()).collect();
-        assert_eq!(text, vec!["[host] ip link set dev4 name eth2", "[host] ip link set eth2 up"]);
+        let plan = super::plan(
+            &content,
+            &World {
+                host,
+                ..World::default()
+            },
+        );
+        let text: Vec<String> = plan.items[0]
+            .actions
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            text,
+            vec![
+                "[host] ip link set dev4 name eth2",
+                "[host] ip link set eth2 up"
+            ]
+        );
     }
 
     #[test]
@@ -779,14 +1154,30 @@ mod tests {
         nic_only(&mut content);
         let host = NetnsInventory::new(
             1,
-            vec![nic(4, "dev4", "52:54:00:12:34:56"), live(5, "eth2", Some("veth"))],
+            vec![
+                nic(4, "dev4", "52:54:00:12:34:56"),
+                live(5, "eth2", Some("veth")),
+            ],
             vec![],
             vec![],
         );
-        let plan = super::plan(&content, &World { host, ..World::default() });
+        let plan = super::plan(
+            &content,
+            &World {
+                host,
+                ..World::default()
+            },
+        );
         assert_eq!(plan.items[0].verdict, Verdict::Conflict);
         assert!(plan.items[0].actions.is_empty());
-        assert!(plan.items[0].reason.as_deref().unwrap().contains("held by another device"), "{plan}");
+        assert!(
+            plan.items[0]
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("held by another device"),
+            "{plan}"
+        );
         // A lent NIC that is not in the host netns is not lost.
         content.nics[0].state = NicState::Lent;
         let plan = super::plan(&content, &World::default());

@@ -24,7 +24,11 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 3] = [BackendKind::Fentry, BackendKind::Kprobe, BackendKind::Netlink];
+    pub const ALL: [BackendKind; 3] = [
+        BackendKind::Fentry,
+        BackendKind::Kprobe,
+        BackendKind::Netlink,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -130,8 +134,12 @@ impl Tracer {
         let mut unavailable = Vec::new();
         for backend in candidates {
             let started = match backend {
-                BackendKind::Fentry => ebpf::start(ebpf::ProbeMode::Fentry, &options, resolver.clone()).await,
-                BackendKind::Kprobe => ebpf::start(ebpf::ProbeMode::Kprobe, &options, resolver.clone()).await,
+                BackendKind::Fentry => {
+                    ebpf::start(ebpf::ProbeMode::Fentry, &options, resolver.clone()).await
+                }
+                BackendKind::Kprobe => {
+                    ebpf::start(ebpf::ProbeMode::Kprobe, &options, resolver.clone()).await
+                }
                 BackendKind::Netlink => netlink::start(&options, resolver.clone()).await,
             };
             match started {
@@ -139,7 +147,13 @@ impl Tracer {
                     for skipped in &unavailable {
                         tracing::info!("tracer backend {skipped}");
                     }
-                    return Ok(Tracer { backend, unavailable, resolver, running, seen: 0 });
+                    return Ok(Tracer {
+                        backend,
+                        unavailable,
+                        resolver,
+                        running,
+                        seen: 0,
+                    });
                 }
                 Err(reason) => unavailable.push(Unavailable { backend, reason }),
             }
@@ -176,9 +190,18 @@ mod tests {
 
     #[test]
     fn backend_names_parse_and_unknown_ones_are_named() {
-        assert_eq!("auto".parse::<BackendChoice>().unwrap(), BackendChoice::Auto);
-        assert_eq!("kprobe".parse::<BackendChoice>().unwrap(), BackendChoice::Only(BackendKind::Kprobe));
+        assert_eq!(
+            "auto".parse::<BackendChoice>().unwrap(),
+            BackendChoice::Auto
+        );
+        assert_eq!(
+            "kprobe".parse::<BackendChoice>().unwrap(),
+            BackendChoice::Only(BackendKind::Kprobe)
+        );
         let err = "ebpf".parse::<BackendChoice>().unwrap_err();
-        assert_eq!(err.to_string(), "unknown backend 'ebpf': use auto, fentry, kprobe or netlink");
+        assert_eq!(
+            err.to_string(),
+            "unknown backend 'ebpf': use auto, fentry, kprobe or netlink"
+        );
     }
 }

@@ -17,7 +17,9 @@ pub const MARK: &str = "NGVM";
 pub fn build(kernel: &Kernel, suite_args: &[String], dir: &Path) -> anyhow::Result<PathBuf> {
     let root = dir.join("initramfs").join(&kernel.release);
     let _ = fs::remove_dir_all(&root);
-    for sub in ["bin", "sbin", "dev", "proc", "sys", "run", "tmp", "etc", "root"] {
+    for sub in [
+        "bin", "sbin", "dev", "proc", "sys", "run", "tmp", "etc", "root",
+    ] {
         fs::create_dir_all(root.join(sub))?;
     }
     let debug = shell::workspace_root().join("target/debug");
@@ -31,7 +33,9 @@ pub fn build(kernel: &Kernel, suite_args: &[String], dir: &Path) -> anyhow::Resu
     }
     copy_modules(kernel, &root)?;
     write_init(&root, suite_args)?;
-    let image = dir.join("initramfs").join(format!("{}.cpio", kernel.release));
+    let image = dir
+        .join("initramfs")
+        .join(format!("{}.cpio", kernel.release));
     let cpio = fs::File::create(&image)?;
     shell::run(
         Command::new("sh")
@@ -52,13 +56,23 @@ fn which(program: &str) -> anyhow::Result<PathBuf> {
 
 /// Copies a binary and every shared library it loads, at the same paths.
 fn copy_executable(from: &Path, to: &Path) -> anyhow::Result<()> {
-    fs::copy(from, to).with_context(|| format!("cannot copy {} (was it built?)", from.display()))?;
+    fs::copy(from, to)
+        .with_context(|| format!("cannot copy {} (was it built?)", from.display()))?;
     fs::set_permissions(to, fs::Permissions::from_mode(0o755))?;
-    let root = to.ancestors().nth(2).context("binary outside the initramfs")?;
+    let root = to
+        .ancestors()
+        .nth(2)
+        .context("binary outside the initramfs")?;
     let ldd = Command::new("ldd").arg(from).output()?;
     for line in String::from_utf8_lossy(&ldd.stdout).lines() {
         // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
-        let path = line.split("=>").last().unwrap_or("").split_whitespace().next().unwrap_or("");
+        let path = line
+            .split("=>")
+            .last()
+            .unwrap_or("")
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
         if path.starts_with('/') {
             let target = root.join(path.trim_start_matches('/'));
             fs::create_dir_all(target.parent().expect("library path has a parent"))?;
@@ -82,17 +96,30 @@ fn copy_modules(kernel: &Kernel, root: &Path) -> anyhow::Result<()> {
             fs::copy(&from, &to)?;
         }
     }
-    for extra in ["modules.builtin", "modules.builtin.modinfo", "modules.order"] {
+    for extra in [
+        "modules.builtin",
+        "modules.builtin.modinfo",
+        "modules.order",
+    ] {
         let from = kernel.module_path(extra);
         if from.is_file() {
             fs::copy(&from, modules.join(extra))?;
         }
     }
-    shell::run(Command::new("depmod").arg("-b").arg(root).arg(&kernel.release))
+    shell::run(
+        Command::new("depmod")
+            .arg("-b")
+            .arg(root)
+            .arg(&kernel.release),
+    )
 }
 
 fn write_init(root: &Path, suite_args: &[String]) -> anyhow::Result<()> {
-    let args = suite_args.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ");
+    let args = suite_args
+        .iter()
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
     let init = format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin

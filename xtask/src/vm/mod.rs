@@ -54,10 +54,18 @@ pub fn run(args: &VmArgs) -> anyhow::Result<Tally> {
             Ok(tally) => tally,
             Err(err) => {
                 println!("vm {}: could not run: {err:#}", s.label());
-                Tally { passed: 0, failed: 1 }
+                Tally {
+                    passed: 0,
+                    failed: 1,
+                }
             }
         };
-        println!("vm {}: {} passed, {} failed", s.label(), tally.passed, tally.failed);
+        println!(
+            "vm {}: {} passed, {} failed",
+            s.label(),
+            tally.passed,
+            tally.failed
+        );
         total.add(tally);
     }
     Ok(total)
@@ -72,9 +80,17 @@ fn run_one(series: kernel::Series, args: &VmArgs) -> anyhow::Result<Tally> {
     let initrd = initramfs::build(&kernel, &suite_args, &vm_dir())?;
     const BOOTS: u32 = 3;
     for attempt in 1..=BOOTS {
-        match qemu::boot(&kernel, &initrd, series.label(), std::time::Duration::from_secs(args.timeout))? {
+        match qemu::boot(
+            &kernel,
+            &initrd,
+            series.label(),
+            std::time::Duration::from_secs(args.timeout),
+        )? {
             qemu::Boot::Ran(tally) => return Ok(tally),
-            qemu::Boot::DiedBooting if attempt < BOOTS => println!("vm {}: booting again ({attempt} of {BOOTS} boots failed)", series.label()),
+            qemu::Boot::DiedBooting if attempt < BOOTS => println!(
+                "vm {}: booting again ({attempt} of {BOOTS} boots failed)",
+                series.label()
+            ),
             qemu::Boot::DiedBooting => {}
         }
     }

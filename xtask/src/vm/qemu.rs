@@ -24,20 +24,40 @@ pub enum Boot {
     DiedBooting,
 }
 
-pub fn boot(kernel: &Kernel, initrd: &Path, label: &str, timeout: Duration) -> anyhow::Result<Boot> {
+pub fn boot(
+    kernel: &Kernel,
+    initrd: &Path,
+    label: &str,
+    timeout: Duration,
+) -> anyhow::Result<Boot> {
     let log_path = initrd.with_extension("console.log");
     let mut log = std::fs::File::create(&log_path)?;
     let mut cmd = Command::new("qemu-system-x86_64");
     // KVM guests hang at boot on these machines: TCG it is.
     cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "1536"])
-        .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot", "-net", "none"])
+        .args([
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-net",
+            "none",
+        ])
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(initrd)
         .args(["-append", "console=ttyS0 quiet panic=-1 oops=panic"]);
     for n in 1..=NICS {
-        cmd.args(["-netdev", &format!("hubport,id=n{n},hubid=0"), "-device", &format!("e1000,netdev=n{n}")]);
+        cmd.args([
+            "-netdev",
+            &format!("hubport,id=n{n},hubid=0"),
+            "-device",
+            &format!("e1000,netdev=n{n}"),
+        ]);
     }
     let mut child = cmd
         .stdin(Stdio::null())
@@ -85,7 +105,10 @@ pub fn boot(kernel: &Kernel, initrd: &Path, label: &str, timeout: Duration) -> a
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                println!("vm {label}: FAIL guest still running after {}s (hang)", timeout.as_secs());
+                println!(
+                    "vm {label}: FAIL guest still running after {}s (hang)",
+                    timeout.as_secs()
+                );
                 let _ = child.kill();
                 break;
             }
@@ -93,7 +116,10 @@ pub fn boot(kernel: &Kernel, initrd: &Path, label: &str, timeout: Duration) -> a
     }
     let _ = child.wait();
     if !suite_started {
-        println!("vm {label}: the guest died before the suite started; console log {}:", log_path.display());
+        println!(
+            "vm {label}: the guest died before the suite started; console log {}:",
+            log_path.display()
+        );
         for line in tail.iter().rev().take(8).rev() {
             println!("vm {label}:   | {line}");
         }
@@ -106,6 +132,9 @@ pub fn boot(kernel: &Kernel, initrd: &Path, label: &str, timeout: Duration) -> a
             println!("vm {label}:   | {line}");
         }
     }
-    println!("vm {label}: guest ran {:.0}s", started.elapsed().as_secs_f64());
+    println!(
+        "vm {label}: guest ran {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(Boot::Ran(tally))
 }

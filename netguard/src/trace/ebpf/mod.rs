@@ -52,11 +52,23 @@ pub enum EbpfError {
     #[error("the eBPF object has no {0} (it does not match this netguard)")]
     Missing(String),
     #[error("no kernel function for the {probe} probe: none of {candidates} is in this kernel")]
-    NoCandidate { probe: &'static str, candidates: String },
+    NoCandidate {
+        probe: &'static str,
+        candidates: String,
+    },
     #[error("the kernel refused BPF_PROG_LOAD for {section}/{function} ({errno}){detail}")]
-    ProgLoad { section: &'static str, function: &'static str, errno: String, detail: String },
+    ProgLoad {
+        section: &'static str,
+        function: &'static str,
+        errno: String,
+        detail: String,
+    },
     #[error("cannot attach {section}/{function}: {reason}")]
-    Attach { section: &'static str, function: &'static str, reason: String },
+    Attach {
+        section: &'static str,
+        function: &'static str,
+        reason: String,
+    },
     #[error("cannot read the ring buffer: {0}")]
     RingBuf(String),
     #[error("cannot read the clocks: {0}")]
@@ -64,7 +76,11 @@ pub enum EbpfError {
 }
 
 /// Loads and attaches every probe; `Err` is the reason in plain words.
-pub async fn start(mode: ProbeMode, _options: &TraceOptions, resolver: Resolver) -> Result<Running, String> {
+pub async fn start(
+    mode: ProbeMode,
+    _options: &TraceOptions,
+    resolver: Resolver,
+) -> Result<Running, String> {
     start_typed(mode, resolver).map_err(|err| err.to_string())
 }
 
@@ -102,7 +118,10 @@ fn start_typed(mode: ProbeMode, resolver: Resolver) -> Result<Running, EbpfError
     Ok(Running {
         events: rx,
         dropped: Box::new(move || sum_dropped(&dropped)),
-        keep_alive: Box::new(KeepAlive { _reader: AbortOnDrop(reader.abort_handle()), _ebpf: ebpf }),
+        keep_alive: Box::new(KeepAlive {
+            _reader: AbortOnDrop(reader.abort_handle()),
+            _ebpf: ebpf,
+        }),
     })
 }
 
@@ -123,10 +142,16 @@ impl Drop for AbortOnDrop {
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones (and this host,
 /// which lacks CAP_SYS_RESOURCE) use memcg, so failing to raise it is no reason to stop.
 fn raise_memlock() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit reads the struct we pass.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        tracing::debug!("cannot raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+        tracing::debug!(
+            "cannot raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -145,7 +170,9 @@ fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, EbpfError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or_else(|| EbpfError::Missing(format!("map {name}")))?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| EbpfError::Missing(format!("map {name}")))?;
     T::try_from(map).map_err(|err| EbpfError::Object(format!("map {name}: {}", error_chain(&err))))
 }
 
@@ -172,13 +199,21 @@ fn attach_probe(
     for candidate in probe.candidates {
         // fentry looks its function up in BTF when loading; kprobes need it in kallsyms.
         if mode == ProbeMode::Kprobe && kallsyms.is_some_and(|k| !k.contains(candidate.function)) {
-            tracing::debug!("{} probe: {} is not in this kernel", probe.what, candidate.function);
+            tracing::debug!(
+                "{} probe: {} is not in this kernel",
+                probe.what,
+                candidate.function
+            );
             continue;
         }
         match attach_candidate(ebpf, mode, candidate, btf) {
             Ok(()) => return Ok(candidate.function),
             Err(Refused::Absent) => {
-                tracing::debug!("{} probe: {} is not in this kernel's BTF", probe.what, candidate.function);
+                tracing::debug!(
+                    "{} probe: {} is not in this kernel's BTF",
+                    probe.what,
+                    candidate.function
+                );
             }
             Err(Refused::By(err)) => {
                 tracing::debug!("{} probe: {err}", probe.what);
@@ -189,7 +224,12 @@ fn attach_probe(
     }
     Err(first_error.unwrap_or_else(|| EbpfError::NoCandidate {
         probe: probe.what,
-        candidates: probe.candidates.iter().map(|c| c.function).collect::<Vec<_>>().join(", "),
+        candidates: probe
+            .candidates
+            .iter()
+            .map(|c| c.function)
+            .collect::<Vec<_>>()
+            .join(", "),
     }))
 }
 
@@ -206,7 +246,12 @@ impl From<EbpfError> for Refused {
     }
 }
 
-fn attach_candidate(ebpf: &mut Ebpf, mode: ProbeMode, candidate: &Candidate, btf: &Btf) -> Result<(), Refused> {
+fn attach_candidate(
+    ebpf: &mut Ebpf,
+    mode: ProbeMode,
+    candidate: &Candidate,
+    btf: &Btf,
+) -> Result<(), Refused> {
     let function = candidate.function;
     for on_return in [false, true] {
         if on_return && !candidate.on_return {
@@ -217,13 +262,19 @@ fn attach_candidate(ebpf: &mut Ebpf, mode: ProbeMode, candidate: &Candidate, btf
         } else {
             (mode.entry_section(), mode.entry_program(candidate))
         };
-        let program = ebpf.program_mut(&name).ok_or_else(|| EbpfError::Missing(format!("program {name}")))?;
+        let program = ebpf
+            .program_mut(&name)
+            .ok_or_else(|| EbpfError::Missing(format!("program {name}")))?;
         let wrong_type = |_| EbpfError::Missing(format!("{section} program {name}"));
         let load_error = |err: ProgramError| match err {
             ProgramError::Btf(_) => Refused::Absent,
             other => Refused::By(load_error(section, function, other)),
         };
-        let attach_error = |err: ProgramError| EbpfError::Attach { section, function, reason: error_chain(&err) };
+        let attach_error = |err: ProgramError| EbpfError::Attach {
+            section,
+            function,
+            reason: error_chain(&err),
+        };
         match (mode, on_return) {
             (ProbeMode::Fentry, false) => {
                 let p: &mut FEntry = program.try_into().map_err(wrong_type)?;
@@ -251,7 +302,10 @@ fn attach_candidate(ebpf: &mut Ebpf, mode: ProbeMode, candidate: &Candidate, btf
 /// Undoes a half-attached candidate so the next one starts clean (fentry programs are
 /// loaded for one function, so they must be unloaded to be loaded for another).
 fn unload(ebpf: &mut Ebpf, mode: ProbeMode, candidate: &Candidate) {
-    for name in [mode.entry_program(candidate), mode.return_program(candidate)] {
+    for name in [
+        mode.entry_program(candidate),
+        mode.return_program(candidate),
+    ] {
         let unloaded = match ebpf.program_mut(&name) {
             Some(aya::programs::Program::FEntry(p)) => p.unload(),
             Some(aya::programs::Program::FExit(p)) => p.unload(),
@@ -266,21 +320,47 @@ fn unload(ebpf: &mut Ebpf, mode: ProbeMode, candidate: &Candidate) {
 
 fn load_error(section: &'static str, function: &'static str, err: ProgramError) -> EbpfError {
     match err {
-        ProgramError::LoadError { io_error, verifier_log } => {
-            refused(section, function, &io_error, &verifier_log.to_string())
-        }
-        other => EbpfError::ProgLoad { section, function, errno: error_chain(&other), detail: String::new() },
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => refused(section, function, &io_error, &verifier_log.to_string()),
+        other => EbpfError::ProgLoad {
+            section,
+            function,
+            errno: error_chain(&other),
+            detail: String::new(),
+        },
     }
 }
 
 /// A BPF_PROG_LOAD refusal: the errno by name, and the verifier's last lines (they say what
 /// it rejected; the rest is its trace).
-fn refused(section: &'static str, function: &'static str, io_error: &std::io::Error, log: &str) -> EbpfError {
-    let errno = io_error.raw_os_error().map_or_else(|| io_error.to_string(), errno_name);
-    let lines: Vec<&str> = log.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+fn refused(
+    section: &'static str,
+    function: &'static str,
+    io_error: &std::io::Error,
+    log: &str,
+) -> EbpfError {
+    let errno = io_error
+        .raw_os_error()
+        .map_or_else(|| io_error.to_string(), errno_name);
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
-    let detail = if tail.is_empty() { String::new() } else { format!(": verifier says: {tail}") };
-    EbpfError::ProgLoad { section, function, errno, detail }
+    let detail = if tail.is_empty() {
+        String::new()
+    } else {
+        format!(": verifier says: {tail}")
+    };
+    EbpfError::ProgLoad {
+        section,
+        function,
+        errno,
+        detail,
+    }
 }
 
 fn errno_name(code: i32) -> String {
@@ -299,7 +379,12 @@ fn errno_name(code: i32) -> String {
         libc::ENOSPC => "ENOSPC",
         libc::EOPNOTSUPP => "EOPNOTSUPP",
         524 => "ENOTSUPP",
-        other => return format!("errno {other}: {}", std::io::Error::from_raw_os_error(other)),
+        other => {
+            return format!(
+                "errno {other}: {}",
+                std::io::Error::from_raw_os_error(other)
+            )
+        }
     };
     name.to_string()
 }
@@ -366,14 +451,21 @@ mod tests {
     fn errnos_are_named_like_the_kernel_headers() {
         assert_eq!(errno_name(libc::EPERM), "EPERM");
         assert_eq!(errno_name(524), "ENOTSUPP");
-        assert!(errno_name(libc::EXDEV).starts_with("errno 18: "), "{}", errno_name(libc::EXDEV));
+        assert!(
+            errno_name(libc::EXDEV).starts_with("errno 18: "),
+            "{}",
+            errno_name(libc::EXDEV)
+        );
     }
 
     #[test]
     fn a_refused_load_names_section_function_and_errno() {
         let eperm = std::io::Error::from_raw_os_error(libc::EPERM);
         let err = refused("fentry", "__dev_change_net_namespace", &eperm, "");
-        assert_eq!(err.to_string(), "the kernel refused BPF_PROG_LOAD for fentry/__dev_change_net_namespace (EPERM)");
+        assert_eq!(
+            err.to_string(),
+            "the kernel refused BPF_PROG_LOAD for fentry/__dev_change_net_namespace (EPERM)"
+        );
         let einval = std::io::Error::from_raw_os_error(libc::EINVAL);
         let log =
             "0: R1=ctx()\n1: (79) r6 = *(u64 *)(r1 +0)\n\ninvalid bpf_context access off=0 size=8\nprocessed 2 insns\n";
@@ -393,7 +485,11 @@ mod tests {
             eprintln!("skipped: no kernel BTF");
             return;
         };
-        let mut ebpf = match EbpfLoader::new().btf(Some(&btf)).map_max_entries("events", 1 << 16).load(OBJECT) {
+        let mut ebpf = match EbpfLoader::new()
+            .btf(Some(&btf))
+            .map_max_entries("events", 1 << 16)
+            .load(OBJECT)
+        {
             Ok(ebpf) => ebpf,
             Err(err) if unsafe { libc::geteuid() } != 0 => {
                 eprintln!("skipped: creating maps needs root ({err})");
@@ -419,19 +515,27 @@ mod tests {
                         .into_iter()
                         .flatten(),
                 ) {
-                    let program = ebpf.program_mut(&name).unwrap_or_else(|| panic!("no program {name}"));
+                    let program = ebpf
+                        .program_mut(&name)
+                        .unwrap_or_else(|| panic!("no program {name}"));
                     match (mode, program) {
-                        (ProbeMode::Fentry, aya::programs::Program::FEntry(_) | aya::programs::Program::FExit(_)) => {}
+                        (
+                            ProbeMode::Fentry,
+                            aya::programs::Program::FEntry(_) | aya::programs::Program::FExit(_),
+                        ) => {}
                         (ProbeMode::Kprobe, aya::programs::Program::KProbe(p)) => {
                             if p.fd().is_ok() {
                                 continue;
                             }
                             match p.load() {
                                 Ok(()) => {}
-                                Err(ProgramError::LoadError { io_error, verifier_log })
-                                    if verifier_log.to_string().trim().is_empty() =>
-                                {
-                                    eprintln!("{name}: kprobe programs do not load here ({io_error})");
+                                Err(ProgramError::LoadError {
+                                    io_error,
+                                    verifier_log,
+                                }) if verifier_log.to_string().trim().is_empty() => {
+                                    eprintln!(
+                                        "{name}: kprobe programs do not load here ({io_error})"
+                                    );
                                 }
                                 Err(err) => panic!("{name}: {}", error_chain(&err)),
                             }

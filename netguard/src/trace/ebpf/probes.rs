@@ -21,7 +21,11 @@ pub struct Candidate {
 }
 
 const fn candidate(function: &'static str, program: &'static str, on_return: bool) -> Candidate {
-    Candidate { function, program, on_return }
+    Candidate {
+        function,
+        program,
+        on_return,
+    }
 }
 
 /// Every probe is required. The move probe comes first so that a kernel refusing all of
@@ -44,7 +48,10 @@ pub const PROBES: &[Probe] = &[
     },
     Probe {
         what: "rename",
-        candidates: &[candidate("netif_change_name", "rename", true), candidate("dev_change_name", "rename", true)],
+        candidates: &[
+            candidate("netif_change_name", "rename", true),
+            candidate("dev_change_name", "rename", true),
+        ],
     },
     Probe {
         what: "unregister",
@@ -54,7 +61,10 @@ pub const PROBES: &[Probe] = &[
             candidate("unregister_netdevice_queue", "unreg_queue", false),
         ],
     },
-    Probe { what: "register", candidates: &[candidate("register_netdevice", "register", true)] },
+    Probe {
+        what: "register",
+        candidates: &[candidate("register_netdevice", "register", true)],
+    },
 ];
 
 impl ProbeMode {
@@ -94,7 +104,10 @@ impl ProbeMode {
 /// candidate is tried and the kernel's answer decides).
 pub fn kallsyms() -> Option<HashSet<&'static str>> {
     let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
-    let wanted: HashSet<&'static str> = PROBES.iter().flat_map(|p| p.candidates.iter().map(|c| c.function)).collect();
+    let wanted: HashSet<&'static str> = PROBES
+        .iter()
+        .flat_map(|p| p.candidates.iter().map(|c| c.function))
+        .collect();
     Some(
         text.lines()
             .filter_map(|line| line.split_whitespace().nth(2))
@@ -105,7 +118,10 @@ pub fn kallsyms() -> Option<HashSet<&'static str>> {
 
 /// Where a kernel with kprobes shows them: the perf PMU, and the tracefs control file.
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
-const KPROBE_EVENTS: &[&str] = &["/sys/kernel/tracing/kprobe_events", "/sys/kernel/debug/tracing/kprobe_events"];
+const KPROBE_EVENTS: &[&str] = &[
+    "/sys/kernel/tracing/kprobe_events",
+    "/sys/kernel/debug/tracing/kprobe_events",
+];
 
 /// Whether this kernel can attach kprobes at all; `Err` names what is missing.
 pub fn kprobe_support() -> Result<(), String> {
@@ -136,7 +152,10 @@ mod tests {
     #[test]
     fn kallsyms_lists_only_candidates() {
         if let Some(found) = kallsyms() {
-            let all: HashSet<&str> = PROBES.iter().flat_map(|p| p.candidates.iter().map(|c| c.function)).collect();
+            let all: HashSet<&str> = PROBES
+                .iter()
+                .flat_map(|p| p.candidates.iter().map(|c| c.function))
+                .collect();
             assert!(found.is_subset(&all), "{found:?}");
         }
     }

@@ -84,7 +84,9 @@ pub mod flag {
 pub enum DecodeError {
     #[error("a ring buffer record of {len} bytes is shorter than struct ng_record ({RECORD_SIZE} bytes)")]
     Short { len: usize },
-    #[error("unknown record kind {0} in the ring buffer (the eBPF object does not match this netguard)")]
+    #[error(
+        "unknown record kind {0} in the ring buffer (the eBPF object does not match this netguard)"
+    )]
     UnknownKind(u32),
     #[error("unknown cause {0} in the ring buffer (the eBPF object does not match this netguard)")]
     UnknownCause(u8),
@@ -103,7 +105,9 @@ impl WallClock {
     pub fn now() -> std::io::Result<Self> {
         let mono = clock_ns(libc::CLOCK_MONOTONIC)?;
         let real = clock_ns(libc::CLOCK_REALTIME)?;
-        Ok(WallClock { offset_ns: real - mono })
+        Ok(WallClock {
+            offset_ns: real - mono,
+        })
     }
 
     #[cfg(test)]
@@ -119,7 +123,10 @@ impl WallClock {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> std::io::Result<i128> {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
     if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
         return Err(std::io::Error::last_os_error());
@@ -128,7 +135,11 @@ fn clock_ns(clock: libc::clockid_t) -> std::io::Result<i128> {
 }
 
 /// Decodes one ring buffer record; `netns` names a netns inode.
-pub fn decode(bytes: &[u8], clock: &WallClock, netns: &mut dyn FnMut(u64) -> Netns) -> Result<Event, DecodeError> {
+pub fn decode(
+    bytes: &[u8],
+    clock: &WallClock,
+    netns: &mut dyn FnMut(u64) -> Netns,
+) -> Result<Event, DecodeError> {
     if bytes.len() < RECORD_SIZE {
         return Err(DecodeError::Short { len: bytes.len() });
     }
@@ -159,7 +170,11 @@ pub fn decode(bytes: &[u8], clock: &WallClock, netns: &mut dyn FnMut(u64) -> Net
         event.perm_addr = format_mac(&raw.perm_addr[..len]);
     }
     if has(flag::FROM) {
-        event.from = Some(place(&raw.from_name, raw.from_ifindex, netns(raw.from_netns)));
+        event.from = Some(place(
+            &raw.from_name,
+            raw.from_ifindex,
+            netns(raw.from_netns),
+        ));
     }
     if has(flag::TO) {
         event.to = Some(place(&raw.to_name, raw.to_ifindex, netns(raw.to_netns)));
@@ -170,12 +185,20 @@ pub fn decode(bytes: &[u8], clock: &WallClock, netns: &mut dyn FnMut(u64) -> Net
     if has(flag::RESULT) {
         event.result = Some(raw.result);
     }
-    event.by = Some(Actor { pid: raw.pid, tgid: raw.tgid, comm: c_string(&raw.comm).unwrap_or_default() });
+    event.by = Some(Actor {
+        pid: raw.pid,
+        tgid: raw.tgid,
+        comm: c_string(&raw.comm).unwrap_or_default(),
+    });
     Ok(event)
 }
 
 fn place(name: &[u8], ifindex: u32, netns: Netns) -> Place {
-    Place { name: c_string(name), ifindex: (ifindex != 0).then_some(ifindex), netns }
+    Place {
+        name: c_string(name),
+        ifindex: (ifindex != 0).then_some(ifindex),
+        netns,
+    }
 }
 
 /// The text up to the first NUL; `None` when empty.
@@ -215,9 +238,18 @@ mod tests {
 
     fn names(inode: u64) -> Netns {
         match inode {
-            4026531840 => Netns { inode, names: vec!["init_net".into()] },
-            4026532118 => Netns { inode, names: vec!["/run/netns/c1".into()] },
-            _ => Netns { inode, names: vec![] },
+            4026531840 => Netns {
+                inode,
+                names: vec!["init_net".into()],
+            },
+            4026532118 => Netns {
+                inode,
+                names: vec!["/run/netns/c1".into()],
+            },
+            _ => Netns {
+                inode,
+                names: vec![],
+            },
         }
     }
 
@@ -225,12 +257,19 @@ mod tests {
         // Ring buffer records are only 8-byte aligned; shift by one to prove alignment does not matter.
         let mut shifted = vec![0u8; bytes.len() + 1];
         shifted[1..].copy_from_slice(bytes);
-        decode(&shifted[1..], &WallClock::from_offset_ns(CLOCK_OFFSET_NS), &mut names)
+        decode(
+            &shifted[1..],
+            &WallClock::from_offset_ns(CLOCK_OFFSET_NS),
+            &mut names,
+        )
     }
 
     #[test]
     fn a_teardown_move_decodes_every_field() {
-        let mut b = Bytes::new(kind::MOVE, flag::DEVICE | flag::FROM | flag::TO | flag::RESULT);
+        let mut b = Bytes::new(
+            kind::MOVE,
+            flag::DEVICE | flag::FROM | flag::TO | flag::RESULT,
+        );
         b.u64(8, 5_000_000_123)
             .u64(16, 0x1234_5678_9abc_def0)
             .u64(24, 4026532118)
@@ -257,7 +296,10 @@ mod tests {
             Some(Place {
                 name: Some("eth0".into()),
                 ifindex: Some(2),
-                netns: Netns { inode: 4026532118, names: vec!["/run/netns/c1".into()] },
+                netns: Netns {
+                    inode: 4026532118,
+                    names: vec!["/run/netns/c1".into()]
+                },
             })
         );
         assert_eq!(
@@ -265,19 +307,32 @@ mod tests {
             Some(Place {
                 name: Some("dev3".into()),
                 ifindex: Some(3),
-                netns: Netns { inode: 4026531840, names: vec!["init_net".into()] },
+                netns: Netns {
+                    inode: 4026531840,
+                    names: vec!["init_net".into()]
+                },
             })
         );
         assert_eq!(ev.result, Some(0));
         assert_eq!(ev.netns_dying, None);
-        assert_eq!(ev.by, Some(Actor { pid: 57, tgid: 56, comm: "kworker/u4:1".into() }));
+        assert_eq!(
+            ev.by,
+            Some(Actor {
+                pid: 57,
+                tgid: 56,
+                comm: "kworker/u4:1".into()
+            })
+        );
         let expected = DateTime::from_timestamp_nanos((CLOCK_OFFSET_NS + 5_000_000_123) as i64);
         assert_eq!(ev.time, expected);
     }
 
     #[test]
     fn an_unregister_carries_kind_and_dying_and_no_result() {
-        let mut b = Bytes::new(kind::UNREGISTER, flag::DEVICE | flag::FROM | flag::DYING_KNOWN | flag::DYING);
+        let mut b = Bytes::new(
+            kind::UNREGISTER,
+            flag::DEVICE | flag::FROM | flag::DYING_KNOWN | flag::DYING,
+        );
         b.u64(16, 7)
             .u64(24, 4026532118)
             .u32(40, 99)
@@ -295,13 +350,19 @@ mod tests {
         assert_eq!(ev.netns_dying, Some(true));
         assert_eq!(ev.result, None);
         assert_eq!(ev.to, None);
-        assert_eq!(ev.from.as_ref().and_then(|p| p.name.as_deref()), Some("veth1"));
+        assert_eq!(
+            ev.from.as_ref().and_then(|p| p.name.as_deref()),
+            Some("veth1")
+        );
         assert_eq!(ev.from.as_ref().and_then(|p| p.ifindex), Some(5));
     }
 
     #[test]
     fn a_failed_rename_keeps_its_errno() {
-        let mut b = Bytes::new(kind::RENAME, flag::DEVICE | flag::FROM | flag::TO | flag::RESULT);
+        let mut b = Bytes::new(
+            kind::RENAME,
+            flag::DEVICE | flag::FROM | flag::TO | flag::RESULT,
+        );
         b.u64(24, 4026531840)
             .u64(32, 4026531840)
             .put(48, &(-libc::EEXIST).to_ne_bytes())
@@ -327,7 +388,14 @@ mod tests {
         let ev = decode_at_odd_address(&b.0).unwrap();
         assert_eq!(ev.kind, EventKind::TeardownBegin);
         assert_eq!(ev.device, None);
-        assert_eq!(ev.from, Some(Place { name: None, ifindex: None, netns: names(4026532118) }));
+        assert_eq!(
+            ev.from,
+            Some(Place {
+                name: None,
+                ifindex: None,
+                netns: names(4026532118)
+            })
+        );
         assert_eq!(Bytes::new(kind::TEARDOWN_END, 0).0.len(), RECORD_SIZE);
         let end = decode_at_odd_address(&Bytes::new(kind::TEARDOWN_END, 0).0).unwrap();
         assert_eq!(end.kind, EventKind::TeardownEnd);
@@ -338,7 +406,9 @@ mod tests {
     fn register_and_full_length_names_decode() {
         let mut b = Bytes::new(kind::REGISTER, flag::DEVICE | flag::TO | flag::RESULT);
         // A 16-byte name with no NUL (the kernel never does this, but nothing may panic).
-        b.put(96, b"abcdefghijklmnop").u32(56, 12).put(112, b"macvlan\0");
+        b.put(96, b"abcdefghijklmnop")
+            .u32(56, 12)
+            .put(112, b"macvlan\0");
         let ev = decode_at_odd_address(&b.0).unwrap();
         assert_eq!(ev.kind, EventKind::Register);
         assert_eq!(ev.current_name(), Some("abcdefghijklmnop"));
@@ -357,10 +427,17 @@ mod tests {
         assert_eq!(err, DecodeError::UnknownKind(0));
         let mut b = Bytes::new(kind::MOVE, 0);
         b.put(60, &[9]);
-        assert_eq!(decode_at_odd_address(&b.0).unwrap_err(), DecodeError::UnknownCause(9));
+        assert_eq!(
+            decode_at_odd_address(&b.0).unwrap_err(),
+            DecodeError::UnknownCause(9)
+        );
         let err = decode_at_odd_address(&[1, 0, 0, 0]).unwrap_err();
         assert_eq!(err, DecodeError::Short { len: 4 });
-        assert!(err.to_string().contains("4 bytes is shorter than struct ng_record (160 bytes)"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("4 bytes is shorter than struct ng_record (160 bytes)"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -370,7 +447,8 @@ mod tests {
         let far = WallClock::from_offset_ns(i128::from(i64::MAX));
         assert_eq!(far.wall(u64::MAX), DateTime::from_timestamp_nanos(i64::MAX));
         let now = WallClock::now().unwrap();
-        let delta = (Utc::now() - now.wall(clock_ns(libc::CLOCK_MONOTONIC).unwrap() as u64)).num_milliseconds();
+        let delta = (Utc::now() - now.wall(clock_ns(libc::CLOCK_MONOTONIC).unwrap() as u64))
+            .num_milliseconds();
         assert!(delta.abs() < 1_000, "{delta}");
     }
 }

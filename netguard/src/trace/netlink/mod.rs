@@ -7,7 +7,7 @@
 //! find an nsid, dump its links by that nsid, and learn of its death from RTM_DELNSID (the
 //! kernel drops the nsid as cleanup_net begins).
 
-mod socket;
+pub(crate) mod socket;
 mod track;
 
 use std::collections::HashSet;
@@ -49,10 +49,15 @@ pub enum NetlinkError {
 
 /// Starts listening; `Err` is the reason in plain words.
 pub async fn start(options: &TraceOptions, resolver: Resolver) -> Result<Running, String> {
-    start_listening(options, resolver).await.map_err(|err| err.to_string())
+    start_listening(options, resolver)
+        .await
+        .map_err(|err| err.to_string())
 }
 
-async fn start_listening(options: &TraceOptions, resolver: Resolver) -> Result<Running, NetlinkError> {
+async fn start_listening(
+    options: &TraceOptions,
+    resolver: Resolver,
+) -> Result<Running, NetlinkError> {
     let runtime = tokio::runtime::Handle::current();
     let open = move || {
         let _context = runtime.enter();
@@ -70,8 +75,14 @@ async fn start_listening(options: &TraceOptions, resolver: Resolver) -> Result<R
     let init = resolver.init_inode().unwrap_or(host);
     let mut tracker = Tracker::new(resolver.clone(), host, init);
     // The listener is subscribed already, so nothing falls between this dump and it.
-    let links = requests.dump_links(None).await.map_err(NetlinkError::HostDump)?;
-    let host_path = options.host_netns.as_deref().unwrap_or(Path::new("/proc/self/ns/net"));
+    let links = requests
+        .dump_links(None)
+        .await
+        .map_err(NetlinkError::HostDump)?;
+    let host_path = options
+        .host_netns
+        .as_deref()
+        .unwrap_or(Path::new("/proc/self/ns/net"));
     // Rare, but a host that gave itself an nsid tags its own notifications with it.
     let own_nsid = match netns::open(host_path) {
         Ok(file) => requests.nsid(&file).await.ok().flatten(),
@@ -137,7 +148,8 @@ enum Wake {
 /// listener failed.
 impl Driver {
     async fn run(mut self) {
-        let mut rescan = tokio::time::interval_at(tokio::time::Instant::now() + RESCAN_EVERY, RESCAN_EVERY);
+        let mut rescan =
+            tokio::time::interval_at(tokio::time::Instant::now() + RESCAN_EVERY, RESCAN_EVERY);
         rescan.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let deadline = self.tracker.next_deadline();
@@ -190,10 +202,12 @@ impl Driver {
                     if !self.discover().await {
                         return false;
                     }
-                    self.tracker.on_message(nsid, &message, Instant::now()).unwrap_or_else(|err| {
-                        tracing::debug!("{err}: message skipped");
-                        Vec::new()
-                    })
+                    self.tracker
+                        .on_message(nsid, &message, Instant::now())
+                        .unwrap_or_else(|err| {
+                            tracing::debug!("{err}: message skipped");
+                            Vec::new()
+                        })
                 }
                 Err(err) => {
                     tracing::debug!("{err}: message skipped");
@@ -232,12 +246,17 @@ impl Driver {
             match self.requests.dump_links(nsid).await {
                 Ok(links) => dumps.push((netns, links)),
                 // The kernel rejects an nsid nobody carries: that netns died unseen.
-                Err(err) if nsid.is_some() && err.raw_os_error() == Some(libc::EINVAL) => gone.push(netns),
+                Err(err) if nsid.is_some() && err.raw_os_error() == Some(libc::EINVAL) => {
+                    gone.push(netns)
+                }
                 Err(err) => tracing::warn!("cannot re-read the links of netns {netns}: {err}"),
             }
         }
         let now = Instant::now();
-        let mut events: Vec<Event> = gone.into_iter().flat_map(|netns| self.tracker.teardown(netns, now)).collect();
+        let mut events: Vec<Event> = gone
+            .into_iter()
+            .flat_map(|netns| self.tracker.teardown(netns, now))
+            .collect();
         events.extend(self.tracker.resync(dumps, now));
         self.emit(events).await && self.discover().await
     }
@@ -259,9 +278,13 @@ impl Driver {
                 continue;
             }
             match self.watch(&path).await {
-                Ok((nsid, links)) => {
-                    events.extend(self.tracker.add_netns(inode, Some(nsid), &links, self.started, Instant::now()))
-                }
+                Ok((nsid, links)) => events.extend(self.tracker.add_netns(
+                    inode,
+                    Some(nsid),
+                    &links,
+                    self.started,
+                    Instant::now(),
+                )),
                 // It may have died since the scan; the next rescan tries again otherwise.
                 Err(err) => tracing::debug!("not watching netns {}: {err}", path.display()),
             }
@@ -273,9 +296,16 @@ impl Driver {
         // Open only as long as the kernel needs the fd: a held fd would keep the netns alive.
         let nsid = {
             let file = netns::open(path)?;
-            self.requests.nsid_assigned(&file).await.map_err(NetlinkError::Request)?
+            self.requests
+                .nsid_assigned(&file)
+                .await
+                .map_err(NetlinkError::Request)?
         };
-        let links = self.requests.dump_links(Some(nsid)).await.map_err(NetlinkError::Request)?;
+        let links = self
+            .requests
+            .dump_links(Some(nsid))
+            .await
+            .map_err(NetlinkError::Request)?;
         Ok((nsid, links))
     }
 

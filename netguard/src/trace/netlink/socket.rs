@@ -82,7 +82,10 @@ impl Listener {
         // SAFETY: the Socket owns its fd until it is dropped with the AsyncFd, and always
         // reports that same fd.
         let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }?;
-        Ok(Listener { socket, buf: vec![0; DATAGRAM] })
+        Ok(Listener {
+            socket,
+            buf: vec![0; DATAGRAM],
+        })
     }
 
     /// The next datagram. Cancel-safe: a datagram is read only once it is ready.
@@ -108,25 +111,36 @@ impl Listener {
 
 fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
     match recv_tagged(fd, buf) {
-        Ok(Datagram { truncated: true, .. }) => Ok(Received::Overrun),
-        Ok(Datagram { len, nsid, .. }) => {
-            Ok(Received::Messages(parse_datagram(&buf[..len]).into_iter().map(|m| (nsid, m)).collect()))
-        }
+        Ok(Datagram {
+            truncated: true, ..
+        }) => Ok(Received::Overrun),
+        Ok(Datagram { len, nsid, .. }) => Ok(Received::Messages(
+            parse_datagram(&buf[..len])
+                .into_iter()
+                .map(|m| (nsid, m))
+                .collect(),
+        )),
         Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => Ok(Received::Overrun),
         Err(err) => Err(err),
     }
 }
 
-struct Datagram {
-    len: usize,
-    truncated: bool,
-    nsid: Option<i32>,
+/// One datagram read by [`recv_tagged`].
+pub(crate) struct Datagram {
+    pub len: usize,
+    /// It did not fit the buffer (the kernel cut it short).
+    pub truncated: bool,
+    /// The netns it came from (`None`: the socket's own).
+    pub nsid: Option<i32>,
 }
 
-/// One `recvmsg`, returning the NETLINK_LISTEN_ALL_NSID tag the kernel attaches to
-/// notifications from other namespaces.
-fn recv_tagged(fd: RawFd, buf: &mut [u8]) -> io::Result<Datagram> {
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+/// One `recvmsg` that never waits, returning the NETLINK_LISTEN_ALL_NSID tag the kernel
+/// attaches to notifications from other namespaces. Also used by the restorer's change watch.
+pub(crate) fn recv_tagged(fd: RawFd, buf: &mut [u8]) -> io::Result<Datagram> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
     // u64 elements keep the control buffer aligned for cmsghdr.
     let mut control = [0u64; 8];
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
@@ -136,7 +150,7 @@ fn recv_tagged(fd: RawFd, buf: &mut [u8]) -> io::Result<Datagram> {
     header.msg_control = control.as_mut_ptr().cast();
     header.msg_controllen = size_of_val(&control) as _;
     // SAFETY: the header points at `buf` and `control`, both alive and of the sizes given.
-    let len = unsafe { libc::recvmsg(fd, &mut header, 0) };
+    let len = unsafe { libc::recvmsg(fd, &mut header, libc::MSG_DONTWAIT) };
     if len < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -148,12 +162,18 @@ fn recv_tagged(fd: RawFd, buf: &mut [u8]) -> io::Result<Datagram> {
         while !cmsg.is_null() {
             let level_type = ((*cmsg).cmsg_level, (*cmsg).cmsg_type);
             if level_type == (libc::SOL_NETLINK, libc::NETLINK_LISTEN_ALL_NSID) {
-                nsid = Some(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>()));
+                nsid = Some(std::ptr::read_unaligned(
+                    libc::CMSG_DATA(cmsg).cast::<i32>(),
+                ));
             }
             cmsg = libc::CMSG_NXTHDR(&header, cmsg);
         }
     }
-    Ok(Datagram { len: len as usize, truncated: header.msg_flags & libc::MSG_TRUNC != 0, nsid })
+    Ok(Datagram {
+        len: len as usize,
+        truncated: header.msg_flags & libc::MSG_TRUNC != 0,
+        nsid,
+    })
 }
 
 /// The rtnetlink messages in one datagram; what does not decode is logged and skipped.
@@ -168,7 +188,10 @@ fn parse_datagram(mut bytes: &[u8]) -> Vec<RouteNetlinkMessage> {
             }
         };
         match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len]) {
-            Ok(NetlinkMessage { payload: NetlinkPayload::InnerMessage(message), .. }) => messages.push(message),
+            Ok(NetlinkMessage {
+                payload: NetlinkPayload::InnerMessage(message),
+                ..
+            }) => messages.push(message),
             Ok(_) => {}
             Err(err) => tracing::warn!("undecodable rtnetlink message skipped: {err}"),
         }
@@ -185,9 +208,17 @@ impl Requests {
     /// The nsid of the netns `file` opens, assigning one (in the host netns) if it has none.
     pub(super) async fn nsid_assigned(&mut self, netns: &File) -> io::Result<i32> {
         let mut assign = NsidMessage::default();
-        assign.attributes = vec![NsidAttribute::Fd(netns.as_raw_fd() as u32), NsidAttribute::Id(-1)];
+        assign.attributes = vec![
+            NsidAttribute::Fd(netns.as_raw_fd() as u32),
+            NsidAttribute::Id(-1),
+        ];
         // With NLM_F_ECHO the kernel answers with the id it picked; EEXIST: it had one.
-        let echoed = match self.call(RouteNetlinkMessage::NewNsId(assign), NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO).await
+        let echoed = match self
+            .call(
+                RouteNetlinkMessage::NewNsId(assign),
+                NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO,
+            )
+            .await
         {
             Ok(replies) => nsid_in(&replies),
             Err(err) if err.raw_os_error() == Some(libc::EEXIST) => None,
@@ -204,7 +235,11 @@ impl Requests {
     pub(super) async fn nsid(&mut self, netns: &File) -> io::Result<Option<i32>> {
         let mut query = NsidMessage::default();
         query.attributes = vec![NsidAttribute::Fd(netns.as_raw_fd() as u32)];
-        Ok(nsid_in(&self.call(RouteNetlinkMessage::GetNsId(query), NLM_F_REQUEST).await?))
+        Ok(nsid_in(
+            &self
+                .call(RouteNetlinkMessage::GetNsId(query), NLM_F_REQUEST)
+                .await?,
+        ))
     }
 
     /// Every link of the host netns (`None`) or of the netns with that nsid.
@@ -213,7 +248,12 @@ impl Requests {
         if let Some(id) = nsid {
             request.attributes.push(LinkAttribute::IfNetnsId(id));
         }
-        let replies = self.call(RouteNetlinkMessage::GetLink(request), NLM_F_REQUEST | NLM_F_DUMP).await?;
+        let replies = self
+            .call(
+                RouteNetlinkMessage::GetLink(request),
+                NLM_F_REQUEST | NLM_F_DUMP,
+            )
+            .await?;
         Ok(replies
             .into_iter()
             .filter_map(|reply| match reply {
@@ -223,11 +263,17 @@ impl Requests {
             .collect())
     }
 
-    async fn call(&mut self, message: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+    async fn call(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
         let mut request = NetlinkMessage::from(message);
         request.header.flags = flags;
-        let mut responses =
-            self.0.request(request).map_err(|_| io::Error::other("the rtnetlink request socket is closed"))?;
+        let mut responses = self
+            .0
+            .request(request)
+            .map_err(|_| io::Error::other("the rtnetlink request socket is closed"))?;
         let mut replies = Vec::new();
         while let Some(response) = responses.next().await {
             match response.payload {
@@ -271,7 +317,13 @@ mod tests {
         let mut datagram = bytes_of(RouteNetlinkMessage::NewLink(link.clone()));
         datagram.extend(bytes_of(RouteNetlinkMessage::DelLink(link.clone())));
         let messages = parse_datagram(&datagram);
-        assert_eq!(messages, vec![RouteNetlinkMessage::NewLink(link.clone()), RouteNetlinkMessage::DelLink(link)]);
+        assert_eq!(
+            messages,
+            vec![
+                RouteNetlinkMessage::NewLink(link.clone()),
+                RouteNetlinkMessage::DelLink(link)
+            ]
+        );
 
         // A length field past the end, a message cut short, an attribute longer than its
         // message: skipped, no panic.

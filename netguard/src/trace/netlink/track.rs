@@ -63,7 +63,9 @@ impl Seen {
                 // A veth whose peer is already gone reports 0.
                 LinkAttribute::Link(index) if *index != 0 => seen.link = Some(*index),
                 LinkAttribute::NewNetnsId(id) => seen.new_nsid = Some(*id),
-                LinkAttribute::NewIfIndex(index) => seen.new_ifindex = u32::try_from(*index).ok().filter(|i| *i != 0),
+                LinkAttribute::NewIfIndex(index) => {
+                    seen.new_ifindex = u32::try_from(*index).ok().filter(|i| *i != 0)
+                }
                 _ => {}
             }
         }
@@ -141,7 +143,10 @@ struct Departure {
 enum Way {
     /// RTM_DELLINK with IFLA_NEW_NETNSID: somebody moved it. `dest` is known only when it
     /// left the host netns (the nsid is relative to the source).
-    Moved { new_ifindex: Option<u32>, dest: Option<u64> },
+    Moved {
+        new_ifindex: Option<u32>,
+        dest: Option<u64>,
+    },
     /// A physical NIC of a dying netns, which the kernel hands back to init_net.
     Refund,
     /// Missing from a re-dump after an overrun: moved or destroyed, we cannot tell.
@@ -207,7 +212,11 @@ impl Tracker {
 
     /// Every watched netns with the nsid to address it by (`None`: the host itself).
     pub(super) fn watched(&self) -> Vec<(u64, Option<i32>)> {
-        let mut all: Vec<_> = self.nsids.iter().map(|(id, inode)| (*inode, Some(*id))).collect();
+        let mut all: Vec<_> = self
+            .nsids
+            .iter()
+            .map(|(id, inode)| (*inode, Some(*id)))
+            .collect();
         all.push((self.host, None));
         all
     }
@@ -255,13 +264,15 @@ impl Tracker {
             }
             // Only the host's own table says which netns is going; other namespaces report
             // their own ids for it, which mean nothing here.
-            RouteNetlinkMessage::DelNsId(ids) if self.netns_of(nsid) == Ok(self.host) => match nsid_of(ids) {
-                Some(id) => match self.nsids.remove(&id) {
-                    Some(netns) => self.teardown(netns, now),
+            RouteNetlinkMessage::DelNsId(ids) if self.netns_of(nsid) == Ok(self.host) => {
+                match nsid_of(ids) {
+                    Some(id) => match self.nsids.remove(&id) {
+                        Some(netns) => self.teardown(netns, now),
+                        None => Vec::new(),
+                    },
                     None => Vec::new(),
-                },
-                None => Vec::new(),
-            },
+                }
+            }
             _ => Vec::new(),
         })
     }
@@ -280,11 +291,20 @@ impl Tracker {
             // loopback and every virtual device die with the netns.
             let from = self.place(netns, link.name.clone(), Some(ifindex));
             if link.kind.is_none() && !link.loopback {
-                self.departures.push(Departure { from, link, way: Way::Refund, deadline: now + TEARDOWN_WAIT });
+                self.departures.push(Departure {
+                    from,
+                    link,
+                    way: Way::Refund,
+                    deadline: now + TEARDOWN_WAIT,
+                });
                 continue;
             }
             if let (true, Some(peer)) = (link.is_veth(), link.link) {
-                self.dead_veths.push(DeadVeth { ifindex, peer, until: now + TEARDOWN_WAIT });
+                self.dead_veths.push(DeadVeth {
+                    ifindex,
+                    peer,
+                    until: now + TEARDOWN_WAIT,
+                });
             }
             events.push(self.unregistered(from, &link, Cause::NetnsTeardown, Some(true)));
         }
@@ -295,7 +315,11 @@ impl Tracker {
 
     /// After an overrun: fresh dumps of the watched namespaces, compared with the views.
     /// What changed unseen is reported with cause unknown.
-    pub(super) fn resync(&mut self, dumps: Vec<(u64, Vec<LinkMessage>)>, now: Instant) -> Vec<Event> {
+    pub(super) fn resync(
+        &mut self,
+        dumps: Vec<(u64, Vec<LinkMessage>)>,
+        now: Instant,
+    ) -> Vec<Event> {
         let mut events = Vec::new();
         let mut arrivals = Vec::new();
         for (netns, msgs) in dumps {
@@ -306,7 +330,13 @@ impl Tracker {
                     Some(mut link) if link.same_hardware(&seen) => {
                         let before = link.name.clone();
                         link.refresh(&seen);
-                        events.extend(self.renamed(netns, seen.ifindex, before, &link, Cause::Unknown));
+                        events.extend(self.renamed(
+                            netns,
+                            seen.ifindex,
+                            before,
+                            &link,
+                            Cause::Unknown,
+                        ));
                         fresh.insert(seen.ifindex, link);
                     }
                     stale => {
@@ -332,14 +362,20 @@ impl Tracker {
 
     /// Reports departures whose other half did not come in time, with what is known.
     pub(super) fn expire(&mut self, now: Instant) -> Vec<Event> {
-        let (due, waiting) = std::mem::take(&mut self.departures).into_iter().partition(|d| d.deadline <= now);
+        let (due, waiting) = std::mem::take(&mut self.departures)
+            .into_iter()
+            .partition(|d| d.deadline <= now);
         self.departures = waiting;
         due.into_iter()
             .map(|dep| {
                 let to = match dep.way {
-                    Way::Moved { new_ifindex, dest } => dest.map(|d| self.place(d, None, new_ifindex)),
+                    Way::Moved { new_ifindex, dest } => {
+                        dest.map(|d| self.place(d, None, new_ifindex))
+                    }
                     Way::Refund => Some(self.place(self.init, None, None)),
-                    Way::Vanished => return self.unregistered(dep.from, &dep.link, Cause::Unknown, None),
+                    Way::Vanished => {
+                        return self.unregistered(dep.from, &dep.link, Cause::Unknown, None)
+                    }
                 };
                 let mut event = self.device_event(EventKind::Move, dep.way.cause(), &dep.link);
                 event.from = Some(dep.from);
@@ -362,18 +398,27 @@ impl Tracker {
     }
 
     fn link_added(&mut self, netns: u64, seen: &Seen, now: Instant) -> Vec<Event> {
-        let known = self.views.get_mut(&netns).and_then(|view| view.get_mut(&seen.ifindex));
+        let known = self
+            .views
+            .get_mut(&netns)
+            .and_then(|view| view.get_mut(&seen.ifindex));
         let Some(link) = known else {
             return self.arrive(netns, seen, true, now).into_iter().collect();
         };
         let before = link.name.clone();
         link.refresh(seen);
         let link = link.clone();
-        self.renamed(netns, seen.ifindex, before, &link, Cause::Explicit).into_iter().collect()
+        self.renamed(netns, seen.ifindex, before, &link, Cause::Explicit)
+            .into_iter()
+            .collect()
     }
 
     fn link_removed(&mut self, netns: u64, seen: &Seen, now: Instant) -> Vec<Event> {
-        let link = match self.views.get_mut(&netns).and_then(|view| view.remove(&seen.ifindex)) {
+        let link = match self
+            .views
+            .get_mut(&netns)
+            .and_then(|view| view.remove(&seen.ifindex))
+        {
             Some(mut link) => {
                 link.refresh(seen);
                 link
@@ -381,18 +426,35 @@ impl Tracker {
             None => Link::new(self.new_key(netns, seen.ifindex), seen),
         };
         if seen.new_nsid.is_some() {
-            let dest =
-                if netns == self.host { seen.new_nsid.and_then(|id| self.nsids.get(&id).copied()) } else { None };
+            let dest = if netns == self.host {
+                seen.new_nsid.and_then(|id| self.nsids.get(&id).copied())
+            } else {
+                None
+            };
             let from = self.place(netns, link.name.clone(), Some(seen.ifindex));
-            let way = Way::Moved { new_ifindex: seen.new_ifindex, dest };
-            self.departures.push(Departure { from, link, way, deadline: now + MOVE_WAIT });
+            let way = Way::Moved {
+                new_ifindex: seen.new_ifindex,
+                dest,
+            };
+            self.departures.push(Departure {
+                from,
+                link,
+                way,
+                deadline: now + MOVE_WAIT,
+            });
             return Vec::new();
         }
         let peer_died = link.is_veth()
             && link.link.is_some_and(|peer| {
-                self.dead_veths.iter().any(|d| d.ifindex == peer && d.peer == seen.ifindex && d.until > now)
+                self.dead_veths
+                    .iter()
+                    .any(|d| d.ifindex == peer && d.peer == seen.ifindex && d.until > now)
             });
-        let cause = if peer_died { Cause::NetnsTeardown } else { Cause::Unknown };
+        let cause = if peer_died {
+            Cause::NetnsTeardown
+        } else {
+            Cause::Unknown
+        };
         // Messages from a netns stop once its teardown began, so this one is alive.
         let from = self.place(netns, link.name.clone(), Some(seen.ifindex));
         vec![self.unregistered(from, &link, cause, Some(false))]
@@ -401,7 +463,10 @@ impl Tracker {
     /// A device shows up in `netns`: the arrival of a departure we wait for, or a new device
     /// (reported only when `announce`).
     fn arrive(&mut self, netns: u64, seen: &Seen, announce: bool, now: Instant) -> Option<Event> {
-        let matched = self.departures.iter().position(|dep| self.is_arrival_of(dep, netns, seen, now));
+        let matched = self
+            .departures
+            .iter()
+            .position(|dep| self.is_arrival_of(dep, netns, seen, now));
         if let Some(index) = matched {
             let dep = self.departures.remove(index);
             let mut link = dep.link.clone();
@@ -409,7 +474,10 @@ impl Tracker {
             let mut event = self.device_event(EventKind::Move, dep.way.cause(), &link);
             event.from = Some(dep.from);
             event.to = Some(self.place(netns, link.name.clone(), Some(seen.ifindex)));
-            self.views.entry(netns).or_default().insert(seen.ifindex, link);
+            self.views
+                .entry(netns)
+                .or_default()
+                .insert(seen.ifindex, link);
             return Some(event);
         }
         let link = Link::new(self.new_key(netns, seen.ifindex), seen);
@@ -421,7 +489,10 @@ impl Tracker {
             event.to = Some(self.place(netns, link.name.clone(), Some(seen.ifindex)));
             event
         });
-        self.views.entry(netns).or_default().insert(seen.ifindex, link);
+        self.views
+            .entry(netns)
+            .or_default()
+            .insert(seen.ifindex, link);
         event
     }
 
@@ -432,7 +503,9 @@ impl Tracker {
         match dep.way {
             Way::Moved { new_ifindex, dest } => {
                 dest.is_none_or(|d| d == netns)
-                    && new_ifindex.map_or(dep.link.has_hardware_address(), |index| index == seen.ifindex)
+                    && new_ifindex.map_or(dep.link.has_hardware_address(), |index| {
+                        index == seen.ifindex
+                    })
             }
             Way::Refund => netns == self.init && dep.link.has_hardware_address(),
             Way::Vanished => dep.link.has_hardware_address(),
@@ -445,8 +518,13 @@ impl Tracker {
             self.unpaired = Some((netns, ifindex));
             return;
         };
-        if let Some((first_netns, first)) = self.unpaired.take().filter(|(_, first)| *first == peer) {
-            if let Some(first) = self.views.get_mut(&first_netns).and_then(|view| view.get_mut(&first)) {
+        if let Some((first_netns, first)) = self.unpaired.take().filter(|(_, first)| *first == peer)
+        {
+            if let Some(first) = self
+                .views
+                .get_mut(&first_netns)
+                .and_then(|view| view.get_mut(&first))
+            {
                 first.link = Some(ifindex);
             }
         }
@@ -454,10 +532,22 @@ impl Tracker {
 
     fn vanished(&mut self, netns: u64, ifindex: u32, link: Link, now: Instant) {
         let from = self.place(netns, link.name.clone(), Some(ifindex));
-        self.departures.push(Departure { from, link, way: Way::Vanished, deadline: now + MOVE_WAIT });
+        self.departures.push(Departure {
+            from,
+            link,
+            way: Way::Vanished,
+            deadline: now + MOVE_WAIT,
+        });
     }
 
-    fn renamed(&self, netns: u64, ifindex: u32, before: Option<String>, link: &Link, cause: Cause) -> Option<Event> {
+    fn renamed(
+        &self,
+        netns: u64,
+        ifindex: u32,
+        before: Option<String>,
+        link: &Link,
+        cause: Cause,
+    ) -> Option<Event> {
         if before.is_none() || before == link.name {
             return None;
         }
@@ -483,7 +573,11 @@ impl Tracker {
     }
 
     fn place(&self, netns: u64, name: Option<String>, ifindex: Option<u32>) -> Place {
-        Place { name, ifindex, netns: self.resolver.describe(netns) }
+        Place {
+            name,
+            ifindex,
+            netns: self.resolver.describe(netns),
+        }
     }
 
     /// A key for a device first seen now; the serial keeps a reused inode/ifindex pair apart.
@@ -546,7 +640,10 @@ mod tests {
         let mut msg = LinkMessage::default();
         msg.header.index = ifindex;
         msg.header.link_layer_type = LinkLayerType::Ether;
-        msg.attributes = vec![LinkAttribute::IfName(name.into()), LinkAttribute::Address(MAC.to_vec())];
+        msg.attributes = vec![
+            LinkAttribute::IfName(name.into()),
+            LinkAttribute::Address(MAC.to_vec()),
+        ];
         msg.attributes.extend(attrs);
         msg
     }
@@ -555,12 +652,19 @@ mod tests {
         link(
             ifindex,
             name,
-            vec![LinkAttribute::Link(peer), LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)])],
+            vec![
+                LinkAttribute::Link(peer),
+                LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]),
+            ],
         )
     }
 
     fn nic(ifindex: u32, name: &str) -> LinkMessage {
-        link(ifindex, name, vec![LinkAttribute::PermAddress(MAC.to_vec())])
+        link(
+            ifindex,
+            name,
+            vec![LinkAttribute::PermAddress(MAC.to_vec())],
+        )
     }
 
     fn leaving(mut msg: LinkMessage, new_nsid: i32, new_ifindex: i32) -> RouteNetlinkMessage {
@@ -592,7 +696,9 @@ mod tests {
         assert_eq!(at(&ev.to), (Some("va"), Some(5), A));
         assert!(ev.from.is_none() && ev.device.is_some());
         // Link up/down and the like: same name, nothing to say.
-        assert!(f.feed(Some(1), RouteNetlinkMessage::NewLink(veth(5, "va", 6))).is_empty());
+        assert!(f
+            .feed(Some(1), RouteNetlinkMessage::NewLink(veth(5, "va", 6)))
+            .is_empty());
     }
 
     #[test]
@@ -605,13 +711,19 @@ mod tests {
         let events = f.feed(Some(2), RouteNetlinkMessage::NewLink(veth(6, "vb", 5)));
         assert_eq!(events.len(), 1, "{events:?}");
         let ev = &events[0];
-        assert_eq!((ev.kind, ev.cause, ev.device), (EventKind::Move, Cause::Explicit, key));
+        assert_eq!(
+            (ev.kind, ev.cause, ev.device),
+            (EventKind::Move, Cause::Explicit, key)
+        );
         assert_eq!(at(&ev.from), (Some("vb"), Some(6), A));
         assert_eq!(at(&ev.to), (Some("vb"), Some(6), B));
         assert_eq!(f.tracker.next_deadline(), None);
         // Renamed in B afterwards: same key still.
         let renamed = f.feed(Some(2), RouteNetlinkMessage::NewLink(veth(6, "eth0", 5)));
-        assert_eq!((renamed[0].kind, renamed[0].device), (EventKind::Rename, key));
+        assert_eq!(
+            (renamed[0].kind, renamed[0].device),
+            (EventKind::Rename, key)
+        );
     }
 
     #[test]
@@ -638,9 +750,14 @@ mod tests {
         const C: u64 = 4026532003;
         let mut lo = link(1, "lo", vec![]);
         lo.header.link_layer_type = LinkLayerType::Loopback;
-        let events = f.tracker.add_netns(C, Some(4), &[lo, veth(2, "eth0", 5)], true, f.now);
+        let events = f
+            .tracker
+            .add_netns(C, Some(4), &[lo, veth(2, "eth0", 5)], true, f.now);
         assert_eq!(events.len(), 2);
-        assert_eq!((events[0].kind, at(&events[0].to)), (EventKind::Register, (Some("lo"), Some(1), C)));
+        assert_eq!(
+            (events[0].kind, at(&events[0].to)),
+            (EventKind::Register, (Some("lo"), Some(1), C))
+        );
         assert_eq!(events[1].kind, EventKind::Move);
         assert_eq!(at(&events[1].from), (Some("vb"), Some(6), A));
         assert_eq!(at(&events[1].to), (Some("eth0"), Some(2), C));
@@ -671,13 +788,22 @@ mod tests {
         f.feed(Some(1), RouteNetlinkMessage::NewLink(veth(5, "va", 6)));
         let mut lo = link(1, "lo", vec![]);
         lo.header.link_layer_type = LinkLayerType::Loopback;
-        f.tracker.add_netns(4026532009, Some(9), &[lo, veth(6, "vb", 5), nic(4, "eth0")], false, f.now);
+        f.tracker.add_netns(
+            4026532009,
+            Some(9),
+            &[lo, veth(6, "vb", 5), nic(4, "eth0")],
+            false,
+            f.now,
+        );
         let nic_key = f.tracker.views[&4026532009][&4].key;
 
         // Another netns' view of the same death is not ours to act on.
         assert!(f.feed(Some(1), nsid_gone(9)).is_empty());
         let events = f.feed(None, nsid_gone(9));
-        let kinds: Vec<_> = events.iter().map(|e| (e.kind, e.current_name().map(str::to_owned))).collect();
+        let kinds: Vec<_> = events
+            .iter()
+            .map(|e| (e.kind, e.current_name().map(str::to_owned)))
+            .collect();
         assert_eq!(
             kinds,
             vec![
@@ -692,7 +818,10 @@ mod tests {
 
         // The peer in A goes down with it.
         let peer = f.feed(Some(1), RouteNetlinkMessage::DelLink(veth(5, "va", 0)));
-        assert_eq!((peer[0].cause, peer[0].netns_dying), (Cause::NetnsTeardown, Some(false)));
+        assert_eq!(
+            (peer[0].cause, peer[0].netns_dying),
+            (Cause::NetnsTeardown, Some(false))
+        );
 
         // The NIC comes back to init_net under a fallback name.
         let back = f.feed(Some(3), RouteNetlinkMessage::NewLink(nic(4, "dev4")));
@@ -705,7 +834,8 @@ mod tests {
         assert_eq!(at(&back[0].to), (Some("dev4"), Some(4), INIT));
         // Its nsid is gone with it.
         assert_eq!(
-            f.tracker.on_message(Some(9), &RouteNetlinkMessage::NewLink(nic(4, "x")), f.now),
+            f.tracker
+                .on_message(Some(9), &RouteNetlinkMessage::NewLink(nic(4, "x")), f.now),
             Err(UnknownNsid(9))
         );
     }
@@ -718,7 +848,10 @@ mod tests {
         f.feed(Some(1), RouteNetlinkMessage::NewLink(veth(7, "e0", 2)));
         f.feed(None, nsid_gone(2));
         let peer = f.feed(Some(1), RouteNetlinkMessage::DelLink(veth(7, "e0", 0)));
-        assert_eq!((peer[0].cause, peer[0].netns_dying), (Cause::NetnsTeardown, Some(false)));
+        assert_eq!(
+            (peer[0].cause, peer[0].netns_dying),
+            (Cause::NetnsTeardown, Some(false))
+        );
     }
 
     #[test]
@@ -728,14 +861,18 @@ mod tests {
         assert_eq!(f.feed(None, nsid_gone(1)).len(), 1);
         let events = f.later(TEARDOWN_WAIT);
         assert_eq!(events.len(), 1);
-        assert_eq!((events[0].kind, events[0].cause), (EventKind::Move, Cause::NetnsTeardown));
+        assert_eq!(
+            (events[0].kind, events[0].cause),
+            (EventKind::Move, Cause::NetnsTeardown)
+        );
         assert_eq!(at(&events[0].to), (None, None, INIT));
     }
 
     #[test]
     fn unrelated_or_late_delete_after_a_teardown_keeps_cause_unknown() {
         let mut f = fixture();
-        f.tracker.add_netns(4026532009, Some(9), &[veth(6, "vb", 5)], false, f.now);
+        f.tracker
+            .add_netns(4026532009, Some(9), &[veth(6, "vb", 5)], false, f.now);
         f.feed(None, nsid_gone(9));
         f.feed(Some(2), RouteNetlinkMessage::NewLink(veth(5, "other", 2)));
         let events = f.feed(Some(2), RouteNetlinkMessage::DelLink(veth(5, "other", 0)));
@@ -750,10 +887,21 @@ mod tests {
     #[test]
     fn unknown_nsid_is_reported_to_the_caller() {
         let mut f = fixture();
-        let err = f.tracker.on_message(Some(42), &RouteNetlinkMessage::NewLink(veth(5, "va", 6)), f.now).unwrap_err();
+        let err = f
+            .tracker
+            .on_message(
+                Some(42),
+                &RouteNetlinkMessage::NewLink(veth(5, "va", 6)),
+                f.now,
+            )
+            .unwrap_err();
         assert_eq!(err, UnknownNsid(42));
         // nsid traffic from unknown namespaces is simply not ours.
-        assert!(f.tracker.on_message(Some(42), &nsid_gone(1), f.now).unwrap().is_empty());
+        assert!(f
+            .tracker
+            .on_message(Some(42), &nsid_gone(1), f.now)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
@@ -762,16 +910,33 @@ mod tests {
         f.feed(Some(1), RouteNetlinkMessage::NewLink(veth(5, "va", 6)));
         f.feed(
             Some(1),
-            RouteNetlinkMessage::NewLink(link(7, "gone", vec![LinkAttribute::Address(vec![2, 0, 0, 0, 0, 7])])),
+            RouteNetlinkMessage::NewLink(link(
+                7,
+                "gone",
+                vec![LinkAttribute::Address(vec![2, 0, 0, 0, 0, 7])],
+            )),
         );
         let moved_key = f.feed(None, RouteNetlinkMessage::NewLink(nic(3, "eth1")))[0].device;
         let dumps = vec![
             (HOST, vec![]),
             (A, vec![veth(5, "renamed", 6)]),
-            (B, vec![nic(2, "eth1"), link(9, "new", vec![LinkAttribute::Address(vec![2, 0, 0, 0, 0, 9])])]),
+            (
+                B,
+                vec![
+                    nic(2, "eth1"),
+                    link(
+                        9,
+                        "new",
+                        vec![LinkAttribute::Address(vec![2, 0, 0, 0, 0, 9])],
+                    ),
+                ],
+            ),
         ];
         let events = f.tracker.resync(dumps, f.now);
-        let summary: Vec<_> = events.iter().map(|e| (e.kind, e.cause, e.current_name().unwrap().to_owned())).collect();
+        let summary: Vec<_> = events
+            .iter()
+            .map(|e| (e.kind, e.cause, e.current_name().unwrap().to_owned()))
+            .collect();
         assert_eq!(
             summary,
             vec![
@@ -786,7 +951,11 @@ mod tests {
         assert_eq!(later.len(), 1);
         assert_eq!(
             (later[0].kind, later[0].cause, at(&later[0].from)),
-            (EventKind::Unregister, Cause::Unknown, (Some("gone"), Some(7), A))
+            (
+                EventKind::Unregister,
+                Cause::Unknown,
+                (Some("gone"), Some(7), A)
+            )
         );
     }
 
