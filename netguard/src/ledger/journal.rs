@@ -91,6 +91,8 @@ pub struct Replay {
     pub lines: Vec<JournalLine>,
     /// Lines that did not parse (a torn last write, damage); skipped.
     pub skipped: usize,
+    /// The highest sequence number read (0: none).
+    pub last_seq: u64,
 }
 
 pub struct Journal {
@@ -217,12 +219,63 @@ fn open_append(path: &Path) -> Result<File, LedgerError> {
         })
 }
 
-/// Reads every journal file in `dir`, oldest first.
-pub fn read_all(dir: &Path) -> Result<Replay, LedgerError> {
-    let mut files: Vec<(usize, PathBuf)> = Vec::new();
+/// The journal lines newer than `after` (all of them for 0), oldest first. Files are read
+/// newest first, and an older one only while the lines found do not yet reach back to `after`
+/// or to a snapshot (which stands for everything before it). Lines at or before `after` are
+/// skipped on their sequence number alone: the document already holds them, and parsing a long
+/// journal at every start would cost more than the work the command came to do.
+pub fn read_since(dir: &Path, after: u64) -> Result<Replay, LedgerError> {
+    let mut replay = Replay::default();
+    // Newest first; each file's lines are kept apart until the order is restored below.
+    let mut newest_first: Vec<Vec<JournalLine>> = Vec::new();
+    for path in files_newest_first(dir)? {
+        let mut lines = Vec::new();
+        let mut first_line = true;
+        let mut first_seq = None;
+        let mut starts_with_snapshot = false;
+        for line in read_lines(&path)? {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let seq = leading_seq(&line);
+            let is_first = std::mem::take(&mut first_line);
+            if is_first {
+                first_seq = seq;
+            }
+            if seq.is_some_and(|seq| seq <= after) {
+                replay.last_seq = replay.last_seq.max(seq.unwrap_or(0));
+                continue;
+            }
+            match serde_json::from_slice::<JournalLine>(&line) {
+                Ok(parsed) => {
+                    if is_first {
+                        first_seq = Some(parsed.seq);
+                        starts_with_snapshot =
+                            matches!(parsed.entry, JournalEntry::Snapshot { .. });
+                    }
+                    replay.last_seq = replay.last_seq.max(parsed.seq);
+                    lines.push(parsed);
+                }
+                Err(e) => {
+                    tracing::warn!("skipping a damaged line in {}: {e}", path.display());
+                    replay.skipped += 1;
+                }
+            }
+        }
+        newest_first.push(lines);
+        if starts_with_snapshot || first_seq.is_some_and(|seq| seq <= after.saturating_add(1)) {
+            break;
+        }
+    }
+    replay.lines = newest_first.into_iter().rev().flatten().collect();
+    Ok(replay)
+}
+
+/// `journal.jsonl`, then `journal.jsonl.1`, `.2`, ... (a higher suffix is older).
+fn files_newest_first(dir: &Path) -> Result<Vec<PathBuf>, LedgerError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Replay::default()),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => {
             return Err(LedgerError::Io {
                 action: "list",
@@ -231,6 +284,7 @@ pub fn read_all(dir: &Path) -> Result<Replay, LedgerError> {
             })
         }
     };
+    let mut files: Vec<(usize, PathBuf)> = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name == FILE_NAME {
@@ -242,34 +296,32 @@ pub fn read_all(dir: &Path) -> Result<Replay, LedgerError> {
             files.push((n, entry.path()));
         }
     }
-    // Higher suffix = older.
-    files.sort_by_key(|f| std::cmp::Reverse(f.0));
-    let mut replay = Replay::default();
-    for (_, path) in files {
-        let file = File::open(&path).map_err(|source| LedgerError::Io {
-            action: "read",
-            path: path.clone(),
-            source,
-        })?;
-        for line in BufReader::new(file).split(b'\n') {
-            let line = line.map_err(|source| LedgerError::Io {
-                action: "read",
-                path: path.clone(),
-                source,
-            })?;
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            match serde_json::from_slice::<JournalLine>(&line) {
-                Ok(parsed) => replay.lines.push(parsed),
-                Err(e) => {
-                    tracing::warn!("skipping a damaged line in {}: {e}", path.display());
-                    replay.skipped += 1;
-                }
-            }
-        }
+    files.sort_by_key(|f| f.0);
+    Ok(files.into_iter().map(|(_, path)| path).collect())
+}
+
+fn read_lines(path: &Path) -> Result<Vec<Vec<u8>>, LedgerError> {
+    let io_error = |source| LedgerError::Io {
+        action: "read",
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io_error)?;
+    BufReader::new(file)
+        .split(b'\n')
+        .collect::<Result<_, _>>()
+        .map_err(io_error)
+}
+
+/// The sequence number at the start of a line as [`Journal::append`] writes it
+/// (`{"seq":N,...`), without parsing the rest; `None` for anything else.
+fn leading_seq(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(br#"{"seq":"#)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if rest.get(digits) != Some(&b',') {
+        return None;
     }
-    Ok(replay)
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 /// Folds every change after `content.journal_seq` into `content`; returns how many.
@@ -323,7 +375,7 @@ mod tests {
             .unwrap();
         raw.write_all(br#"{"seq":5,"time":"2025-"#).unwrap();
 
-        let replay = read_all(dir.path()).unwrap();
+        let replay = read_since(dir.path(), 0).unwrap();
         assert_eq!(replay.lines.len(), 4);
         assert_eq!(replay.skipped, 1);
         let mut rebuilt = LedgerContent::default();
@@ -356,11 +408,75 @@ mod tests {
             !dir.path().join(format!("{FILE_NAME}.3")).exists(),
             "only `keep` rotated files"
         );
-        let replay = read_all(dir.path()).unwrap();
+        let replay = read_since(dir.path(), 0).unwrap();
         let mut rebuilt = LedgerContent::default();
         replay_into(&mut rebuilt, &replay.lines);
         assert_eq!(rebuilt.links, state.links);
         // Sequence numbers stay increasing across files, oldest first.
         assert!(replay.lines.windows(2).all(|w| w[0].seq < w[1].seq));
+    }
+
+    #[test]
+    fn reading_since_a_seq_returns_only_newer_lines_and_the_last_seq() {
+        let dir = TempDir::new("since");
+        let content = sample_content();
+        let link = content.links.values().next().unwrap().clone();
+        // Small files: the 12 lines spread over rotated files, each starting with a snapshot.
+        let mut journal = Journal::open(dir.path(), 600, 10, 0).unwrap();
+        let mut state = LedgerContent::default();
+        for n in 0..12 {
+            let entry = if n % 2 == 0 {
+                JournalEntry::PutLink { link: link.clone() }
+            } else {
+                JournalEntry::ForgetLink {
+                    key: link.spec.key(),
+                }
+            };
+            entry.apply(&mut state);
+            state.journal_seq = journal.append(entry).unwrap();
+            if journal.needs_rotation() {
+                journal.rotate(&state).unwrap();
+            }
+        }
+        assert!(dir.path().join(format!("{FILE_NAME}.2")).exists());
+        let last = journal.last_seq();
+
+        let everything = read_since(dir.path(), 0).unwrap();
+        assert_eq!(everything.last_seq, last);
+        let mut rebuilt = LedgerContent::default();
+        replay_into(&mut rebuilt, &everything.lines);
+        assert_eq!(rebuilt.links, state.links);
+
+        let newer = read_since(dir.path(), last - 2).unwrap();
+        let seqs: Vec<u64> = newer.lines.iter().map(|l| l.seq).collect();
+        assert_eq!(seqs, [last - 1, last]);
+        assert_eq!(newer.last_seq, last);
+        assert_eq!(read_since(dir.path(), last).unwrap().lines.len(), 0);
+    }
+
+    #[test]
+    fn a_line_without_the_usual_start_is_parsed_in_full() {
+        assert_eq!(leading_seq(br#"{"seq":42,"time":"x"}"#), Some(42));
+        assert_eq!(leading_seq(br#"{"time":"x","seq":42}"#), None);
+        assert_eq!(leading_seq(br#"{"seq":42"#), None);
+        assert_eq!(leading_seq(br#"{"seq":,"#), None);
+        let dir = TempDir::new("reordered");
+        let line = JournalLine {
+            seq: 7,
+            time: Utc::now(),
+            entry: JournalEntry::Note {
+                message: "hand-written".into(),
+            },
+        };
+        let mut value = serde_json::to_value(&line).unwrap();
+        // Keys in another order (a hand edit, another writer): still read, by full parsing.
+        let text = format!(
+            r#"{{"time":{},"type":"note","message":"hand-written","seq":7}}"#,
+            value["time"].take()
+        );
+        fs::write(dir.path().join(FILE_NAME), text + "\n").unwrap();
+        let replay = read_since(dir.path(), 3).unwrap();
+        assert_eq!(replay.lines, [line]);
+        assert_eq!(replay.last_seq, 7);
     }
 }

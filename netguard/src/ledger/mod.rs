@@ -167,8 +167,14 @@ impl Ledger {
             source,
         })?;
         let path = options.dir.join(STATE_FILE);
-        let replay = journal::read_all(&options.dir)?;
-        let (mut content, opened) = match store::load(&path) {
+        let loaded = store::load(&path);
+        // A usable document already holds everything up to its `journal_seq`.
+        let after = match &loaded {
+            Ok(Some(content)) => content.journal_seq,
+            _ => 0,
+        };
+        let replay = journal::read_since(&options.dir, after)?;
+        let (mut content, opened) = match loaded {
             Ok(Some(content)) => (content, Opened::Loaded { replayed: 0 }),
             Ok(None) if replay.lines.is_empty() => (LedgerContent::default(), Opened::Fresh),
             Ok(None) => (
@@ -198,13 +204,7 @@ impl Ledger {
             }
         };
         let replayed = journal::replay_into(&mut content, &replay.lines);
-        let last_seq = replay
-            .lines
-            .iter()
-            .map(|l| l.seq)
-            .max()
-            .unwrap_or(0)
-            .max(content.journal_seq);
+        let last_seq = replay.last_seq.max(content.journal_seq);
         let journal = Journal::open(
             &options.dir,
             options.journal_max_bytes,

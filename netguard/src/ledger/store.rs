@@ -6,13 +6,15 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 use super::model::LedgerContent;
 use super::LedgerError;
 
 /// The document layout this build writes and reads.
-pub const VERSION: u64 = 1;
+pub const VERSION: u64 = 2;
 
 /// Why a document could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -31,45 +33,59 @@ pub enum DocProblem {
     Newer(u64),
 }
 
-/// Checksum of the content as serialised from a `Value` (sorted, canonical), so it does not
-/// depend on how the file was indented.
-fn checksum(content: &Value) -> String {
-    let canonical = serde_json::to_vec(content).unwrap_or_default();
-    format!("crc32:{:08x}", crc32fast::hash(&canonical))
+/// Checksum of the `ledger` value exactly as it stands in the file, so the content is encoded
+/// once per save and parsed once per load.
+fn checksum(ledger: &[u8]) -> String {
+    format!("crc32:{:08x}", crc32fast::hash(ledger))
+}
+
+/// Layout 1 summed the content re-serialised from a `Value` (sorted keys, compact).
+fn checksum_v1(ledger: &RawValue) -> Result<String, DocProblem> {
+    let value: Value = serde_json::from_str(ledger.get()).map_err(DocProblem::NotJson)?;
+    let canonical = serde_json::to_vec(&value).map_err(DocProblem::NotJson)?;
+    Ok(checksum(&canonical))
 }
 
 pub fn encode(content: &LedgerContent) -> Result<Vec<u8>, serde_json::Error> {
-    let value = serde_json::to_value(content)?;
-    let doc = json!({ "version": VERSION, "checksum": checksum(&value), "ledger": value });
-    let mut bytes = serde_json::to_vec_pretty(&doc)?;
-    bytes.push(b'\n');
+    let ledger = serde_json::to_vec_pretty(content)?;
+    let mut bytes = Vec::with_capacity(ledger.len() + 80);
+    bytes.extend_from_slice(
+        format!(
+            "{{\n  \"version\": {VERSION},\n  \"checksum\": \"{}\",\n  \"ledger\": ",
+            checksum(&ledger)
+        )
+        .as_bytes(),
+    );
+    bytes.extend_from_slice(&ledger);
+    bytes.extend_from_slice(b"\n}\n");
     Ok(bytes)
 }
 
+/// The document's fields, the ledger left unparsed until its checksum is known good.
+#[derive(Deserialize)]
+struct RawDoc<'a> {
+    version: Option<u64>,
+    checksum: Option<String>,
+    #[serde(borrow)]
+    ledger: Option<&'a RawValue>,
+}
+
 pub fn decode(bytes: &[u8]) -> Result<LedgerContent, DocProblem> {
-    let doc: Value = serde_json::from_slice(bytes).map_err(DocProblem::NotJson)?;
-    let version = doc
-        .get("version")
-        .and_then(Value::as_u64)
-        .ok_or(DocProblem::MissingField("version"))?;
+    let doc: RawDoc = serde_json::from_slice(bytes).map_err(DocProblem::NotJson)?;
+    let version = doc.version.ok_or(DocProblem::MissingField("version"))?;
     if version > VERSION {
         return Err(DocProblem::Newer(version));
     }
-    let found = doc
-        .get("checksum")
-        .and_then(Value::as_str)
-        .ok_or(DocProblem::MissingField("checksum"))?;
-    let content = doc
-        .get("ledger")
-        .ok_or(DocProblem::MissingField("ledger"))?;
-    let computed = checksum(content);
+    let found = doc.checksum.ok_or(DocProblem::MissingField("checksum"))?;
+    let ledger = doc.ledger.ok_or(DocProblem::MissingField("ledger"))?;
+    let computed = match version {
+        1 => checksum_v1(ledger)?,
+        _ => checksum(ledger.get().as_bytes()),
+    };
     if found != computed {
-        return Err(DocProblem::Checksum {
-            found: found.to_string(),
-            computed,
-        });
+        return Err(DocProblem::Checksum { found, computed });
     }
-    serde_json::from_value(content.clone()).map_err(DocProblem::Layout)
+    serde_json::from_str(ledger.get()).map_err(DocProblem::Layout)
 }
 
 /// Reads the document; `Ok(None)` when there is none yet.
@@ -161,10 +177,28 @@ mod tests {
             DocProblem::NotJson(_)
         ));
 
-        let newer = text.replacen("\"version\": 1", "\"version\": 7", 1);
+        let newer = text.replacen("\"version\": 2", "\"version\": 7", 1);
         assert!(matches!(
             decode(newer.as_bytes()).unwrap_err(),
             DocProblem::Newer(7)
+        ));
+    }
+
+    #[test]
+    fn a_layout_1_document_still_loads() {
+        let content = sample_content();
+        let value = serde_json::to_value(&content).unwrap();
+        let canonical = serde_json::to_vec(&value).unwrap();
+        let doc =
+            serde_json::json!({ "version": 1, "checksum": checksum(&canonical), "ledger": value });
+        let bytes = serde_json::to_vec_pretty(&doc).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), content);
+        let edited = String::from_utf8(bytes)
+            .unwrap()
+            .replace("198.18.0.2/24", "198.18.0.9/24");
+        assert!(matches!(
+            decode(edited.as_bytes()).unwrap_err(),
+            DocProblem::Checksum { .. }
         ));
     }
 
