@@ -28,7 +28,8 @@ pub enum LendError {
         step: &'static str,
         name: String,
         netns: String,
-        source: rtnetlink::Error,
+        // Boxed: the kernel's error is large and rare, and every Result here carries its size.
+        source: Box<rtnetlink::Error>,
     },
     #[error("{name} was moved to netns {netns} but is not found there under {temp}")]
     Vanished {
@@ -48,7 +49,7 @@ async fn kernel(
         step,
         name: name.into(),
         netns: conn.locator.to_string(),
-        source,
+        source: Box::new(source),
     })
 }
 
