@@ -15,6 +15,7 @@ use chrono::Utc;
 use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
 use tokio::sync::{Mutex, Notify};
+use tokio::time::Instant;
 
 use crate::api::{self, ApiError, Request};
 use crate::control::{self, Operation};
@@ -319,7 +320,8 @@ async fn reconcile(shared: &Shared) {
 /// Wakes the reconciler when a netns bind mount appears or goes. Dropping our connection to a
 /// deleted netns is what lets the kernel destroy it (and refund its NICs); a new netns at a
 /// known path is a container restart to repair. A bind mount is made just after its file is
-/// created, so the reconciler is woken again shortly after.
+/// created, so the reconciler is woken again a little later too ([`FOLLOW_UPS`]); inotify is
+/// read meanwhile, so the next container's restart is noticed at once.
 async fn watch_bind_mounts(wake: &Notify) {
     let inotify = match Inotify::new() {
         Ok(inotify) => inotify,
@@ -329,6 +331,8 @@ async fn watch_bind_mounts(wake: &Notify) {
         }
     };
     let mut watched: Vec<PathBuf> = Vec::new();
+    // When to wake the reconciler again, earliest first.
+    let mut follow_ups: Vec<Instant> = Vec::new();
     loop {
         for dir in BIND_MOUNT_DIRS {
             let Ok(real) = std::fs::canonicalize(dir) else {
@@ -338,23 +342,41 @@ async fn watch_bind_mounts(wake: &Notify) {
                 watched.push(real);
             }
         }
-        // Re-check for directories that did not exist yet (the first `ip netns add` makes one).
-        match tokio::time::timeout(Duration::from_secs(1), inotify.readable()).await {
-            Ok(Ok(())) => {
-                wake.notify_one();
-                for delay in [50, 250, 1000] {
-                    tokio::time::sleep(Duration::from_millis(delay)).await;
+        // At the latest in a second: directories that did not exist yet are looked for again
+        // (the first `ip netns add` makes one).
+        let next = follow_ups
+            .first()
+            .copied()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            read = inotify.readable() => match read {
+                Ok(()) => {
+                    wake.notify_one();
+                    let now = Instant::now();
+                    follow_ups = FOLLOW_UPS.iter().map(|delay| now + *delay).collect();
+                }
+                Err(e) => {
+                    tracing::warn!("watching netns bind mounts failed ({e}); relying on the interval");
+                    return std::future::pending().await;
+                }
+            },
+            _ = tokio::time::sleep_until(next) => {
+                if !follow_ups.is_empty() {
+                    follow_ups.remove(0);
                     wake.notify_one();
                 }
             }
-            Ok(Err(e)) => {
-                tracing::warn!("watching netns bind mounts failed ({e}); relying on the interval");
-                return std::future::pending().await;
-            }
-            Err(_) => {}
         }
     }
 }
+
+/// After a bind mount came or went, the reconciler looks again this much later: the mount
+/// follows its file's creation, and a deleted netns's teardown takes a while.
+const FOLLOW_UPS: [Duration; 3] = [
+    Duration::from_millis(50),
+    Duration::from_millis(250),
+    Duration::from_millis(1000),
+];
 
 struct Inotify(AsyncFd<OwnedFd>);
 
