@@ -690,6 +690,18 @@ impl Pool {
         Ok(self.lock().entry(locator.clone()).or_insert(conn).clone())
     }
 
+    /// Keeps a connection opened elsewhere (until [`release`](Self::release)), unless one to
+    /// the same netns is kept already.
+    pub fn adopt(&self, conn: NetnsConn) {
+        let mut conns = self.lock();
+        if conns
+            .get(&conn.locator)
+            .is_none_or(|kept| kept.inode != conn.inode)
+        {
+            conns.insert(conn.locator.clone(), Arc::new(conn));
+        }
+    }
+
     pub async fn host(&self) -> Result<Arc<NetnsConn>, InventoryError> {
         self.get(&Locator::Host).await
     }

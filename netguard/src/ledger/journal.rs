@@ -39,7 +39,14 @@ pub enum JournalEntry {
     Event {
         event: Event,
     },
-    /// A restore action and how it went.
+    /// A restore item's actions, in order, and how the last one went (`ok`, or the kernel's
+    /// words).
+    Actions {
+        target: String,
+        actions: serde_json::Value,
+        outcome: String,
+    },
+    /// One restore action, as journals written before `Actions` have them (read, not written).
     Action {
         action: serde_json::Value,
         outcome: String,
@@ -71,6 +78,7 @@ impl JournalEntry {
                 content.links.remove(key);
             }
             JournalEntry::Event { .. }
+            | JournalEntry::Actions { .. }
             | JournalEntry::Action { .. }
             | JournalEntry::Note { .. } => {}
         }

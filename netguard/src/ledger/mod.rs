@@ -321,29 +321,35 @@ impl Ledger {
 
     /// Sets how a guarded link stands (journalled only when it changes).
     pub fn set_link_state(&mut self, key: &LinkKey, state: LinkState, reason: Option<String>) {
-        let Some(record) = self.content.links.get(key) else {
-            return;
-        };
-        if record.state == state && record.reason == reason {
-            return;
-        }
-        let mut record = record.clone();
-        record.state = state;
-        record.reason = reason;
-        record.since = Utc::now();
-        self.put_link(record);
+        self.set_link_state_seen(key, state, reason, None);
     }
 
-    /// Updates the netns inode a guarded link was last seen in.
-    pub fn set_link_netns_inode(&mut self, key: &LinkKey, inode: u64) {
+    /// Like [`set_link_state`](Self::set_link_state), also recording the netns inode the link
+    /// was just seen in: one journal line for both.
+    pub fn set_link_state_seen(
+        &mut self,
+        key: &LinkKey,
+        state: LinkState,
+        reason: Option<String>,
+        netns_inode: Option<u64>,
+    ) {
         let Some(record) = self.content.links.get(key) else {
             return;
         };
-        if record.spec.netns_inode == Some(inode) {
+        let new_inode = netns_inode.filter(|inode| record.spec.netns_inode != Some(*inode));
+        let new_state = record.state != state || record.reason != reason;
+        if !new_state && new_inode.is_none() {
             return;
         }
         let mut record = record.clone();
-        record.spec.netns_inode = Some(inode);
+        if new_state {
+            record.state = state;
+            record.reason = reason;
+            record.since = Utc::now();
+        }
+        if new_inode.is_some() {
+            record.spec.netns_inode = new_inode;
+        }
         self.put_link(record);
     }
 
@@ -668,13 +674,15 @@ impl Ledger {
     }
 
     /// Journals a restore action and its outcome.
-    pub fn note_action(&mut self, action: &impl Serialize, outcome: &str) {
-        match serde_json::to_value(action) {
-            Ok(action) => self.append(JournalEntry::Action {
-                action,
+    /// Journals what a restore item did: its actions in order and how the last one went.
+    pub fn note_actions(&mut self, target: &str, actions: &impl Serialize, outcome: &str) {
+        match serde_json::to_value(actions) {
+            Ok(actions) => self.append(JournalEntry::Actions {
+                target: target.to_string(),
+                actions,
                 outcome: outcome.to_string(),
             }),
-            Err(e) => tracing::error!("cannot journal an action: {e}"),
+            Err(e) => tracing::error!("cannot journal the actions on {target}: {e}"),
         }
     }
 

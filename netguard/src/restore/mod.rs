@@ -191,12 +191,23 @@ impl Restorer {
         again.clear();
         let read = stale.len() + usize::from(read_host);
         let host = &host;
+        let guarded = &guarded_names(ledger);
         let reads = futures::stream::iter(stale)
             .map(|locator: Locator| async move {
                 let path = self.pool.path_of(&locator).to_path_buf();
                 let read = async {
                     let conn = NetnsConn::open(locator.clone(), &path).await?;
-                    Ok::<_, InventoryError>((conn.dump().await?, host.nsid_of(&conn).await?))
+                    let inventory = conn.dump().await?;
+                    let nsid = host.nsid_of(&conn).await?;
+                    // A netns missing a guarded link is about to be repaired: this pass keeps
+                    // the connection rather than open another (released with the rest).
+                    let missing = guarded.get(&locator).is_some_and(|names| {
+                        names.iter().any(|n| inventory.link_by_name(n).is_none())
+                    });
+                    if missing {
+                        self.pool.adopt(conn);
+                    }
+                    Ok::<_, InventoryError>((inventory, nsid))
                 }
                 .await;
                 (locator, read)
@@ -310,6 +321,18 @@ impl Restorer {
 }
 
 /// Every netns but the host's that the ledger's links live in or hang on.
+/// The names of the links guarded in each netns.
+fn guarded_names(ledger: &LedgerContent) -> HashMap<&Locator, Vec<&str>> {
+    let mut names: HashMap<&Locator, Vec<&str>> = HashMap::new();
+    for record in ledger.links.values() {
+        names
+            .entry(&record.spec.netns)
+            .or_default()
+            .push(&record.spec.name);
+    }
+    names
+}
+
 fn wanted(ledger: &LedgerContent) -> HashSet<&Locator> {
     let mut wanted = HashSet::new();
     for record in ledger.links.values() {
@@ -354,11 +377,16 @@ fn see_host_nics(
 
 /// Writes how one item stands into the ledger, and journals the actions taken.
 fn record(ledger: &mut Ledger, item: &Item, result: &ItemResult, world: &World, host: &Netns) {
-    for action in &result.applied {
-        ledger.note_action(action, "ok");
-    }
-    if let Some(error) = &result.error {
-        ledger.note_action(&item.actions[result.applied.len()], &error.kernel);
+    let mut tried: Vec<&Action> = result.applied.iter().collect();
+    let outcome = match &result.error {
+        Some(error) => {
+            tried.extend(item.actions.get(result.applied.len()));
+            error.kernel.as_str()
+        }
+        None => "ok",
+    };
+    if !tried.is_empty() {
+        ledger.note_actions(&item.target.to_string(), &tried, outcome);
     }
     match &item.target {
         Target::Link { key, .. } => {
@@ -389,10 +417,9 @@ fn record(ledger: &mut Ledger, item: &Item, result: &ItemResult, world: &World, 
             } else {
                 result.reason.clone()
             };
-            ledger.set_link_state(key, state, reason);
-            if let (Outcome::Intact | Outcome::Restored, Some(inode)) = (result.outcome, inode) {
-                ledger.set_link_netns_inode(key, inode);
-            }
+            let seen_in =
+                inode.filter(|_| matches!(result.outcome, Outcome::Intact | Outcome::Restored));
+            ledger.set_link_state_seen(key, state, reason, seen_in);
         }
         Target::Nic {
             identity,
