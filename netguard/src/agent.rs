@@ -75,6 +75,19 @@ impl StateLock {
     /// agent starts, say); a holder that stays is another agent.
     pub fn acquire(dir: &Path) -> Result<StateLock, LockError> {
         const PATIENCE: Duration = Duration::from_secs(10);
+        let started = std::time::Instant::now();
+        loop {
+            match StateLock::try_acquire(dir) {
+                Err(LockError::Busy { .. }) if started.elapsed() < PATIENCE => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                locked => return locked,
+            }
+        }
+    }
+
+    /// One attempt: `Busy` if somebody holds it now.
+    pub fn try_acquire(dir: &Path) -> Result<StateLock, LockError> {
         let path = dir.join("lock");
         let io = |source| LockError::Io {
             path: path.clone(),
@@ -87,20 +100,15 @@ impl StateLock {
             .write(true)
             .open(&path)
             .map_err(io)?;
-        let started = std::time::Instant::now();
-        loop {
-            // SAFETY: flock on an fd we own.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return Ok(StateLock(file));
-            }
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(io(err));
-            }
-            if started.elapsed() > PATIENCE {
-                return Err(LockError::Busy { dir: dir.into() });
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(StateLock(file));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Err(LockError::Busy { dir: dir.into() })
+        } else {
+            Err(io(err))
         }
     }
 }
@@ -268,7 +276,7 @@ async fn lock_ledger(options: &AgentOptions) -> Result<StateLock, LockError> {
     let deadline = tokio::time::Instant::now() + LOCK_PATIENCE;
     let mut told = false;
     loop {
-        match StateLock::acquire(&options.ledger.dir) {
+        match StateLock::try_acquire(&options.ledger.dir) {
             Err(LockError::Busy { dir })
                 if tokio::time::Instant::now() < deadline
                     && UnixStream::connect(&options.socket).await.is_err() =>
