@@ -73,6 +73,9 @@ impl ItemResult {
 /// from what the last read-back said instead of asking again.
 type Seen = HashMap<(Locator, String), LiveLink>;
 
+/// A link change being built.
+type Builder = LinkMessageBuilder<LinkUnspec>;
+
 /// Bridges looked up during one pass, shared by its items: ports join a bridge, the bridge
 /// itself is not changed, so a thousand re-created ports ask for it once.
 type Masters = std::sync::Mutex<HashMap<(Locator, String), LiveLink>>;
@@ -212,41 +215,30 @@ impl Executor {
         match action {
             Action::SetUp { netns, dev } | Action::SetDown { netns, dev } => {
                 let want = matches!(action, Action::SetUp { .. });
-                let link = ctx.need(netns, dev, seen).await?;
-                if link.up != want {
-                    let msg = LinkUnspec::new_with_index(link.ifindex);
-                    let msg = if want { msg.up() } else { msg.down() };
-                    ctx.kernel(conn.handle().link().set(msg.build()).execute().await)?;
-                }
-                ctx.verify(
+                let change = |m: Builder| if want { m.up() } else { m.down() };
+                ctx.set_link(
                     netns,
-                    link.ifindex,
+                    dev,
                     seen,
                     |l| l.up == want,
+                    change,
                     "admin state unchanged",
                 )
                 .await
             }
             Action::Rename { netns, dev, to } => {
-                let link = ctx.need(netns, dev, seen).await?;
-                if link.name != *to {
-                    let msg = LinkUnspec::new_with_index(link.ifindex)
-                        .name(to.clone())
-                        .build();
-                    ctx.kernel(conn.handle().link().set(msg).execute().await)?;
-                }
-                seen.remove(&(netns.clone(), dev.clone()));
-                ctx.verify(
+                let change = |m: Builder| m.name(to.clone());
+                ctx.set_link(
                     netns,
-                    link.ifindex,
+                    dev,
                     seen,
                     |l| l.name == *to,
+                    change,
                     "name unchanged",
                 )
                 .await
             }
             Action::SetMaster { netns, dev, master } => {
-                let link = ctx.need(netns, dev, seen).await?;
                 let key = (netns.clone(), master.clone());
                 let known = masters
                     .lock()
@@ -264,49 +256,31 @@ impl Executor {
                         bridge
                     }
                 };
-                if link.master != Some(bridge.ifindex) {
-                    let msg = LinkUnspec::new_with_index(link.ifindex)
-                        .controller(bridge.ifindex)
-                        .build();
-                    ctx.kernel(conn.handle().link().set(msg).execute().await)?;
-                }
-                ctx.verify(
-                    netns,
-                    link.ifindex,
-                    seen,
-                    |l| l.master == Some(bridge.ifindex),
-                    "not a port of it",
-                )
-                .await
+                let is_port = |l: &LiveLink| l.master == Some(bridge.ifindex);
+                let change = |m: Builder| m.controller(bridge.ifindex);
+                ctx.set_link(netns, dev, seen, is_port, change, "not a port of it")
+                    .await
             }
             Action::SetMac { netns, dev, mac } => {
-                let link = ctx.need(netns, dev, seen).await?;
-                if link.mac != Some(*mac) {
-                    let msg = LinkUnspec::new_with_index(link.ifindex)
-                        .address(mac.0.to_vec())
-                        .build();
-                    ctx.kernel(conn.handle().link().set(msg).execute().await)?;
-                }
-                ctx.verify(
+                let change = |m: Builder| m.address(mac.0.to_vec());
+                ctx.set_link(
                     netns,
-                    link.ifindex,
+                    dev,
                     seen,
                     |l| l.mac == Some(*mac),
+                    change,
                     "MAC unchanged",
                 )
                 .await
             }
             Action::SetMtu { netns, dev, mtu } => {
-                let link = ctx.need(netns, dev, seen).await?;
-                if link.mtu != Some(*mtu) {
-                    let msg = LinkUnspec::new_with_index(link.ifindex).mtu(*mtu).build();
-                    ctx.kernel(conn.handle().link().set(msg).execute().await)?;
-                }
-                ctx.verify(
+                let change = |m: Builder| m.mtu(*mtu);
+                ctx.set_link(
                     netns,
-                    link.ifindex,
+                    dev,
                     seen,
                     |l| l.mtu == Some(*mtu),
+                    change,
                     "MTU unchanged",
                 )
                 .await
@@ -585,6 +559,27 @@ impl<F: Fn(String) -> ActionError> Ctx<'_, F> {
         self.get(netns, name, seen)
             .await?
             .ok_or_else(|| (self.fail)(format!("there is no device {name} in {netns}")))
+    }
+
+    /// Changes `dev` unless it already `holds`, then reads it back: it must hold now.
+    async fn set_link(
+        &self,
+        netns: &Locator,
+        dev: &str,
+        seen: &mut Seen,
+        holds: impl Fn(&LiveLink) -> bool,
+        change: impl FnOnce(Builder) -> Builder,
+        otherwise: &str,
+    ) -> Result<(), ActionError> {
+        let link = self.need(netns, dev, seen).await?;
+        if !holds(&link) {
+            let msg = change(LinkUnspec::new_with_index(link.ifindex)).build();
+            self.kernel(self.conn.handle().link().set(msg).execute().await)?;
+        }
+        // A rename leaves nothing under the old name.
+        seen.remove(&(netns.clone(), dev.to_string()));
+        self.verify(netns, link.ifindex, seen, holds, otherwise)
+            .await
     }
 
     fn kernel(&self, result: Result<(), rtnetlink::Error>) -> Result<(), ActionError> {
