@@ -81,6 +81,34 @@ async fn a_rename_inside_a_netns_says_old_and_new_name() {
 }
 
 #[tokio::test]
+async fn a_port_joining_and_leaving_a_bridge_is_neither_registered_nor_unregistered() {
+    if skip_unless_root() {
+        return;
+    }
+    let (host, a) = (TestNetns::new("h"), TestNetns::new("a"));
+    let mut watch = EventWatch::start(NETLINK, &host, &[&a]).await;
+
+    a.ip(&["link", "add", "br0", "type", "bridge"]);
+    a.ip(&["link", "add", "p0", "type", "veth", "peer", "name", "p1"]);
+    let register = watch
+        .expect("register of p0", |e| {
+            e.kind == EventKind::Register && is_at(&e.to, "p0", a.inode())
+        })
+        .await;
+    a.ip(&["link", "set", "p0", "master", "br0"]);
+    a.ip(&["link", "set", "p0", "nomaster"]);
+    // A rename is surely reported: whatever was said of p0 before it comes first.
+    a.ip(&["link", "set", "p0", "name", "p0x"]);
+    let next = watch
+        .expect("the next event about p0", |e| {
+            is_at(&e.from, "p0", a.inode()) || is_at(&e.to, "p0", a.inode())
+        })
+        .await;
+    assert_eq!(next.kind, EventKind::Rename, "{next:?}");
+    assert_eq!(next.device, register.device, "{next:?}");
+}
+
+#[tokio::test]
 async fn deleted_veths_and_veths_of_a_deleted_netns_are_unregistered() {
     if skip_unless_root() {
         return;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use netlink_packet_route::link::{LinkAttribute, LinkInfo, LinkLayerType, LinkMessage};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::event::{format_mac, Cause, DeviceKey, Event, EventKind, Place};
 use crate::netns::Resolver;
@@ -254,6 +254,13 @@ impl Tracker {
         now: Instant,
     ) -> Result<Vec<Event>, UnknownNsid> {
         Ok(match msg {
+            // A bridge reports its ports in AF_BRIDGE link messages: a port joining sends
+            // NEWLINK, one leaving DELLINK. The device itself neither appears nor goes.
+            RouteNetlinkMessage::NewLink(link) | RouteNetlinkMessage::DelLink(link)
+                if link.header.interface_family == AddressFamily::Bridge =>
+            {
+                Vec::new()
+            }
             RouteNetlinkMessage::NewLink(link) => {
                 let netns = self.netns_of(nsid)?;
                 self.link_added(netns, &Seen::read(link), now)
@@ -780,6 +787,25 @@ mod tests {
         // Never seen before: still reported from what the message says.
         let events = f.feed(Some(1), RouteNetlinkMessage::DelLink(veth(8, "vz", 0)));
         assert_eq!(at(&events[0].from), (Some("vz"), Some(8), A));
+    }
+
+    #[test]
+    fn a_port_joining_or_leaving_a_bridge_is_not_a_device_coming_or_going() {
+        let mut f = fixture();
+        f.feed(Some(1), RouteNetlinkMessage::NewLink(veth(5, "va", 6)));
+        let mut port = link(5, "va", vec![LinkAttribute::Controller(9)]);
+        port.header.interface_family = AddressFamily::Bridge;
+        assert!(f
+            .feed(Some(1), RouteNetlinkMessage::NewLink(port.clone()))
+            .is_empty());
+        assert!(f
+            .feed(Some(1), RouteNetlinkMessage::DelLink(port))
+            .is_empty());
+        // The device is still known as it was: deleting it now is one unregister of "va".
+        let events = f.feed(Some(1), RouteNetlinkMessage::DelLink(veth(5, "va", 0)));
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, EventKind::Unregister);
+        assert_eq!(events[0].link_kind.as_deref(), Some("veth"));
     }
 
     #[test]
