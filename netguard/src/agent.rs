@@ -170,10 +170,11 @@ pub async fn run(
     }
     let host_inode = tracer.resolver.host_inode();
     let pool = Arc::new(Pool::new(options.host_netns.clone()));
+    let host_name = pool.host_name();
     let shared = Arc::new(Shared {
         ledger: Mutex::new(ledger),
         restorer: Restorer::new(pool, CONCURRENCY),
-        last_events: Default::default(),
+        last_events: std::sync::Mutex::new(LastEvents::new(host_name)),
         info: std::sync::Mutex::new(AgentInfo {
             pid: std::process::id(),
             backend: tracer.backend,

@@ -44,13 +44,23 @@ pub struct LastEvent {
     pub what: String,
 }
 
-/// The last event seen per device, found by permanent MAC or by any name it carried.
+/// The last event seen per device, found by permanent MAC or by a name it carried in a netns:
+/// every container has its `eth0`, so a name alone would show one container another's event.
 #[derive(Debug, Default)]
 pub struct LastEvents {
+    /// How the resolver names the host netns (`init_net`, or the stand-in's path).
+    host: String,
     by_key: HashMap<String, LastEvent>,
 }
 
 impl LastEvents {
+    pub fn new(host: String) -> LastEvents {
+        LastEvents {
+            host,
+            by_key: HashMap::new(),
+        }
+    }
+
     pub fn note(&mut self, event: &Event) {
         if matches!(
             event.kind,
@@ -58,25 +68,32 @@ impl LastEvents {
         ) {
             return;
         }
-        let names = [&event.from, &event.to]
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p.name.clone());
-        let what = describe(event);
-        for key in event.perm_addr.iter().cloned().chain(names) {
-            self.by_key.insert(
-                key,
-                LastEvent {
-                    time: event.time,
-                    what: what.clone(),
-                },
-            );
+        let last = LastEvent {
+            time: event.time,
+            what: describe(event),
+        };
+        let mut keys: Vec<String> = event.perm_addr.iter().cloned().collect();
+        for place in [&event.from, &event.to].into_iter().flatten() {
+            let Some(name) = &place.name else { continue };
+            for netns in &place.netns.names {
+                keys.push(self.name_key(netns, name));
+            }
+        }
+        for key in keys {
+            self.by_key.insert(key, last.clone());
         }
     }
 
     fn for_row(&self, row: &StatusRow) -> Option<LastEvent> {
-        let mut keys = row.mac.iter().chain(std::iter::once(&row.name));
+        let by_name = format!("{} {}", row.netns, row.name);
+        let mut keys = row.mac.iter().chain(std::iter::once(&by_name));
         keys.find_map(|k| self.by_key.get(k)).cloned()
+    }
+
+    /// Rows name the host netns `host` (see `Locator`); events by the resolver's names.
+    fn name_key(&self, netns: &str, name: &str) -> String {
+        let netns = if netns == self.host { "host" } else { netns };
+        format!("{netns} {name}")
     }
 }
 
@@ -128,4 +145,61 @@ pub fn rows_with_plan(ledger: &Ledger, plan: &Plan) -> Vec<StatusEntry> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Cause, Netns, Place};
+
+    fn rename_in(netns: &str, from: &str, to: &str) -> Event {
+        let place = |name: &str| Place {
+            name: Some(name.into()),
+            ifindex: Some(2),
+            netns: Netns {
+                inode: 1,
+                names: vec![netns.into()],
+            },
+        };
+        Event {
+            from: Some(place(from)),
+            to: Some(place(to)),
+            ..Event::new(EventKind::Rename, Cause::Explicit)
+        }
+    }
+
+    fn row(netns: &str, name: &str) -> StatusRow {
+        StatusRow {
+            kind: "veth".into(),
+            name: name.into(),
+            netns: netns.into(),
+            now: None,
+            mac: None,
+            state: "intact".into(),
+            reason: None,
+            since: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn each_container_eth0_gets_its_own_last_event() {
+        let mut last = LastEvents::new("init_net".into());
+        last.note(&rename_in("/run/netns/a", "tmp0", "eth0"));
+        last.note(&rename_in("/run/netns/b", "eth9", "eth0"));
+        last.note(&rename_in("init_net", "dev3", "eth1"));
+        let what = |r: &StatusRow| last.for_row(r).map(|e| e.what);
+        assert_eq!(
+            what(&row("/run/netns/a", "eth0")).unwrap(),
+            "rename tmp0 -> eth0 (explicit)"
+        );
+        assert_eq!(
+            what(&row("/run/netns/b", "eth0")).unwrap(),
+            "rename eth9 -> eth0 (explicit)"
+        );
+        assert_eq!(
+            what(&row("host", "eth1")).unwrap(),
+            "rename dev3 -> eth1 (explicit)"
+        );
+        assert_eq!(what(&row("/run/netns/c", "eth0")), None);
+    }
 }
