@@ -149,9 +149,24 @@ async fn agent_trial(netguard: &Path, world: &World) -> anyhow::Result<Duration>
     let all: Vec<usize> = (0..world.containers.len()).collect();
     let timeout = Duration::from_secs(30) + Duration::from_millis(50) * all.len() as u32;
     let took = watch.until_back(world, &all, born, since, timeout).await;
+    if let Err(e) = took {
+        agent.keep_log(FAILED_AGENT_LOG);
+        // Whether the kernel agrees tells a watch that missed notifications from links that
+        // are not back.
+        let kernel = match world.verify().await {
+            Ok(()) => "yet the kernel has every link whole".to_string(),
+            Err(e) => format!("and the kernel says: {e:#}"),
+        };
+        agent.stop().await?;
+        bail!("{e:#}; {kernel}");
+    }
     agent.stop().await?;
     took
 }
+
+/// Where the log of an agent that did not bring every link back is kept (the world's
+/// directory goes with the world).
+const FAILED_AGENT_LOG: &str = "target/bench/failed-agent.log";
 
 /// Runs a command to its end; its wall time, or its stderr if it fails.
 async fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {

@@ -14,7 +14,7 @@ use netguard::inventory::{
     parse_addr, parse_link, parse_route, LiveAddr, LiveLink, LiveRoute, NetnsConn, NetnsInventory,
 };
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr, TokioSocket};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -69,6 +69,9 @@ impl Live {
             }
         }
         match msg {
+            // A bridge's word on its port (AF_BRIDGE): not the link's own description.
+            RouteNetlinkMessage::NewLink(m) | RouteNetlinkMessage::DelLink(m)
+                if m.header.interface_family == AddressFamily::Bridge => {}
             RouteNetlinkMessage::NewLink(m) => {
                 let link = parse_link(m)?;
                 let name = link.name.clone();
@@ -174,11 +177,19 @@ impl Watch {
             let Ok(Some(first)) = tokio::time::timeout_at(deadline, self.events.recv()).await
             else {
                 let c = &world.containers[pending[0]];
+                let seen = c.check(
+                    &live[&pending[0]].inventory(),
+                    &self.host.inventory(),
+                    world.bridge,
+                );
                 bail!(
-                    "{} of {} links not back after {timeout:?}; first: {}",
+                    "{} of {} links not back after {timeout:?}; first: {} ({})",
                     pending.len(),
                     which.len(),
-                    c.netns
+                    c.netns,
+                    seen.err()
+                        .map(|e| format!("{e:#}"))
+                        .unwrap_or_else(|| "whole as seen".into())
                 );
             };
             // Everything queued is folded in before checking, once.
