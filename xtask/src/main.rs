@@ -36,12 +36,11 @@ enum Task {
         #[command(flatten)]
         vm: vm::VmArgs,
     },
-    /// Build release binaries and run the benchmarks (as root, in namespaces they create):
-    /// one table, and the same as JSON in target/bench/latest.json.
+    /// Build release binaries and run the benchmarks (as root, in namespaces they create, and
+    /// in QEMU guests): one table, and the same as JSON in target/bench/latest.json.
     Bench {
-        /// Smaller sizes and fewer rounds (minutes, for development).
-        #[arg(long)]
-        quick: bool,
+        #[command(flatten)]
+        bench: bench::BenchArgs,
     },
 }
 
@@ -54,7 +53,7 @@ fn main() -> ExitCode {
         Task::VmTest { vm } => setup::run()
             .and_then(|()| vm::run(&vm))
             .map(|t| t.exit_code()),
-        Task::Bench { quick } => bench::run(quick),
+        Task::Bench { bench } => bench::run(&bench),
     };
     match result {
         Ok(code) => code,
