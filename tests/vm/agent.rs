@@ -429,10 +429,8 @@ pub struct ReloadTimes {
     pub pods_back: Duration,
 }
 
-/// Reloads e1000 (every vlan and macvlan over its NICs goes with it) and waits until the agent
-/// has brought `pods` back in their netns.
-pub async fn reload_until_back(pods: &[&Pod]) -> Result<ReloadTimes, String> {
-    let start = Instant::now();
+/// `modprobe -r e1000 && modprobe e1000`: the NICs go and come back (as eth0.. again).
+pub fn reload_e1000() -> Outcome {
     let reload = Command::new("sh")
         .args(["-c", "modprobe -r e1000 && modprobe e1000"])
         .output()
@@ -443,6 +441,14 @@ pub async fn reload_until_back(pods: &[&Pod]) -> Result<ReloadTimes, String> {
             String::from_utf8_lossy(&reload.stderr)
         ));
     }
+    Ok(())
+}
+
+/// Reloads e1000 (every vlan and macvlan over its NICs goes with it) and waits until the agent
+/// has brought `pods` back in their netns.
+pub async fn reload_until_back(pods: &[&Pod]) -> Result<ReloadTimes, String> {
+    let start = Instant::now();
+    reload_e1000()?;
     let driver = start.elapsed();
     for pod in pods {
         let what = format!(

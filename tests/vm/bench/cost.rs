@@ -10,15 +10,16 @@ use netguard::event::{Event, EventKind};
 use netguard::trace::BackendKind;
 
 use super::results::{MoveCost, Plan, TracerCost};
-use super::rotated;
 use super::stats::Samples;
+use super::{info, rotated};
 use crate::scenarios::{cleanup, ip};
 use crate::{moves, Trace};
 
 const DEVICE: &str = "mv0";
 const NETNS: &str = "c3";
-/// Moves in the warm-up round of each contender.
-const WARM_UP_MOVES: usize = 100;
+/// Untimed moves after each attach, before the timed ones (the first moves with a fresh tracer
+/// also fault in its maps and ring buffer, and wake its reader for the first time).
+const WARM_UP_MOVES: usize = 20;
 /// Under TCG a backlog of events can take a while to be read after the moves end.
 const EVENTS_WAIT: Duration = Duration::from_secs(60);
 
@@ -53,36 +54,32 @@ pub async fn run(plan: Plan, backends: &[BackendKind]) -> TracerCost {
             failures,
         };
     }
-    for round in 0..=plan.rounds {
-        let moves = match round {
-            0 => WARM_UP_MOVES.min(plan.moves_in(0)),
-            r => plan.moves_in(r - 1),
-        };
+    for round in 0..plan.rounds {
+        let moves = plan.moves_in(round);
         let mut times = HashMap::new();
         for tracer in rotated(&contenders, round) {
             match chunk(tracer, moves).await {
                 Ok(c) => {
                     times.insert(tracer, c.elapsed);
-                    if round > 0 && moves > 0 {
+                    if moves > 0 {
                         let t = totals.entry(tracer).or_default();
                         t.per_move.push(c.elapsed.as_secs_f64() / moves as f64);
                         t.moves += moves;
                         t.seen += c.seen;
                         t.dropped += c.dropped;
                     }
-                    println!(
-                        "NGVM INFO bench tracer cost round {round} {}: {moves} moves in {:.2}s, {} events, {} dropped",
+                    info(format_args!("tracer cost round {round} {}: {moves} moves in {:.2}s, {} events, {} dropped",
                         label(tracer),
                         c.elapsed.as_secs_f64(),
                         c.seen,
                         c.dropped
-                    );
+                    ));
                 }
                 Err(why) => failures.push(format!("round {round}, {}: {why}", label(tracer))),
             }
         }
         let none = times.get(&None).filter(|none| !none.is_zero());
-        if let (Some(none), true) = (none, round > 0) {
+        if let Some(none) = none {
             for (tracer, elapsed) in times.iter().filter(|(t, _)| t.is_some()) {
                 let ratio = elapsed.as_secs_f64() / none.as_secs_f64();
                 totals.entry(*tracer).or_default().ratios.push(ratio);
@@ -127,8 +124,15 @@ async fn chunk(tracer: Option<BackendKind>, moves: usize) -> Result<Chunk, Strin
         Some(backend) => Some(Trace::start(backend).await?),
         None => None,
     };
+    let netns = format!("/run/netns/{NETNS}");
+    moves::back_and_forth(DEVICE, &netns, WARM_UP_MOVES).await?;
+    if let Some(trace) = &trace {
+        // The warm-up's last events may still be on their way (netlink's certainly): count
+        // them in before the mark, or they would be counted as the timed moves' events.
+        wait_for_moves(trace, 0, WARM_UP_MOVES).await;
+    }
     let mark = trace.as_ref().map_or(0, Trace::mark);
-    let elapsed = moves::back_and_forth(DEVICE, &format!("/run/netns/{NETNS}"), moves).await?;
+    let elapsed = moves::back_and_forth(DEVICE, &netns, moves).await?;
     let Some(trace) = trace else {
         return Ok(Chunk {
             elapsed,
@@ -136,11 +140,7 @@ async fn chunk(tracer: Option<BackendKind>, moves: usize) -> Result<Chunk, Strin
             dropped: 0,
         });
     };
-    let waited = Instant::now();
-    while trace.count(mark, is_our_move) < moves && waited.elapsed() < EVENTS_WAIT {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let seen = trace.count(mark, is_our_move);
+    let seen = wait_for_moves(&trace, mark, moves).await;
     let dropped = trace.dropped().await;
     trace.stop().await;
     Ok(Chunk {
@@ -148,4 +148,14 @@ async fn chunk(tracer: Option<BackendKind>, moves: usize) -> Result<Chunk, Strin
         seen,
         dropped,
     })
+}
+
+/// Waits (up to [`EVENTS_WAIT`]) until the tracer has handed out `moves` move events of the
+/// device since `mark`; how many it has.
+async fn wait_for_moves(trace: &Trace, mark: usize, moves: usize) -> usize {
+    let waited = Instant::now();
+    while trace.count(mark, is_our_move) < moves && waited.elapsed() < EVENTS_WAIT {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    trace.count(mark, is_our_move)
 }

@@ -3,8 +3,8 @@
 //! reload, per backend, and the tracers' cost per netns move. Each result is printed as one
 //! `NGVM BENCH {json}` line for `cargo xtask bench`.
 //!
-//! Contenders are measured side by side in the same guest: an untimed warm-up round of each,
-//! then timed rounds that run every contender in a rotated order.
+//! Contenders are measured side by side in the same guest, in rounds that run every contender
+//! in a rotated order (so drift hits all alike), each warmed up untimed first.
 
 mod cost;
 mod reaction;
@@ -49,6 +49,13 @@ fn print_line(line: Line) {
         Ok(json) => println!("NGVM BENCH {json}"),
         Err(e) => println!("NGVM FAIL bench/encode: {e}"),
     }
+}
+
+/// A progress line on the console, stamped with the guest's uptime (where a run's time goes).
+pub fn info(message: std::fmt::Arguments<'_>) {
+    let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let seconds = uptime.split_whitespace().next().unwrap_or("?");
+    println!("NGVM INFO bench [{seconds}s] {message}");
 }
 
 /// `items` rotated left by `round`: each round starts with the next contender.

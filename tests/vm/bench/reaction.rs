@@ -4,6 +4,8 @@
 //!
 //! Each contender's trials of one round run in one agent session (started, trials, stopped,
 //! guest cleaned up): an agent start costs seconds under TCG, so it is not paid per trial.
+//! Warm-up: one untimed refund at the start of each session, one untimed driver reload (no
+//! agent) before the first round.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use netguard::trace::BackendKind;
 
 use super::results::{Plan, Reaction};
 use super::stats::Samples;
-use super::{rotated, Outcome};
+use super::{info, rotated, Outcome};
 use crate::agent::{self, Agent, ETH1_MAC, VLAN_POD};
 use crate::scenarios::cleanup;
 
@@ -26,29 +28,23 @@ struct Timings {
 
 pub async fn run(plan: Plan, backends: &[BackendKind]) -> Vec<Reaction> {
     let mut timings: HashMap<BackendKind, Timings> = HashMap::new();
-    // Round 0 is the warm-up: one trial of each kind per backend, not kept.
-    for round in 0..=plan.rounds {
+    if plan.reloads > 0 {
+        // The first reload of a boot also reads the module from the initramfs: not timed.
+        if let Err(why) = agent::reload_e1000() {
+            info(format_args!("warm-up reload: {why}"));
+        }
+        cleanup();
+    }
+    for round in 0..plan.rounds {
         for backend in rotated(backends, round) {
-            let (refunds, reloads) = match round {
-                0 => (plan.refunds.min(1), plan.reloads.min(1)),
-                r => (
-                    plan.share(plan.refunds, r - 1),
-                    plan.share(plan.reloads, r - 1),
-                ),
-            };
+            let refunds = plan.share(plan.refunds, round);
+            let reloads = plan.share(plan.reloads, round);
             if refunds + reloads == 0 {
                 continue;
             }
-            let mut kept = Timings::default();
-            let result = session(backend, refunds, reloads, &mut kept).await;
             let all = timings.entry(backend).or_default();
-            if round > 0 {
-                all.refund.extend(kept.refund);
-                all.reload.extend(kept.reload);
-                all.after_modprobe.extend(kept.after_modprobe);
-            }
-            if let Err(why) = result {
-                println!("NGVM INFO bench {backend} round {round}: {why}");
+            if let Err(why) = session(backend, refunds, reloads, all).await {
+                info(format_args!("{backend} round {round}: {why}"));
                 all.failures.push(format!("round {round}: {why}"));
             }
         }
@@ -76,6 +72,7 @@ async fn session(
     timings: &mut Timings,
 ) -> Outcome {
     let agent = Agent::start(backend)?;
+    info(format_args!("{backend} agent started"));
     let result = trials(&agent, refunds, reloads, timings)
         .await
         .map_err(|why| format!("{why}\n  agent log:\n{}", agent.log_tail()));
@@ -87,25 +84,30 @@ async fn session(
 
 async fn trials(agent: &Agent, refunds: usize, reloads: usize, timings: &mut Timings) -> Outcome {
     let backend = agent.backend;
-    for _ in 0..refunds {
+    // One untimed refund first: this agent's first repair warms what later ones reuse.
+    for trial in 0..=refunds {
         agent::lend_with_ip(agent, "eth1", "c1").await?;
         let took = agent::refund_home_time("eth1", ETH1_MAC, "c1").await?;
-        println!(
-            "NGVM INFO bench {backend} refund home {} ms",
-            took.as_millis()
-        );
-        timings.refund.push(took);
+        let warm_up = trial == 0;
+        info(format_args!(
+            "{backend} refund home {} ms{}",
+            took.as_millis(),
+            if warm_up { " (warm-up)" } else { "" }
+        ));
+        if !warm_up {
+            timings.refund.push(took);
+        }
     }
     if reloads > 0 {
         agent::guard_vlan_pod(agent)?;
         for _ in 0..reloads {
             let took = agent::reload_until_back(&[&VLAN_POD]).await?;
             agent::vlan_back()?;
-            println!(
-                "NGVM INFO bench {backend} driver reload: macvlan back {} ms (modprobe {} ms)",
+            info(format_args!(
+                "{backend} driver reload: macvlan back {} ms (modprobe {} ms)",
                 took.pods_back.as_millis(),
                 took.driver.as_millis()
-            );
+            ));
             timings.reload.push(took.pods_back);
             timings.after_modprobe.push(took.pods_back - took.driver);
         }

@@ -18,8 +18,8 @@ pub struct Plan {
     pub reloads: usize,
     /// Timed netns moves per tracer contender (there and back: an even number).
     pub moves: usize,
-    /// Timed rounds the trials are spread over; every round runs each contender in turn (in
-    /// a rotated order) after one untimed warm-up round, so drift hits all of them alike.
+    /// Rounds the trials are spread over; every round runs each contender in turn, in a
+    /// rotated order, so drift hits all of them alike.
     pub rounds: usize,
 }
 
