@@ -67,14 +67,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
 /// Runs `netguard-bench` (it writes the JSON), passing its progress through and returning its
 /// table, which goes at the head of the combined one.
 fn host(quick: bool) -> anyhow::Result<String> {
-    shell::cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "netguard",
-        "-p",
-        "netguard-bench",
-    ])?;
+    shell::build_release(&["netguard", "netguard-bench"])?;
     let target = shell::workspace_root().join("target");
     let mut bench = Command::new(target.join("release/netguard-bench"));
     bench.arg("--json").arg(target.join("bench/latest.json"));

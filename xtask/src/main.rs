@@ -66,7 +66,7 @@ fn main() -> ExitCode {
 
 fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
     setup::run()?;
-    shell::cargo(&["build", "--release", "-p", "netguard"])?;
+    shell::build_release(&["netguard"])?;
     let args = if args.is_empty() {
         vec!["agent".to_string()]
     } else {

@@ -1,7 +1,7 @@
 //! Benchmark 4: what a tracer costs the kernel work it watches. A veth end is moved between
 //! init_net and a netns and back, as fast as rtnetlink allows, with no tracer and with each
 //! backend attached (in the same process, as the agent has it); per move, against no tracer in
-//! the same round; and every move must be seen, none dropped.
+//! the same round; and every move must be seen, none dropped (else the part fails).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -91,6 +91,15 @@ pub async fn run(plan: Plan, backends: &[BackendKind]) -> TracerCost {
         .into_iter()
         .map(|tracer| {
             let t = totals.remove(&tracer).unwrap_or_default();
+            if tracer.is_some() && (t.seen != t.moves || t.dropped != 0) {
+                failures.push(format!(
+                    "{}: {} move events for {} moves, {} dropped",
+                    label(tracer),
+                    t.seen,
+                    t.moves,
+                    t.dropped
+                ));
+            }
             MoveCost {
                 tracer: label(tracer),
                 per_move: Samples::of_values(t.per_move),
