@@ -1,11 +1,12 @@
-//! Summaries of repeated measurements.
+//! Summaries of repeated measurements. Also compiled into the VM benchmark (`tests/vm/bench`)
+//! and `cargo xtask bench`, which reads that benchmark's results: one definition for all three.
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Repeated timings of one thing, in seconds.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Samples {
     pub median: f64,
     pub p99: f64,
@@ -16,7 +17,11 @@ pub struct Samples {
 
 impl Samples {
     pub fn of(durations: &[Duration]) -> Samples {
-        let mut s: Vec<f64> = durations.iter().map(Duration::as_secs_f64).collect();
+        Samples::of_values(durations.iter().map(Duration::as_secs_f64).collect())
+    }
+
+    /// Summary of plain values (e.g. ratios).
+    pub fn of_values(mut s: Vec<f64>) -> Samples {
         s.sort_by(f64::total_cmp);
         if s.is_empty() {
             return Samples::default();

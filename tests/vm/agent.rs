@@ -16,7 +16,8 @@ const NETGUARD: &str = "/bin/netguard";
 const WAIT: Duration = Duration::from_secs(20);
 
 /// A running `netguard agent`, stopped (SIGTERM) on drop.
-struct Agent {
+pub struct Agent {
+    pub backend: BackendKind,
     child: Child,
     state_dir: String,
     socket: String,
@@ -24,7 +25,7 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(backend: BackendKind) -> Result<Agent, String> {
+    pub fn start(backend: BackendKind) -> Result<Agent, String> {
         let state_dir = format!("/tmp/agent-{backend}");
         let socket = format!("{state_dir}.sock");
         let log = format!("{state_dir}.log");
@@ -38,6 +39,7 @@ impl Agent {
             .spawn()
             .map_err(|e| format!("cannot start the agent: {e}"))?;
         let agent = Agent {
+            backend,
             child,
             state_dir,
             socket,
@@ -93,7 +95,7 @@ impl Agent {
             .ok_or_else(|| format!("status has no row {name}: {status}"))
     }
 
-    fn log_tail(&self) -> String {
+    pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(25)..].join("\n")
@@ -143,7 +145,7 @@ fn has_default_route(netns: &str, dev: &str, via: &str) -> bool {
 }
 
 /// Polls `check` until it holds; returns how long that took.
-async fn until(what: &str, check: impl Fn() -> bool) -> Result<Duration, String> {
+pub async fn until(what: &str, check: impl Fn() -> bool) -> Result<Duration, String> {
     let start = Instant::now();
     while !check() {
         if start.elapsed() > WAIT {
@@ -154,8 +156,11 @@ async fn until(what: &str, check: impl Fn() -> bool) -> Result<Duration, String>
     Ok(start.elapsed())
 }
 
-fn nic_home(name: &str, mac: &str) -> bool {
-    link(None, name).is_some_and(|l| l["address"] == mac)
+/// Whether the NIC with `mac` is in init_net under `name`. Read from sysfs (the guest's, mounted
+/// in init_net) rather than by running `ip`: a process start costs tens of ms under TCG, which
+/// would blur the reaction times measured with it.
+pub fn nic_home(name: &str, mac: &str) -> bool {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/address")).is_ok_and(|a| a.trim() == mac)
 }
 
 type Scenario =
@@ -197,23 +202,35 @@ pub async fn run_all(
     results
 }
 
+/// The NIC lent and refunded by the agent scenarios and the benchmark.
+pub const ETH1_MAC: &str = "52:54:00:12:34:57";
+
+/// Lends `nic` into a new netns `netns` as eth0 with plain `ip` (no netguard), and waits until
+/// the agent has seen it leave (so it knows its home name).
+pub async fn lend_with_ip(agent: &Agent, nic: &str, netns: &str) -> Outcome {
+    ip(&["netns", "add", netns])?;
+    ip(&["link", "set", nic, "netns", netns, "name", "eth0"])?;
+    until(&format!("the agent sees {nic} lent"), || {
+        agent.row(nic).is_ok_and(|r| r["state"] == "lent")
+    })
+    .await?;
+    Ok(())
+}
+
+/// Deletes `netns`, whose death refunds a lent NIC as devN: how long until the NIC with `mac`
+/// carries its home name `nic` again.
+pub async fn refund_home_time(nic: &str, mac: &str, netns: &str) -> Result<Duration, String> {
+    let start = Instant::now();
+    ip(&["netns", "del", netns])?;
+    until(&format!("{nic} home under its name"), || nic_home(nic, mac)).await?;
+    Ok(start.elapsed())
+}
+
 /// (a) eth1 lent as eth0 with plain `ip`, its netns deleted: the kernel refunds it as devN and
 /// the agent renames it eth1.
 async fn refund_home(agent: &Agent) -> Outcome {
-    ip(&["netns", "add", "c1"])?;
-    ip(&["link", "set", "eth1", "netns", "c1", "name", "eth0"])?;
-    // The agent has seen it leave (and so knows its home name) before the netns goes.
-    until("the agent sees eth1 lent", || {
-        agent.row("eth1").is_ok_and(|r| r["state"] == "lent")
-    })
-    .await?;
-    let start = Instant::now();
-    ip(&["netns", "del", "c1"])?;
-    until("eth1 home under its name", || {
-        nic_home("eth1", "52:54:00:12:34:57")
-    })
-    .await?;
-    let took = start.elapsed();
+    lend_with_ip(agent, "eth1", "c1").await?;
+    let took = refund_home_time("eth1", ETH1_MAC, "c1").await?;
     println!(
         "NGVM INFO agent: eth1 renamed home {} ms after `ip netns del`",
         took.as_millis()
@@ -241,7 +258,7 @@ async fn two_refunds(agent: &Agent) -> Outcome {
     ip(&["netns", "del", "c1"])?;
     ip(&["netns", "del", "c2"])?;
     until("eth1 and eth2 home", || {
-        nic_home("eth1", "52:54:00:12:34:57") && nic_home("eth2", "52:54:00:12:34:58")
+        nic_home("eth1", ETH1_MAC) && nic_home("eth2", "52:54:00:12:34:58")
     })
     .await?;
     println!(
@@ -307,80 +324,113 @@ async fn persistent_lend(agent: &Agent) -> Outcome {
     Ok(())
 }
 
-/// (c) vlan eth1.3 + macvlan in pod netns p1 (learned), and a macvlan over eth2 in p2 (imported
-/// from a CNI checkpoint); `modprobe -r e1000 && modprobe e1000` removes them all; the agent
-/// brings them back in the same netns with the same MAC, address and default route.
-async fn driver_reload(agent: &Agent) -> Outcome {
+/// A pod's macvlan as the driver-reload scenarios set it up: `eth0` in `/run/netns/{netns}`.
+pub struct Pod {
+    pub netns: &'static str,
+    pub mac: &'static str,
+    pub addr: &'static str,
+    pub gateway: &'static str,
+}
+
+/// Over vlan eth1.3, learned from the live pod netns.
+pub const VLAN_POD: Pod = Pod {
+    netns: "p1",
+    mac: "02:00:00:00:03:02",
+    addr: "198.18.3.2",
+    gateway: "198.18.3.1",
+};
+
+/// Over eth2, imported from a CNI checkpoint.
+const CNI_POD: Pod = Pod {
+    netns: "p2",
+    mac: "02:00:00:00:04:02",
+    addr: "198.18.4.2",
+    gateway: "198.18.4.1",
+};
+
+impl Pod {
+    /// Creates the pod netns and its macvlan (made in init_net as `temp` over `parent`, moved
+    /// in, renamed eth0) with its MAC, address /24 and default route.
+    fn create(&self, parent: &str, temp: &str) -> Outcome {
+        let ns = self.netns;
+        let addr = format!("{}/24", self.addr);
+        for step in [
+            &["netns", "add", ns][..],
+            &[
+                "link", "add", "link", parent, "name", temp, "type", "macvlan", "mode", "bridge",
+            ],
+            &["link", "set", temp, "netns", ns],
+            &[
+                "-n", ns, "link", "set", temp, "name", "eth0", "address", self.mac, "up",
+            ],
+            &["-n", ns, "addr", "add", &addr, "dev", "eth0"],
+            &["-n", ns, "route", "add", "default", "via", self.gateway],
+        ] {
+            ip(step)?;
+        }
+        Ok(())
+    }
+
+    /// Its macvlan is there with its MAC, address and default route.
+    fn is_back(&self) -> bool {
+        link(Some(self.netns), "eth0")
+            .is_some_and(|l| l["address"] == self.mac && has_address(&l, self.addr, 24))
+            && has_default_route(self.netns, "eth0", self.gateway)
+    }
+
+    fn inode(&self) -> Option<u64> {
+        netguard::netns::inode_of(std::path::Path::new(&format!("/run/netns/{}", self.netns))).ok()
+    }
+}
+
+/// vlan eth1.3 (up) with [`VLAN_POD`]'s macvlan over it, learned by the agent.
+pub fn guard_vlan_pod(agent: &Agent) -> Outcome {
     for step in [
-        &["netns", "add", "p1"][..],
-        &["netns", "add", "p2"],
-        &["link", "set", "eth1", "up"],
-        &["link", "set", "eth2", "up"],
+        &["link", "set", "eth1", "up"][..],
         &[
             "link", "add", "link", "eth1", "name", "eth1.3", "type", "vlan", "id", "3",
         ],
         &["link", "set", "eth1.3", "up"],
-        &[
-            "link", "add", "link", "eth1.3", "name", "mvp1", "type", "macvlan", "mode", "bridge",
-        ],
-        &["link", "set", "mvp1", "netns", "p1"],
-        &[
-            "-n",
-            "p1",
-            "link",
-            "set",
-            "mvp1",
-            "name",
-            "eth0",
-            "address",
-            "02:00:00:00:03:02",
-            "up",
-        ],
-        &["-n", "p1", "addr", "add", "198.18.3.2/24", "dev", "eth0"],
-        &["-n", "p1", "route", "add", "default", "via", "198.18.3.1"],
-        &[
-            "link", "add", "link", "eth2", "name", "mvp2", "type", "macvlan", "mode", "bridge",
-        ],
-        &["link", "set", "mvp2", "netns", "p2"],
-        &[
-            "-n",
-            "p2",
-            "link",
-            "set",
-            "mvp2",
-            "name",
-            "eth0",
-            "address",
-            "02:00:00:00:04:02",
-            "up",
-        ],
-        &["-n", "p2", "addr", "add", "198.18.4.2/24", "dev", "eth0"],
-        &["-n", "p2", "route", "add", "default", "via", "198.18.4.1"],
     ] {
         ip(step)?;
     }
+    VLAN_POD.create("eth1.3", "mvp1")?;
     let learned = agent.netguard(&["learn", "--netns", "/run/netns/p1"])?;
     if !learned.contains("eth0 in /run/netns/p1") {
         return Err(format!("learn said: {learned}"));
     }
-    // The checkpoint format of field report 001, for the pod in p2.
+    Ok(())
+}
+
+/// [`CNI_POD`]'s macvlan over eth2 (up), made known to the agent by importing the checkpoint
+/// format of field report 001.
+fn guard_cni_pod(agent: &Agent) -> Outcome {
+    ip(&["link", "set", "eth2", "up"])?;
+    CNI_POD.create("eth2", "mvp2")?;
     let checkpoint = serde_json::json!({
         "netns": "/run/netns/p2", "podname": "pod-p2", "sandbox": "p2sandbox", "ifname": "eth0",
         "result": {
-            "interfaces": [{ "name": "eth0", "mac": "02:00:00:00:04:02", "sandbox": "/run/netns/p2" }],
-            "ips": [{ "version": "4", "interface": 0, "address": "198.18.4.2/24", "gateway": "198.18.4.1" }],
-            "routes": [{ "dst": "0.0.0.0/0", "gw": "198.18.4.1" }],
+            "interfaces": [{ "name": "eth0", "mac": CNI_POD.mac, "sandbox": "/run/netns/p2" }],
+            "ips": [{ "version": "4", "interface": 0, "address": format!("{}/24", CNI_POD.addr), "gateway": CNI_POD.gateway }],
+            "routes": [{ "dst": "0.0.0.0/0", "gw": CNI_POD.gateway }],
             "dns": {}
         }
     });
     std::fs::write("/tmp/checkpoint-p2", checkpoint.to_string()).map_err(|e| e.to_string())?;
     agent.netguard(&["import-cni", "/tmp/checkpoint-p2"])?;
-    let inode = |ns: &str| {
-        netguard::netns::inode_of(std::path::Path::new(&format!("/run/netns/{ns}"))).ok()
-    };
-    let (p1, p2) = (inode("p1"), inode("p2"));
+    Ok(())
+}
 
-    let start = Instant::now();
+/// How long a driver reload took, and until the pods were back.
+pub struct ReloadTimes {
+    /// `modprobe -r e1000 && modprobe e1000` (the emulated NICs' probe is most of it).
+    pub driver: Duration,
+    /// From the reload's start until every pod's macvlan was back.
+    pub pods_back: Duration,
+}
+
+/// `modprobe -r e1000 && modprobe e1000`: the NICs go and come back (as eth0.. again).
+pub fn reload_e1000() -> Outcome {
     let reload = Command::new("sh")
         .args(["-c", "modprobe -r e1000 && modprobe e1000"])
         .output()
@@ -391,19 +441,30 @@ async fn driver_reload(agent: &Agent) -> Outcome {
             String::from_utf8_lossy(&reload.stderr)
         ));
     }
-    let pod_back = |ns: &str, mac: &str, addr: &str, gw: &str| {
-        link(Some(ns), "eth0").is_some_and(|l| l["address"] == mac && has_address(&l, addr, 24))
-            && has_default_route(ns, "eth0", gw)
-    };
-    until("p1's macvlan back with MAC, address, default route", || {
-        pod_back("p1", "02:00:00:00:03:02", "198.18.3.2", "198.18.3.1")
+    Ok(())
+}
+
+/// Reloads e1000 (every vlan and macvlan over its NICs goes with it) and waits until the agent
+/// has brought `pods` back in their netns.
+pub async fn reload_until_back(pods: &[&Pod]) -> Result<ReloadTimes, String> {
+    let start = Instant::now();
+    reload_e1000()?;
+    let driver = start.elapsed();
+    for pod in pods {
+        let what = format!(
+            "{}'s macvlan back with MAC, address, default route",
+            pod.netns
+        );
+        until(&what, || pod.is_back()).await?;
+    }
+    Ok(ReloadTimes {
+        driver,
+        pods_back: start.elapsed(),
     })
-    .await?;
-    until("p2's macvlan back from the checkpoint", || {
-        pod_back("p2", "02:00:00:00:04:02", "198.18.4.2", "198.18.4.1")
-    })
-    .await?;
-    let took = start.elapsed();
+}
+
+/// The vlan eth1.3 is back in init_net as vlan id 3.
+pub fn vlan_back() -> Outcome {
     let vlan = link(None, "eth1.3").ok_or("vlan eth1.3 not back in the host")?;
     let detail = Command::new(IP)
         .args(["-d", "link", "show", "eth1.3"])
@@ -412,7 +473,19 @@ async fn driver_reload(agent: &Agent) -> Outcome {
     if !String::from_utf8_lossy(&detail.stdout).contains("vlan protocol 802.1Q id 3") {
         return Err(format!("eth1.3 is not vlan id 3: {vlan}"));
     }
-    if (inode("p1"), inode("p2")) != (p1, p2) {
+    Ok(())
+}
+
+/// (c) vlan eth1.3 + macvlan in pod netns p1 (learned), and a macvlan over eth2 in p2 (imported
+/// from a CNI checkpoint); `modprobe -r e1000 && modprobe e1000` removes them all; the agent
+/// brings them back in the same netns with the same MAC, address and default route.
+async fn driver_reload(agent: &Agent) -> Outcome {
+    guard_vlan_pod(agent)?;
+    guard_cni_pod(agent)?;
+    let inodes = (VLAN_POD.inode(), CNI_POD.inode());
+    let took = reload_until_back(&[&VLAN_POD, &CNI_POD]).await?.pods_back;
+    vlan_back()?;
+    if (VLAN_POD.inode(), CNI_POD.inode()) != inodes {
         return Err("a pod netns was replaced".into());
     }
     println!(

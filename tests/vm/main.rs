@@ -3,6 +3,7 @@
 //! `NGVM FAIL name: why`, read by `cargo xtask vm-test`.
 
 mod agent;
+mod bench;
 mod moves;
 mod scenarios;
 
@@ -12,11 +13,13 @@ use std::time::{Duration, Instant};
 use netguard::event::Event;
 use netguard::trace::{BackendChoice, BackendKind, TraceOptions, Tracer};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 /// What the scenarios see of a running tracer: every event so far, and its drop count.
 pub struct Trace {
     events: Arc<Mutex<Vec<Event>>>,
     dropped_requests: mpsc::Sender<oneshot::Sender<u64>>,
+    reader: JoinHandle<()>,
     pub backend: BackendKind,
 }
 
@@ -28,7 +31,7 @@ impl Trace {
         let events = Arc::new(Mutex::new(Vec::new()));
         let (dropped_requests, mut requests) = mpsc::channel::<oneshot::Sender<u64>>(4);
         let sink = events.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             loop {
                 tokio::select! {
                     event = tracer.next() => match event {
@@ -45,8 +48,24 @@ impl Trace {
         Ok(Trace {
             events,
             dropped_requests,
+            reader,
             backend,
         })
+    }
+
+    /// Detaches the tracer and waits until it is gone (dropping a `Trace` detaches it a little
+    /// later, which a benchmark of the next contender must not overlap).
+    pub async fn stop(self) {
+        drop(self.dropped_requests);
+        let _ = self.reader.await;
+    }
+
+    /// How many events since `mark` match `pred`.
+    pub fn count(&self, mark: usize, pred: impl Fn(&Event) -> bool) -> usize {
+        self.events.lock().unwrap()[mark..]
+            .iter()
+            .filter(|e| pred(e))
+            .count()
     }
 
     /// Index of the next event: scenarios look only at what came after their own mark.
@@ -127,14 +146,25 @@ impl Report {
     }
 }
 
-fn parse_args() -> (Vec<BackendKind>, Option<String>) {
-    let mut backends = vec![BackendKind::Kprobe, BackendKind::Fentry];
-    let mut filter = None;
+/// What the guest's init asked for.
+struct Args {
+    backends: Vec<BackendKind>,
+    filter: Option<String>,
+    /// Run the benchmarks with these trial counts instead of the suite.
+    bench: Option<bench::results::Plan>,
+}
+
+fn parse_args() -> Args {
+    let mut parsed = Args {
+        backends: vec![BackendKind::Kprobe, BackendKind::Fentry],
+        filter: None,
+        bench: None,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--backends" => {
-                backends = args
+                parsed.backends = args
                     .next()
                     .unwrap_or_default()
                     .split(',')
@@ -147,20 +177,38 @@ fn parse_args() -> (Vec<BackendKind>, Option<String>) {
                     })
                     .collect()
             }
-            "--filter" => filter = args.next(),
+            "--filter" => parsed.filter = args.next(),
+            "--bench" => match args.next().unwrap_or_default().parse() {
+                Ok(plan) => parsed.bench = Some(plan),
+                Err(why) => println!("NGVM FAIL args: --bench: {why}"),
+            },
             other => println!("NGVM FAIL args: unknown argument {other}"),
         }
     }
-    (backends, filter)
+    parsed
 }
 
 #[tokio::main]
 async fn main() {
-    let (backends, filter) = parse_args();
+    let Args {
+        backends,
+        filter,
+        bench,
+    } = parse_args();
     let mut report = Report {
         passed: 0,
         failed: 0,
     };
+    if let Some(plan) = bench {
+        for (name, result) in bench::run(plan, &backends).await {
+            report.verdict(&name, result);
+        }
+        println!(
+            "NGVM SUMMARY {} passed, {} failed",
+            report.passed, report.failed
+        );
+        return;
+    }
     for backend in backends {
         let wanted = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
         let trace = match Trace::start(backend).await {

@@ -1,27 +1,87 @@
-//! `cargo xtask bench [--quick]`: builds the release binaries and runs `netguard-bench`, which
-//! builds each benchmark's world in network namespaces it creates and removes, prints one
-//! table, and writes the same results to `target/bench/latest.json`.
+//! `cargo xtask bench [--quick] [--only host|vm] [--kernel ..]`: the host benchmarks
+//! (`netguard-bench`, in network namespaces it creates and removes) and the VM benchmarks (in
+//! QEMU guests with Debian's kernels and e1000 NICs), one table for both, and the same results
+//! in `target/bench/latest.json` (the VM part under `vm`).
 
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+
+use crate::vm::{self, KernelChoice};
 use crate::{setup, shell};
 
-pub fn run(quick: bool) -> anyhow::Result<ExitCode> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Part {
+    Host,
+    Vm,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Smaller sizes and fewer rounds (minutes, for development).
+    #[arg(long)]
+    quick: bool,
+    /// Only this part (for development); the JSON then holds only it.
+    #[arg(long, value_enum)]
+    only: Option<Part>,
+    /// Which Debian kernel series the VM part boots.
+    #[arg(long, value_enum, default_value = "all")]
+    kernel: KernelChoice,
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     setup::run()?;
-    shell::cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "netguard",
-        "-p",
-        "netguard-bench",
-    ])?;
+    let wants = |part| args.only.is_none_or(|only| only == part);
+    let json_path = shell::workspace_root().join("target/bench/latest.json");
+    let mut table = String::new();
+    let mut json = serde_json::json!({});
+    if wants(Part::Host) {
+        table.push_str(&host(args.quick)?);
+        let text = std::fs::read(&json_path)
+            .with_context(|| format!("the host bench wrote no {}", json_path.display()))?;
+        json = serde_json::from_slice(&text)
+            .with_context(|| format!("reading {}", json_path.display()))?;
+    }
+    let mut failed = 0;
+    if wants(Part::Vm) {
+        let results = vm::bench::run(args.quick, args.kernel)?;
+        table.push_str(&results.table());
+        failed = results.failed();
+        json["vm"] = serde_json::to_value(&results)?;
+    }
+    if let Some(dir) = json_path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&json)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    println!("\n{table}");
+    println!("results written to {}", json_path.display());
+    if failed > 0 {
+        println!("{failed} VM benchmark failures (see the `vm ...: FAIL` lines above)");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `netguard-bench` (it writes the JSON), passing its progress through and returning its
+/// table, which goes at the head of the combined one.
+fn host(quick: bool) -> anyhow::Result<String> {
+    shell::build_release(&["netguard", "netguard-bench"])?;
     let target = shell::workspace_root().join("target");
     let mut bench = Command::new(target.join("release/netguard-bench"));
     bench.arg("--json").arg(target.join("bench/latest.json"));
     if quick {
         bench.arg("--quick");
     }
-    shell::run(&mut bench)?;
-    Ok(ExitCode::SUCCESS)
+    let out = bench
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {bench:?}"))?;
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        print!("{table}");
+        anyhow::bail!("{bench:?} failed ({})", out.status);
+    }
+    Ok(table)
 }

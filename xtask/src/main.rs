@@ -36,12 +36,11 @@ enum Task {
         #[command(flatten)]
         vm: vm::VmArgs,
     },
-    /// Build release binaries and run the benchmarks (as root, in namespaces they create):
-    /// one table, and the same as JSON in target/bench/latest.json.
+    /// Build release binaries and run the benchmarks (as root, in namespaces they create, and
+    /// in QEMU guests): one table, and the same as JSON in target/bench/latest.json.
     Bench {
-        /// Smaller sizes and fewer rounds (minutes, for development).
-        #[arg(long)]
-        quick: bool,
+        #[command(flatten)]
+        bench: bench::BenchArgs,
     },
 }
 
@@ -54,7 +53,7 @@ fn main() -> ExitCode {
         Task::VmTest { vm } => setup::run()
             .and_then(|()| vm::run(&vm))
             .map(|t| t.exit_code()),
-        Task::Bench { quick } => bench::run(quick),
+        Task::Bench { bench } => bench::run(&bench),
     };
     match result {
         Ok(code) => code,
@@ -67,7 +66,7 @@ fn main() -> ExitCode {
 
 fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
     setup::run()?;
-    shell::cargo(&["build", "--release", "-p", "netguard"])?;
+    shell::build_release(&["netguard"])?;
     let args = if args.is_empty() {
         vec!["agent".to_string()]
     } else {

@@ -46,6 +46,15 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
         .current_dir(workspace_root()))
 }
 
+/// `cargo build --release` of these packages' binaries.
+pub fn build_release(packages: &[&str]) -> anyhow::Result<()> {
+    let mut args = vec!["build", "--release", "--bins"];
+    for p in packages {
+        args.extend(["-p", p]);
+    }
+    cargo(&args)
+}
+
 /// `cargo test` over the workspace (unit and privileged host tests), counting the results
 /// from its `test result:` lines while passing its output through.
 pub fn cargo_test() -> anyhow::Result<Tally> {

@@ -14,28 +14,34 @@ use crate::shell;
 /// Marks the suite's lines on the serial console among the kernel's.
 pub const MARK: &str = "NGVM";
 
-pub fn build(kernel: &Kernel, suite_args: &[String], dir: &Path) -> anyhow::Result<PathBuf> {
-    let root = dir.join("initramfs").join(&kernel.release);
+/// Packs the guest for `kernel`, with the binaries of cargo profile `profile` (`debug` for
+/// the suite, `release` for the benchmarks), into `dir/initramfs/RELEASE-PROFILE.cpio`.
+pub fn build(
+    kernel: &Kernel,
+    suite_args: &[String],
+    profile: &str,
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let name = format!("{}-{profile}", kernel.release);
+    let root = dir.join("initramfs").join(&name);
     let _ = fs::remove_dir_all(&root);
     for sub in [
         "bin", "sbin", "dev", "proc", "sys", "run", "tmp", "etc", "root",
     ] {
         fs::create_dir_all(root.join(sub))?;
     }
-    let debug = shell::workspace_root().join("target/debug");
+    let binaries = shell::workspace_root().join("target").join(profile);
     copy_executable(Path::new("/bin/busybox"), &root.join("bin/busybox"))?;
     copy_executable(&which("ip")?, &root.join("sbin/ip"))?;
     for binary in ["netguard", "vm-suite"] {
         let target = root.join("bin").join(binary);
-        copy_executable(&debug.join(binary), &target)?;
+        copy_executable(&binaries.join(binary), &target)?;
         // Debug info is most of a debug build's size, and the guest unpacks all of it.
         shell::run(Command::new("strip").arg("--strip-debug").arg(&target))?;
     }
     copy_modules(kernel, &root)?;
     write_init(&root, suite_args)?;
-    let image = dir
-        .join("initramfs")
-        .join(format!("{}.cpio", kernel.release));
+    let image = dir.join("initramfs").join(format!("{name}.cpio"));
     let cpio = fs::File::create(&image)?;
     shell::run(
         Command::new("sh")

@@ -1,11 +1,13 @@
 //! The VM test bed: Debian's distro kernels with emulated e1000 NICs under QEMU (TCG), running
 //! the in-guest suite (`tests/vm`) and reading its verdicts from the serial console.
 
+pub mod bench;
 mod initramfs;
 mod kernel;
 mod qemu;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
@@ -18,6 +20,16 @@ pub enum KernelChoice {
     #[value(name = "6.12")]
     V6_12,
     All,
+}
+
+impl KernelChoice {
+    fn series(self) -> &'static [kernel::Series] {
+        match self {
+            KernelChoice::V6_1 => &[kernel::Series::V6_1],
+            KernelChoice::V6_12 => &[kernel::Series::V6_12],
+            KernelChoice::All => &[kernel::Series::V6_1, kernel::Series::V6_12],
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -41,17 +53,25 @@ fn vm_dir() -> PathBuf {
     shell::workspace_root().join("target/vm")
 }
 
+/// The suite's guest: three NICs (eth0 stays home, two get lent out at once).
+const SUITE_NICS: usize = 3;
+
 pub fn run(args: &VmArgs) -> anyhow::Result<Tally> {
     shell::cargo(&["build", "-p", "netguard", "-p", "netguard-tests", "--bins"])?;
-    let series: &[kernel::Series] = match args.kernel {
-        KernelChoice::V6_1 => &[kernel::Series::V6_1],
-        KernelChoice::V6_12 => &[kernel::Series::V6_12],
-        KernelChoice::All => &[kernel::Series::V6_1, kernel::Series::V6_12],
+    let mut suite_args = vec!["--backends".to_string(), args.backends.clone()];
+    if let Some(filter) = &args.filter {
+        suite_args.extend(["--filter".to_string(), filter.clone()]);
+    }
+    let guest = Guest {
+        suite_args,
+        profile: "debug",
+        nics: SUITE_NICS,
+        timeout: Duration::from_secs(args.timeout),
     };
     let mut total = Tally::default();
-    for s in series {
-        let tally = match run_one(*s, args) {
-            Ok(tally) => tally,
+    for s in args.kernel.series() {
+        let tally = match guest.run(*s) {
+            Ok(console) => console.tally,
             Err(err) => {
                 println!("vm {}: could not run: {err:#}", s.label());
                 Tally {
@@ -71,28 +91,44 @@ pub fn run(args: &VmArgs) -> anyhow::Result<Tally> {
     Ok(total)
 }
 
-fn run_one(series: kernel::Series, args: &VmArgs) -> anyhow::Result<Tally> {
-    let kernel = kernel::prepare(series, &vm_dir())?;
-    let mut suite_args = vec!["--backends".to_string(), args.backends.clone()];
-    if let Some(filter) = &args.filter {
-        suite_args.extend(["--filter".to_string(), filter.clone()]);
+/// A guest to boot: what its init passes to `vm-suite`, from which build, with how many NICs.
+struct Guest {
+    suite_args: Vec<String>,
+    profile: &'static str,
+    nics: usize,
+    timeout: Duration,
+}
+
+/// A guest that ran on one kernel.
+struct Ran {
+    release: String,
+    console: qemu::Console,
+}
+
+impl Guest {
+    fn run(&self, series: kernel::Series) -> anyhow::Result<qemu::Console> {
+        self.run_on(series).map(|ran| ran.console)
     }
-    let initrd = initramfs::build(&kernel, &suite_args, &vm_dir())?;
-    const BOOTS: u32 = 3;
-    for attempt in 1..=BOOTS {
-        match qemu::boot(
-            &kernel,
-            &initrd,
-            series.label(),
-            std::time::Duration::from_secs(args.timeout),
-        )? {
-            qemu::Boot::Ran(tally) => return Ok(tally),
-            qemu::Boot::DiedBooting if attempt < BOOTS => println!(
-                "vm {}: booting again ({attempt} of {BOOTS} boots failed)",
-                series.label()
-            ),
-            qemu::Boot::DiedBooting => {}
+
+    fn run_on(&self, series: kernel::Series) -> anyhow::Result<Ran> {
+        let kernel = kernel::prepare(series, &vm_dir())?;
+        let initrd = initramfs::build(&kernel, &self.suite_args, self.profile, &vm_dir())?;
+        const BOOTS: u32 = 3;
+        for attempt in 1..=BOOTS {
+            match qemu::boot(&kernel, &initrd, self.nics, series.label(), self.timeout)? {
+                qemu::Boot::Ran(console) => {
+                    return Ok(Ran {
+                        release: kernel.release,
+                        console,
+                    })
+                }
+                qemu::Boot::DiedBooting if attempt < BOOTS => println!(
+                    "vm {}: booting again ({attempt} of {BOOTS} boots failed)",
+                    series.label()
+                ),
+                qemu::Boot::DiedBooting => {}
+            }
         }
+        anyhow::bail!("the guest died before the suite started in {BOOTS} boots")
     }
-    anyhow::bail!("the guest died before the suite started in {BOOTS} boots")
 }

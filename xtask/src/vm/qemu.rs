@@ -12,21 +12,28 @@ use super::initramfs::MARK;
 use super::kernel::Kernel;
 use crate::Tally;
 
-/// e1000 NICs on one hub: eth0 stays home, the others get lent out.
-const NICS: usize = 3;
+/// What the suite printed: its verdicts, and the benchmark's result lines.
+#[derive(Default)]
+pub struct Console {
+    pub tally: Tally,
+    /// The JSON of every `NGVM BENCH {json}` line.
+    pub bench: Vec<String>,
+}
 
 /// How a guest run ended.
 pub enum Boot {
     /// The suite ran (to its end, or until the guest died or hung: counted as a failure).
-    Ran(Tally),
+    Ran(Console),
     /// The guest died before the suite started: a boot failure of the emulated machine
     /// (MTTCG has been seen to oops while the kernel patches its own text at boot).
     DiedBooting,
 }
 
+/// Boots `kernel` with `nics` e1000 NICs on one hub (eth0 stays home, the others get lent out).
 pub fn boot(
     kernel: &Kernel,
     initrd: &Path,
+    nics: usize,
     label: &str,
     timeout: Duration,
 ) -> anyhow::Result<Boot> {
@@ -51,7 +58,7 @@ pub fn boot(
         .arg("-initrd")
         .arg(initrd)
         .args(["-append", "console=ttyS0 quiet panic=-1 oops=panic"]);
-    for n in 1..=NICS {
+    for n in 1..=nics {
         cmd.args([
             "-netdev",
             &format!("hubport,id=n{n},hubid=0"),
@@ -76,7 +83,7 @@ pub fn boot(
         }
     });
     let started = Instant::now();
-    let mut tally = Tally::default();
+    let mut console = Console::default();
     let mut finished = false;
     let mut suite_started = false;
     let mut tail: Vec<String> = Vec::new();
@@ -94,9 +101,11 @@ pub fn boot(
                 let msg = &line[pos + MARK.len()..].trim();
                 println!("vm {label}: {msg}");
                 if msg.starts_with("PASS") {
-                    tally.passed += 1;
+                    console.tally.passed += 1;
                 } else if msg.starts_with("FAIL") {
-                    tally.failed += 1;
+                    console.tally.failed += 1;
+                } else if let Some(json) = msg.strip_prefix("BENCH ") {
+                    console.bench.push(json.to_string());
                 } else if msg.starts_with("END") {
                     finished = true;
                 } else if msg.starts_with("START") {
@@ -126,7 +135,7 @@ pub fn boot(
         return Ok(Boot::DiedBooting);
     }
     if !finished {
-        tally.failed += 1;
+        console.tally.failed += 1;
         println!("vm {label}: FAIL the guest stopped before the suite ended (panic, crash or hang); console log {}:", log_path.display());
         for line in &tail {
             println!("vm {label}:   | {line}");
@@ -136,5 +145,5 @@ pub fn boot(
         "vm {label}: guest ran {:.0}s",
         started.elapsed().as_secs_f64()
     );
-    Ok(Boot::Ran(tally))
+    Ok(Boot::Ran(console))
 }
