@@ -46,7 +46,7 @@ pub struct LastEvent {
 
 /// The last event seen per device, found by permanent MAC or by a name it carried in a netns:
 /// every container has its `eth0`, so a name alone would show one container another's event.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LastEvents {
     /// How the resolver names the host netns (`init_net`, or the stand-in's path).
     host: String,

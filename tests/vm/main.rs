@@ -84,19 +84,19 @@ impl Trace {
     ) -> Result<Vec<Event>, String> {
         let start = Instant::now();
         loop {
-            let found: Vec<Event> = self.events.lock().unwrap()[mark..]
-                .iter()
-                .filter(|e| pred(e))
-                .cloned()
-                .collect();
-            if found.len() >= count {
-                return Ok(found);
+            // Counted while waiting, copied once found.
+            let found = self.count(mark, &pred);
+            if found >= count {
+                return Ok(self.events.lock().unwrap()[mark..]
+                    .iter()
+                    .filter(|e| pred(e))
+                    .cloned()
+                    .collect());
             }
             if start.elapsed() > timeout {
                 return Err(format!(
-                    "waited {}s for {count} x {what}, found {}; events since mark:\n{}",
+                    "waited {}s for {count} x {what}, found {found}; events since mark:\n{}",
                     timeout.as_secs(),
-                    found.len(),
                     self.dump(mark)
                 ));
             }

@@ -250,8 +250,8 @@ pub fn read_since(dir: &Path, after: u64) -> Result<Replay, LedgerError> {
             if is_first {
                 first_seq = seq;
             }
-            if seq.is_some_and(|seq| seq <= after) {
-                replay.last_seq = replay.last_seq.max(seq.unwrap_or(0));
+            if let Some(folded) = seq.filter(|seq| *seq <= after) {
+                replay.last_seq = replay.last_seq.max(folded);
                 continue;
             }
             match serde_json::from_slice::<JournalLine>(&line) {

@@ -4,7 +4,7 @@
 //! the same round; and every move must be seen, none dropped (else the part fails).
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use netguard::event::{Event, EventKind};
 use netguard::trace::BackendKind;
@@ -162,9 +162,8 @@ async fn chunk(tracer: Option<BackendKind>, moves: usize) -> Result<Chunk, Strin
 /// Waits (up to [`EVENTS_WAIT`]) until the tracer has handed out `moves` move events of the
 /// device since `mark`; how many it has.
 async fn wait_for_moves(trace: &Trace, mark: usize, moves: usize) -> usize {
-    let waited = Instant::now();
-    while trace.count(mark, is_our_move) < moves && waited.elapsed() < EVENTS_WAIT {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    trace.count(mark, is_our_move)
+    trace
+        .wait_for(mark, moves, EVENTS_WAIT, "move events", is_our_move)
+        .await
+        .map_or_else(|_| trace.count(mark, is_our_move), |found| found.len())
 }
