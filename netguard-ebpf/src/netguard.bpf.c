@@ -3,10 +3,15 @@
  * netguard's kernel side: where network devices move between namespaces, get renamed,
  * registered and unregistered, and when a namespace hands its devices back on teardown.
  *
- * Every probe exists twice, as kprobe/kretprobe and as fentry/fexit; the loader loads
- * only one family and attaches each probe to the first candidate kernel function that
- * exists. Entry handlers keep what they saw in `calls` (per thread and probe) for the
- * return handler, so both families and candidates of different arity share one logic.
+ * and why: a netns teardown, a driver unbinding or binding the NIC's bus device, or the
+ * lower device of a vlan/macvlan going (its unregister runs inside the lower device's
+ * NETDEV_UNREGISTER notification).
+ *
+ * Every probe exists twice, as kprobe/kretprobe and as fentry/fexit (one macro per shape
+ * at the end writes both); the loader loads only one family and attaches each probe to the
+ * first candidate kernel function that exists. Entry handlers keep what they saw in `calls`
+ * (per thread and probe) for the return handler, so both families and candidates of
+ * different arity share one logic.
  */
 #include "kernel_types.h"
 #include <bpf/bpf_helpers.h>
@@ -41,7 +46,12 @@ enum call {
 	CALL_TEARDOWN = 2, /* its presence marks the thread's teardown window */
 	CALL_RENAME = 3,
 	CALL_REGISTER = 4,
+	CALL_UNBIND = 5, /* a driver lets go of the bus device in `ptr` */
+	CALL_BIND = 6,   /* a driver probes the bus device in `ptr` */
 };
+
+/* include/linux/netdevice.h, enum netdev_cmd: a fixed value since 2.6. */
+#define NETDEV_UNREGISTER 6
 
 struct call_key {
 	__u64 pid_tgid;
@@ -66,6 +76,26 @@ struct {
 	__type(key, struct call_key);
 	__type(value, struct call_state);
 } calls SEC(".maps");
+
+/*
+ * The netdev notifications a thread is inside, innermost last: an unregister that runs
+ * inside another device's NETDEV_UNREGISTER notification went because that device did.
+ */
+#define NOTIFY_DEPTH 8
+
+struct notify_stack {
+	__u32 depth; /* may exceed NOTIFY_DEPTH: only the outer ones are kept */
+	__u32 pad;
+	__u64 val[NOTIFY_DEPTH];
+	__u64 dev[NOTIFY_DEPTH];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct notify_stack);
+} notify SEC(".maps");
 
 /*
  * A net_device's address is reused once it is freed, so each device registered while
@@ -192,11 +222,31 @@ static __always_inline struct ng_record *reserve(__u32 kind)
 	return rec;
 }
 
+/* The bus device a NIC sits on and its driver: what identifies the card across reloads. */
+static __always_inline void fill_bus(struct ng_record *rec, const struct net_device *dev)
+{
+	const struct device *bus = BPF_CORE_READ(dev, dev.parent);
+	const struct device_driver *drv;
+	const char *text;
+
+	if (!bus)
+		return;
+	rec->flags |= NG_F_BUS;
+	text = BPF_CORE_READ(bus, kobj.name);
+	if (text)
+		bpf_probe_read_kernel_str(rec->bus_addr, sizeof(rec->bus_addr), text);
+	drv = BPF_CORE_READ(bus, driver);
+	text = drv ? BPF_CORE_READ(drv, name) : NULL;
+	if (text)
+		bpf_probe_read_kernel_str(rec->driver, sizeof(rec->driver), text);
+}
+
 static __always_inline void fill_device(struct ng_record *rec, const struct net_device *dev)
 {
 	const struct rtnl_link_ops *ops = BPF_CORE_READ(dev, rtnl_link_ops);
 	__u8 len = BPF_CORE_READ(dev, addr_len);
 
+	fill_bus(rec, dev);
 	rec->flags |= NG_F_DEVICE;
 	rec->device_key = device_key(dev);
 	if (ops) {
@@ -261,6 +311,60 @@ static __always_inline void fill_dying(struct ng_record *rec, const struct net *
 	rec->flags |= NG_F_DYING_KNOWN;
 	if (refs == 0)
 		rec->flags |= NG_F_DYING;
+}
+
+/* Whether this thread is inside the `call` window for the bus device `dev` sits on. */
+static __always_inline bool driver_window(__u32 call, const struct net_device *dev)
+{
+	struct call_key key = call_key(call);
+	struct call_state *st = bpf_map_lookup_elem(&calls, &key);
+	const struct device *bus = BPF_CORE_READ(dev, dev.parent);
+
+	return st && bus && st->ptr == (__u64)bus;
+}
+
+/* The device whose NETDEV_UNREGISTER notification this thread is inside, if not `dev`. */
+static __always_inline const struct net_device *unregistering_parent(const struct net_device *dev)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct notify_stack *stack = bpf_map_lookup_elem(&notify, &id);
+	__u32 top;
+
+	if (!stack || stack->depth == 0 || stack->depth > NOTIFY_DEPTH)
+		return NULL;
+	top = (stack->depth - 1) & (NOTIFY_DEPTH - 1);
+	if (stack->val[top] != NETDEV_UNREGISTER || stack->dev[top] == (__u64)dev)
+		return NULL;
+	return (const struct net_device *)stack->dev[top];
+}
+
+static __always_inline void fill_parent(struct ng_record *rec, const struct net_device *parent)
+{
+	rec->flags |= NG_F_PARENT;
+	rec->parent_key = device_key(parent);
+	rec->parent_ifindex = BPF_CORE_READ(parent, ifindex);
+	BPF_CORE_READ_INTO(&rec->parent_name, parent, name);
+}
+
+/*
+ * Why a device goes: a netns teardown says it all; else its driver letting go of its bus
+ * device; else its lower device going (nested in that one's notification); else explicit.
+ */
+static __always_inline void unregister_cause(struct ng_record *rec, const struct net_device *dev)
+{
+	const struct net_device *parent;
+
+	if (rec->cause == NG_CAUSE_NETNS_TEARDOWN)
+		return;
+	if (driver_window(CALL_UNBIND, dev)) {
+		rec->cause = NG_CAUSE_DRIVER_UNBIND;
+		return;
+	}
+	parent = unregistering_parent(dev);
+	if (parent) {
+		rec->cause = NG_CAUSE_PARENT_GONE;
+		fill_parent(rec, parent);
+	}
 }
 
 /* ---- netns move ---------------------------------------------------------------- */
@@ -425,6 +529,8 @@ static __always_inline int register_return(int ret)
 		if (rec) {
 			fill_device(rec, dev);
 			fill_to(rec, dev);
+			if (rec->cause != NG_CAUSE_NETNS_TEARDOWN && driver_window(CALL_BIND, dev))
+				rec->cause = NG_CAUSE_DRIVER_BIND;
 			rec->flags |= NG_F_RESULT;
 			bpf_ringbuf_submit(rec, 0);
 		}
@@ -443,6 +549,7 @@ static __always_inline void emit_unregister(const struct net_device *dev)
 		fill_device(rec, dev);
 		fill_from(rec, dev);
 		fill_dying(rec, dev_net(dev));
+		unregister_cause(rec, dev);
 		bpf_ringbuf_submit(rec, 0);
 	}
 	end_lifetime(dev);
@@ -464,161 +571,113 @@ static __always_inline int unregister_many(const struct list_head *head)
 	return 0;
 }
 
-/* ---- kprobe / kretprobe family --------------------------------------------------- */
+/* ---- driver unbind / bind windows -------------------------------------------------- */
 
-SEC("kprobe")
-int BPF_KPROBE(kp_move, const struct net_device *dev, const struct net *net)
+static __always_inline int window_entry(__u32 call, const void *ptr)
 {
-	return move_entry(dev, net);
-}
+	struct call_key key = call_key(call);
+	struct call_state st = { .ptr = (__u64)ptr };
 
-SEC("kretprobe")
-int BPF_KRETPROBE(krp_move, int ret)
-{
-	return move_return(ret);
-}
-
-SEC("kprobe")
-int BPF_KPROBE(kp_exit_batch, const struct list_head *net_list)
-{
-	return teardown_entry(net_list, 1);
-}
-
-SEC("kretprobe")
-int BPF_KRETPROBE(krp_exit_batch)
-{
-	return teardown_return();
-}
-
-SEC("kprobe")
-int BPF_KPROBE(kp_exit_net, const struct net *net)
-{
-	return teardown_entry(net, 0);
-}
-
-SEC("kretprobe")
-int BPF_KRETPROBE(krp_exit_net)
-{
-	return teardown_return();
-}
-
-SEC("kprobe")
-int BPF_KPROBE(kp_rename, const struct net_device *dev, const char *newname)
-{
-	return rename_entry(dev, newname);
-}
-
-SEC("kretprobe")
-int BPF_KRETPROBE(krp_rename, int ret)
-{
-	return rename_return(ret);
-}
-
-SEC("kprobe")
-int BPF_KPROBE(kp_register, const struct net_device *dev)
-{
-	return register_entry(dev);
-}
-
-SEC("kretprobe")
-int BPF_KRETPROBE(krp_register, int ret)
-{
-	return register_return(ret);
-}
-
-SEC("kprobe")
-int BPF_KPROBE(kp_unreg_many, const struct list_head *head)
-{
-	return unregister_many(head);
-}
-
-SEC("kprobe")
-int BPF_KPROBE(kp_unreg_queue, const struct net_device *dev)
-{
-	emit_unregister(dev);
+	bpf_map_update_elem(&calls, &key, &st, BPF_ANY);
 	return 0;
 }
 
-/* ---- fentry / fexit family ------------------------------------------------------- */
+static __always_inline int window_return(__u32 call)
+{
+	struct call_key key = call_key(call);
+
+	bpf_map_delete_elem(&calls, &key);
+	return 0;
+}
+
+/* ---- netdev notifications ----------------------------------------------------------- */
+
+static __always_inline int notify_entry(unsigned long val, const struct netdev_notifier_info *info)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct notify_stack fresh = {};
+	struct notify_stack *stack = bpf_map_lookup_elem(&notify, &id);
+	__u32 at;
+
+	if (!stack) {
+		bpf_map_update_elem(&notify, &id, &fresh, BPF_NOEXIST);
+		stack = bpf_map_lookup_elem(&notify, &id);
+		if (!stack)
+			return 0;
+	}
+	at = stack->depth;
+	stack->depth = at + 1;
+	if (at < NOTIFY_DEPTH) {
+		stack->val[at & (NOTIFY_DEPTH - 1)] = val;
+		stack->dev[at & (NOTIFY_DEPTH - 1)] = (__u64)BPF_CORE_READ(info, dev);
+	}
+	return 0;
+}
+
+static __always_inline int notify_return(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct notify_stack *stack = bpf_map_lookup_elem(&notify, &id);
+
+	if (!stack)
+		return 0;
+	if (stack->depth <= 1)
+		bpf_map_delete_elem(&notify, &id);
+	else
+		stack->depth -= 1;
+	return 0;
+}
+
+/* ---- the programs: one macro per shape writes the kprobe and the fentry twin ------- */
 
 /* fexit reads the return value with bpf_get_func_ret, so any candidate's arity works. */
-static __always_inline int func_ret(void *ctx)
+static __always_inline long func_ret(void *ctx)
 {
 	__u64 ret = 0;
 
 	bpf_get_func_ret(ctx, &ret);
-	return (int)ret;
+	return (long)ret;
 }
 
-SEC("fentry")
-int BPF_PROG(fe_move, const struct net_device *dev, const struct net *net)
-{
-	return move_entry(dev, net);
-}
+/* kp_NAME and fe_NAME: `body` sees the function's first arguments, typed as listed. */
+#define ENTRY(name, body, ...)                                                            \
+	SEC("kprobe") int BPF_KPROBE(kp_##name, ##__VA_ARGS__) { return body; }          \
+	SEC("fentry") int BPF_PROG(fe_##name, ##__VA_ARGS__) { return body; }
 
-SEC("fexit")
-int fx_move(__u64 *ctx)
-{
-	return move_return(func_ret(ctx));
-}
+/* krp_NAME and fx_NAME: `body` sees the function's return value as `int ret`. */
+#define RETURN_VALUE(name, body)                                                          \
+	SEC("kretprobe") int BPF_KRETPROBE(krp_##name, int ret) { return body; }          \
+	SEC("fexit") int fx_##name(__u64 *ctx) { int ret = (int)func_ret(ctx); return body; }
 
-SEC("fentry")
-int BPF_PROG(fe_exit_batch, const struct list_head *net_list)
-{
-	return teardown_entry(net_list, 1);
-}
+/* krp_NAME and fx_NAME for a function whose return value does not matter. */
+#define RETURN_VOID(name, body)                                                           \
+	SEC("kretprobe") int BPF_KRETPROBE(krp_##name) { return body; }                   \
+	SEC("fexit") int fx_##name(__u64 *ctx) { return body; }
 
-SEC("fexit")
-int fx_exit_batch(__u64 *ctx)
-{
-	return teardown_return();
-}
+ENTRY(move, move_entry(dev, net), const struct net_device *dev, const struct net *net)
+RETURN_VALUE(move, move_return(ret))
 
-SEC("fentry")
-int BPF_PROG(fe_exit_net, const struct net *net)
-{
-	return teardown_entry(net, 0);
-}
+ENTRY(exit_batch, teardown_entry(net_list, 1), const struct list_head *net_list)
+RETURN_VOID(exit_batch, teardown_return())
 
-SEC("fexit")
-int fx_exit_net(__u64 *ctx)
-{
-	return teardown_return();
-}
+ENTRY(exit_net, teardown_entry(net, 0), const struct net *net)
+RETURN_VOID(exit_net, teardown_return())
 
-SEC("fentry")
-int BPF_PROG(fe_rename, const struct net_device *dev, const char *newname)
-{
-	return rename_entry(dev, newname);
-}
+ENTRY(rename, rename_entry(dev, newname), const struct net_device *dev, const char *newname)
+RETURN_VALUE(rename, rename_return(ret))
 
-SEC("fexit")
-int fx_rename(__u64 *ctx)
-{
-	return rename_return(func_ret(ctx));
-}
+ENTRY(register, register_entry(dev), const struct net_device *dev)
+RETURN_VALUE(register, register_return(ret))
 
-SEC("fentry")
-int BPF_PROG(fe_register, const struct net_device *dev)
-{
-	return register_entry(dev);
-}
+ENTRY(unreg_many, unregister_many(head), const struct list_head *head)
 
-SEC("fexit")
-int fx_register(__u64 *ctx)
-{
-	return register_return(func_ret(ctx));
-}
+ENTRY(unreg_queue, (emit_unregister(dev), 0), const struct net_device *dev)
 
-SEC("fentry")
-int BPF_PROG(fe_unreg_many, const struct list_head *head)
-{
-	return unregister_many(head);
-}
+ENTRY(unbind, window_entry(CALL_UNBIND, dev), const struct device *dev)
+RETURN_VOID(unbind, window_return(CALL_UNBIND))
 
-SEC("fentry")
-int BPF_PROG(fe_unreg_queue, const struct net_device *dev)
-{
-	emit_unregister(dev);
-	return 0;
-}
+ENTRY(bind, window_entry(CALL_BIND, dev), const struct device *dev)
+RETURN_VOID(bind, window_return(CALL_BIND))
+
+ENTRY(notify, notify_entry(val, info), unsigned long val, const struct netdev_notifier_info *info)
+RETURN_VOID(notify, notify_return())
