@@ -313,57 +313,73 @@ static __always_inline void fill_dying(struct ng_record *rec, const struct net *
 		rec->flags |= NG_F_DYING;
 }
 
-/* Whether this thread is inside the `call` window for the bus device `dev` sits on. */
-static __always_inline bool driver_window(__u32 call, const struct net_device *dev)
+/* The bus device a driver is (un)binding on this thread (`call` window), or 0. */
+static __always_inline __u64 window_device(__u32 call)
 {
 	struct call_key key = call_key(call);
 	struct call_state *st = bpf_map_lookup_elem(&calls, &key);
-	const struct device *bus = BPF_CORE_READ(dev, dev.parent);
 
-	return st && bus && st->ptr == (__u64)bus;
+	return st ? st->ptr : 0;
 }
 
-/* The device whose NETDEV_UNREGISTER notification this thread is inside, if not `dev`. */
-static __always_inline const struct net_device *unregistering_parent(const struct net_device *dev)
+static __always_inline bool on_bus(const struct net_device *dev, __u64 bus)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct notify_stack *stack = bpf_map_lookup_elem(&notify, &id);
-	__u32 top;
-
-	if (!stack || stack->depth == 0 || stack->depth > NOTIFY_DEPTH)
-		return NULL;
-	top = (stack->depth - 1) & (NOTIFY_DEPTH - 1);
-	if (stack->val[top] != NETDEV_UNREGISTER || stack->dev[top] == (__u64)dev)
-		return NULL;
-	return (const struct net_device *)stack->dev[top];
-}
-
-static __always_inline void fill_parent(struct ng_record *rec, const struct net_device *parent)
-{
-	rec->flags |= NG_F_PARENT;
-	rec->parent_key = device_key(parent);
-	rec->parent_ifindex = BPF_CORE_READ(parent, ifindex);
-	BPF_CORE_READ_INTO(&rec->parent_name, parent, name);
+	return bus && (__u64)BPF_CORE_READ(dev, dev.parent) == bus;
 }
 
 /*
- * Why a device goes: a netns teardown says it all; else its driver letting go of its bus
- * device; else its lower device going (nested in that one's notification); else explicit.
+ * Why the devices of one unregister call go, looked up once per call (the verifier walks
+ * the per-device loop body MAX_UNREG_DEVS times): the bus device being unbound, and the
+ * device whose NETDEV_UNREGISTER notification this thread is inside (their parent).
  */
-static __always_inline void unregister_cause(struct ng_record *rec, const struct net_device *dev)
-{
-	const struct net_device *parent;
+struct unreg_why {
+	__u64 unbind_bus;
+	__u64 parent;
+	__u64 parent_key;
+	__u32 parent_ifindex;
+	__u32 pad;
+	char parent_name[NG_NAME_LEN];
+};
 
+static __always_inline void unregister_why(struct unreg_why *why)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct notify_stack *stack = bpf_map_lookup_elem(&notify, &id);
+	const struct net_device *parent;
+	__u32 top;
+
+	why->unbind_bus = window_device(CALL_UNBIND);
+	if (!stack || stack->depth == 0 || stack->depth > NOTIFY_DEPTH)
+		return;
+	top = (stack->depth - 1) & (NOTIFY_DEPTH - 1);
+	if (stack->val[top] != NETDEV_UNREGISTER)
+		return;
+	parent = (const struct net_device *)stack->dev[top];
+	why->parent = (__u64)parent;
+	why->parent_key = device_key(parent);
+	why->parent_ifindex = BPF_CORE_READ(parent, ifindex);
+	BPF_CORE_READ_INTO(&why->parent_name, parent, name);
+}
+
+/*
+ * A netns teardown says it all; else its driver letting go of its bus device; else its
+ * lower device going (nested in that one's notification); else explicit.
+ */
+static __always_inline void unregister_cause(struct ng_record *rec, const struct net_device *dev,
+					     const struct unreg_why *why)
+{
 	if (rec->cause == NG_CAUSE_NETNS_TEARDOWN)
 		return;
-	if (driver_window(CALL_UNBIND, dev)) {
+	if (on_bus(dev, why->unbind_bus)) {
 		rec->cause = NG_CAUSE_DRIVER_UNBIND;
 		return;
 	}
-	parent = unregistering_parent(dev);
-	if (parent) {
+	if (why->parent && why->parent != (__u64)dev) {
 		rec->cause = NG_CAUSE_PARENT_GONE;
-		fill_parent(rec, parent);
+		rec->flags |= NG_F_PARENT;
+		rec->parent_key = why->parent_key;
+		rec->parent_ifindex = why->parent_ifindex;
+		__builtin_memcpy(rec->parent_name, why->parent_name, sizeof(rec->parent_name));
 	}
 }
 
@@ -529,7 +545,8 @@ static __always_inline int register_return(int ret)
 		if (rec) {
 			fill_device(rec, dev);
 			fill_to(rec, dev);
-			if (rec->cause != NG_CAUSE_NETNS_TEARDOWN && driver_window(CALL_BIND, dev))
+			if (rec->cause != NG_CAUSE_NETNS_TEARDOWN &&
+			    on_bus(dev, window_device(CALL_BIND)))
 				rec->cause = NG_CAUSE_DRIVER_BIND;
 			rec->flags |= NG_F_RESULT;
 			bpf_ringbuf_submit(rec, 0);
@@ -541,7 +558,8 @@ static __always_inline int register_return(int ret)
 
 /* ---- unregister ------------------------------------------------------------------ */
 
-static __always_inline void emit_unregister(const struct net_device *dev)
+static __always_inline void emit_unregister(const struct net_device *dev,
+					    const struct unreg_why *why)
 {
 	struct ng_record *rec = reserve(NG_UNREGISTER);
 
@@ -549,10 +567,19 @@ static __always_inline void emit_unregister(const struct net_device *dev)
 		fill_device(rec, dev);
 		fill_from(rec, dev);
 		fill_dying(rec, dev_net(dev));
-		unregister_cause(rec, dev);
+		unregister_cause(rec, dev, why);
 		bpf_ringbuf_submit(rec, 0);
 	}
 	end_lifetime(dev);
+}
+
+static __always_inline int unregister_one(const struct net_device *dev)
+{
+	struct unreg_why why = {};
+
+	unregister_why(&why);
+	emit_unregister(dev, &why);
+	return 0;
 }
 
 /* The devices of one unregister batch are linked by dev->unreg_list. */
@@ -560,12 +587,14 @@ static __always_inline int unregister_many(const struct list_head *head)
 {
 	const struct list_head *pos = BPF_CORE_READ(head, next);
 	__u64 offset = bpf_core_field_offset(struct net_device, unreg_list);
+	struct unreg_why why = {};
 
+	unregister_why(&why);
 #pragma clang loop unroll(disable)
 	for (int i = 0; i < MAX_UNREG_DEVS; i++) {
 		if (!pos || pos == head)
 			break;
-		emit_unregister((const struct net_device *)((const char *)pos - offset));
+		emit_unregister((const struct net_device *)((const char *)pos - offset), &why);
 		pos = BPF_CORE_READ(pos, next);
 	}
 	return 0;
@@ -671,7 +700,7 @@ RETURN_VALUE(register, register_return(ret))
 
 ENTRY(unreg_many, unregister_many(head), const struct list_head *head)
 
-ENTRY(unreg_queue, (emit_unregister(dev), 0), const struct net_device *dev)
+ENTRY(unreg_queue, unregister_one(dev), const struct net_device *dev)
 
 ENTRY(unbind, window_entry(CALL_UNBIND, dev), const struct device *dev)
 RETURN_VOID(unbind, window_return(CALL_UNBIND))

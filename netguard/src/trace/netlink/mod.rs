@@ -9,6 +9,7 @@
 
 pub(crate) mod socket;
 mod track;
+mod uevent;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -27,6 +28,7 @@ use crate::netns::{self, NetnsError, Resolver};
 use crate::trace::{Running, TraceOptions};
 use socket::{Listener, Received, Requests};
 use track::{Tracker, UnknownNsid};
+use uevent::{DriverChange, Uevents};
 
 /// How often to look for namespaces created since (they send nothing until they have an nsid).
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
@@ -74,6 +76,24 @@ async fn start_listening(
     let host = resolver.host_inode();
     let init = resolver.init_inode().unwrap_or(host);
     let mut tracker = Tracker::new(resolver.clone(), host, init);
+    // Uevents tell a driver's unbind/bind; without them the NICs' causes are only coarser.
+    let runtime = tokio::runtime::Handle::current();
+    let open_uevents = move || {
+        let _context = runtime.enter();
+        Uevents::open()
+    };
+    let uevents = match &options.host_netns {
+        Some(path) => netns::run_in(path, open_uevents)?,
+        None => open_uevents(),
+    };
+    let uevents = match uevents {
+        Ok(uevents) => Some(uevents),
+        Err(err) => {
+            tracing::warn!("cannot read uevents (NETLINK_KOBJECT_UEVENT): {err}; driver unbind/bind causes are unknown");
+            tracker.without_uevents(err.to_string());
+            None
+        }
+    };
     // The listener is subscribed already, so nothing falls between this dump and it.
     let links = requests
         .dump_links(None)
@@ -96,6 +116,7 @@ async fn start_listening(
         tracker,
         resolver,
         listener,
+        uevents,
         requests,
         events,
         dropped: dropped.clone(),
@@ -127,6 +148,7 @@ struct Driver {
     tracker: Tracker,
     resolver: Resolver,
     listener: Listener,
+    uevents: Option<Uevents>,
     requests: Requests,
     events: mpsc::Sender<Event>,
     dropped: Arc<AtomicU64>,
@@ -140,6 +162,7 @@ struct Driver {
 
 enum Wake {
     Received(std::io::Result<Received>),
+    Uevent(std::io::Result<DriverChange>),
     Rescan,
     Deadline,
 }
@@ -155,11 +178,22 @@ impl Driver {
             let deadline = self.tracker.next_deadline();
             let wake = tokio::select! {
                 received = self.listener.recv() => Wake::Received(received),
+                change = next_uevent(&mut self.uevents) => Wake::Uevent(change),
                 _ = rescan.tick() => Wake::Rescan,
                 _ = sleep_until(deadline) => Wake::Deadline,
             };
             let go_on = match wake {
                 Wake::Received(received) => self.received(received).await,
+                Wake::Uevent(Ok(change)) => {
+                    let events = self.tracker.on_driver_change(change, Instant::now());
+                    self.emit(events).await
+                }
+                Wake::Uevent(Err(err)) => {
+                    tracing::warn!("the uevent socket failed: {err}; driver unbind/bind causes are unknown from now on");
+                    self.uevents = None;
+                    self.tracker.without_uevents(err.to_string());
+                    true
+                }
                 Wake::Rescan => {
                     self.unresolved.clear();
                     self.discover().await
@@ -317,6 +351,13 @@ impl Driver {
             }
         }
         true
+    }
+}
+
+async fn next_uevent(uevents: &mut Option<Uevents>) -> std::io::Result<DriverChange> {
+    match uevents {
+        Some(uevents) => uevents.next().await,
+        None => std::future::pending().await,
     }
 }
 
