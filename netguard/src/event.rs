@@ -232,11 +232,28 @@ impl Event {
         }
     }
 
-    /// Cause unknown, and why.
-    pub fn unknown(kind: EventKind, why: impl Into<String>) -> Self {
-        let mut event = Event::new(kind, Cause::Unknown);
-        event.why = Some(why.into());
-        event
+    /// The cause with what it names: `parent-gone (parent eth1 ifindex 3)`,
+    /// `driver-unbind (driver e1000, bus 0000:00:04.0)`, `unknown (why)`.
+    pub fn cause_text(&self) -> String {
+        let cause = self.cause.as_str();
+        match self.cause {
+            Cause::ParentGone => match &self.parent {
+                Some(parent) => format!("{cause} (parent {parent})"),
+                None => cause.to_string(),
+            },
+            Cause::DriverUnbind | Cause::DriverBind => {
+                let driver = self.driver.as_deref().unwrap_or("?");
+                match &self.bus_addr {
+                    Some(bus) => format!("{cause} (driver {driver}, bus {bus})"),
+                    None => format!("{cause} (driver {driver})"),
+                }
+            }
+            Cause::Unknown => match &self.why {
+                Some(why) => format!("{cause} ({why})"),
+                None => cause.to_string(),
+            },
+            Cause::Explicit | Cause::NetnsTeardown => cause.to_string(),
+        }
     }
 
     /// The name the device carries after the event, else before it.
@@ -318,6 +335,27 @@ mod tests {
             assert_eq!(cause.as_str(), text);
             assert_eq!(serde_json::to_string(&cause).unwrap(), format!("\"{text}\""));
         }
+    }
+
+    #[test]
+    fn cause_text_names_parent_driver_and_why() {
+        let mut ev = Event::new(EventKind::Unregister, Cause::ParentGone);
+        ev.parent = Some(Parent {
+            name: Some("eth1".into()),
+            ifindex: Some(3),
+            device: None,
+        });
+        assert_eq!(ev.cause_text(), "parent-gone (parent eth1 ifindex 3)");
+        ev.cause = Cause::DriverUnbind;
+        ev.driver = Some("e1000".into());
+        ev.bus_addr = Some("0000:00:04.0".into());
+        assert_eq!(
+            ev.cause_text(),
+            "driver-unbind (driver e1000, bus 0000:00:04.0)"
+        );
+        let mut ev = Event::new(EventKind::Register, Cause::Unknown);
+        ev.why = Some("seen in a re-read".into());
+        assert_eq!(ev.cause_text(), "unknown (seen in a re-read)");
     }
 
     #[test]
