@@ -18,11 +18,9 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "event.h"
+#include "device_key.h"
 
 char LICENSE[] SEC("license") = "GPL";
-
-/* SipHash key for device keys; the loader writes a random one before load. */
-const volatile __u64 device_hash_key[2] = { 0, 0 };
 
 /* Longest lists walked in one call: nets in one cleanup batch, devices in one unregister. */
 #define MAX_BATCH_NETS 128
@@ -97,87 +95,20 @@ struct {
 	__type(value, struct notify_stack);
 } notify SEC(".maps");
 
-/*
- * A net_device's address is reused once it is freed, so each device registered while
- * tracing gets a lifetime number, and the key hashes address and lifetime together.
- * Devices that were there before tracing started have lifetime 0.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);   /* net_device address */
-	__type(value, __u64); /* lifetime */
-} lifetimes SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} last_lifetime SEC(".maps");
-
-/* SipHash-2-4 of (address, lifetime): a stable key that does not leak kernel pointers. */
-#define ROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND                                                                           \
-	do {                                                                               \
-		v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);                   \
-		v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                                      \
-		v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                                      \
-		v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);                   \
-	} while (0)
-#define SIPCOMPRESS(m)                                                                     \
-	do {                                                                               \
-		v3 ^= (m);                                                                 \
-		SIPROUND;                                                                  \
-		SIPROUND;                                                                  \
-		v0 ^= (m);                                                                 \
-	} while (0)
-
-static __always_inline __u64 device_key(const struct net_device *dev)
-{
-	__u64 addr = (__u64)dev;
-	__u64 *lifetime = bpf_map_lookup_elem(&lifetimes, &addr);
-	__u64 k0 = device_hash_key[0], k1 = device_hash_key[1];
-	__u64 v0 = k0 ^ 0x736f6d6570736575ULL;
-	__u64 v1 = k1 ^ 0x646f72616e646f6dULL;
-	__u64 v2 = k0 ^ 0x6c7967656e657261ULL;
-	__u64 v3 = k1 ^ 0x7465646279746573ULL;
-
-	SIPCOMPRESS(addr);
-	SIPCOMPRESS(lifetime ? *lifetime : 0);
-	SIPCOMPRESS(16ULL << 56); /* the message length, in the last block */
-	v2 ^= 0xff;
-	SIPROUND;
-	SIPROUND;
-	SIPROUND;
-	SIPROUND;
-	return v0 ^ v1 ^ v2 ^ v3;
-}
-
-static __always_inline void begin_lifetime(const struct net_device *dev)
-{
-	__u64 addr = (__u64)dev;
-	__u32 zero = 0;
-	__u64 *last = bpf_map_lookup_elem(&last_lifetime, &zero);
-	__u64 lifetime;
-
-	if (!last)
-		return;
-	lifetime = __sync_fetch_and_add(last, 1) + 1;
-	bpf_map_update_elem(&lifetimes, &addr, &lifetime, BPF_ANY);
-}
-
-static __always_inline void end_lifetime(const struct net_device *dev)
-{
-	__u64 addr = (__u64)dev;
-
-	bpf_map_delete_elem(&lifetimes, &addr);
-}
-
 static __always_inline struct call_key call_key(__u32 call)
 {
 	struct call_key key = { .pid_tgid = bpf_get_current_pid_tgid(), .call = call };
 	return key;
+}
+
+/* Keeps `ptr` for the return handler of `call` (and opens its window). */
+static __always_inline int remember(__u32 call, const void *ptr)
+{
+	struct call_key key = call_key(call);
+	struct call_state st = { .ptr = (__u64)ptr };
+
+	bpf_map_update_elem(&calls, &key, &st, BPF_ANY);
+	return 0;
 }
 
 static __always_inline bool in_teardown_window(void)
@@ -396,9 +327,14 @@ static __always_inline int move_entry(const struct net_device *dev, const struct
 	return 0;
 }
 
-static __always_inline int move_return(int ret)
+/*
+ * A move or rename returned: the device before (as its entry saw it) and after. A move
+ * names the netns it was asked to go to even on failure; a failed rename keeps its name,
+ * so the record names the one asked for.
+ */
+static __always_inline int change_return(__u32 call, __u32 kind, int ret)
 {
-	struct call_key key = call_key(CALL_MOVE);
+	struct call_key key = call_key(call);
 	struct call_state *st = bpf_map_lookup_elem(&calls, &key);
 	const struct net_device *dev;
 	struct ng_record *rec;
@@ -406,14 +342,16 @@ static __always_inline int move_return(int ret)
 	if (!st)
 		return 0;
 	dev = (const struct net_device *)st->ptr;
-	rec = reserve(NG_MOVE);
+	rec = reserve(kind);
 	if (rec) {
 		fill_device(rec, dev);
 		fill_saved_from(rec, st);
-		rec->flags |= NG_F_TO | NG_F_RESULT;
-		BPF_CORE_READ_INTO(&rec->to_name, dev, name);
-		rec->to_ifindex = BPF_CORE_READ(dev, ifindex);
-		rec->to_netns = st->to_netns; /* where it was asked to go, even on failure */
+		fill_to(rec, dev);
+		if (st->to_netns)
+			rec->to_netns = st->to_netns;
+		if (ret != 0 && st->req_name[0])
+			__builtin_memcpy(rec->to_name, st->req_name, sizeof(rec->to_name));
+		rec->flags |= NG_F_RESULT;
 		rec->result = ret;
 		bpf_ringbuf_submit(rec, 0);
 	}
@@ -491,42 +429,7 @@ static __always_inline int rename_entry(const struct net_device *dev, const char
 	return 0;
 }
 
-static __always_inline int rename_return(int ret)
-{
-	struct call_key key = call_key(CALL_RENAME);
-	struct call_state *st = bpf_map_lookup_elem(&calls, &key);
-	const struct net_device *dev;
-	struct ng_record *rec;
-
-	if (!st)
-		return 0;
-	dev = (const struct net_device *)st->ptr;
-	rec = reserve(NG_RENAME);
-	if (rec) {
-		fill_device(rec, dev);
-		fill_saved_from(rec, st);
-		fill_to(rec, dev);
-		/* On failure the device kept its name: say which one was asked for. */
-		if (ret != 0)
-			__builtin_memcpy(rec->to_name, st->req_name, sizeof(rec->to_name));
-		rec->flags |= NG_F_RESULT;
-		rec->result = ret;
-		bpf_ringbuf_submit(rec, 0);
-	}
-	bpf_map_delete_elem(&calls, &key);
-	return 0;
-}
-
 /* ---- register ------------------------------------------------------------------- */
-
-static __always_inline int register_entry(const struct net_device *dev)
-{
-	struct call_key key = call_key(CALL_REGISTER);
-	struct call_state st = { .ptr = (__u64)dev };
-
-	bpf_map_update_elem(&calls, &key, &st, BPF_ANY);
-	return 0;
-}
 
 /* Read on return: only then are the name ("eth%d" expanded) and ifindex final. */
 static __always_inline int register_return(int ret)
@@ -602,15 +505,6 @@ static __always_inline int unregister_many(const struct list_head *head)
 
 /* ---- driver unbind / bind windows -------------------------------------------------- */
 
-static __always_inline int window_entry(__u32 call, const void *ptr)
-{
-	struct call_key key = call_key(call);
-	struct call_state st = { .ptr = (__u64)ptr };
-
-	bpf_map_update_elem(&calls, &key, &st, BPF_ANY);
-	return 0;
-}
-
 static __always_inline int window_return(__u32 call)
 {
 	struct call_key key = call_key(call);
@@ -684,7 +578,7 @@ static __always_inline long func_ret(void *ctx)
 	SEC("fexit") int fx_##name(__u64 *ctx) { return body; }
 
 ENTRY(move, move_entry(dev, net), const struct net_device *dev, const struct net *net)
-RETURN_VALUE(move, move_return(ret))
+RETURN_VALUE(move, change_return(CALL_MOVE, NG_MOVE, ret))
 
 ENTRY(exit_batch, teardown_entry(net_list, 1), const struct list_head *net_list)
 RETURN_VOID(exit_batch, teardown_return())
@@ -693,19 +587,19 @@ ENTRY(exit_net, teardown_entry(net, 0), const struct net *net)
 RETURN_VOID(exit_net, teardown_return())
 
 ENTRY(rename, rename_entry(dev, newname), const struct net_device *dev, const char *newname)
-RETURN_VALUE(rename, rename_return(ret))
+RETURN_VALUE(rename, change_return(CALL_RENAME, NG_RENAME, ret))
 
-ENTRY(register, register_entry(dev), const struct net_device *dev)
+ENTRY(register, remember(CALL_REGISTER, dev), const struct net_device *dev)
 RETURN_VALUE(register, register_return(ret))
 
 ENTRY(unreg_many, unregister_many(head), const struct list_head *head)
 
 ENTRY(unreg_queue, unregister_one(dev), const struct net_device *dev)
 
-ENTRY(unbind, window_entry(CALL_UNBIND, dev), const struct device *dev)
+ENTRY(unbind, remember(CALL_UNBIND, dev), const struct device *dev)
 RETURN_VOID(unbind, window_return(CALL_UNBIND))
 
-ENTRY(bind, window_entry(CALL_BIND, dev), const struct device *dev)
+ENTRY(bind, remember(CALL_BIND, dev), const struct device *dev)
 RETURN_VOID(bind, window_return(CALL_BIND))
 
 ENTRY(notify, notify_entry(val, info), unsigned long val, const struct netdev_notifier_info *info)

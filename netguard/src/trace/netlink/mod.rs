@@ -60,15 +60,7 @@ async fn start_listening(
     options: &TraceOptions,
     resolver: Resolver,
 ) -> Result<Running, NetlinkError> {
-    let runtime = tokio::runtime::Handle::current();
-    let open = move || {
-        let _context = runtime.enter();
-        socket::open()
-    };
-    let opened = match &options.host_netns {
-        Some(path) => netns::run_in(path, open)?,
-        None => open(),
-    };
+    let opened = in_host_netns(options, socket::open)?;
     let (listener, connection, mut requests) = opened.map_err(NetlinkError::Socket)?;
     let listener = Listener::new(listener).map_err(NetlinkError::Socket)?;
     let connection = AbortOnDrop(tokio::spawn(connection));
@@ -77,16 +69,7 @@ async fn start_listening(
     let init = resolver.init_inode().unwrap_or(host);
     let mut tracker = Tracker::new(resolver.clone(), host, init);
     // Uevents tell a driver's unbind/bind; without them the NICs' causes are only coarser.
-    let runtime = tokio::runtime::Handle::current();
-    let open_uevents = move || {
-        let _context = runtime.enter();
-        Uevents::open()
-    };
-    let uevents = match &options.host_netns {
-        Some(path) => netns::run_in(path, open_uevents)?,
-        None => open_uevents(),
-    };
-    let uevents = match uevents {
+    let uevents = match in_host_netns(options, Uevents::open)? {
         Ok(uevents) => Some(uevents),
         Err(err) => {
             tracing::warn!("cannot read uevents (NETLINK_KOBJECT_UEVENT): {err}; driver unbind/bind causes are unknown");
@@ -132,6 +115,23 @@ async fn start_listening(
         dropped: Box::new(move || dropped.load(Ordering::Relaxed)),
         keep_alive: Box::new((driver, connection)),
     })
+}
+
+/// Runs `open` in the host netns (the stand-in's, for tests) with the runtime entered, so the
+/// sockets it opens live there and register with this runtime.
+fn in_host_netns<T: Send + 'static>(
+    options: &TraceOptions,
+    open: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NetnsError> {
+    let runtime = tokio::runtime::Handle::current();
+    let open = move || {
+        let _context = runtime.enter();
+        open()
+    };
+    match &options.host_netns {
+        Some(path) => netns::run_in(path, open),
+        None => Ok(open()),
+    }
 }
 
 /// Stops a task when the tracer is dropped.

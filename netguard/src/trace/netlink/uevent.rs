@@ -53,6 +53,21 @@ impl DriverChange {
     }
 }
 
+/// The driver bound to bus device `bus_addr` now, from sysfs (`/sys/bus/*/devices/ADDR/driver`
+/// links to it). Needed because an unbind uevent has no DRIVER=: the kernel clears the
+/// device's driver before it sends it.
+pub fn bound_driver(bus_addr: &str) -> Option<String> {
+    if bus_addr.contains('/') || bus_addr.starts_with('.') {
+        return None;
+    }
+    let buses = std::fs::read_dir("/sys/bus").ok()?;
+    buses.flatten().find_map(|bus| {
+        let link = std::fs::read_link(bus.path().join("devices").join(bus_addr).join("driver"));
+        let target = link.ok()?;
+        Some(target.file_name()?.to_string_lossy().into_owned())
+    })
+}
+
 /// A non-blocking uevent socket, subscribed to the kernel's group.
 pub struct Uevents {
     fd: AsyncFd<OwnedFd>,

@@ -9,10 +9,12 @@
 //! - driver-unbind / driver-bind: a NIC (a link with IFLA_PARENT_DEV_NAME, its bus device)
 //!   whose DELLINK / NEWLINK and an `unbind` / `bind` uevent for that bus device arrive
 //!   within [`UEVENT_WAIT`] of each other. The kernel sends the uevent once the driver's
-//!   remove / probe returned, so it normally comes after.
+//!   remove / probe returned, so it normally comes after. An unbind uevent names no driver
+//!   (the kernel cleared it first): the driver is the one last seen bound to that device.
 //! - explicit: what is none of these, once its wait is over. A NIC without rtnl_link_ops
 //!   cannot be deleted by request: without an unbind it is unknown, and `why` says so.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::link::Link;
@@ -58,16 +60,43 @@ struct Gone {
     at: Instant,
 }
 
-#[derive(Debug, Default)]
+/// Finds the driver bound to a bus device now (sysfs; a stand-in in tests).
+pub(super) type DriverLookup = fn(&str) -> Option<String>;
+
+#[derive(Debug)]
 pub(super) struct Causes {
     held: Vec<Held>,
     gone: Vec<Gone>,
     drivers: Vec<(Instant, DriverChange)>,
+    /// bus address -> the driver last seen bound to it.
+    bound: HashMap<String, String>,
+    lookup: DriverLookup,
     /// Why uevents cannot be read here, if they cannot.
     no_uevents: Option<String>,
 }
 
 impl Causes {
+    pub(super) fn new(lookup: DriverLookup) -> Causes {
+        Causes {
+            held: Vec::new(),
+            gone: Vec::new(),
+            drivers: Vec::new(),
+            bound: HashMap::new(),
+            lookup,
+            no_uevents: None,
+        }
+    }
+
+    /// A NIC seen: learns which driver its bus device has while it has one.
+    pub(super) fn learn(&mut self, link: &Link) {
+        let Some(bus) = &link.attrs.bus else { return };
+        if !self.bound.contains_key(bus) {
+            if let Some(driver) = (self.lookup)(bus) {
+                self.bound.insert(bus.clone(), driver);
+            }
+        }
+    }
+
     /// Uevents cannot be read: NICs are not held for them, and their causes say why.
     pub(super) fn without_uevents(&mut self, why: String) {
         self.no_uevents = Some(why);
@@ -77,7 +106,7 @@ impl Causes {
     pub(super) fn gone(&mut self, netns: u64, ifindex: u32, link: &Link, now: Instant) -> Vec<Event> {
         self.gone.retain(|g| now.duration_since(g.at) <= PARENT_WAIT);
         let parent = Parent {
-            name: link.name.clone(),
+            name: link.attrs.name.clone(),
             ifindex: Some(ifindex),
             device: Some(link.key),
         };
@@ -121,7 +150,7 @@ impl Causes {
         }
         // Virtual links can be deleted by request; a NIC cannot.
         let otherwise = |bus: &str| {
-            link.kind
+            link.attrs.kind
                 .is_none()
                 .then(|| format!("no unbind uevent for its bus device {bus} within {UEVENT_WAIT:?}"))
         };
@@ -144,7 +173,7 @@ impl Causes {
         now: Instant,
         otherwise: impl Fn(&str) -> Option<String>,
     ) -> Option<Event> {
-        let Some(bus) = link.bus.clone() else {
+        let Some(bus) = link.attrs.bus.clone() else {
             return Some(event);
         };
         let Some(otherwise) = otherwise(&bus) else {
@@ -185,7 +214,14 @@ impl Causes {
 
     /// A driver bound or let go of a bus device: settles the NICs held for it, or is kept
     /// for the link message that may still come.
-    pub(super) fn driver_change(&mut self, change: DriverChange, now: Instant) -> Vec<Event> {
+    pub(super) fn driver_change(&mut self, mut change: DriverChange, now: Instant) -> Vec<Event> {
+        match (&change.driver, change.bound) {
+            (Some(driver), true) => {
+                self.bound.insert(change.bus_addr.clone(), driver.clone());
+            }
+            (None, false) => change.driver = self.bound.remove(&change.bus_addr),
+            _ => {}
+        }
         let (settled, rest): (Vec<Held>, Vec<Held>) =
             std::mem::take(&mut self.held).into_iter().partition(|h| {
                 matches!(&h.wait, Wait::Driver { bus, bound }

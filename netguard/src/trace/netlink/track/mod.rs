@@ -138,7 +138,7 @@ impl Tracker {
             departures: Vec::new(),
             dead_veths: Vec::new(),
             unpaired: None,
-            causes: Causes::default(),
+            causes: Causes::new(crate::trace::netlink::uevent::bound_driver),
             serial: 0,
         }
     }
@@ -245,8 +245,8 @@ impl Tracker {
         for (ifindex, link) in links {
             // default_device_exit_net refunds only devices without rtnl_link_ops; the
             // loopback and every virtual device die with the netns.
-            let from = self.place(netns, link.name.clone(), Some(ifindex));
-            if link.kind.is_none() && !link.loopback {
+            let from = self.place(netns, link.attrs.name.clone(), Some(ifindex));
+            if link.attrs.kind.is_none() && !link.attrs.loopback {
                 self.departures.push(Departure {
                     from,
                     link,
@@ -255,7 +255,7 @@ impl Tracker {
                 });
                 continue;
             }
-            if let (true, Some(peer)) = (link.is_veth(), link.link) {
+            if let (true, Some(peer)) = (link.is_veth(), link.attrs.link) {
                 self.dead_veths.push(DeadVeth {
                     ifindex,
                     peer,
@@ -285,7 +285,7 @@ impl Tracker {
             for seen in msgs.iter().map(Seen::read) {
                 match old.remove(&seen.ifindex) {
                     Some(mut link) if link.same_hardware(&seen) => {
-                        let before = link.name.clone();
+                        let before = link.attrs.name.clone();
                         link.refresh(&seen);
                         events.extend(
                             self.renamed(netns, seen.ifindex, before, &link, Cause::Unknown)
@@ -375,7 +375,7 @@ impl Tracker {
                 .into_iter()
                 .collect();
         };
-        let before = link.name.clone();
+        let before = link.attrs.name.clone();
         link.refresh(seen);
         let link = link.clone();
         self.renamed(netns, seen.ifindex, before, &link, Cause::Explicit)
@@ -401,7 +401,7 @@ impl Tracker {
             } else {
                 None
             };
-            let from = self.place(netns, link.name.clone(), Some(seen.ifindex));
+            let from = self.place(netns, link.attrs.name.clone(), Some(seen.ifindex));
             let way = Way::Moved {
                 new_ifindex: seen.new_ifindex,
                 dest,
@@ -415,13 +415,13 @@ impl Tracker {
             return Vec::new();
         }
         let peer_died = link.is_veth()
-            && link.link.is_some_and(|peer| {
+            && link.attrs.link.is_some_and(|peer| {
                 self.dead_veths
                     .iter()
                     .any(|d| d.ifindex == peer && d.peer == seen.ifindex && d.until > now)
             });
         // Messages from a netns stop once its teardown began, so this one is alive.
-        let from = self.place(netns, link.name.clone(), Some(seen.ifindex));
+        let from = self.place(netns, link.attrs.name.clone(), Some(seen.ifindex));
         let mut events = self.causes.gone(netns, seen.ifindex, &link, now);
         if peer_died {
             events.push(self.unregistered(from, &link, Cause::NetnsTeardown, Some(false)));
@@ -451,7 +451,7 @@ impl Tracker {
             link.refresh(seen);
             let mut event = self.device_event(EventKind::Move, dep.way.cause(), &link);
             event.from = Some(dep.from);
-            event.to = Some(self.place(netns, link.name.clone(), Some(seen.ifindex)));
+            event.to = Some(self.place(netns, link.attrs.name.clone(), Some(seen.ifindex)));
             self.views
                 .entry(netns)
                 .or_default()
@@ -459,8 +459,9 @@ impl Tracker {
             return Some(event);
         }
         let link = Link::new(self.new_key(netns, seen.ifindex), seen);
+        self.causes.learn(&link);
         if link.is_veth() {
-            self.pair(netns, seen.ifindex, link.link);
+            self.pair(netns, seen.ifindex, link.attrs.link);
         }
         let event = announce.and_then(|announce| {
             let cause = match announce.why() {
@@ -469,7 +470,7 @@ impl Tracker {
             };
             let mut event = self.device_event(EventKind::Register, cause, &link);
             event.why = announce.why().map(str::to_owned);
-            event.to = Some(self.place(netns, link.name.clone(), Some(seen.ifindex)));
+            event.to = Some(self.place(netns, link.attrs.name.clone(), Some(seen.ifindex)));
             match announce {
                 Announce::Live => self.causes.registered(event, &link, now),
                 _ => Some(event),
@@ -511,13 +512,13 @@ impl Tracker {
                 .get_mut(&first_netns)
                 .and_then(|view| view.get_mut(&first))
             {
-                first.link = Some(ifindex);
+                first.attrs.link = Some(ifindex);
             }
         }
     }
 
     fn vanished(&mut self, netns: u64, ifindex: u32, link: Link, now: Instant) {
-        let from = self.place(netns, link.name.clone(), Some(ifindex));
+        let from = self.place(netns, link.attrs.name.clone(), Some(ifindex));
         self.departures.push(Departure {
             from,
             link,
@@ -534,12 +535,12 @@ impl Tracker {
         link: &Link,
         cause: Cause,
     ) -> Option<Event> {
-        if before.is_none() || before == link.name {
+        if before.is_none() || before == link.attrs.name {
             return None;
         }
         let mut event = self.device_event(EventKind::Rename, cause, link);
         event.from = Some(self.place(netns, before, Some(ifindex)));
-        event.to = Some(self.place(netns, link.name.clone(), Some(ifindex)));
+        event.to = Some(self.place(netns, link.attrs.name.clone(), Some(ifindex)));
         Some(event)
     }
 
@@ -553,9 +554,9 @@ impl Tracker {
     fn device_event(&self, kind: EventKind, cause: Cause, link: &Link) -> Event {
         let mut event = Event::new(kind, cause);
         event.device = Some(link.key);
-        event.link_kind.clone_from(&link.kind);
-        event.perm_addr.clone_from(&link.perm);
-        event.bus_addr.clone_from(&link.bus);
+        event.link_kind.clone_from(&link.attrs.kind);
+        event.perm_addr.clone_from(&link.attrs.perm);
+        event.bus_addr.clone_from(&link.attrs.bus);
         event
     }
 
