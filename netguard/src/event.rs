@@ -320,7 +320,10 @@ mod tests {
         assert!(line.contains(r#""kind":"move""#), "{line}");
         assert!(line.contains(r#""cause":"netns-teardown""#), "{line}");
         assert!(line.contains(r#""device":"00000000deadbeef""#), "{line}");
-        assert!(line.contains(r#""parent":{"name":"eth1","ifindex":3,"#), "{line}");
+        assert!(
+            line.contains(r#""parent":{"name":"eth1","ifindex":3,"#),
+            "{line}"
+        );
         let back: Event = serde_json::from_str(&line).unwrap();
         assert_eq!(back, ev);
     }
@@ -333,7 +336,10 @@ mod tests {
             (Cause::DriverBind, "driver-bind"),
         ] {
             assert_eq!(cause.as_str(), text);
-            assert_eq!(serde_json::to_string(&cause).unwrap(), format!("\"{text}\""));
+            assert_eq!(
+                serde_json::to_string(&cause).unwrap(),
+                format!("\"{text}\"")
+            );
         }
     }
 

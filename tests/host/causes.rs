@@ -21,8 +21,12 @@ async fn a_macvlan_goes_with_its_veth_parent_and_an_explicit_delete_is_explicit(
     let mut watch = EventWatch::start(NETLINK, &host, &[&host, &pod]).await;
 
     host.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
-    host.ip(&["link", "add", "link", "v0", "name", "mv0", "type", "macvlan", "mode", "bridge"]);
-    host.ip(&["link", "add", "link", "v0", "name", "mv1", "type", "macvlan", "mode", "bridge"]);
+    host.ip(&[
+        "link", "add", "link", "v0", "name", "mv0", "type", "macvlan", "mode", "bridge",
+    ]);
+    host.ip(&[
+        "link", "add", "link", "v0", "name", "mv1", "type", "macvlan", "mode", "bridge",
+    ]);
     host.ip(&["link", "set", "mv0", "netns", &pod.name]);
     let v0 = watch
         .expect("register of v0", |e| {
@@ -47,7 +51,10 @@ async fn a_macvlan_goes_with_its_veth_parent_and_an_explicit_delete_is_explicit(
 
     host.ip(&["link", "del", "v0"]);
     let gone = watch
-        .expect("unregister of the pod's mv0", unregister_of("mv0", pod.inode()))
+        .expect(
+            "unregister of the pod's mv0",
+            unregister_of("mv0", pod.inode()),
+        )
         .await;
     assert_eq!(gone.cause, Cause::ParentGone, "{gone:?}");
     assert_eq!(gone.link_kind.as_deref(), Some("macvlan"));

@@ -59,19 +59,45 @@ pub async fn driver_reload_causes(trace: &Trace) -> Outcome {
     expect("eth1.9 parent", parent(vlan).as_deref(), Some("eth1"), vlan)?;
     let pod = find("eth0")?;
     expect("pod eth0 cause", pod.cause, Cause::ParentGone, pod)?;
-    expect("pod eth0 parent", parent(pod).as_deref(), Some("eth1.9"), pod)?;
-    expect("pod eth0 kind", pod.link_kind.as_deref(), Some("macvlan"), pod)?;
+    expect(
+        "pod eth0 parent",
+        parent(pod).as_deref(),
+        Some("eth1.9"),
+        pod,
+    )?;
+    expect(
+        "pod eth0 kind",
+        pod.link_kind.as_deref(),
+        Some("macvlan"),
+        pod,
+    )?;
 
     let back = trace
-        .wait_for(mark, 1, WAIT, "register of the card at eth1's bus address", |e| {
-            e.kind == EventKind::Register && e.bus_addr.as_deref() == Some(bus.as_str())
-        })
+        .wait_for(
+            mark,
+            1,
+            WAIT,
+            "register of the card at eth1's bus address",
+            |e| e.kind == EventKind::Register && e.bus_addr.as_deref() == Some(bus.as_str()),
+        )
         .await?;
     let back = &back[0];
     expect("card back cause", back.cause, Cause::DriverBind, back)?;
-    expect("card back driver", back.driver.as_deref(), Some("e1000"), back)?;
+    expect(
+        "card back driver",
+        back.driver.as_deref(),
+        Some("e1000"),
+        back,
+    )?;
     expect("card back name", to_name(back), Some("eth1"), back)?;
     expect("card back perm MAC", &back.perm_addr, &nic.perm_addr, back)?;
+    // On the console, for a recording to read with `netguard report`.
+    for event in [pod, vlan, nic, back] {
+        println!(
+            "NGVM INFO event {}",
+            serde_json::to_string(event).unwrap_or_default()
+        );
+    }
     let _ = ip(&["netns", "del", "p1"]);
     Ok(())
 }

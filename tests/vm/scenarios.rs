@@ -7,8 +7,8 @@ use netguard::event::{Cause, Event, EventKind};
 use netguard::trace::BackendKind;
 use netguard_tests::IP;
 
-use crate::{causes, moves};
 use crate::Trace;
+use crate::{causes, moves};
 
 /// TCG guests are slow, and netns cleanup runs in a kworker some time after `ip netns del`.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -109,7 +109,12 @@ pub fn cleanup() {
     }
 }
 
-pub fn expect<T: PartialEq + std::fmt::Debug>(what: &str, got: T, want: T, event: &Event) -> Outcome {
+pub fn expect<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    got: T,
+    want: T,
+    event: &Event,
+) -> Outcome {
     if got != want {
         return Err(format!(
             "{what}: got {got:?}, want {want:?} in {}",

@@ -448,10 +448,7 @@ mod tests {
 
     #[test]
     fn causes_parent_driver_and_bus_address_decode() {
-        let mut b = Bytes::new(
-            kind::UNREGISTER,
-            flag::DEVICE | flag::FROM | flag::PARENT,
-        );
+        let mut b = Bytes::new(kind::UNREGISTER, flag::DEVICE | flag::FROM | flag::PARENT);
         b.put(60, &[cause::PARENT_GONE])
             .put(80, b"eth1.9\0")
             .u64(160, 0xfeed)

@@ -171,6 +171,9 @@ mod tests {
             DriverChange::parse(b"unbind@/x\0ACTION=unbind\0DEVPATH=/\0"),
             None
         );
-        assert_eq!(DriverChange::parse(b"unbind@/x\0ACTION=unbind\0\xff\0"), None);
+        assert_eq!(
+            DriverChange::parse(b"unbind@/x\0ACTION=unbind\0\xff\0"),
+            None
+        );
     }
 }

@@ -103,8 +103,15 @@ impl Causes {
     }
 
     /// `netns`'s device `ifindex` went (in any way): settles the uppers held for it.
-    pub(super) fn gone(&mut self, netns: u64, ifindex: u32, link: &Link, now: Instant) -> Vec<Event> {
-        self.gone.retain(|g| now.duration_since(g.at) <= PARENT_WAIT);
+    pub(super) fn gone(
+        &mut self,
+        netns: u64,
+        ifindex: u32,
+        link: &Link,
+        now: Instant,
+    ) -> Vec<Event> {
+        self.gone
+            .retain(|g| now.duration_since(g.at) <= PARENT_WAIT);
         let parent = Parent {
             name: link.attrs.name.clone(),
             ifindex: Some(ifindex),
@@ -150,9 +157,9 @@ impl Causes {
         }
         // Virtual links can be deleted by request; a NIC cannot.
         let otherwise = |bus: &str| {
-            link.attrs.kind
-                .is_none()
-                .then(|| format!("no unbind uevent for its bus device {bus} within {UEVENT_WAIT:?}"))
+            link.attrs.kind.is_none().then(|| {
+                format!("no unbind uevent for its bus device {bus} within {UEVENT_WAIT:?}")
+            })
         };
         self.for_driver(event, link, false, now, otherwise)
     }
@@ -160,8 +167,11 @@ impl Causes {
     /// A device appeared while watched: `event` (cause explicit) settled now, or held for a
     /// driver's bind.
     pub(super) fn registered(&mut self, event: Event, link: &Link, now: Instant) -> Option<Event> {
-        let otherwise =
-            |bus: &str| Some(format!("no bind uevent for its bus device {bus} within {UEVENT_WAIT:?}"));
+        let otherwise = |bus: &str| {
+            Some(format!(
+                "no bind uevent for its bus device {bus} within {UEVENT_WAIT:?}"
+            ))
+        };
         self.for_driver(event, link, true, now, otherwise)
     }
 
@@ -193,7 +203,12 @@ impl Causes {
         {
             return Some(driver_changed(event, change));
         }
-        self.hold(event, Wait::Driver { bus, bound }, now + UEVENT_WAIT, Some(otherwise))
+        self.hold(
+            event,
+            Wait::Driver { bus, bound },
+            now + UEVENT_WAIT,
+            Some(otherwise),
+        )
     }
 
     fn hold(
@@ -233,7 +248,8 @@ impl Causes {
             .map(|h| driver_changed(h.event, &change))
             .collect();
         if events.is_empty() {
-            self.drivers.retain(|(at, _)| now.duration_since(*at) <= UEVENT_WAIT);
+            self.drivers
+                .retain(|(at, _)| now.duration_since(*at) <= UEVENT_WAIT);
             self.drivers.push((now, change));
         }
         events

@@ -396,7 +396,8 @@ fn a_dump_naming_a_reused_nsid_ends_the_old_netns() {
 const BUS: &str = "0000:00:04.0";
 
 fn on_bus(mut msg: LinkMessage) -> LinkMessage {
-    msg.attributes.push(LinkAttribute::ParentDevName(BUS.into()));
+    msg.attributes
+        .push(LinkAttribute::ParentDevName(BUS.into()));
     msg
 }
 
@@ -430,41 +431,72 @@ fn parent_of(e: &Event) -> Option<(&str, u32)> {
 #[test]
 fn a_driver_reload_reads_as_unbind_parent_gone_and_bind() {
     let mut f = fixture();
-    assert!(f.feed(None, RouteNetlinkMessage::NewLink(on_bus(nic(3, "eth1")))).is_empty());
+    assert!(f
+        .feed(None, RouteNetlinkMessage::NewLink(on_bus(nic(3, "eth1"))))
+        .is_empty());
     let nic_key = f.tracker.on_driver_change(driver(true), f.now)[0].device;
     // Bound before the tracer started: the driver is found by the bus address.
     let mut f2 = fixture();
-    f2.tracker.add_netns(HOST, None, &[on_bus(nic(4, "eth2"))], false, f2.now);
+    f2.tracker
+        .add_netns(HOST, None, &[on_bus(nic(4, "eth2"))], false, f2.now);
     f2.feed(None, RouteNetlinkMessage::DelLink(on_bus(nic(4, "eth2"))));
     let gone = f2.tracker.on_driver_change(driver(false), f2.now);
     assert_eq!(gone[0].driver.as_deref(), Some("e1000"));
-    f.feed(None, RouteNetlinkMessage::NewLink(upper(5, "eth1.9", InfoKind::Vlan, 3, false)));
-    f.feed(Some(1), RouteNetlinkMessage::NewLink(upper(6, "eth0", InfoKind::MacVlan, 5, true)));
+    f.feed(
+        None,
+        RouteNetlinkMessage::NewLink(upper(5, "eth1.9", InfoKind::Vlan, 3, false)),
+    );
+    f.feed(
+        Some(1),
+        RouteNetlinkMessage::NewLink(upper(6, "eth0", InfoKind::MacVlan, 5, true)),
+    );
 
     let del = |m| RouteNetlinkMessage::DelLink(m);
-    assert!(f.feed(Some(1), del(upper(6, "eth0", InfoKind::MacVlan, 5, true))).is_empty());
+    assert!(f
+        .feed(Some(1), del(upper(6, "eth0", InfoKind::MacVlan, 5, true)))
+        .is_empty());
     let pod = f.feed(None, del(upper(5, "eth1.9", InfoKind::Vlan, 3, false)));
     assert_eq!(pod.len(), 1, "{pod:?}");
-    assert_eq!((pod[0].cause, at(&pod[0].from)), (Cause::ParentGone, (Some("eth0"), Some(6), A)));
+    assert_eq!(
+        (pod[0].cause, at(&pod[0].from)),
+        (Cause::ParentGone, (Some("eth0"), Some(6), A))
+    );
     assert_eq!(parent_of(&pod[0]), Some(("eth1.9", 5)));
     f.now += Duration::from_millis(5);
     let vlan = f.feed(None, del(on_bus(nic(3, "eth1"))));
     assert_eq!(vlan.len(), 1, "{vlan:?}");
-    assert_eq!((vlan[0].cause, parent_of(&vlan[0])), (Cause::ParentGone, Some(("eth1", 3))));
+    assert_eq!(
+        (vlan[0].cause, parent_of(&vlan[0])),
+        (Cause::ParentGone, Some(("eth1", 3)))
+    );
     assert_eq!(vlan[0].parent.as_ref().unwrap().device, nic_key);
     assert_eq!(f.tracker.next_deadline(), Some(f.now + UEVENT_WAIT));
 
     let nic_gone = f.tracker.on_driver_change(driver(false), f.now);
     assert_eq!(nic_gone.len(), 1);
     let e = &nic_gone[0];
-    assert_eq!((e.kind, e.cause), (EventKind::Unregister, Cause::DriverUnbind));
-    assert_eq!((e.driver.as_deref(), e.bus_addr.as_deref()), (Some("e1000"), Some(BUS)));
+    assert_eq!(
+        (e.kind, e.cause),
+        (EventKind::Unregister, Cause::DriverUnbind)
+    );
+    assert_eq!(
+        (e.driver.as_deref(), e.bus_addr.as_deref()),
+        (Some("e1000"), Some(BUS))
+    );
     assert_eq!(e.perm_addr.as_deref(), Some(MAC_STR));
 
-    assert!(f.feed(None, RouteNetlinkMessage::NewLink(on_bus(nic(8, "eth1")))).is_empty());
+    assert!(f
+        .feed(None, RouteNetlinkMessage::NewLink(on_bus(nic(8, "eth1"))))
+        .is_empty());
     let back = f.tracker.on_driver_change(driver(true), f.now);
-    assert_eq!((back[0].kind, back[0].cause), (EventKind::Register, Cause::DriverBind));
-    assert_eq!((at(&back[0].to), back[0].bus_addr.as_deref()), ((Some("eth1"), Some(8), HOST), Some(BUS)));
+    assert_eq!(
+        (back[0].kind, back[0].cause),
+        (EventKind::Register, Cause::DriverBind)
+    );
+    assert_eq!(
+        (at(&back[0].to), back[0].bus_addr.as_deref()),
+        ((Some("eth1"), Some(8), HOST), Some(BUS))
+    );
     assert!(f.later(UEVENT_WAIT * 2).is_empty());
 }
 
@@ -472,14 +504,24 @@ fn a_driver_reload_reads_as_unbind_parent_gone_and_bind() {
 fn an_upper_deleted_alone_is_explicit_once_its_wait_is_over() {
     let mut f = fixture();
     f.feed(None, RouteNetlinkMessage::NewLink(nic(3, "veth0")));
-    f.feed(None, RouteNetlinkMessage::NewLink(upper(7, "mv0", InfoKind::MacVlan, 3, false)));
+    f.feed(
+        None,
+        RouteNetlinkMessage::NewLink(upper(7, "mv0", InfoKind::MacVlan, 3, false)),
+    );
     let del = RouteNetlinkMessage::DelLink(upper(7, "mv0", InfoKind::MacVlan, 3, false));
     assert!(f.feed(None, del).is_empty());
     assert!(f.later(PARENT_WAIT / 2).is_empty());
     let events = f.later(PARENT_WAIT);
-    assert_eq!((events[0].cause, events[0].parent.clone()), (Cause::Explicit, None));
+    assert_eq!(
+        (events[0].cause, events[0].parent.clone()),
+        (Cause::Explicit, None)
+    );
     // Its lower going later is no cause of it.
-    assert_eq!(f.feed(None, RouteNetlinkMessage::DelLink(nic(3, "veth0"))).len(), 1);
+    assert_eq!(
+        f.feed(None, RouteNetlinkMessage::DelLink(nic(3, "veth0")))
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -492,7 +534,10 @@ fn an_upper_whose_lower_went_first_is_parent_gone_at_once() {
         None,
         RouteNetlinkMessage::DelLink(upper(7, "mv0", InfoKind::MacVlan, 3, false)),
     );
-    assert_eq!((events[0].cause, parent_of(&events[0])), (Cause::ParentGone, Some(("veth0", 3))));
+    assert_eq!(
+        (events[0].cause, parent_of(&events[0])),
+        (Cause::ParentGone, Some(("veth0", 3)))
+    );
     // A lower of that ifindex in another netns is another device.
     let events = f.feed(
         Some(1),
@@ -509,7 +554,9 @@ fn a_nic_without_an_unbind_is_unknown_and_says_why() {
     let gone = f.feed(None, RouteNetlinkMessage::DelLink(on_bus(nic(3, "eth1"))));
     assert_eq!(gone[0].cause, Cause::DriverUnbind);
     f.now += UEVENT_WAIT * 2;
-    assert!(f.feed(None, RouteNetlinkMessage::DelLink(on_bus(nic(4, "eth2")))).is_empty());
+    assert!(f
+        .feed(None, RouteNetlinkMessage::DelLink(on_bus(nic(4, "eth2"))))
+        .is_empty());
     let events = f.later(UEVENT_WAIT);
     assert_eq!(events[0].cause, Cause::Unknown);
     assert_eq!(
@@ -519,5 +566,8 @@ fn a_nic_without_an_unbind_is_unknown_and_says_why() {
     f.tracker.without_uevents("EPERM".into());
     let events = f.feed(None, RouteNetlinkMessage::NewLink(on_bus(nic(9, "eth3"))));
     assert_eq!(events[0].cause, Cause::Unknown);
-    assert_eq!(events[0].why.as_deref(), Some("uevents cannot be read here (EPERM)"));
+    assert_eq!(
+        events[0].why.as_deref(),
+        Some("uevents cannot be read here (EPERM)")
+    );
 }
