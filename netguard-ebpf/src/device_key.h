@@ -12,10 +12,12 @@ const volatile __u64 device_hash_key[2] = { 0, 0 };
 /*
  * A net_device's address is reused once it is freed, so each device registered while
  * tracing gets a lifetime number, and the key hashes address and lifetime together.
- * Devices that were there before tracing started have lifetime 0.
+ * Devices that were there before tracing started have lifetime 0. A lifetime outlives its
+ * device's unregister (uppers unregistered after it name it as their parent by its key) until
+ * the address is registered again or the LRU map needs the room.
  */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);   /* net_device address */
 	__type(value, __u64); /* lifetime */
@@ -77,13 +79,6 @@ static __always_inline void begin_lifetime(const struct net_device *dev)
 		return;
 	lifetime = __sync_fetch_and_add(last, 1) + 1;
 	bpf_map_update_elem(&lifetimes, &addr, &lifetime, BPF_ANY);
-}
-
-static __always_inline void end_lifetime(const struct net_device *dev)
-{
-	__u64 addr = (__u64)dev;
-
-	bpf_map_delete_elem(&lifetimes, &addr);
 }
 
 #endif

@@ -473,7 +473,6 @@ static __always_inline void emit_unregister(const struct net_device *dev,
 		unregister_cause(rec, dev, why);
 		bpf_ringbuf_submit(rec, 0);
 	}
-	end_lifetime(dev);
 }
 
 static __always_inline int unregister_one(const struct net_device *dev)
