@@ -67,7 +67,7 @@ async fn start_listening(
 
     let host = resolver.host_inode();
     let init = resolver.init_inode().unwrap_or(host);
-    let mut tracker = Tracker::new(resolver.clone(), host, init);
+    let mut tracker = Tracker::new(resolver.clone(), host, init, uevent::bound_driver);
     // Uevents tell a driver's unbind/bind; without them the NICs' causes are only coarser.
     let uevents = match in_host_netns(options, Uevents::open)? {
         Ok(uevents) => Some(uevents),

@@ -1,6 +1,7 @@
 //! Turns rtnetlink link and nsid messages into [`Event`]s: a view of every watched netns,
-//! moves correlated from their two halves, and what a dying netns does to its devices.
-//! No I/O here: the caller feeds messages, dumps and the time.
+//! moves correlated from their two halves, what a dying netns does to its devices, and why
+//! devices go and come (`causes`). No I/O here: the caller feeds messages, dumps, driver
+//! uevents and the time, and gives the function that reads a bus device's driver.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -17,6 +18,7 @@ use crate::event::{Cause, DeviceKey, Event, EventKind, Place};
 use crate::netns::Resolver;
 use crate::trace::netlink::uevent::DriverChange;
 use causes::Causes;
+use causes::DriverLookup;
 #[cfg(test)]
 use causes::{PARENT_WAIT, UEVENT_WAIT};
 use link::{Link, Seen};
@@ -128,7 +130,12 @@ pub(super) struct Tracker {
 impl Tracker {
     /// `host` is the netns the socket listens in; `init` where dying namespaces hand physical
     /// NICs back to.
-    pub(super) fn new(resolver: Resolver, host: u64, init: u64) -> Tracker {
+    pub(super) fn new(
+        resolver: Resolver,
+        host: u64,
+        init: u64,
+        driver_lookup: DriverLookup,
+    ) -> Tracker {
         Tracker {
             resolver,
             host,
@@ -138,7 +145,7 @@ impl Tracker {
             departures: Vec::new(),
             dead_veths: Vec::new(),
             unpaired: None,
-            causes: Causes::new(crate::trace::netlink::uevent::bound_driver),
+            causes: Causes::new(driver_lookup),
             serial: 0,
         }
     }

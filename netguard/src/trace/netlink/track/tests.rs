@@ -18,9 +18,10 @@ struct Fixture {
 fn fixture() -> Fixture {
     let resolver = Resolver::new(None).unwrap();
     let now = Instant::now();
-    let mut tracker = Tracker::new(resolver, HOST, INIT);
     // Not this machine's sysfs: its bus devices are none of the tests' business.
-    tracker.causes = causes::Causes::new(|bus| (bus == BUS).then(|| "e1000".to_string()));
+    let mut tracker = Tracker::new(resolver, HOST, INIT, |bus| {
+        (bus == BUS).then(|| "e1000".to_string())
+    });
     for (netns, nsid) in [(HOST, None), (A, Some(1)), (B, Some(2)), (INIT, Some(3))] {
         assert!(tracker.add_netns(netns, nsid, &[], false, now).is_empty());
     }
