@@ -4,6 +4,8 @@
 //! - parent-gone: an upper device (a link whose IFLA_LINK names its lower device: vlan,
 //!   macvlan, ipvlan; not a veth, whose IFLA_LINK is its peer) whose DELLINK and its lower
 //!   device's DELLINK arrive within [`PARENT_WAIT`] of each other, in either order. The
+//!   lower is that ifindex in the netns the upper was created in beside it (kept across
+//!   moves); for an upper created with its lower elsewhere, in any other netns. The
 //!   kernel unregisters uppers inside the lower's NETDEV_UNREGISTER notification, before it
 //!   sends the lower's DELLINK, so the upper's normally comes first.
 //! - driver-unbind / driver-bind: a NIC (a link with IFLA_PARENT_DEV_NAME, its bus device)
@@ -32,11 +34,12 @@ pub(crate) const UEVENT_WAIT: Duration = Duration::from_secs(2);
 /// What a held event waits for.
 #[derive(Debug)]
 enum Wait {
-    /// The DELLINK of `ifindex`, in `netns` or (when `elsewhere`) in any other one.
+    /// The DELLINK of `ifindex` in `netns`, or where that is not known, in any netns but
+    /// the upper's own (`own`).
     Lower {
-        netns: u64,
+        own: u64,
+        netns: Option<u64>,
         ifindex: u32,
-        elsewhere: bool,
     },
     /// A driver binding (`bound`) or unbinding the bus device `bus`.
     Driver { bus: String, bound: bool },
@@ -142,11 +145,11 @@ impl Causes {
         link: &Link,
         now: Instant,
     ) -> Option<Event> {
-        if let Some((ifindex, elsewhere)) = link.lower() {
+        if let Some((ifindex, lower_netns)) = link.lower() {
             let wait = Wait::Lower {
-                netns,
+                own: netns,
+                netns: lower_netns,
                 ifindex,
-                elsewhere,
             };
             if let Some(gone) = self.gone.iter().find(|g| {
                 lower_is(&wait, g.netns, g.ifindex) && now.duration_since(g.at) <= PARENT_WAIT
@@ -281,10 +284,10 @@ impl Causes {
 fn lower_is(wait: &Wait, netns: u64, ifindex: u32) -> bool {
     match wait {
         Wait::Lower {
-            netns: own,
+            own,
+            netns: lower_netns,
             ifindex: lower,
-            elsewhere,
-        } => *lower == ifindex && (*own == netns) != *elsewhere,
+        } => *lower == ifindex && lower_netns.map_or(*own != netns, |n| n == netns),
         Wait::Driver { .. } => false,
     }
 }

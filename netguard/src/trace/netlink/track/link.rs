@@ -89,13 +89,19 @@ impl Seen {
 pub(super) struct Link {
     pub(super) key: DeviceKey,
     pub(super) attrs: Attrs,
+    /// The netns its lower device is in, when known: the one it was created in with its
+    /// lower beside it, kept when it moves (IFLA_LINK_NETNSID then says only "elsewhere").
+    pub(super) lower_netns: Option<u64>,
 }
 
 impl Link {
-    pub(super) fn new(key: DeviceKey, seen: &Seen) -> Link {
+    /// A device first seen in `netns`.
+    pub(super) fn new(key: DeviceKey, netns: u64, seen: &Seen) -> Link {
+        let attrs = &seen.attrs;
         Link {
             key,
-            attrs: seen.attrs.clone(),
+            attrs: attrs.clone(),
+            lower_netns: (attrs.link.is_some() && !attrs.link_elsewhere).then_some(netns),
         }
     }
 
@@ -104,12 +110,13 @@ impl Link {
         self.attrs.refresh(&seen.attrs);
     }
 
-    /// The device this one sits on (a vlan's, macvlan's, ipvlan's): its ifindex, and whether
-    /// it is in another netns. A veth's IFLA_LINK is its peer, not a lower device.
-    pub(super) fn lower(&self) -> Option<(u32, bool)> {
+    /// The device this one sits on (a vlan's, macvlan's, ipvlan's): its ifindex, and its
+    /// netns when known (`None`: another one than this device's). A veth's IFLA_LINK is its
+    /// peer, not a lower device.
+    pub(super) fn lower(&self) -> Option<(u32, Option<u64>)> {
         (!self.is_veth())
             .then_some(self.attrs.link?)
-            .map(|ifindex| (ifindex, self.attrs.link_elsewhere))
+            .map(|ifindex| (ifindex, self.lower_netns))
     }
 
     /// Same hardware: the permanent addresses when both have one, else the current ones.

@@ -400,7 +400,7 @@ impl Tracker {
                 link.refresh(seen);
                 link
             }
-            None => Link::new(self.new_key(netns, seen.ifindex), seen),
+            None => Link::new(self.new_key(netns, seen.ifindex), netns, seen),
         };
         if seen.new_nsid.is_some() {
             let dest = if netns == self.host {
@@ -465,7 +465,7 @@ impl Tracker {
                 .insert(seen.ifindex, link);
             return Some(event);
         }
-        let link = Link::new(self.new_key(netns, seen.ifindex), seen);
+        let link = Link::new(self.new_key(netns, seen.ifindex), netns, seen);
         self.causes.learn(&link);
         if link.is_veth() {
             self.pair(netns, seen.ifindex, link.attrs.link);

@@ -572,3 +572,24 @@ fn a_nic_without_an_unbind_is_unknown_and_says_why() {
         Some("uevents cannot be read here (EPERM)")
     );
 }
+
+/// A macvlan moved into a pod keeps knowing where its lower is: a device of the same ifindex
+/// going in a third netns (another test's, say) is not its parent.
+#[test]
+fn a_moved_upper_waits_for_its_own_lower_only() {
+    let mut f = fixture();
+    f.feed(None, RouteNetlinkMessage::NewLink(nic(3, "v0")));
+    let mv = |elsewhere| upper(7, "mv0", InfoKind::MacVlan, 3, elsewhere);
+    f.feed(None, RouteNetlinkMessage::NewLink(mv(false)));
+    f.feed(None, leaving(mv(false), 1, 7));
+    let moved = f.feed(Some(1), RouteNetlinkMessage::NewLink(mv(true)));
+    assert_eq!(moved[0].kind, EventKind::Move);
+    assert!(f
+        .feed(Some(1), RouteNetlinkMessage::DelLink(mv(true)))
+        .is_empty());
+    let other = f.feed(Some(2), RouteNetlinkMessage::DelLink(veth(3, "x", 4)));
+    assert_eq!(other.len(), 1, "only B's own device: {other:?}");
+    let events = f.feed(None, RouteNetlinkMessage::DelLink(nic(3, "v0")));
+    let gone = events.iter().find(|e| e.current_name() == Some("mv0"));
+    assert_eq!(gone.and_then(parent_of), Some(("v0", 3)), "{events:?}");
+}
