@@ -5,16 +5,17 @@
 
 pub mod agent;
 pub mod api;
-pub mod cni;
+pub mod capture;
 pub mod config;
 pub mod control;
 pub mod event;
 pub mod inventory;
 pub mod ledger;
-pub mod lend;
+pub mod model;
 pub mod netns;
 pub mod recording;
 pub mod report;
 pub mod restore;
+pub mod rtnl;
 pub mod status;
 pub mod trace;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use netguard::inventory::Pool;
-use netguard::ledger::learn::learn;
+use netguard::capture::learn;
 use netguard::ledger::{
     Ledger, LedgerOptions, LinkKey, LinkState, Locator, NicState, Opened, STATE_FILE,
 };
@@ -325,7 +325,7 @@ async fn dry_run_plans_but_changes_nothing() {
     w.host.ip(&["link", "set", "vh0", "nomaster"]);
     w.c.ip(&["route", "del", "198.19.1.0/24"]);
     let (host_before, c_before) = (dumps(&w.host), dumps(&w.c));
-    let status_before = ledger.status();
+    let status_before = netguard::status::ledger_rows(ledger.content());
 
     let plan = restorer.dry_run(&ledger).await.unwrap();
     let text = plan.to_string();
@@ -340,7 +340,7 @@ async fn dry_run_plans_but_changes_nothing() {
 
     assert_eq!(dumps(&w.host), host_before);
     assert_eq!(dumps(&w.c), c_before);
-    assert_eq!(ledger.status(), status_before);
+    assert_eq!(netguard::status::ledger_rows(ledger.content()), status_before);
 }
 
 #[tokio::test]

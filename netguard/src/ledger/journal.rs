@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::model::{LedgerContent, LinkKey, LinkRecord, NicIdentity, NicRecord};
+use super::{LedgerContent, LinkKey, LinkRecord, NicIdentity, NicRecord};
 use super::LedgerError;
 use crate::event::Event;
 

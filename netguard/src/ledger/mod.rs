@@ -14,14 +14,15 @@ use serde::Serialize;
 use crate::event::{Event, EventKind, Place};
 
 pub mod journal;
-pub mod learn;
-pub mod model;
+pub mod record;
 pub mod store;
 #[cfg(test)]
 pub(crate) mod testutil;
 
 use journal::{Journal, JournalEntry};
-pub use model::*;
+// Re-exported: the records are written in the vocabulary's types.
+pub use crate::model::*;
+pub use record::*;
 
 /// Where the ledger lives unless told otherwise.
 pub const DEFAULT_DIR: &str = "/var/lib/netguard";
@@ -128,25 +129,13 @@ impl std::fmt::Display for Opened {
     }
 }
 
-/// One row of `netguard status`: a guarded NIC or link and how it stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct StatusRow {
-    /// `nic`, `veth`, `vlan`, `macvlan`.
-    pub kind: String,
-    /// Home name of a NIC, name of a link.
-    pub name: String,
-    /// Where it belongs: `host` or the netns locator.
-    pub netns: String,
-    /// For a NIC: where it is now (`name in netns`), when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub now: Option<String>,
-    /// Permanent MAC of a NIC, MAC of a link.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mac: Option<String>,
-    pub state: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    pub since: chrono::DateTime<Utc>,
+/// Specs captured from the kernel or a CNI result go in as guarded links.
+impl Extend<LinkSpec> for Ledger {
+    fn extend<I: IntoIterator<Item = LinkSpec>>(&mut self, specs: I) {
+        for spec in specs {
+            self.record_link(spec);
+        }
+    }
 }
 
 pub struct Ledger {
@@ -686,34 +675,6 @@ impl Ledger {
         }
     }
 
-    /// One row per guarded NIC and link.
-    pub fn status(&self) -> Vec<StatusRow> {
-        let nics = self.content.nics.iter().map(|n| StatusRow {
-            kind: "nic".to_string(),
-            mac: n.identity.perm_mac.map(|m| m.to_string()),
-            name: n.home_name.clone(),
-            netns: Locator::Host.to_string(),
-            now: n
-                .location
-                .as_ref()
-                .map(|l| format!("{} in {}", l.name, l.netns)),
-            state: n.state.to_string(),
-            reason: n.reason.clone(),
-            since: n.since,
-        });
-        let links = self.content.links.values().map(|l| StatusRow {
-            kind: l.spec.kind.name().to_string(),
-            mac: l.spec.mac.map(|m| m.to_string()),
-            name: l.spec.name.clone(),
-            netns: l.spec.netns.to_string(),
-            now: None,
-            state: l.state.to_string(),
-            reason: l.reason.clone(),
-            since: l.since,
-        });
-        nics.chain(links).collect()
-    }
-
     fn put_nic(&mut self, record: NicRecord) {
         let entry = JournalEntry::PutNic { nic: record };
         entry.apply(&mut self.content);
@@ -1002,28 +963,5 @@ mod tests {
         let mut other = Event::new(EventKind::Unregister, Cause::Explicit);
         other.from = place("veth123", 9, HOST);
         assert!(!ledger.observe(&other, HOST));
-    }
-
-    #[test]
-    fn status_has_a_row_per_guarded_thing() {
-        let dir = TempDir::new("ledger-status");
-        let (mut ledger, _) = open(dir.path());
-        let content = sample_content();
-        ledger.guard_nic(content.nics[0].identity.clone(), "eth2", true, None);
-        for link in content.links.values() {
-            ledger.record_link(link.spec.clone());
-        }
-        let rows = ledger.status();
-        assert_eq!(rows.len(), 1 + content.links.len());
-        assert_eq!(
-            (
-                rows[0].kind.as_str(),
-                rows[0].name.as_str(),
-                rows[0].state.as_str()
-            ),
-            ("nic", "eth2", "home")
-        );
-        let json = serde_json::to_string(&rows).unwrap();
-        assert!(json.contains(r#""state":"intact""#), "{json}");
     }
 }

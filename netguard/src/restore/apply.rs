@@ -3,23 +3,20 @@
 //! reading the device back. A failure says what was tried, where, and what the kernel said.
 
 use std::collections::HashMap;
-use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkMessage};
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-    RouteType,
-};
-use netlink_packet_route::AddressFamily;
-use rtnetlink::{LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVlan};
+use rtnetlink::{LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVlan};
 use serde::Serialize;
 
 use super::plan::{Action, Item, Plan, Target, Verdict};
-use crate::inventory::{macvlan_mode_to, InventoryError, LiveLink, NetnsConn, Pool};
-use crate::ledger::{LinkKey, Locator, Mac, RouteSpec, VlanProtocol};
+use crate::inventory::{InventoryError, LiveLink, NetnsConn, Pool};
+use crate::model::{LinkKey, Locator, Mac};
+use crate::rtnl::message::{
+    errno, kernel_says, macvlan_mode_to, route_message, veth_message, vlan_protocol_to, with_mac_mtu,
+};
+use crate::rtnl::temporary_link_name;
 
 /// One failed action: what was tried, on which netns and device, and what the kernel said.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
@@ -362,11 +359,7 @@ impl Executor {
             } => {
                 let lower = ctx.need(parent_netns, parent, seen).await?;
                 self.parent_up(&ctx, &lower).await?;
-                let proto = match protocol {
-                    VlanProtocol::Dot1q => netlink_packet_route::link::VlanProtocol::Ieee8021Q,
-                    VlanProtocol::Dot1ad => netlink_packet_route::link::VlanProtocol::Ieee8021Ad,
-                };
-                let msg = LinkVlan::new(name, lower.ifindex, *id).protocol(proto);
+                let msg = LinkVlan::new(name, lower.ifindex, *id).protocol(vlan_protocol_to(*protocol));
                 self.create_stacked(&ctx, msg, parent_netns, netns, name, "vlan", mac, mtu, seen)
                     .await
             }
@@ -468,7 +461,7 @@ impl Executor {
             // The kernel looks a new link's name up in the netns the request is sent to, so
             // a pod's `eth0` would collide with the host's: create it under a name of our
             // own, then move it in under its real one.
-            let temp = crate::inventory::temporary_link_name();
+            let temp = temporary_link_name();
             ctx.kernel(
                 ctx.conn
                     .handle()
@@ -670,131 +663,5 @@ async fn vanishes(conn: &NetnsConn, ifindex: u32, grace: Duration) -> Result<boo
         }
         tokio::time::sleep(pause.min(left)).await;
         pause = (pause * 2).min(Duration::from_millis(50));
-    }
-}
-
-fn with_mac_mtu<T>(
-    msg: LinkMessageBuilder<T>,
-    mac: &Option<Mac>,
-    mtu: &Option<u32>,
-) -> LinkMessageBuilder<T> {
-    let msg = match mac {
-        Some(mac) => msg.address(mac.0.to_vec()),
-        None => msg,
-    };
-    match mtu {
-        Some(mtu) => msg.mtu(*mtu),
-        None => msg,
-    }
-}
-
-/// The RTM_NEWLINK that creates the veth pair `name` + `peer`, the peer directly in the netns
-/// of `peer_netns_fd` when given (IFLA_NET_NS_FD). Public, like [`route_message`], so that
-/// the benchmark's floor sends exactly the requests the restorer sends.
-#[allow(clippy::too_many_arguments)]
-pub fn veth_message(
-    name: &str,
-    mac: &Option<Mac>,
-    mtu: &Option<u32>,
-    peer: &str,
-    peer_mac: &Option<Mac>,
-    peer_mtu: &Option<u32>,
-    peer_netns_fd: Option<RawFd>,
-) -> LinkMessage {
-    let mut peer_msg = LinkUnspec::new_with_name(peer);
-    if let Some(fd) = peer_netns_fd {
-        peer_msg = peer_msg.setns_by_fd(fd);
-    }
-    let peer_msg = with_mac_mtu(peer_msg, peer_mac, peer_mtu).build();
-    let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-        .name(name.to_string())
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)));
-    with_mac_mtu(msg, mac, mtu).build()
-}
-
-/// `ip route add` of one route through `oif` (main table, proto boot as iproute2 does).
-pub fn route_message(route: &RouteSpec, oif: u32) -> RouteMessage {
-    let mut msg = RouteMessage::default();
-    msg.header.address_family = if route.dst.addr.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
-    msg.header.destination_prefix_length = route.dst.prefix;
-    msg.header.table = RouteHeader::RT_TABLE_MAIN;
-    msg.header.protocol = RouteProtocol::Boot;
-    msg.header.kind = RouteType::Unicast;
-    msg.header.scope = if route.gateway.is_some() {
-        RouteScope::Universe
-    } else {
-        RouteScope::Link
-    };
-    if route.onlink {
-        msg.header.flags |= RouteFlags::Onlink;
-    }
-    if route.dst.prefix > 0 {
-        msg.attributes
-            .push(RouteAttribute::Destination(RouteAddress::from(
-                route.dst.network().addr,
-            )));
-    }
-    if let Some(gw) = route.gateway {
-        msg.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
-    }
-    msg.attributes.push(RouteAttribute::Oif(oif));
-    if let Some(metric) = route.metric {
-        msg.attributes.push(RouteAttribute::Priority(metric));
-    }
-    msg
-}
-
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
-        _ => None,
-    }
-}
-
-/// The kernel's answer in words (`File exists (os error 17)`), not the library's wrapping.
-fn kernel_says(e: &rtnetlink::Error) -> String {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.to_io().to_string(),
-        other => other.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes_are_built_like_ip_route_add() {
-        let default = RouteSpec {
-            dst: "0.0.0.0/0".parse().unwrap(),
-            gateway: Some("198.18.0.1".parse().unwrap()),
-            onlink: false,
-            metric: None,
-        };
-        let msg = route_message(&default, 7);
-        assert_eq!(msg.header.scope, RouteScope::Universe);
-        assert!(!msg
-            .attributes
-            .iter()
-            .any(|a| matches!(a, RouteAttribute::Destination(_))));
-        let subnet = RouteSpec {
-            dst: "198.18.5.9/24".parse().unwrap(),
-            gateway: None,
-            onlink: false,
-            metric: Some(10),
-        };
-        let msg = route_message(&subnet, 7);
-        assert_eq!(msg.header.scope, RouteScope::Link);
-        assert!(msg
-            .attributes
-            .contains(&RouteAttribute::Destination(RouteAddress::Inet(
-                "198.18.5.0".parse().unwrap()
-            ))));
-        assert!(msg.attributes.contains(&RouteAttribute::Priority(10)));
     }
 }

@@ -30,9 +30,10 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use serde::Serialize;
 
-use crate::ledger::{IpNet, Locator, Mac, MacvlanMode, NicIdentity, RouteSpec, VlanProtocol};
+use crate::model::{IpNet, Locator, Mac, MacvlanMode, NicIdentity, RouteSpec, VlanProtocol};
 use crate::netns::{self, NetnsError};
-use crate::trace::netlink::socket::{recv_tagged, Datagram};
+use crate::rtnl::listen::{listen_all_nsid, recv_tagged, Datagram};
+use crate::rtnl::message::macvlan_mode_from;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
@@ -566,32 +567,14 @@ impl Changes {
         };
         let file = netns::open(host)?;
         let mut socket = socket_in(&file, host).await?;
-        socket
-            .bind(&netlink_sys::SocketAddr::new(0, 0))
-            .map_err(io)?;
-        for group in [
+        let groups = [
             libc::RTNLGRP_LINK,
             libc::RTNLGRP_IPV4_IFADDR,
             libc::RTNLGRP_IPV4_ROUTE,
             libc::RTNLGRP_IPV6_IFADDR,
             libc::RTNLGRP_IPV6_ROUTE,
-        ] {
-            socket.add_membership(group).map_err(io)?;
-        }
-        socket.set_listen_all_namespaces(true).map_err(io)?;
-        let size = Self::RECEIVE_BUFFER;
-        // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int and its size.
-        // SO_RCVBUFFORCE goes past net.core.rmem_max (we are root); failing that, the default.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&size as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        socket.set_non_blocking(true).map_err(io)?;
+        ];
+        listen_all_nsid(&mut socket, &groups, Self::RECEIVE_BUFFER).map_err(io)?;
         Ok(Changes {
             socket,
             buf: vec![0; 64 << 10],
@@ -626,14 +609,6 @@ impl Changes {
 }
 
 const OWN_NETNS: &str = "/proc/self/ns/net";
-
-/// A link name no container or host uses, unique within this process, for a device in flight
-/// between namespaces (its real name may be taken where it is created or moved from).
-pub fn temporary_link_name() -> String {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1000;
-    format!("ngtmp{}.{n}", std::process::id() % 10_000)
-}
 
 /// A connection per netns, opened once and reused.
 pub struct Pool {
@@ -816,29 +791,6 @@ fn parse_link_info(infos: &[LinkInfo], link: &mut LiveLink) {
             }
             _ => {}
         }
-    }
-}
-
-fn macvlan_mode_from(mode: netlink_packet_route::link::MacVlanMode) -> Option<MacvlanMode> {
-    use netlink_packet_route::link::MacVlanMode as K;
-    Some(match mode {
-        K::Private => MacvlanMode::Private,
-        K::Vepa => MacvlanMode::Vepa,
-        K::Bridge => MacvlanMode::Bridge,
-        K::Passthrough => MacvlanMode::Passthru,
-        K::Source => MacvlanMode::Source,
-        _ => return None,
-    })
-}
-
-pub fn macvlan_mode_to(mode: MacvlanMode) -> netlink_packet_route::link::MacVlanMode {
-    use netlink_packet_route::link::MacVlanMode as K;
-    match mode {
-        MacvlanMode::Private => K::Private,
-        MacvlanMode::Vepa => K::Vepa,
-        MacvlanMode::Bridge => K::Bridge,
-        MacvlanMode::Passthru => K::Passthrough,
-        MacvlanMode::Source => K::Source,
     }
 }
 

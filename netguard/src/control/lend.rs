@@ -61,7 +61,7 @@ async fn relocate(
     to: &NetnsConn,
     final_name: &str,
 ) -> Result<LiveLink, LendError> {
-    let temp = crate::inventory::temporary_link_name();
+    let temp = crate::rtnl::temporary_link_name();
     let name = &link.name;
     kernel(
         "set down",

@@ -6,11 +6,12 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cni;
+use crate::capture::{self as learn, cni, LearnError};
 use crate::inventory::InventoryError;
-use crate::ledger::learn::{self, LearnError};
 use crate::ledger::{Ledger, LedgerError, Locator};
-use crate::lend::{self, LendError};
+pub mod lend;
+
+use lend::LendError;
 use crate::restore::{RestoreError, Restorer};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
