@@ -10,8 +10,8 @@ use crate::model::{KindSpec, LinkKey, LinkSpec, Locator, MacvlanMode, Parent, Ve
 
 pub mod cni;
 
-use cni::Attachment;
 use crate::inventory::{InventoryError, LiveLink, NetnsInventory, Pool};
+use cni::Attachment;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LearnError {

@@ -11,8 +11,8 @@ use crate::inventory::InventoryError;
 use crate::ledger::{Ledger, LedgerError, Locator};
 pub mod lend;
 
-use lend::LendError;
 use crate::restore::{RestoreError, Restorer};
+use lend::LendError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "operation", rename_all = "kebab-case")]

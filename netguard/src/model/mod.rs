@@ -22,5 +22,4 @@ macro_rules! kebab_display {
     };
 }
 
-
 pub(crate) use kebab_display;

@@ -14,7 +14,8 @@ use super::plan::{Action, Item, Plan, Target, Verdict};
 use crate::inventory::{InventoryError, LiveLink, NetnsConn, Pool};
 use crate::model::{LinkKey, Locator, Mac};
 use crate::rtnl::message::{
-    errno, kernel_says, macvlan_mode_to, route_message, veth_message, vlan_protocol_to, with_mac_mtu,
+    errno, kernel_says, macvlan_mode_to, route_message, veth_message, vlan_protocol_to,
+    with_mac_mtu,
 };
 use crate::rtnl::temporary_link_name;
 
@@ -359,7 +360,8 @@ impl Executor {
             } => {
                 let lower = ctx.need(parent_netns, parent, seen).await?;
                 self.parent_up(&ctx, &lower).await?;
-                let msg = LinkVlan::new(name, lower.ifindex, *id).protocol(vlan_protocol_to(*protocol));
+                let msg =
+                    LinkVlan::new(name, lower.ifindex, *id).protocol(vlan_protocol_to(*protocol));
                 self.create_stacked(&ctx, msg, parent_netns, netns, name, "vlan", mac, mtu, seen)
                     .await
             }

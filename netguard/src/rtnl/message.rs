@@ -11,7 +11,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
 
-use crate::model::{MacvlanMode, Mac, RouteSpec, VlanProtocol};
+use crate::model::{Mac, MacvlanMode, RouteSpec, VlanProtocol};
 
 pub fn with_mac_mtu<T>(
     msg: LinkMessageBuilder<T>,
