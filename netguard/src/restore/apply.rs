@@ -10,7 +10,8 @@ use futures::StreamExt;
 use rtnetlink::{LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVlan};
 use serde::Serialize;
 
-use super::plan::{Action, Item, Plan, Target, Verdict};
+use super::action::Action;
+use super::plan::{Item, Plan, Target, Verdict};
 use crate::inventory::{InventoryError, LiveLink, NetnsConn, Pool};
 use crate::model::{LinkKey, Locator, Mac};
 use crate::rtnl::message::{

@@ -19,11 +19,13 @@ use crate::ledger::{
     NicState, Parent,
 };
 
+pub mod action;
 pub mod apply;
 pub mod plan;
 
+pub use action::Action;
 pub use apply::{ActionError, Executor, ItemResult, Outcome};
-pub use plan::{Action, Item, Plan, Target, Verdict, World};
+pub use plan::{Item, Plan, Target, Verdict, World};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
