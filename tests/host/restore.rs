@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use netguard::inventory::Pool;
 use netguard::capture::learn;
+use netguard::inventory::Pool;
 use netguard::ledger::{
     Ledger, LedgerOptions, LinkKey, LinkState, Locator, NicState, Opened, STATE_FILE,
 };
@@ -340,7 +340,10 @@ async fn dry_run_plans_but_changes_nothing() {
 
     assert_eq!(dumps(&w.host), host_before);
     assert_eq!(dumps(&w.c), c_before);
-    assert_eq!(netguard::status::ledger_rows(ledger.content()), status_before);
+    assert_eq!(
+        netguard::status::ledger_rows(ledger.content()),
+        status_before
+    );
 }
 
 #[tokio::test]

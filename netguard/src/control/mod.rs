@@ -158,11 +158,12 @@ pub async fn execute(
             name,
             persistent,
         } => {
-            let text = lend::lend(pool, ledger, iface, netns, name.as_deref(), *persistent).await?;
+            let text =
+                lend::lend(restorer, ledger, iface, netns, name.as_deref(), *persistent).await?;
             Reply::done(text.clone(), serde_json::json!({ "lent": text }))
         }
         Operation::Reclaim { iface } => {
-            let text = lend::reclaim(pool, ledger, iface).await?;
+            let text = lend::reclaim(restorer, ledger, iface).await?;
             Reply::done(text.clone(), serde_json::json!({ "reclaimed": text }))
         }
         Operation::Restore { dry_run: true } => {

@@ -40,6 +40,14 @@ pub enum Action {
         dev: String,
         mtu: u32,
     },
+    /// `dev` moved into `to_netns` under `name`: a name nobody there uses, as the device's
+    /// own may be taken there until it arrives (lend, reclaim).
+    MoveTo {
+        netns: Locator,
+        dev: String,
+        to_netns: Locator,
+        name: String,
+    },
     /// A veth pair whose host side's peer died with a replaced netns (the kernel would remove
     /// it once the old netns is freed); removed so the pair can be re-created.
     DeleteStaleVeth {
@@ -101,6 +109,7 @@ impl Action {
             | Action::SetMaster { netns, .. }
             | Action::SetMac { netns, .. }
             | Action::SetMtu { netns, .. }
+            | Action::MoveTo { netns, .. }
             | Action::DeleteStaleVeth { netns, .. }
             | Action::CreateVeth { netns, .. }
             | Action::AddAddress { netns, .. }
@@ -119,6 +128,7 @@ impl Action {
             | Action::SetMaster { dev, .. }
             | Action::SetMac { dev, .. }
             | Action::SetMtu { dev, .. }
+            | Action::MoveTo { dev, .. }
             | Action::DeleteStaleVeth { dev, .. }
             | Action::AddAddress { dev, .. }
             | Action::AddRoute { dev, .. } => dev,
@@ -154,6 +164,12 @@ impl fmt::Display for Action {
             Action::SetMaster { dev, master, .. } => write!(f, "ip link set {dev} master {master}"),
             Action::SetMac { dev, mac, .. } => write!(f, "ip link set {dev} address {mac}"),
             Action::SetMtu { dev, mtu, .. } => write!(f, "ip link set {dev} mtu {mtu}"),
+            Action::MoveTo {
+                dev,
+                to_netns,
+                name,
+                ..
+            } => write!(f, "ip link set {dev} netns {to_netns} name {name}"),
             Action::DeleteStaleVeth { dev, .. } => write!(
                 f,
                 "ip link del {dev} (stale veth: its peer's netns was replaced)"

@@ -41,6 +41,8 @@ pub enum Outcome {
     Failed,
     Lent,
     Lost,
+    /// Moved as an operator asked (lend, reclaim), and verified.
+    Moved,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -169,9 +171,10 @@ impl Executor {
             Verdict::Lent => Outcome::Lent,
             Verdict::Lost => Outcome::Lost,
             Verdict::Repair => Outcome::Restored,
+            Verdict::Move => Outcome::Moved,
         };
         let mut result = ItemResult::unapplied(item, outcome, item.reason.clone());
-        if item.verdict != Verdict::Repair {
+        if !matches!(item.verdict, Verdict::Repair | Verdict::Move) {
             return result;
         }
         let mut seen = Seen::new();
@@ -283,6 +286,30 @@ impl Executor {
                     "MTU unchanged",
                 )
                 .await
+            }
+            Action::MoveTo {
+                netns,
+                dev,
+                to_netns,
+                name,
+            } => {
+                let link = ctx.need(netns, dev, seen).await?;
+                seen.remove(&(netns.clone(), dev.clone()));
+                let target = self.conn(to_netns).await.map_err(fail)?;
+                ctx.kernel(relocate(&conn, link.ifindex, &target, name).await)?;
+                let arrived = Ctx {
+                    conn: &target,
+                    fail: &fail,
+                }
+                .need(to_netns, name, seen)
+                .await?;
+                if arrived.mac != link.mac || arrived.kind != link.kind {
+                    return Err(fail(format!(
+                        "{name} in {to_netns} is not the device moved (MAC {:?}, kind {:?})",
+                        arrived.mac, arrived.kind
+                    )));
+                }
+                Ok(())
             }
             Action::DeleteStaleVeth { netns, dev, mac } => {
                 let Some(link) = ctx.get(netns, dev, seen).await? else {
@@ -475,11 +502,7 @@ impl Executor {
             )?;
             let made = ctx.need(parent_netns, &temp, seen).await?;
             seen.remove(&(parent_netns.clone(), temp.clone()));
-            let moving = LinkUnspec::new_with_index(made.ifindex)
-                .setns_by_fd(target.fd())
-                .name(name.to_string())
-                .build();
-            if let Err(e) = ctx.conn.handle().link().set(moving).execute().await {
+            if let Err(e) = relocate(ctx.conn, made.ifindex, &target, name).await {
                 // Leave nothing of ours behind in the parent's netns.
                 let _ = ctx.conn.handle().link().del(made.ifindex).execute().await;
                 return Err((ctx.fail)(kernel_says(&e)));
@@ -517,6 +540,21 @@ impl Executor {
     async fn conn(&self, netns: &Locator) -> Result<Arc<NetnsConn>, String> {
         self.pool.get(netns).await.map_err(|e| e.to_string())
     }
+}
+
+/// Moves device `ifindex` from `from`'s netns into `to`'s under `name` (IFLA_NET_NS_FD with
+/// IFLA_IFNAME: the name is looked up only in `to`).
+async fn relocate(
+    from: &NetnsConn,
+    ifindex: u32,
+    to: &NetnsConn,
+    name: &str,
+) -> Result<(), rtnetlink::Error> {
+    let moving = LinkUnspec::new_with_index(ifindex)
+        .setns_by_fd(to.fd())
+        .name(name.to_string())
+        .build();
+    from.handle().link().set(moving).execute().await
 }
 
 /// One action's connection and how it reports failure.

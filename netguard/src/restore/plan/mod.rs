@@ -78,6 +78,8 @@ pub enum Verdict {
     Lent,
     /// A NIC not seen anywhere.
     Lost,
+    /// An operator's lend or reclaim: the actions move the NIC.
+    Move,
 }
 
 impl fmt::Display for Verdict {
