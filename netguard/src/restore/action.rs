@@ -227,3 +227,23 @@ impl fmt::Display for Action {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_move_reads_like_ip_link_set_netns() {
+        let moving = Action::MoveTo {
+            netns: Locator::Host,
+            dev: "eth2".into(),
+            to_netns: Locator::Path("/run/netns/c1".into()),
+            name: "ngtmp1.0".into(),
+        };
+        assert_eq!(
+            moving.to_string(),
+            "[host] ip link set eth2 netns /run/netns/c1 name ngtmp1.0"
+        );
+        assert_eq!(moving.device(), "eth2");
+    }
+}
