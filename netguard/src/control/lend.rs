@@ -35,6 +35,41 @@ pub enum LendError {
     Vanished { name: String, netns: String },
 }
 
+/// The actions that move `dev` (in `from`) to `to` under `final_name` without a name race:
+/// down, into `to` under `temp`, renamed there, and up again if `up`.
+fn moves(
+    (from, dev): (&Locator, &str),
+    to: &Locator,
+    temp: String,
+    final_name: &str,
+    up: bool,
+) -> Vec<Action> {
+    let mut actions = vec![
+        Action::SetDown {
+            netns: from.clone(),
+            dev: dev.to_string(),
+        },
+        Action::MoveTo {
+            netns: from.clone(),
+            dev: dev.to_string(),
+            to_netns: to.clone(),
+            name: temp.clone(),
+        },
+        Action::Rename {
+            netns: to.clone(),
+            dev: temp,
+            to: final_name.to_string(),
+        },
+    ];
+    if up {
+        actions.push(Action::SetUp {
+            netns: to.clone(),
+            dev: final_name.to_string(),
+        });
+    }
+    actions
+}
+
 /// Moves `link` (in `from`) to `to` under `final_name`: down, move under a temporary name,
 /// rename, up again if `up`. Returns the device as it is in `to`.
 async fn relocate(
@@ -45,30 +80,13 @@ async fn relocate(
     final_name: &str,
     up: bool,
 ) -> Result<LiveLink, LendError> {
-    let temp = temporary_link_name();
-    let mut actions = vec![
-        Action::SetDown {
-            netns: from.locator.clone(),
-            dev: link.name.clone(),
-        },
-        Action::MoveTo {
-            netns: from.locator.clone(),
-            dev: link.name.clone(),
-            to_netns: to.locator.clone(),
-            name: temp.clone(),
-        },
-        Action::Rename {
-            netns: to.locator.clone(),
-            dev: temp,
-            to: final_name.to_string(),
-        },
-    ];
-    if up {
-        actions.push(Action::SetUp {
-            netns: to.locator.clone(),
-            dev: final_name.to_string(),
-        });
-    }
+    let actions = moves(
+        (&from.locator, &link.name),
+        &to.locator,
+        temporary_link_name(),
+        final_name,
+        up,
+    );
     let item = Item {
         target: Target::Nic {
             home_name: home_name.to_string(),
@@ -264,4 +282,43 @@ pub async fn relend_persistent(
         results.push(self::lend(restorer, ledger, &name, path, Some(&lend.name), true).await);
     }
     results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lend_is_down_move_under_a_temporary_name_rename_up() {
+        let c1 = Locator::Path("/run/netns/c1".into());
+        let lines: Vec<String> = moves(
+            (&Locator::Host, "eth2"),
+            &c1,
+            "ngtmp7.0".into(),
+            "eth0",
+            true,
+        )
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(
+            lines,
+            [
+                "[host] ip link set eth2 down",
+                "[host] ip link set eth2 netns /run/netns/c1 name ngtmp7.0",
+                "[/run/netns/c1] ip link set ngtmp7.0 name eth0",
+                "[/run/netns/c1] ip link set eth0 up",
+            ]
+        );
+        // A NIC that was down at home comes back down.
+        let back = moves(
+            (&c1, "eth0"),
+            &Locator::Host,
+            "ngtmp7.1".into(),
+            "eth2",
+            false,
+        );
+        assert_eq!(back.len(), 3);
+        assert!(!back.iter().any(|a| matches!(a, Action::SetUp { .. })));
+    }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::capture::{self as learn, cni, LearnError};
+use crate::capture::{self, cni, LearnError};
 use crate::inventory::InventoryError;
 use crate::ledger::{Ledger, LedgerError, Locator};
 pub mod lend;
@@ -97,7 +97,7 @@ pub async fn execute(
     let reply = match operation {
         Operation::Learn { netns } => {
             let locators: Vec<Locator> = netns.iter().map(|p| Locator::Path(p.clone())).collect();
-            let learned = learn::learn(pool, ledger, &locators).await?;
+            let learned = capture::learn(pool, ledger, &locators).await?;
             let mut text = format!("guarding {} link(s)", learned.guarded.len());
             for key in &learned.guarded {
                 text += &format!("\n  {key}");
@@ -117,7 +117,7 @@ pub async fn execute(
             let mut ok = true;
             for file in files {
                 let imported = match file {
-                    Ok(attachment) => learn::import_cni(pool, ledger, &attachment)
+                    Ok(attachment) => capture::import_cni(pool, ledger, &attachment)
                         .await
                         .map_err(ControlError::from),
                     Err(e) => Err(e.into()),
