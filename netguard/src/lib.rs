@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: kernel events ([`trace`]) -> what we remember ([`ledger`]) -> a plan
 //! against what the kernel says now ([`inventory`], [`restore`]) -> netlink actions.
+//! Modules import only from lower layers (docs/architecture.md; checked by `cargo xtask test`).
 
 pub mod agent;
 pub mod api;
