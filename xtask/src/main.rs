@@ -2,6 +2,7 @@
 //! need, the VM test bed and benchmarks live here rather than in scattered shell scripts.
 
 mod bench;
+mod layers;
 mod setup;
 mod shell;
 mod vm;
@@ -37,7 +38,7 @@ enum Task {
         vm: vm::VmArgs,
     },
     /// Build release binaries and run the benchmarks (as root, in namespaces they create, and
-    /// in QEMU guests): one table, and the same as JSON in target/bench/latest.json.
+    /// in QEMU guests): one table, and the same as JSON in <target dir>/bench/latest.json.
     Bench {
         #[command(flatten)]
         bench: bench::BenchArgs,
@@ -72,10 +73,9 @@ fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
     } else {
         args
     };
-    let status =
-        std::process::Command::new(shell::workspace_root().join("target/release/netguard"))
-            .args(&args)
-            .status()?;
+    let status = std::process::Command::new(shell::target_dir().join("release/netguard"))
+        .args(&args)
+        .status()?;
     Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
 }
 
@@ -110,6 +110,7 @@ fn test(vm_args: &vm::VmArgs) -> anyhow::Result<ExitCode> {
         cargo_tests.passed, cargo_tests.failed
     );
     total.add(cargo_tests);
+    total.add(layers::check()?);
     let vm = vm::run(vm_args)?;
     total.add(vm);
     println!("total: {} passed, {} failed", total.passed, total.failed);
