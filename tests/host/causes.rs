@@ -4,7 +4,7 @@
 
 use netguard::event::{Cause, Event, EventKind};
 use netguard::trace::{BackendChoice, BackendKind};
-use netguard_tests::{is_at, skip_unless_root, EventWatch, TestNetns};
+use netguard_tests::{is_at, EventWatch, World};
 
 const NETLINK: BackendChoice = BackendChoice::Only(BackendKind::Netlink);
 
@@ -14,23 +14,22 @@ fn unregister_of(name: &'static str, netns: u64) -> impl Fn(&Event) -> bool {
 
 #[tokio::test]
 async fn a_macvlan_goes_with_its_veth_parent_and_an_explicit_delete_is_explicit() {
-    if skip_unless_root() {
-        return;
-    }
-    let (host, pod) = (TestNetns::new("h"), TestNetns::new("pod"));
-    let mut watch = EventWatch::start(NETLINK, &host, &[&host, &pod]).await;
+    // The veth and macvlans start in `lan` (a container netns: the watch counts those).
+    let w = World::new("cz").with(&["lan", "pod"]);
+    let (lan, pod) = (w.ns("lan"), w.ns("pod"));
+    let mut watch = EventWatch::start(NETLINK, &w).await;
 
-    host.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
-    host.ip(&[
+    lan.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+    lan.ip(&[
         "link", "add", "link", "v0", "name", "mv0", "type", "macvlan", "mode", "bridge",
     ]);
-    host.ip(&[
+    lan.ip(&[
         "link", "add", "link", "v0", "name", "mv1", "type", "macvlan", "mode", "bridge",
     ]);
-    host.ip(&["link", "set", "mv0", "netns", &pod.name]);
+    lan.ip(&["link", "set", "mv0", "netns", &pod.name]);
     let v0 = watch
         .expect("register of v0", |e| {
-            e.kind == EventKind::Register && is_at(&e.to, "v0", host.inode())
+            e.kind == EventKind::Register && is_at(&e.to, "v0", lan.inode())
         })
         .await;
     watch
@@ -39,9 +38,9 @@ async fn a_macvlan_goes_with_its_veth_parent_and_an_explicit_delete_is_explicit(
         })
         .await;
 
-    host.ip(&["link", "del", "mv1"]);
+    lan.ip(&["link", "del", "mv1"]);
     let deleted = watch
-        .expect("unregister of mv1", unregister_of("mv1", host.inode()))
+        .expect("unregister of mv1", unregister_of("mv1", lan.inode()))
         .await;
     assert_eq!(
         (deleted.cause, deleted.parent.clone()),
@@ -49,7 +48,7 @@ async fn a_macvlan_goes_with_its_veth_parent_and_an_explicit_delete_is_explicit(
         "{deleted:?}"
     );
 
-    host.ip(&["link", "del", "v0"]);
+    lan.ip(&["link", "del", "v0"]);
     let gone = watch
         .expect(
             "unregister of the pod's mv0",
@@ -64,7 +63,7 @@ async fn a_macvlan_goes_with_its_veth_parent_and_an_explicit_delete_is_explicit(
     assert_eq!(parent.device, v0.device, "the parent's own device key");
     // The veth itself was deleted by request.
     let v0_gone = watch
-        .expect("unregister of v0", unregister_of("v0", host.inode()))
+        .expect("unregister of v0", unregister_of("v0", lan.inode()))
         .await;
     assert_eq!(v0_gone.cause, Cause::Explicit, "{v0_gone:?}");
 }
