@@ -3,8 +3,9 @@
 //!
 //! One JSON document (`state.json`, atomic writes, checksummed) plus an append-only journal
 //! (`journal.jsonl`, rotated by size). Every change goes to the journal at once; the document is
-//! written by [`Ledger::save`], once per pass, not per change. A document that cannot be read
-//! is moved aside untouched and the ledger is rebuilt from the journal.
+//! written by [`Ledger::save`], once per pass, not per change. A document that reads fine but
+//! is damaged is moved aside untouched and the ledger is rebuilt from the journal; one that
+//! cannot be read (an I/O error) stops the open, and stays where it is.
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +33,11 @@ pub enum LedgerError {
     #[error("cannot {action} {path}: {source} (check the ledger directory exists, is writable by root, and the disk is not full)")]
     Io {
         action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read the ledger document {path}: {source}; it was left where it is (only a document that reads fine and fails its checksum or layout is moved aside): fix the disk or the path, then start again")]
+    Unreadable {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -167,17 +173,19 @@ impl Ledger {
             source,
         })?;
         let path = options.dir.join(STATE_FILE);
-        let loaded = store::load(&path);
+        let loaded = store::load(&path)?;
         // A usable document already holds everything up to its `journal_seq`.
         let after = match &loaded {
-            Ok(Some(content)) => content.journal_seq,
+            store::Loaded::Good(content) => content.journal_seq,
             _ => 0,
         };
         let replay = journal::read_since(&options.dir, after)?;
         let (mut content, opened) = match loaded {
-            Ok(Some(content)) => (content, Opened::Loaded { replayed: 0 }),
-            Ok(None) if replay.lines.is_empty() => (LedgerContent::default(), Opened::Fresh),
-            Ok(None) => (
+            store::Loaded::Good(content) => (content, Opened::Loaded { replayed: 0 }),
+            store::Loaded::Absent if replay.lines.is_empty() => {
+                (LedgerContent::default(), Opened::Fresh)
+            }
+            store::Loaded::Absent => (
                 LedgerContent::default(),
                 Opened::Rebuilt {
                     file: path.clone(),
@@ -186,10 +194,7 @@ impl Ledger {
                     replayed: 0,
                 },
             ),
-            Err(problem @ store::DocProblem::Newer(_)) => {
-                return Err(LedgerError::Newer { path, problem })
-            }
-            Err(problem) => {
+            store::Loaded::Corrupt(problem) => {
                 let moved_to = Some(store::move_aside(&path)?);
                 let problem = problem.to_string();
                 (
@@ -855,31 +860,43 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_document_is_moved_aside_too() {
+    fn unreadable_document_is_an_error_and_stays_in_place() {
         let dir = TempDir::new("ledger-unreadable");
-        // A directory where the file should be cannot be read as a file.
-        std::fs::create_dir(dir.path().join(STATE_FILE)).unwrap();
-        let (_, opened) = open(dir.path());
-        assert!(
-            matches!(
-                opened,
-                Opened::Rebuilt {
-                    moved_to: Some(_),
-                    ..
-                }
-            ),
-            "{opened:?}"
-        );
+        let (mut ledger, _) = open(dir.path());
+        ledger.record_link(sample_content().links.into_values().next().unwrap().spec);
+        drop(ledger);
+        // A directory where the file should be: reading it fails with EISDIR, an I/O error
+        // like EIO, which says nothing about the document.
+        let state = dir.path().join(STATE_FILE);
+        std::fs::create_dir(&state).unwrap();
+        let err = Ledger::open(LedgerOptions::new(dir.path())).err().unwrap();
+        assert!(matches!(err, LedgerError::Unreadable { .. }), "{err:?}");
+        assert!(err.to_string().contains("left where it is"), "{err}");
+        assert!(state.is_dir(), "left in place");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.contains("corrupt")), "{names:?}");
     }
 
     #[test]
     fn newer_document_is_refused_not_overwritten() {
         let dir = TempDir::new("ledger-newer");
         let state = dir.path().join(STATE_FILE);
-        std::fs::write(&state, br#"{"version": 9, "checksum": "x", "ledger": {}}"#).unwrap();
+        let newer = br#"{"version": 9, "checksum": "x", "ledger": {}}"#;
+        std::fs::write(&state, newer).unwrap();
         let err = Ledger::open(LedgerOptions::new(dir.path())).err().unwrap();
-        assert!(err.to_string().contains("newer netguard"), "{err}");
-        assert!(state.exists());
+        let text = err.to_string();
+        assert!(
+            text.contains("newer netguard") && text.contains("will not overwrite"),
+            "{text}"
+        );
+        assert_eq!(std::fs::read(&state).unwrap(), newer, "untouched");
+        assert!(
+            !dir.path().join(journal::FILE_NAME).exists(),
+            "nothing journalled either"
+        );
     }
 
     #[test]
