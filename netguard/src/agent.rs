@@ -221,33 +221,18 @@ pub async fn run(
     let s = shared.clone();
     tasks.spawn(async move { watch_bind_mounts(&s.wake).await });
     let s = shared.clone();
-    tasks.spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let s = s.clone();
-            tokio::spawn(async move {
-                let answer = |request: Request| {
-                    let s = s.clone();
-                    async move {
-                        match request {
-                            Request::Status => {
-                                serde_json::to_value(s.status().await).unwrap_or_default()
-                            }
-                            Request::Operate { operation } => {
-                                serde_json::to_value(s.operate(&operation).await)
-                                    .unwrap_or_default()
-                            }
-                        }
-                    }
-                };
-                if let Err(e) = api::serve_connection(stream, answer).await {
-                    tracing::debug!("API connection: {e}");
+    let answer = move |request: Request| {
+        let s = s.clone();
+        async move {
+            match request {
+                Request::Status => serde_json::to_value(s.status().await).unwrap_or_default(),
+                Request::Operate { operation } => {
+                    serde_json::to_value(s.operate(&operation).await).unwrap_or_default()
                 }
-            });
+            }
         }
-    });
+    };
+    tasks.spawn(api::serve(listener, api::Limits::default(), answer));
 
     // Every task runs forever: one that ends (the tracer stopped, say) is a failure, so that
     // a service manager restarts the agent.

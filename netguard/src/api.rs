@@ -1,12 +1,19 @@
 //! The agent's local API: one JSON request and one JSON response per line, over a Unix socket
-//! that only root may open (mode 0600).
+//! that only root may open (mode 0600). Bounded like a server: a request line has at most
+//! [`Limits::max_line`] bytes, at most [`Limits::max_connections`] are served at once (more
+//! wait in the listen backlog), an idle connection is closed, and accept errors (EMFILE, say)
+//! back off instead of spinning.
 
+use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -66,25 +73,148 @@ pub async fn listen(path: &Path) -> Result<UnixListener, ApiError> {
     Ok(listener)
 }
 
-/// Serves one connection: each request line gets `answer(request)` as one JSON line.
-pub async fn serve_connection<F, Fut>(stream: UnixStream, answer: F) -> std::io::Result<()>
-where
-    F: Fn(Request) -> Fut,
-    Fut: std::future::Future<Output = serde_json::Value>,
-{
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    while let Some(line) = lines.next_line().await? {
-        let reply = match serde_json::from_str::<Request>(&line) {
-            Ok(request) => serde_json::to_vec(&answer(request).await)?,
-            Err(e) => {
-                serde_json::to_vec(&serde_json::json!({ "error": format!("bad request: {e}") }))?
-            }
-        };
-        write.write_all(&reply).await?;
-        write.write_all(b"\n").await?;
+/// How much the server takes on.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes in one request line, its newline not counted.
+    pub max_line: usize,
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_line: 64 << 10,
+            max_connections: 32,
+            idle: Duration::from_secs(60),
+        }
     }
-    Ok(())
+}
+
+/// Accept errors back off from this ...
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// ... doubling up to this.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Serves `listener` forever, each connection on its own task, within `limits`.
+pub async fn serve<F, Fut>(listener: UnixListener, limits: Limits, answer: F)
+where
+    F: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = serde_json::Value> + Send,
+{
+    accept_loop(|| listener.accept(), limits, answer).await
+}
+
+async fn accept_loop<A, AFut, S, F, Fut>(mut accept: A, limits: Limits, answer: F)
+where
+    A: FnMut() -> AFut,
+    AFut: Future<Output = std::io::Result<(S, tokio::net::unix::SocketAddr)>>,
+    S: AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    F: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = serde_json::Value> + Send,
+{
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        // A free slot first: past the limit, clients wait in the kernel's backlog.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        match accept().await {
+            Ok((stream, _)) => {
+                backoff = BACKOFF_MIN;
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve_connection(stream, limits, answer).await {
+                        tracing::debug!("API connection: {e}");
+                    }
+                    drop(slot);
+                });
+            }
+            Err(e) => {
+                tracing::warn!("API socket: accept failed ({e}); trying again in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// One request line, read within the limit.
+enum Line {
+    Request(Vec<u8>),
+    TooLong,
+    End,
+}
+
+async fn read_line<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    max: usize,
+) -> std::io::Result<Line> {
+    let mut line = Vec::new();
+    // One byte past the limit (plus its newline) tells a line that is too long.
+    let limit = max as u64 + 1;
+    reader.take(limit).read_until(b'\n', &mut line).await?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        return Ok(Line::Request(line));
+    }
+    Ok(match line.len() {
+        0 => Line::End,
+        n if n > max => Line::TooLong,
+        // The last line, without its newline.
+        _ => Line::Request(line),
+    })
+}
+
+/// Serves one connection: each request line gets `answer(request)` as one JSON line. A line
+/// over the limit gets an error and the connection is closed (the rest of it cannot be told
+/// apart from the next request).
+pub async fn serve_connection<S, F, Fut>(
+    stream: S,
+    limits: Limits,
+    answer: F,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + tokio::io::AsyncWrite,
+    F: Fn(Request) -> Fut,
+    Fut: Future<Output = serde_json::Value>,
+{
+    let (read, mut write) = tokio::io::split(stream);
+    let mut reader = BufReader::new(read);
+    loop {
+        let line = match tokio::time::timeout(limits.idle, read_line(&mut reader, limits.max_line))
+            .await
+        {
+            Ok(line) => line?,
+            Err(_) => return Ok(()),
+        };
+        let (reply, last) = match line {
+            Line::End => return Ok(()),
+            Line::TooLong => {
+                let error = format!(
+                    "bad request: longer than {} bytes; one request is one JSON line",
+                    limits.max_line
+                );
+                (serde_json::json!({ "error": error }), true)
+            }
+            Line::Request(line) => match serde_json::from_slice::<Request>(&line) {
+                Ok(request) => (answer(request).await, false),
+                Err(e) => (
+                    serde_json::json!({ "error": format!("bad request: {e}") }),
+                    false,
+                ),
+            },
+        };
+        let mut bytes = serde_json::to_vec(&reply)?;
+        bytes.push(b'\n');
+        write.write_all(&bytes).await?;
+        if last {
+            return write.shutdown().await;
+        }
+    }
 }
 
 /// Sends one request to the agent at `path` and reads its answer.
@@ -118,19 +248,28 @@ pub async fn request<R: DeserializeOwned>(path: &Path, request: &Request) -> Res
 mod tests {
     use super::*;
 
+    async fn echo(request: Request) -> serde_json::Value {
+        serde_json::json!({ "got": request })
+    }
+
+    fn socket(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("netguard-api-{}-{tag}.sock", std::process::id()))
+    }
+
+    async fn ask(stream: &mut UnixStream, line: &[u8]) -> String {
+        stream.write_all(line).await.unwrap();
+        let mut answer = String::new();
+        BufReader::new(stream).read_line(&mut answer).await.unwrap();
+        answer
+    }
+
     #[tokio::test]
     async fn status_round_trip_and_second_agent_refused() {
-        let path = std::env::temp_dir().join(format!("netguard-api-{}.sock", std::process::id()));
+        let path = socket("round-trip");
         let listener = listen(&path).await.unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve_connection(stream, |r| async move {
-                    serde_json::json!({ "got": r })
-                }));
-            }
-        });
+        tokio::spawn(serve(listener, Limits::default(), echo));
         let answer: serde_json::Value = request(&path, &Request::Status).await.unwrap();
         assert_eq!(
             answer,
@@ -141,6 +280,94 @@ mod tests {
             Err(ApiError::AlreadyRunning { .. })
         ));
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_line_over_the_limit_is_refused_and_the_connection_closed() {
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let limits = Limits::default();
+        tokio::spawn(serve_connection(server, limits, echo));
+        // Exactly at the limit: an answer (not JSON, but read in full).
+        let mut line = vec![b' '; limits.max_line];
+        line.push(b'\n');
+        let answer = ask(&mut client, &line).await;
+        assert!(
+            answer.contains("bad request: EOF while parsing"),
+            "{answer}"
+        );
+        // One byte over, newline or not: refused, then nothing more is read.
+        let line = vec![b'x'; limits.max_line + 1];
+        let answer = ask(&mut client, &line).await;
+        assert!(answer.contains("longer than 65536 bytes"), "{answer}");
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "closed after the refusal");
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_limit_wait_for_a_free_slot() {
+        let path = socket("limit");
+        let listener = listen(&path).await.unwrap();
+        let limits = Limits {
+            max_connections: 2,
+            ..Limits::default()
+        };
+        tokio::spawn(serve(listener, limits, echo));
+        let status = b"{\"request\":\"status\"}\n";
+        let mut first = UnixStream::connect(&path).await.unwrap();
+        let mut second = UnixStream::connect(&path).await.unwrap();
+        assert!(ask(&mut first, status).await.contains("status"));
+        assert!(ask(&mut second, status).await.contains("status"));
+        // Both slots held: the third waits in the backlog, unanswered.
+        let mut third = UnixStream::connect(&path).await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(300), ask(&mut third, status));
+        assert!(waiting.await.is_err(), "served past the limit");
+        drop(first);
+        let answer = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut answer = String::new();
+            BufReader::new(&mut third)
+                .read_line(&mut answer)
+                .await
+                .unwrap();
+            answer
+        });
+        assert!(
+            answer.await.unwrap().contains("status"),
+            "served once a slot is free"
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn accept_errors_back_off_and_serving_goes_on() {
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let mut server = Some(server);
+        let mut failures = 0;
+        let started = tokio::time::Instant::now();
+        let accept = move || {
+            let next = if failures < 5 {
+                failures += 1;
+                Err(std::io::Error::from_raw_os_error(libc::EMFILE))
+            } else {
+                let addr = tokio::net::unix::SocketAddr::from(
+                    std::os::unix::net::UnixDatagram::unbound()
+                        .unwrap()
+                        .local_addr()
+                        .unwrap(),
+                );
+                match server.take() {
+                    Some(stream) => Ok((stream, addr)),
+                    None => Err(std::io::Error::from_raw_os_error(libc::EMFILE)),
+                }
+            };
+            async move { next }
+        };
+        tokio::spawn(accept_loop(accept, Limits::default(), echo));
+        let answer = ask(&mut client, b"{\"request\":\"status\"}\n").await;
+        assert!(answer.contains("status"), "{answer}");
+        // 10 + 20 + 40 + 80 + 160 ms of back-off before the sixth accept.
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
     }
 
     #[tokio::test]
