@@ -2,6 +2,7 @@
 //! need, the VM test bed and benchmarks live here rather than in scattered shell scripts.
 
 mod bench;
+mod fuzz;
 mod setup;
 mod shell;
 mod vm;
@@ -36,6 +37,11 @@ enum Task {
         #[command(flatten)]
         vm: vm::VmArgs,
     },
+    /// Fuzz every parser of outside input (libFuzzer, coverage-guided) for N seconds each.
+    Fuzz {
+        #[command(flatten)]
+        fuzz: fuzz::FuzzArgs,
+    },
     /// Build release binaries and run the benchmarks (as root, in namespaces they create, and
     /// in QEMU guests): one table, and the same as JSON in target/bench/latest.json.
     Bench {
@@ -53,6 +59,7 @@ fn main() -> ExitCode {
         Task::VmTest { vm } => setup::run()
             .and_then(|()| vm::run(&vm))
             .map(|t| t.exit_code()),
+        Task::Fuzz { fuzz } => fuzz::run(&fuzz),
         Task::Bench { bench } => bench::run(&bench),
     };
     match result {
@@ -110,6 +117,9 @@ fn test(vm_args: &vm::VmArgs) -> anyhow::Result<ExitCode> {
         cargo_tests.passed, cargo_tests.failed
     );
     total.add(cargo_tests);
+    let fuzzed = fuzz::fuzz(&fuzz::TARGETS, fuzz::SHORT_SECONDS)?;
+    println!("fuzz: {} passed, {} failed", fuzzed.passed, fuzzed.failed);
+    total.add(fuzzed);
     let vm = vm::run(vm_args)?;
     total.add(vm);
     println!("total: {} passed, {} failed", total.passed, total.failed);

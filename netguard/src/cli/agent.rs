@@ -59,16 +59,23 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = sigint.recv() => {}
-                _ = sigterm.recv() => {}
+        // One message per signal: the first stops the agent gracefully, a second at once.
+        let (stop, stops) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = sigint.recv() => {}
+                    _ = sigterm.recv() => {}
+                }
+                if stop.send(()).await.is_err() {
+                    return;
+                }
             }
-        };
-        match agent::run(options, shutdown).await {
+        });
+        match agent::run(options, stops).await {
             Ok(()) => Ok(ExitCode::SUCCESS),
-            // Not bad input: the agent ran and broke down.
-            Err(e @ agent::AgentError::TaskEnded(_)) => {
+            // Not bad input: the agent ran and broke down, or was told to stop at once.
+            Err(e @ (agent::AgentError::TaskEnded(_) | agent::AgentError::StoppedAtOnce)) => {
                 eprintln!("netguard: {e}");
                 Ok(ExitCode::FAILURE)
             }
