@@ -131,13 +131,19 @@ impl Journal {
                 source,
             })?
             .len();
+        let next_seq = last_seq
+            .checked_add(1)
+            .ok_or_else(|| LedgerError::SeqExhausted {
+                path: path.clone(),
+                seq: last_seq,
+            })?;
         let mut journal = Journal {
             path,
             file,
             size,
             max_bytes,
             keep,
-            next_seq: last_seq + 1,
+            next_seq,
         };
         journal.close_torn_line()?;
         Ok(journal)
@@ -172,6 +178,13 @@ impl Journal {
     /// Appends one line; returns its sequence number. One `write` per line, so a crash tears
     /// at most the last line (skipped on replay).
     pub fn append(&mut self, entry: JournalEntry) -> Result<u64, LedgerError> {
+        let after = self
+            .next_seq
+            .checked_add(1)
+            .ok_or_else(|| LedgerError::SeqExhausted {
+                path: self.path.clone(),
+                seq: self.next_seq,
+            })?;
         let line = JournalLine {
             seq: self.next_seq,
             time: Utc::now(),
@@ -183,7 +196,7 @@ impl Journal {
         })?;
         text.push(b'\n');
         self.write_line(&text)?;
-        self.next_seq += 1;
+        self.next_seq = after;
         Ok(line.seq)
     }
 
@@ -466,6 +479,30 @@ mod tests {
         let entries: Vec<_> = replay.lines.iter().map(|l| (l.seq, &l.entry)).collect();
         assert_eq!(entries, [(1, &note("before")), (2, &note("after"))]);
         assert_eq!(replay.skipped, 1, "the fragment alone is skipped");
+    }
+
+    #[test]
+    fn a_sequence_number_at_the_end_of_the_range_is_refused_not_a_panic() {
+        let dir = TempDir::new("seq-max");
+        let line = format!(
+            r#"{{"seq":{},"time":"2026-12-01T12:00:00Z","type":"note","message":"x"}}"#,
+            u64::MAX
+        );
+        fs::write(dir.path().join(FILE_NAME), line + "\n").unwrap();
+        let replay = read_since(dir.path(), 0).unwrap();
+        assert_eq!(replay.last_seq, u64::MAX);
+        let err = Journal::open(dir.path(), 1 << 20, 3, replay.last_seq)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("leaves no room"), "{err}");
+        let mut journal = Journal::open(dir.path(), 1 << 20, 3, u64::MAX - 1).unwrap();
+        let note = JournalEntry::Note {
+            message: "y".into(),
+        };
+        assert!(matches!(
+            journal.append(note),
+            Err(LedgerError::SeqExhausted { .. })
+        ));
     }
 
     #[test]

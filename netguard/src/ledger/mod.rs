@@ -41,6 +41,8 @@ pub enum LedgerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("journal {path}: sequence number {seq} leaves no room for another entry (a damaged or hand-edited line); move the journal files away to start from the document")]
+    SeqExhausted { path: PathBuf, seq: u64 },
     #[error("cannot encode ledger data for {path}: {source}")]
     Encode {
         path: PathBuf,
