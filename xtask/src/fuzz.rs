@@ -11,7 +11,7 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::{bail, Context};
 use clap::Args;
 
-use crate::shell::{run as run_command, workspace_root};
+use crate::shell::{run as run_command, target_dir, workspace_root};
 use crate::Tally;
 
 /// Every target, one per parser of outside input.
@@ -96,12 +96,8 @@ pub fn fuzz(targets: &[&str], seconds: u64) -> anyhow::Result<Tally> {
     Ok(tally)
 }
 
-/// `<target dir>/fuzz`, the target dir being `CARGO_TARGET_DIR` when set.
 fn fuzz_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
-        .join("fuzz")
+    target_dir().join("fuzz")
 }
 
 fn binary(dir: &Path, target: &str) -> PathBuf {
