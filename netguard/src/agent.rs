@@ -193,6 +193,9 @@ pub async fn run(
             started: Utc::now(),
             passes: 0,
             events: 0,
+            state_dir: std::path::absolute(&options.ledger.dir).ok(),
+            host_netns: options.host_netns.clone(),
+            host_netns_inode: Some(host_inode),
         }),
         wake: Notify::new(),
     });

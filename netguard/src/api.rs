@@ -15,6 +15,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufRead
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
+use crate::status::{AgentInfo, Status};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("no agent is running (nothing listens on {path}: {source})")]
@@ -33,6 +35,12 @@ pub enum ApiError {
     Io {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error("the agent answering on {path} (pid {pid}) is not the one this command means: {differs}; give --socket of the agent for this ledger, or the agent's own --state-dir and --host-netns")]
+    OtherAgent {
+        path: PathBuf,
+        pid: u32,
+        differs: String,
     },
     #[error("the agent on {path} answered something unreadable: {source}")]
     Protocol {
@@ -217,31 +225,121 @@ where
     }
 }
 
+/// The agent a command means: the one keeping the ledger in `state_dir` for the host netns
+/// `host_netns` (`None`: init_net).
+#[derive(Debug, Clone)]
+pub struct Meant {
+    pub state_dir: PathBuf,
+    pub host_netns: Option<PathBuf>,
+}
+
+impl Meant {
+    /// What differs between this and the agent described by `agent`; `None` when it is the
+    /// agent meant. An agent too old to say where its ledger is passes on what it says.
+    pub fn differs(&self, agent: &AgentInfo) -> Option<String> {
+        let mut differs = Vec::new();
+        if let Some(theirs) = &agent.state_dir {
+            if !same_path(theirs, &self.state_dir) {
+                differs.push(format!(
+                    "its ledger is in {}, this command's in {}",
+                    theirs.display(),
+                    self.state_dir.display()
+                ));
+            }
+        }
+        if let Some(their_inode) = agent.host_netns_inode {
+            let name =
+                |p: Option<&PathBuf>| p.map_or("init_net".into(), |p| p.display().to_string());
+            let ours = crate::netns::host_inode(self.host_netns.as_deref());
+            if ours.as_ref().ok() != Some(&their_inode) {
+                differs.push(format!(
+                    "its host netns is {} (inode {their_inode}), this command's {} ({})",
+                    name(agent.host_netns.as_ref()),
+                    name(self.host_netns.as_ref()),
+                    match ours {
+                        Ok(inode) => format!("inode {inode}"),
+                        Err(e) => e.to_string(),
+                    }
+                ));
+            }
+        }
+        (!differs.is_empty()).then(|| differs.join("; "))
+    }
+}
+
+/// Whether two paths name the same place (as given, made absolute, or with links resolved).
+fn same_path(a: &Path, b: &Path) -> bool {
+    let absolute = |p: &Path| std::path::absolute(p).ok();
+    a == b
+        || absolute(a) == absolute(b)
+        || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+}
+
+/// Sends `request` to the agent at `path`, but only once that agent, asked on the same
+/// connection, said it is the one `meant`: a command never acts through another agent's
+/// ledger or host netns.
+pub async fn request_to<R: DeserializeOwned>(
+    path: &Path,
+    meant: &Meant,
+    request: &Request,
+) -> Result<R, ApiError> {
+    let mut conn = Connection::open(path).await?;
+    let status: Status = conn.ask(&Request::Status).await?;
+    if let Some(agent) = &status.agent {
+        if let Some(differs) = meant.differs(agent) {
+            return Err(ApiError::OtherAgent {
+                path: path.into(),
+                pid: agent.pid,
+                differs,
+            });
+        }
+    }
+    conn.ask(request).await
+}
+
 /// Sends one request to the agent at `path` and reads its answer.
 pub async fn request<R: DeserializeOwned>(path: &Path, request: &Request) -> Result<R, ApiError> {
-    let stream = UnixStream::connect(path)
-        .await
-        .map_err(|source| ApiError::NoAgent {
+    Connection::open(path).await?.ask(request).await
+}
+
+/// A client's connection: one request line, one answer line, as often as needed.
+struct Connection {
+    path: PathBuf,
+    read: BufReader<tokio::net::unix::OwnedReadHalf>,
+    write: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Connection {
+    async fn open(path: &Path) -> Result<Connection, ApiError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ApiError::NoAgent {
+                path: path.into(),
+                source,
+            })?;
+        let (read, write) = stream.into_split();
+        Ok(Connection {
             path: path.into(),
+            read: BufReader::new(read),
+            write,
+        })
+    }
+
+    async fn ask<R: DeserializeOwned>(&mut self, request: &Request) -> Result<R, ApiError> {
+        let io = |source| ApiError::Io {
+            path: self.path.clone(),
             source,
-        })?;
-    let io = |source| ApiError::Io {
-        path: path.into(),
-        source,
-    };
-    let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_vec(request).expect("requests always serialize");
-    line.push(b'\n');
-    write.write_all(&line).await.map_err(io)?;
-    let mut answer = String::new();
-    BufReader::new(read)
-        .read_line(&mut answer)
-        .await
-        .map_err(io)?;
-    serde_json::from_str(&answer).map_err(|source| ApiError::Protocol {
-        path: path.into(),
-        source,
-    })
+        };
+        let mut line = serde_json::to_vec(request).expect("requests always serialize");
+        line.push(b'\n');
+        self.write.write_all(&line).await.map_err(io)?;
+        let mut answer = String::new();
+        self.read.read_line(&mut answer).await.map_err(io)?;
+        serde_json::from_str(&answer).map_err(|source| ApiError::Protocol {
+            path: self.path.clone(),
+            source,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -368,6 +466,72 @@ mod tests {
         // 10 + 20 + 40 + 80 + 160 ms of back-off before the sixth accept.
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn a_command_never_goes_to_an_agent_it_does_not_mean() {
+        let path = socket("meant");
+        let listener = listen(&path).await.unwrap();
+        let operated = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = operated.clone();
+        let agent = AgentInfo {
+            pid: 4242,
+            backend: crate::trace::BackendKind::Netlink,
+            unavailable: vec![],
+            started: chrono::Utc::now(),
+            passes: 0,
+            events: 0,
+            state_dir: Some("/var/lib/netguard-a".into()),
+            host_netns: None,
+            host_netns_inode: Some(crate::netns::host_inode(None).unwrap()),
+        };
+        let info = agent.clone();
+        tokio::spawn(serve(listener, Limits::default(), move |request| {
+            let (info, counter) = (info.clone(), counter.clone());
+            async move {
+                match request {
+                    Request::Status => serde_json::to_value(Status {
+                        agent: Some(info),
+                        rows: vec![],
+                    })
+                    .unwrap(),
+                    Request::Operate { .. } => {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        serde_json::json!({ "Ok": null })
+                    }
+                }
+            }
+        }));
+        let restore = Request::Operate {
+            operation: crate::control::Operation::Restore { dry_run: true },
+        };
+        let other = Meant {
+            state_dir: "/var/lib/netguard-b".into(),
+            host_netns: Some("/nonexistent/netns".into()),
+        };
+        let err = request_to::<serde_json::Value>(&path, &other, &restore)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        for part in [
+            "(pid 4242) is not the one this command means",
+            "its ledger is in /var/lib/netguard-a, this command's in /var/lib/netguard-b",
+            "its host netns is init_net",
+            "this command's /nonexistent/netns",
+        ] {
+            assert!(text.contains(part), "{part}: {text}");
+        }
+        assert_eq!(operated.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let same = Meant {
+            state_dir: "/var/lib/netguard-a/".into(),
+            host_netns: None,
+        };
+        assert!(same.differs(&agent).is_none());
+        request_to::<serde_json::Value>(&path, &same, &restore)
+            .await
+            .unwrap();
+        assert_eq!(operated.load(std::sync::atomic::Ordering::SeqCst), 1);
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[tokio::test]
