@@ -425,6 +425,27 @@ fn bad_requests_to_a_running_agent_get_one_clear_line() {
         "the first agent is still the one answering"
     );
 
+    // A command meant for another ledger never goes to this agent: exit 2, saying which
+    // agent answered and what differs.
+    let other = s.ng.state_dir.join("other");
+    let c = s.c_path();
+    for args in [&["learn", "--netns", c.as_str()][..], &["status"]] {
+        let ran = s.ng.with_state_dir(other.clone()).run(args);
+        assert_eq!(ran.code(), Some(2), "{ran}");
+        let line = one_line(&ran);
+        assert!(
+            line.contains(&format!(
+                "(pid {}) is not the one this command means",
+                agent.pid()
+            )) && line.contains(&format!(
+                "its ledger is in {}, this command's in {}",
+                s.ng.state_dir.display(),
+                other.display()
+            )),
+            "{ran}"
+        );
+    }
+
     // What is guarded can be forgotten.
     s.ng.run_ok(&["forget", "eth0"]);
     assert!(
