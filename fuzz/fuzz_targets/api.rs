@@ -33,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
         client.write_all(data).await.expect("send");
         client.shutdown().await.expect("close the sending side");
         let mut answers = Vec::new();
-        client.read_to_end(&mut answers).await.expect("read answers");
+        client
+            .read_to_end(&mut answers)
+            .await
+            .expect("read answers");
         served.await.expect("no panic").expect("served");
         for line in answers.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             serde_json::from_slice::<serde_json::Value>(line).expect("every answer is JSON");

@@ -19,7 +19,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let text = String::from_utf8_lossy(rest);
     if pick & 2 != 0 {
-        flags.exclude.push(text.lines().next().unwrap_or_default().to_string());
+        flags
+            .exclude
+            .push(text.lines().next().unwrap_or_default().to_string());
     }
     let path = Path::new("/etc/netguard/fuzz.toml");
     if let Ok(file) = FileConfig::parse(path, &text) {
