@@ -104,17 +104,9 @@ impl FileConfig {
     }
 }
 
-/// The agent's flags, each overriding the file's key of the same name.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Flags {
-    pub state_dir: Option<PathBuf>,
-    pub socket: Option<PathBuf>,
-    pub backend: Option<String>,
-    pub host_netns: Option<PathBuf>,
-    pub interval: Option<f64>,
-    /// Added to the file's list.
-    pub exclude: Vec<String>,
-}
+/// The agent's flags: the file's keys again, each given one overriding the file's (the
+/// `exclude` list adding to it).
+pub type Flags = FileConfig;
 
 /// Validated settings.
 #[derive(Debug, Clone)]
@@ -322,6 +314,11 @@ mod tests {
         Settings::resolve(FileConfig::parse(path, file).unwrap(), path, flags)
     }
 
+    /// The error for a file alone.
+    fn refused(file: &str) -> String {
+        resolve(file, Flags::default()).unwrap_err().to_string()
+    }
+
     fn interval_flag(secs: f64) -> Flags {
         Flags {
             interval: Some(secs),
@@ -353,16 +350,12 @@ mod tests {
                 "{bad}: {err}"
             );
         }
-        let err = resolve("interval = 0\n", Flags::default())
-            .unwrap_err()
-            .to_string();
+        let err = refused("interval = 0\n");
         assert!(
             err.starts_with("config /etc/ng.toml: interval 0: give"),
             "{err}"
         );
-        let err = resolve("interval = -3.5\n", Flags::default())
-            .unwrap_err()
-            .to_string();
+        let err = refused("interval = -3.5\n");
         assert!(err.contains("interval -3.5"), "{err}");
     }
 
@@ -397,9 +390,7 @@ mod tests {
                 "{bad}: {err}"
             );
         }
-        let err = resolve("exclude = [\"aa:bb\"]\n", Flags::default())
-            .unwrap_err()
-            .to_string();
+        let err = refused("exclude = [\"aa:bb\"]\n");
         assert!(
             err.starts_with("config /etc/ng.toml: exclude aa:bb: not a MAC"),
             "{err}"
