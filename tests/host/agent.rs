@@ -385,6 +385,27 @@ fn unknown_config_key_is_named_with_its_file() {
         "{ran}"
     );
     assert!(!ng.socket.exists(), "the agent started anyway");
+
+    // Values out of range are refused before anything starts, naming the flag or the key.
+    std::fs::write(&config, "interval = -1\n").unwrap();
+    let config = config.to_str().unwrap();
+    for (args, says) in [
+        (
+            &["--interval", "1e20"][..],
+            "--interval 100000000000000000000: give a number of seconds from 0.1 to 86400",
+        ),
+        (&["--interval", "NaN"], "--interval NaN: give"),
+        (
+            &["--interval", "5", "--exclude", "52:54:00:zz:00:01"],
+            "--exclude 52:54:00:zz:00:01: not a MAC address",
+        ),
+        (&[], "interval -1: give a number of seconds"),
+    ] {
+        let ran = ng.run(&[&["agent", "--config", config][..], args].concat());
+        assert_eq!(ran.code(), Some(2), "{ran}");
+        assert!(one_line(&ran).contains(says), "{says}: {ran}");
+        assert!(!ng.socket.exists(), "the agent started anyway");
+    }
 }
 
 #[test]
