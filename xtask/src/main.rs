@@ -3,6 +3,7 @@
 
 mod bench;
 mod fuzz;
+mod layers;
 mod setup;
 mod shell;
 mod vm;
@@ -116,6 +117,7 @@ fn test(vm_args: &vm::VmArgs) -> anyhow::Result<ExitCode> {
         cargo_tests.passed, cargo_tests.failed
     );
     total.add(cargo_tests);
+    total.add(layers::check()?);
     let fuzzed = fuzz::fuzz(&fuzz::TARGETS, fuzz::SHORT_SECONDS)?;
     println!("fuzz: {} passed, {} failed", fuzzed.passed, fuzzed.failed);
     total.add(fuzzed);
