@@ -553,3 +553,37 @@ fn imported_cni_checkpoint_is_guarded_and_its_link_rebuilt_from_it() {
     );
     assert!(pings(w.pod(), "198.18.2.1"), "{}", explain());
 }
+
+#[test]
+fn a_learn_that_guards_nothing_says_so_and_fails() {
+    // A veth pair between two container netns: neither side is the host's, nothing to guard
+    // (the case of a command run against the wrong host netns).
+    let w = World::new("ln").with(&["a", "b"]);
+    let ng = Netguard::new(&w);
+    let (a, b) = (w.ns("a"), w.ns("b"));
+    a.ip(&[
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &b.path().display().to_string(),
+    ]);
+    let ran = ng.run(&["learn", "--netns", &a.path().display().to_string()]);
+    assert_eq!(ran.code(), Some(1), "{ran}");
+    assert!(
+        ran.stdout
+            .starts_with("guarding nothing: no link in the given netns could be guarded")
+            && ran.stdout.contains("skipped: "),
+        "{ran}"
+    );
+    // With an agent answering, the same.
+    let _agent = ng.start_agent();
+    let ran = ng.run(&["learn", "--netns", &a.path().display().to_string()]);
+    assert_eq!(ran.code(), Some(1), "{ran}");
+    assert!(ran.stdout.starts_with("guarding nothing"), "{ran}");
+}

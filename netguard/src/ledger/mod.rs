@@ -148,6 +148,8 @@ pub struct Ledger {
     content: LedgerContent,
     journal: Journal,
     dirty: bool,
+    /// A change since the last save or commit could not be journalled.
+    journal_failed: bool,
 }
 
 impl Ledger {
@@ -221,6 +223,7 @@ impl Ledger {
         };
         let mut ledger = Ledger {
             dirty: replayed > 0,
+            journal_failed: false,
             options,
             content,
             journal,
@@ -256,7 +259,20 @@ impl Ledger {
         })?;
         store::write_atomic(&path, &bytes)?;
         self.dirty = false;
+        self.journal_failed = false;
         Ok(true)
+    }
+
+    /// Makes every change so far durable, for a kernel change about to rely on it (a NIC's
+    /// home name before it leaves, its state before a repair): fsyncs the journal, or, when a
+    /// change could not be journalled, writes the whole document. An error means the kernel
+    /// change must not be made: it would rest on a record that exists only in memory.
+    pub fn commit(&mut self) -> Result<(), LedgerError> {
+        if self.journal_failed {
+            self.save()?;
+            return Ok(());
+        }
+        self.journal.sync()
     }
 
     pub fn content(&self) -> &LedgerContent {
@@ -281,6 +297,7 @@ impl Ledger {
         self.dirty = true;
         if let Err(e) = self.journal.append(entry) {
             tracing::error!("{e}");
+            self.journal_failed = true;
             return;
         }
         if self.journal.needs_rotation() {

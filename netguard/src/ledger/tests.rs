@@ -268,3 +268,43 @@ fn link_events_follow_renames_and_mark_teardown() {
     other.from = place("veth123", 9, HOST);
     assert!(!ledger.observe(&other, HOST));
 }
+
+/// What `lend` records before the NIC leaves, committed; then the process dies (no save, no
+/// drop): the next open finds the home name and the lend.
+fn lend_then_kill(dir: &Path, journal_failed: bool) {
+    let (mut ledger, _) = open(dir);
+    ledger.journal_failed = journal_failed;
+    let nic = &sample_content().nics[0];
+    ledger.guard_nic(nic.identity.clone(), "eth2", true, None);
+    let lend = Lend {
+        netns: Locator::Path("/run/netns/box".into()),
+        name: "eth0".into(),
+        persistent: false,
+    };
+    ledger.set_nic_lend(&nic.identity, Some(lend.clone()));
+    ledger.commit().unwrap();
+    std::mem::forget(ledger);
+    let (ledger, _) = open(dir);
+    let found = ledger.find_nic(&nic.identity).expect("the NIC is on disk");
+    assert_eq!(
+        (found.home_name.as_str(), found.lent.as_ref()),
+        ("eth2", Some(&lend))
+    );
+}
+
+#[test]
+fn a_commit_before_a_kernel_change_survives_a_kill() {
+    let dir = TempDir::new("ledger-commit");
+    lend_then_kill(dir.path(), false);
+}
+
+#[test]
+fn a_commit_after_a_failed_append_writes_the_document() {
+    let dir = TempDir::new("ledger-commit-doc");
+    lend_then_kill(dir.path(), true);
+    let loaded = store::load(&dir.path().join(STATE_FILE)).unwrap();
+    assert!(
+        matches!(&loaded, store::Loaded::Good(c) if c.nics.len() == 1),
+        "{loaded:?}"
+    );
+}
