@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = netguard::cni::parse(std::path::Path::new("fuzz-input"), data);
+    let _ = netguard::capture::cni::parse(std::path::Path::new("fuzz-input"), data);
 });
