@@ -2,7 +2,7 @@
 //! fentry/fexit or kprobe/kretprobe programs, events read from a BPF ring buffer.
 
 mod probes;
-mod record;
+pub mod record;
 
 use std::collections::HashSet;
 use std::path::Path;
