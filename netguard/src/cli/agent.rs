@@ -35,6 +35,9 @@ pub struct AgentArgs {
     /// A NIC never guarded, by name or MAC (repeatable).
     #[arg(long, value_name = "NAME|MAC")]
     exclude: Vec<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9476); off unless given.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
@@ -79,6 +82,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         backend,
         host_netns: args.host_netns.or(file.host_netns),
         interval,
+        metrics: args.metrics,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
