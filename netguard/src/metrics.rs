@@ -36,6 +36,9 @@ const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// The repair cases: a refunded NIC renamed home, and the link kinds re-created.
+const CASES: [&str; 4] = ["nic", "veth", "vlan", "macvlan"];
+
 /// Every metric the agent keeps. Cheap to update: callers hold it in an `Arc`.
 pub struct Metrics {
     registry: Registry,
@@ -91,7 +94,7 @@ impl Metrics {
             &["case"],
         )?;
         registry.register(Box::new(restore_latency.clone()))?;
-        Ok(Metrics {
+        let metrics = Metrics {
             guarded: gauge_vec(
                 "netguard_guarded",
                 "Guarded NICs and links by kind and ledger state.",
@@ -132,7 +135,17 @@ impl Metrics {
                 &["backend"],
             )?,
             registry,
-        })
+        };
+        // Every case shows from the start at 0: `rate()` and `increase()` then see the first
+        // repair, and a dashboard has its series before anything happened.
+        for case in CASES {
+            for outcome in ["restored", "failed"] {
+                metrics.restores.with_label_values(&[case, outcome]);
+            }
+            metrics.restore_latency.with_label_values(&[case]);
+            metrics.conflicts.with_label_values(&[case]);
+        }
+        Ok(metrics)
     }
 
     /// The current values in the text exposition format.
