@@ -75,15 +75,14 @@ pub fn install_cni(
     .map_err(io("place the plugin at", &target))?;
     done.push(format!("{} -> {}", target.display(), binary.display()));
     for conflist in conflists {
-        let (mut doc, text) = read_conflist(conflist)?;
-        let plugins = plugins_mut(&mut doc, conflist)?;
-        if plugins.iter().any(is_ours) {
+        let mut doc = Conflist::read(conflist)?;
+        if doc.plugins.iter().any(is_ours) {
             continue;
         }
-        plugins.push(json!({ "type": PLUGIN }));
+        doc.plugins.push(json!({ "type": PLUGIN }));
         let backup = backup_of(conflist);
-        std::fs::write(&backup, &text).map_err(io("write", &backup))?;
-        write_conflist(conflist, &doc)?;
+        std::fs::write(&backup, &doc.text).map_err(io("write", &backup))?;
+        doc.write(conflist)?;
         done.push(format!(
             "{}: netguard added (backup {})",
             conflist.display(),
@@ -101,18 +100,27 @@ pub fn uninstall_cni(
     bin_dir: &Path,
 ) -> Result<Vec<String>, InstallError> {
     let mut done = Vec::new();
-    let conflists = if conflists.is_empty() {
+    let scanned = conflists.is_empty();
+    let conflists = if scanned {
         conflists_in(conf_dir)?
     } else {
         conflists.to_vec()
     };
     for conflist in &conflists {
-        let (mut doc, _) = read_conflist(conflist)?;
-        let plugins = plugins_mut(&mut doc, conflist)?;
-        let before = plugins.len();
-        plugins.retain(|p| !is_ours(p));
-        if plugins.len() != before {
-            write_conflist(conflist, &doc)?;
+        let mut doc = match Conflist::read(conflist) {
+            // A file CNI cannot read names no plugin: left alone, not a reason to stop (a
+            // package removal would fail on another tool's broken file).
+            Err(e @ InstallError::NotConflist { .. }) if scanned => {
+                done.push(format!("{e}; left alone"));
+                continue;
+            }
+            read => read?,
+        };
+
+        let before = doc.plugins.len();
+        doc.plugins.retain(|p| !is_ours(p));
+        if doc.plugins.len() != before {
+            doc.write(conflist)?;
             done.push(format!("{}: netguard removed", conflist.display()));
         }
         let backup = backup_of(conflist);
@@ -217,31 +225,40 @@ fn is_netguard(path: &Path) -> bool {
     })
 }
 
-fn read_conflist(path: &Path) -> Result<(Value, String), InstallError> {
-    let text = std::fs::read_to_string(path).map_err(io("read", path))?;
-    let doc = serde_json::from_str(&text).map_err(|e| InstallError::NotConflist {
-        path: path.into(),
-        problem: e.to_string(),
-    })?;
-    Ok((doc, text))
+/// A conflist with its plugin chain taken out to work on.
+struct Conflist {
+    doc: Value,
+    plugins: Vec<Value>,
+    /// The file as it was read (what a backup keeps).
+    text: String,
 }
 
-fn plugins_mut<'a>(doc: &'a mut Value, path: &Path) -> Result<&'a mut Vec<Value>, InstallError> {
-    doc.get_mut("plugins")
-        .and_then(Value::as_array_mut)
-        .ok_or_else(|| InstallError::NotConflist {
+impl Conflist {
+    fn read(path: &Path) -> Result<Conflist, InstallError> {
+        let not_conflist = |problem: String| InstallError::NotConflist {
             path: path.into(),
-            problem: "it has no \"plugins\" list".into(),
-        })
-}
+            problem,
+        };
+        let text = std::fs::read_to_string(path).map_err(io("read", path))?;
+        let mut doc: Value =
+            serde_json::from_str(&text).map_err(|e| not_conflist(e.to_string()))?;
+        let plugins = match doc.get_mut("plugins").map(Value::take) {
+            Some(Value::Array(plugins)) => plugins,
+            _ => return Err(not_conflist("it has no \"plugins\" list".into())),
+        };
+        Ok(Conflist { doc, plugins, text })
+    }
 
-fn write_conflist(path: &Path, doc: &Value) -> Result<(), InstallError> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .map(|m| m.permissions().mode() & 0o7777)
-        .unwrap_or(0o644);
-    let text = serde_json::to_string_pretty(doc).unwrap_or_default() + "\n";
-    write_atomic(path, text.as_bytes(), mode)
+    /// Written back in place, with the file's mode.
+    fn write(mut self, path: &Path) -> Result<(), InstallError> {
+        use std::os::unix::fs::PermissionsExt;
+        self.doc["plugins"] = Value::Array(self.plugins);
+        let mode = std::fs::metadata(path)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0o644);
+        let text = serde_json::to_string_pretty(&self.doc).unwrap_or_default() + "\n";
+        write_atomic(path, text.as_bytes(), mode)
+    }
 }
 
 /// Readers (a runtime starting a pod) see the old file or the new one, never half of one.
@@ -293,10 +310,9 @@ mod tests {
     }
 
     fn types(path: &Path) -> Vec<String> {
-        let (doc, _) = read_conflist(path).unwrap();
-        doc["plugins"]
-            .as_array()
+        Conflist::read(path)
             .unwrap()
+            .plugins
             .iter()
             .map(|p| p["type"].as_str().unwrap().to_string())
             .collect()
@@ -328,8 +344,11 @@ mod tests {
             std::fs::read_to_string(backup_of(&conflist)).unwrap(),
             BRIDGE
         );
-        // No conflist named: every one in the dir that names netguard.
-        uninstall_cni(&[], &conf, &bin).unwrap();
+        // No conflist named: every one in the dir that names netguard; another tool's
+        // broken file there is left alone.
+        std::fs::write(conf.join("99-broken.conflist"), "{").unwrap();
+        let done = uninstall_cni(&[], &conf, &bin).unwrap();
+        assert!(done.iter().any(|l| l.contains("99-broken.conflist is not a CNI conflist")));
         assert_eq!(types(&conflist), ["bridge", "portmap"]);
         assert!(!bin.join("netguard").exists());
         assert!(!backup_of(&conflist).exists());

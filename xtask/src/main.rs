@@ -2,6 +2,7 @@
 //! need, the VM test bed and benchmarks live here rather than in scattered shell scripts.
 
 mod bench;
+mod package;
 mod setup;
 mod shell;
 mod vm;
@@ -42,6 +43,12 @@ enum Task {
         #[command(flatten)]
         bench: bench::BenchArgs,
     },
+    /// Build the Debian package (target/package/netguard_VERSION_amd64.deb) and check it
+    /// with lintian.
+    Package {
+        #[command(flatten)]
+        package: package::PackageArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +61,9 @@ fn main() -> ExitCode {
             .and_then(|()| vm::run(&vm))
             .map(|t| t.exit_code()),
         Task::Bench { bench } => bench::run(&bench),
+        Task::Package { package } => setup::run()
+            .and_then(|()| package::run(&package))
+            .map(|_| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
