@@ -348,7 +348,9 @@ mod tests {
         // broken file there is left alone.
         std::fs::write(conf.join("99-broken.conflist"), "{").unwrap();
         let done = uninstall_cni(&[], &conf, &bin).unwrap();
-        assert!(done.iter().any(|l| l.contains("99-broken.conflist is not a CNI conflist")));
+        assert!(done
+            .iter()
+            .any(|l| l.contains("99-broken.conflist is not a CNI conflist")));
         assert_eq!(types(&conflist), ["bridge", "portmap"]);
         assert!(!bin.join("netguard").exists());
         assert!(!backup_of(&conflist).exists());

@@ -40,7 +40,10 @@ fn daemonset_validates_offline_and_a_broken_one_does_not() {
             .arg(file))
     };
     let (ok, out) = validate(&manifest);
-    assert!(ok && out.contains("passed for resource daemonset/netguard"), "{out}");
+    assert!(
+        ok && out.contains("passed for resource daemonset/netguard"),
+        "{out}"
+    );
     let text = std::fs::read_to_string(&manifest).expect("manifest");
     for needed in [
         "hostNetwork: true",
@@ -109,7 +112,8 @@ fn package_installs_into_a_throwaway_root_with_every_file_in_place() {
     let expect = [
         ("usr/bin/netguard", 0o755),
         ("lib/systemd/system/netguard.service", 0o644),
-        ("etc/netguard/netguard.toml", 0o644),
+        // A conffile waits under .dpkg-new until dpkg configures the package.
+        ("etc/netguard/netguard.toml.dpkg-new", 0o644),
         ("usr/share/man/man1/netguard.1.gz", 0o644),
         ("usr/share/man/man1/netguard-agent.1.gz", 0o644),
         ("usr/share/man/man1/netguard-install.1.gz", 0o644),
@@ -120,25 +124,48 @@ fn package_installs_into_a_throwaway_root_with_every_file_in_place() {
         ("usr/share/doc/netguard/changelog.gz", 0o644),
         ("usr/share/netguard/prometheus/netguard-alerts.yml", 0o644),
         ("usr/share/netguard/grafana/netguard-dashboard.json", 0o644),
-        ("usr/share/netguard/kubernetes/netguard-daemonset.yaml", 0o644),
+        (
+            "usr/share/netguard/kubernetes/netguard-daemonset.yaml",
+            0o644,
+        ),
     ];
     for (path, mode) in expect {
         let meta = std::fs::metadata(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
         assert_eq!(meta.permissions().mode() & 0o7777, mode, "{path}");
         assert_eq!((meta.uid(), meta.gid()), (0, 0), "{path}");
     }
-    let (ok, conffiles) = run(Command::new("dpkg-deb").args(["-f"]).arg(&deb).arg("Depends"));
-    assert!(ok && conffiles.contains("libc6"), "Depends: {conffiles}");
+    let (ok, depends) = run(Command::new("dpkg-deb")
+        .args(["-f"])
+        .arg(&deb)
+        .arg("Depends"));
+    assert!(ok && depends.contains("libc6"), "Depends: {depends}");
+    let (ok, conffiles) = run(Command::new("dpkg-query")
+        .arg(format!("--root={}", root.display()))
+        .args(["-W", "-f=${Conffiles}", "netguard"]));
+    assert!(
+        ok && conffiles.contains("/etc/netguard/netguard.toml"),
+        "{conffiles}"
+    );
 
     let (ok, version) = run(&mut Command::new(root.join("usr/bin/netguard")).arg("--version"));
     assert!(ok && version.starts_with("netguard "), "{version}");
-    let (ok, page) = run(Command::new("man")
-        .arg("-l")
-        .arg(root.join("usr/share/man/man1/netguard-agent.1.gz"))
-        .env("MANPAGER", "cat")
-        .env("MANWIDTH", "100"));
-    assert!(ok && page.contains("--metrics") && page.contains("--log-format"), "{page}");
-    let (ok, bash) = run(Command::new("bash").arg("-n").arg(root.join("usr/share/bash-completion/completions/netguard")));
+    let man = |page: &str| {
+        run(Command::new("man")
+            .arg("-l")
+            .arg(root.join("usr/share/man/man1").join(page))
+            .env("MANPAGER", "cat")
+            .env("MANWIDTH", "100"))
+    };
+    let (ok, page) = man("netguard.1.gz");
+    assert!(
+        ok && page.contains("--log-format") && page.contains("netguard-agent(1)"),
+        "{page}"
+    );
+    let (ok, page) = man("netguard-agent.1.gz");
+    assert!(ok && page.contains("--metrics <ADDR>"), "{page}");
+    let (ok, bash) = run(Command::new("bash")
+        .arg("-n")
+        .arg(root.join("usr/share/bash-completion/completions/netguard")));
     assert!(ok, "bash completion: {bash}");
 
     // The unit as installed, on a system that has systemd's own units.
@@ -167,11 +194,21 @@ fn install_cni_and_oci_hooks_and_uninstall_leave_nothing_naming_a_gone_plugin() 
     std::fs::write(&conflist, original).expect("conflist");
     let ng = |args: &[&str]| run(Command::new(netguard_bin()).args(args));
     let (ok, out) = ng(&[
-        "install", "cni", "--conflist", conflist.to_str().unwrap(), "--bin-dir", bin.to_str().unwrap(),
+        "install",
+        "cni",
+        "--conflist",
+        conflist.to_str().unwrap(),
+        "--bin-dir",
+        bin.to_str().unwrap(),
     ]);
     assert!(ok, "{out}");
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&conflist).unwrap()).unwrap();
-    let types: Vec<&str> = doc["plugins"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap()).collect();
+    let types: Vec<&str> = doc["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["type"].as_str().unwrap())
+        .collect();
     assert_eq!(types, ["bridge", "portmap", "netguard"]);
     assert_eq!(doc["plugins"][0]["bridge"], "cni-podman0");
     let backup = std::fs::read_to_string(conf.join("87-podman.conflist.netguard-backup")).unwrap();
@@ -192,7 +229,14 @@ fn install_cni_and_oci_hooks_and_uninstall_leave_nothing_naming_a_gone_plugin() 
         assert_eq!(hook["when"]["always"], true);
     }
 
-    let (ok, out) = ng(&["uninstall", "cni", "--conf-dir", conf.to_str().unwrap(), "--bin-dir", bin.to_str().unwrap()]);
+    let (ok, out) = ng(&[
+        "uninstall",
+        "cni",
+        "--conf-dir",
+        conf.to_str().unwrap(),
+        "--bin-dir",
+        bin.to_str().unwrap(),
+    ]);
     assert!(ok, "{out}");
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&conflist).unwrap()).unwrap();
     assert!(!doc.to_string().contains("netguard"), "{doc}");
@@ -214,7 +258,10 @@ fn install_cni_and_oci_hooks_and_uninstall_leave_nothing_naming_a_gone_plugin() 
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
-        format!("netguard: {} is not a CNI conflist: it has no \"plugins\" list", bad.display())
+        format!(
+            "netguard: {} is not a CNI conflist: it has no \"plugins\" list",
+            bad.display()
+        )
     );
 }
 
@@ -245,7 +292,14 @@ impl Podman {
         run(Command::new("nsenter")
             .arg(format!("--net={}", self.netns.path().display()))
             .arg("podman")
-            .args(["--root", &d("root"), "--runroot", &d("run"), "--tmpdir", &d("tmp")])
+            .args([
+                "--root",
+                &d("root"),
+                "--runroot",
+                &d("run"),
+                "--tmpdir",
+                &d("tmp"),
+            ])
             .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
             .args(args)
             .env("CONTAINERS_CONF", self.dir.join("containers.conf")))
@@ -296,10 +350,19 @@ fn container_image_builds_from_an_imported_base_and_prints_the_version() {
     }
     std::os::unix::fs::symlink("busybox", base.join("bin/sh")).unwrap();
     let tar = dir.0.join("base.tar");
-    let (ok, out) = run(Command::new("tar").arg("-C").arg(&base).arg("-cf").arg(&tar).arg("."));
+    let (ok, out) = run(Command::new("tar")
+        .arg("-C")
+        .arg(&base)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."));
     assert!(ok, "{out}");
     let podman = Podman::new(&dir.0);
-    let (ok, out) = podman.run(&["import", tar.to_str().unwrap(), "localhost/netguard-base:test"]);
+    let (ok, out) = podman.run(&[
+        "import",
+        tar.to_str().unwrap(),
+        "localhost/netguard-base:test",
+    ]);
     assert!(ok, "podman import: {out}");
 
     let context = dir.0.join("context");
@@ -318,8 +381,17 @@ fn container_image_builds_from_an_imported_base_and_prints_the_version() {
         context.to_str().unwrap(),
     ]);
     assert!(ok, "podman build: {out}");
-    let (ok, out) = podman.run(&["run", "--rm", "--network", "none", "localhost/netguard:test", "--version"]);
+    let (ok, out) = podman.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "localhost/netguard:test",
+        "--version",
+    ]);
     assert!(ok, "podman run: {out}");
-    let want = String::from_utf8_lossy(&Command::new(&bin).arg("--version").output().unwrap().stdout).into_owned();
+    let want =
+        String::from_utf8_lossy(&Command::new(&bin).arg("--version").output().unwrap().stdout)
+            .into_owned();
     assert_eq!(out.trim(), want.trim());
 }

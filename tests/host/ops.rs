@@ -28,14 +28,20 @@ fn prometheus_scrapes_the_agent_and_sees_a_veth_restored() {
     prometheus.wait_value(r#"up{job="netguard"}"#, |v| v == 1.0);
     let restored = r#"netguard_restores_total{job="netguard",case="veth",outcome="restored"}"#;
     assert_eq!(prometheus.wait_value(restored, |_| true), 0.0);
-    prometheus.wait_value(r#"netguard_guarded{kind="veth",state="intact"}"#, |v| v >= 1.0);
+    prometheus.wait_value(r#"netguard_guarded{kind="veth",state="intact"}"#, |v| {
+        v >= 1.0
+    });
 
     // A container reboot: its netns and the veth pair go, a new netns comes at the path.
     let eth0 = link(&w.c, "eth0");
     w.c.recreate();
     wait_until(
         "eth0 is back in the re-created netns",
-        || w.c.ip_json(&["link", "show"]).to_string().contains("\"eth0\""),
+        || {
+            w.c.ip_json(&["link", "show"])
+                .to_string()
+                .contains("\"eth0\"")
+        },
         || ng.explain(&[&w.host, &w.c]),
     );
     assert_eq!(link(&w.c, "eth0")["address"], eth0["address"]);
@@ -49,13 +55,18 @@ fn prometheus_scrapes_the_agent_and_sees_a_veth_restored() {
         |v| v > 0.0,
     ) / repairs;
     assert!(latency < 5.0, "restore latency {latency} s");
-    eprintln!("Prometheus saw the veth restored, latency {:.1} ms", latency * 1e3);
+    eprintln!(
+        "Prometheus saw the veth restored, latency {:.1} ms",
+        latency * 1e3
+    );
     assert!(
         prometheus.wait_value("sum(netguard_tracer_events_total)", |v| v > 0.0) > 0.0,
         "tracer events counted"
     );
     assert_eq!(
-        prometheus.query(r#"netguard_tracer_backend_info{backend="netlink"}"#).len(),
+        prometheus
+            .query(r#"netguard_tracer_backend_info{backend="netlink"}"#)
+            .len(),
         1
     );
 
@@ -118,7 +129,10 @@ fn prometheus_scrapes_the_agent_and_sees_a_veth_restored() {
     for field in ["kind", "name", "netns", "mac", "state", "since"] {
         assert_eq!(line[field], row[field], "{field}: {line:#} vs {row:#}");
     }
-    assert!(line["latency_seconds"].as_f64().is_some_and(|s| s > 0.0), "{line:#}");
+    assert!(
+        line["latency_seconds"].as_f64().is_some_and(|s| s > 0.0),
+        "{line:#}"
+    );
 }
 
 /// The datagrams a service manager would get, read from a socket of the test's own.
@@ -150,7 +164,8 @@ impl NotifyListener {
                 self.seen
             );
             if let Ok(n) = self.socket.recv(&mut buf) {
-                self.seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                self.seen
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
             }
         }
         started.elapsed()
@@ -208,9 +223,15 @@ fn agent_tells_its_service_manager_ready_pings_the_watchdog_and_says_stopping() 
     std::thread::sleep(Duration::from_millis(500));
     let mut buf = [0u8; 4096];
     while let Ok(n) = quiet.socket.recv(&mut buf) {
-        quiet.seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        quiet
+            .seen
+            .push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
-    assert!(!quiet.seen.iter().any(|m| m.contains("WATCHDOG=1")), "{:?}", quiet.seen);
+    assert!(
+        !quiet.seen.iter().any(|m| m.contains("WATCHDOG=1")),
+        "{:?}",
+        quiet.seen
+    );
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().expect("agent exit").success());

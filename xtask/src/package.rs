@@ -24,10 +24,14 @@ pub struct PackageArgs {
     /// Skip lintian.
     #[arg(long)]
     no_lintian: bool,
+    /// The Maintainer field: "Name <address>".
+    #[arg(long, default_value = MAINTAINER)]
+    maintainer: String,
 }
 
 const NAME: &str = "netguard";
-const MAINTAINER: &str = "netguard developers <netguard@localhost>";
+/// Who the package names as its maintainer (`--maintainer` for a real one).
+const MAINTAINER: &str = "netguard developers <netguard@example.org>";
 
 /// Completions: (clap_complete shell, path in the package).
 const COMPLETIONS: [(&str, &str); 3] = [
@@ -43,7 +47,11 @@ const SHIPPED: [(&str, &str, u32); 5] = [
         "lib/systemd/system/netguard.service",
         0o644,
     ),
-    ("deploy/debian/netguard.toml", "etc/netguard/netguard.toml", 0o644),
+    (
+        "deploy/debian/netguard.toml",
+        "etc/netguard/netguard.toml",
+        0o644,
+    ),
     (
         "deploy/prometheus/netguard-alerts.yml",
         "usr/share/netguard/prometheus/netguard-alerts.yml",
@@ -70,7 +78,10 @@ pub fn run(args: &PackageArgs) -> anyhow::Result<PathBuf> {
             root.join("target/release/netguard")
         }
     };
-    let out = args.out.clone().unwrap_or_else(|| root.join("target/package"));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| root.join("target/package"));
     let version = version(&binary)?;
     let stage = out.join(format!("{NAME}_{version}_amd64"));
     if stage.exists() {
@@ -106,8 +117,8 @@ pub fn run(args: &PackageArgs) -> anyhow::Result<PathBuf> {
         fs::write(&to, script)?;
         set_mode(&to, 0o644)?;
     }
-    docs(&stage, &version)?;
-    control(&stage, &bin, &version)?;
+    docs(&stage, &version, &args.maintainer)?;
+    control(&stage, &bin, &version, &args.maintainer)?;
     let deb = out.join(format!("{NAME}_{version}_amd64.deb"));
     shell::run(
         Command::new("dpkg-deb")
@@ -148,7 +159,7 @@ fn write(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
 }
 
 /// copyright (machine-readable) and the changelog of a native package.
-fn docs(stage: &Path, version: &str) -> anyhow::Result<()> {
+fn docs(stage: &Path, version: &str, maintainer: &str) -> anyhow::Result<()> {
     let doc = stage.join("usr/share/doc/netguard");
     write(
         &doc.join("copyright"),
@@ -156,7 +167,7 @@ fn docs(stage: &Path, version: &str) -> anyhow::Result<()> {
             "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
              Upstream-Name: netguard\n\n\
              Files: *\n\
-             Copyright: netguard developers\n\
+             Copyright: 2026 netguard developers\n\
              License: GPL-2.0-only\n \
              On Debian systems, the full text of the GNU General Public License version 2\n \
              can be found in the file '/usr/share/common-licenses/GPL-2'.\n"
@@ -169,7 +180,7 @@ fn docs(stage: &Path, version: &str) -> anyhow::Result<()> {
         &changelog,
         &format!(
             "netguard ({version}) unstable; urgency=medium\n\n  \
-             * Release {version}.\n\n -- {MAINTAINER}  {}\n",
+             * Release {version}.\n\n -- {maintainer}  {}\n",
             date.trim()
         ),
         0o644,
@@ -178,7 +189,7 @@ fn docs(stage: &Path, version: &str) -> anyhow::Result<()> {
 }
 
 /// DEBIAN/: control (dependencies from dpkg-shlibdeps), conffiles, md5sums, maintainer scripts.
-fn control(stage: &Path, bin: &Path, version: &str) -> anyhow::Result<()> {
+fn control(stage: &Path, bin: &Path, version: &str, maintainer: &str) -> anyhow::Result<()> {
     let debian = stage.join("DEBIAN");
     let depends = shlib_depends(bin)?;
     let installed_kb = du_kb(stage)?;
@@ -188,7 +199,7 @@ fn control(stage: &Path, bin: &Path, version: &str) -> anyhow::Result<()> {
             "Package: {NAME}\n\
              Version: {version}\n\
              Architecture: amd64\n\
-             Maintainer: {MAINTAINER}\n\
+             Maintainer: {maintainer}\n\
              Installed-Size: {installed_kb}\n\
              Depends: {depends}\n\
              Recommends: iproute2\n\
@@ -249,7 +260,11 @@ fn shlib_depends(bin: &Path) -> anyhow::Result<String> {
 }
 
 fn du_kb(dir: &Path) -> anyhow::Result<String> {
-    let out = shell::output(Command::new("du").args(["-sk", "--exclude=DEBIAN"]).arg(dir))?;
+    let out = shell::output(
+        Command::new("du")
+            .args(["-sk", "--exclude=DEBIAN"])
+            .arg(dir),
+    )?;
     out.split_whitespace()
         .next()
         .map(str::to_string)
@@ -306,8 +321,8 @@ if [ "$1" = "remove" ] || [ "$1" = "deconfigure" ]; then
 	if [ -d /run/systemd/system ]; then
 		deb-systemd-invoke stop 'netguard.service' >/dev/null || true
 	fi
-	/usr/bin/netguard uninstall cni
-	/usr/bin/netguard uninstall oci-hooks
+	netguard uninstall cni
+	netguard uninstall oci-hooks
 fi
 exit 0
 "#;

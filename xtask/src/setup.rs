@@ -70,7 +70,10 @@ fn kubernetes_validate() -> anyhow::Result<()> {
     if on_path || venv.join("bin/kubernetes-validate").exists() {
         return Ok(());
     }
-    eprintln!("xtask: installing kubernetes-validate into {}", venv.display());
+    eprintln!(
+        "xtask: installing kubernetes-validate into {}",
+        venv.display()
+    );
     shell::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     shell::run(Command::new(venv.join("bin/pip")).args(["install", "-q", "kubernetes-validate"]))
 }

@@ -19,8 +19,10 @@ pub struct AgentArgs {
     /// TOML config (absent is fine for the default path).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Where the ledger lives (default /var/lib/netguard).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// The socket `status` and the other commands talk to (default /run/netguard/netguard.sock).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// auto, fentry, kprobe or netlink.
