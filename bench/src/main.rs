@@ -59,6 +59,9 @@ struct RunArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Guarded links (and netns) in the scale part.
+    #[arg(long, default_value_t = 1000)]
+    scale_links: usize,
     /// The netguard binary (default: the one next to this one).
     #[arg(long)]
     netguard: Option<PathBuf>,
@@ -203,7 +206,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         } else {
             (Duration::from_secs(30), 20)
         };
-        results.scale = Some(scale::run(&netguard, 1000, window, repeats).await?);
+        results.scale = Some(scale::run(&netguard, args.scale_links, window, repeats).await?);
     }
     print!("{}", results.table());
     if let Some(path) = &args.json {

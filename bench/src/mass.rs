@@ -142,7 +142,7 @@ async fn trial(netguard: &Path, world: &World, who: Contender) -> anyhow::Result
 }
 
 async fn agent_trial(netguard: &Path, world: &World) -> anyhow::Result<Duration> {
-    let agent = Agent::start(netguard, world, None).await?;
+    let agent = Agent::start(netguard, world, &[]).await?;
     let watch = Watch::start(world).await?;
     let born = world.recreate_all(watch::subscribe)?;
     let since = Instant::now();
