@@ -16,13 +16,12 @@ pub async fn restore(host: &NetnsConn, containers: &[Container]) -> anyhow::Resu
     // The lookups any restorer needs: each bridge once, each new eth0 once.
     let mut bridges: HashMap<usize, u32> = HashMap::new();
     for c in containers {
-        if !bridges.contains_key(&c.bridge) {
+        if let std::collections::hash_map::Entry::Vacant(entry) = bridges.entry(c.bridge) {
             let bridge = host
                 .get_link_by_name(&c.bridge_name())
                 .await?
-                .with_context(|| format!("no {} in the host netns", c.bridge_name()))?
-                .ifindex;
-            bridges.insert(c.bridge, bridge);
+                .with_context(|| format!("no {} in the host netns", c.bridge_name()))?;
+            entry.insert(bridge.ifindex);
         }
     }
     let mut refused: Vec<String> = Vec::new();

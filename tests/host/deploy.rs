@@ -147,7 +147,7 @@ fn package_installs_into_a_throwaway_root_with_every_file_in_place() {
         "{conffiles}"
     );
 
-    let (ok, version) = run(&mut Command::new(root.join("usr/bin/netguard")).arg("--version"));
+    let (ok, version) = run(Command::new(root.join("usr/bin/netguard")).arg("--version"));
     assert!(ok && version.starts_with("netguard "), "{version}");
     let man = |page: &str| {
         run(Command::new("man")
@@ -215,7 +215,7 @@ fn install_cni_and_oci_hooks_and_uninstall_leave_nothing_naming_a_gone_plugin() 
     assert_eq!(backup, original);
     let linked = std::fs::read_link(bin.join("netguard")).expect("plugin link");
     assert_eq!(linked, std::fs::canonicalize(netguard_bin()).unwrap());
-    let (ok, version) = run(&mut Command::new(bin.join("netguard")).arg("--version"));
+    let (ok, version) = run(Command::new(bin.join("netguard")).arg("--version"));
     assert!(ok && version.starts_with("netguard"), "{version}");
 
     let (ok, out) = ng(&["install", "oci-hooks", "--dir", hooks.to_str().unwrap()]);

@@ -163,15 +163,13 @@ fn docs(stage: &Path, version: &str, maintainer: &str) -> anyhow::Result<()> {
     let doc = stage.join("usr/share/doc/netguard");
     write(
         &doc.join("copyright"),
-        &format!(
-            "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
              Upstream-Name: netguard\n\n\
              Files: *\n\
              Copyright: 2026 netguard developers\n\
              License: GPL-2.0-only\n \
              On Debian systems, the full text of the GNU General Public License version 2\n \
-             can be found in the file '/usr/share/common-licenses/GPL-2'.\n"
-        ),
+             can be found in the file '/usr/share/common-licenses/GPL-2'.\n",
         0o644,
     )?;
     let date = shell::output(Command::new("date").args(["-R"]))?;
