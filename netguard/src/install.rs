@@ -324,20 +324,16 @@ mod tests {
         let conflist = conf.join("10-podnet.conflist");
         std::fs::write(&conflist, BRIDGE).unwrap();
         let binary = Path::new("/usr/bin/netguard");
-        install_cni(
-            std::slice::from_ref(&conflist),
-            &bin,
-            binary,
-            Placement::Link,
-        )
-        .unwrap();
-        install_cni(
-            std::slice::from_ref(&conflist),
-            &bin,
-            binary,
-            Placement::Link,
-        )
-        .unwrap();
+        // Twice: the second changes nothing in the conflist.
+        for _ in 0..2 {
+            install_cni(
+                std::slice::from_ref(&conflist),
+                &bin,
+                binary,
+                Placement::Link,
+            )
+            .unwrap();
+        }
         assert_eq!(types(&conflist), ["bridge", "portmap", "netguard"]);
         assert_eq!(std::fs::read_link(bin.join("netguard")).unwrap(), binary);
         assert_eq!(

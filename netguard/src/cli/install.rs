@@ -4,21 +4,28 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use netguard::install::{self, Placement};
+
+/// Where the CNI conflists and plugins are.
+#[derive(Args)]
+pub struct CniPlaces {
+    /// A conflist (repeatable; default: every *.conflist in --conf-dir).
+    #[arg(long, value_name = "FILE")]
+    conflist: Vec<PathBuf>,
+    #[arg(long, value_name = "DIR", default_value = install::DEFAULT_CNI_CONF_DIR)]
+    conf_dir: PathBuf,
+    #[arg(long, value_name = "DIR", default_value = install::DEFAULT_CNI_BIN_DIR)]
+    bin_dir: PathBuf,
+}
 
 #[derive(Subcommand)]
 pub enum Install {
     /// Add netguard at the end of CNI conflists' plugin chains (each backed up to
     /// FILE.netguard-backup) and put the binary into the CNI bin dir as `netguard`.
     Cni {
-        /// A conflist to add netguard to (repeatable; default: every *.conflist in --conf-dir).
-        #[arg(long, value_name = "FILE")]
-        conflist: Vec<PathBuf>,
-        #[arg(long, value_name = "DIR", default_value = install::DEFAULT_CNI_CONF_DIR)]
-        conf_dir: PathBuf,
-        #[arg(long, value_name = "DIR", default_value = install::DEFAULT_CNI_BIN_DIR)]
-        bin_dir: PathBuf,
+        #[command(flatten)]
+        places: CniPlaces,
         /// Copy the binary instead of linking it (from a container into the host's bin dir).
         #[arg(long)]
         copy: bool,
@@ -36,12 +43,8 @@ pub enum Uninstall {
     /// Take netguard out of the conflists (default: every one in --conf-dir naming it), then
     /// remove it from the CNI bin dir.
     Cni {
-        #[arg(long, value_name = "FILE")]
-        conflist: Vec<PathBuf>,
-        #[arg(long, value_name = "DIR", default_value = install::DEFAULT_CNI_CONF_DIR)]
-        conf_dir: PathBuf,
-        #[arg(long, value_name = "DIR", default_value = install::DEFAULT_CNI_BIN_DIR)]
-        bin_dir: PathBuf,
+        #[command(flatten)]
+        places: CniPlaces,
     },
     /// Remove the OCI hook files `install oci-hooks` wrote.
     OciHooks {
@@ -66,9 +69,12 @@ fn print(done: Vec<String>) -> anyhow::Result<ExitCode> {
 pub fn install(what: Install) -> anyhow::Result<ExitCode> {
     match what {
         Install::Cni {
-            mut conflist,
-            conf_dir,
-            bin_dir,
+            places:
+                CniPlaces {
+                    mut conflist,
+                    conf_dir,
+                    bin_dir,
+                },
             copy,
         } => {
             if conflist.is_empty() {
@@ -96,9 +102,12 @@ pub fn install(what: Install) -> anyhow::Result<ExitCode> {
 pub fn uninstall(what: Uninstall) -> anyhow::Result<ExitCode> {
     match what {
         Uninstall::Cni {
-            conflist,
-            conf_dir,
-            bin_dir,
+            places:
+                CniPlaces {
+                    conflist,
+                    conf_dir,
+                    bin_dir,
+                },
         } => print(install::uninstall_cni(&conflist, &conf_dir, &bin_dir)?),
         Uninstall::OciHooks { dir } => print(install::uninstall_oci_hooks(&dir)?),
     }
