@@ -1,7 +1,7 @@
 //! What each restore pass changed, told once: a log line per restore, new conflict and
 //! release (with the fields of `status --json`), and the metrics that count them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,6 +28,8 @@ pub fn case_of(target: &Target) -> &'static str {
 pub struct Outcomes {
     metrics: Option<Arc<Metrics>>,
     states: HashMap<(String, String, String), String>,
+    /// The (kind, state) series `netguard_guarded` has now.
+    series: HashSet<(String, String)>,
 }
 
 fn key(row: &StatusRow) -> (String, String, String) {
@@ -40,6 +42,7 @@ impl Outcomes {
         let mut outcomes = Outcomes {
             metrics,
             states: HashMap::new(),
+            series: HashSet::new(),
         };
         outcomes.remember(rows);
         outcomes
@@ -91,15 +94,21 @@ impl Outcomes {
     fn remember(&mut self, rows: &[StatusRow]) {
         self.states = rows.iter().map(|r| (key(r), r.state.clone())).collect();
         if let Some(m) = &self.metrics {
-            let mut counts: HashMap<(&str, &str), i64> = HashMap::new();
+            let mut counts: HashMap<(String, String), i64> = HashMap::new();
             for row in rows {
-                *counts.entry((&row.kind, &row.state)).or_default() += 1;
+                *counts
+                    .entry((row.kind.clone(), row.state.clone()))
+                    .or_default() += 1;
             }
-            // States that no longer occur go (an alert on `conflict` then clears).
-            m.guarded.reset();
-            for ((kind, state), n) in counts {
-                m.guarded.with_label_values(&[kind, state]).set(n);
+            for ((kind, state), n) in &counts {
+                m.guarded.with_label_values(&[kind, state]).set(*n);
             }
+            // States that no longer occur go (an alert on `conflict` then clears); removed
+            // one by one, after the others are set, so no scrape sees the family empty.
+            for (kind, state) in self.series.difference(&counts.keys().cloned().collect()) {
+                let _ = m.guarded.remove_label_values(&[kind, state]);
+            }
+            self.series = counts.into_keys().collect();
         }
     }
 }
@@ -133,5 +142,66 @@ fn tell(what: &str, row: &StatusRow, latency_seconds: Option<f64>) {
         line!(warn)
     } else {
         line!(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, state: &str) -> StatusRow {
+        StatusRow {
+            kind: "veth".into(),
+            name: name.into(),
+            netns: "/run/netns/c1".into(),
+            now: None,
+            mac: None,
+            state: state.into(),
+            reason: None,
+            since: chrono::Utc::now(),
+        }
+    }
+
+    fn empty_pass() -> PassReport {
+        PassReport {
+            results: vec![],
+            pruned: vec![],
+            took: std::time::Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn counts_states_and_new_conflicts_once_and_drops_states_gone() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let mut outcomes = Outcomes::new(
+            Some(metrics.clone()),
+            &[row("eth0", "intact"), row("eth1", "intact")],
+        );
+        let conflicts = || metrics.conflicts.with_label_values(&["veth"]).get();
+        let guarded = |state: &str| {
+            metrics
+                .encode()
+                .lines()
+                .find(|l| {
+                    l.starts_with(&format!(
+                        "netguard_guarded{{kind=\"veth\",state=\"{state}\"}}"
+                    ))
+                })
+                .map(|l| l.rsplit(' ').next().unwrap().to_string())
+        };
+        let now = Instant::now();
+        let rows = [row("eth0", "intact"), row("eth1", "conflict")];
+        outcomes.after_pass(&empty_pass(), &rows, now);
+        outcomes.after_pass(&empty_pass(), &rows, now);
+        assert_eq!(conflicts(), 1, "a conflict that stays is counted once");
+        assert_eq!(guarded("conflict").as_deref(), Some("1"));
+        assert_eq!(guarded("intact").as_deref(), Some("1"));
+        outcomes.after_pass(
+            &empty_pass(),
+            &[row("eth0", "intact"), row("eth1", "intact")],
+            now,
+        );
+        assert_eq!(guarded("conflict"), None);
+        assert_eq!(guarded("intact").as_deref(), Some("2"));
     }
 }
