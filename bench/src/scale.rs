@@ -57,8 +57,10 @@ pub struct ScaleResult {
     pub agent_rss_after_burst_bytes: u64,
 }
 
+/// The agent's log is kept in `failed_log` if it does not bring the burst back.
 pub async fn run(
     netguard: &Path,
+    failed_log: &Path,
     links: usize,
     window: Duration,
     repeats: usize,
@@ -125,7 +127,7 @@ pub async fn run(
     let burst_back_seconds = match back {
         Ok(took) => took.as_secs_f64(),
         Err(e) => {
-            agent.keep_log("target/bench/failed-scale-agent.log");
+            agent.keep_log(failed_log);
             agent.stop().await?;
             return Err(e.context(format!("{BURST} containers re-created at {links} links")));
         }

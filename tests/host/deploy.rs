@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use netguard_tests::ops::{run, tool, workspace};
-use netguard_tests::{netguard_bin, skip_unless_root, TestDir, TestNetns};
+use netguard_tests::{netguard_bin, World};
 use serde_json::Value;
 
 #[test]
@@ -27,9 +27,8 @@ fn alert_rules_pass_their_promtool_unit_tests() {
 
 #[test]
 fn daemonset_validates_offline_and_a_broken_one_does_not() {
-    if skip_unless_root() {
-        return;
-    }
+    // Root: the validator runs in a netns of its own.
+    let w = World::new("k8s");
     let manifest = workspace().join("deploy/kubernetes/netguard-daemonset.yaml");
     // In a netns of its own (no network): the schemas it uses are the ones it ships.
     let validate = |file: &Path| {
@@ -64,8 +63,7 @@ fn daemonset_validates_offline_and_a_broken_one_does_not() {
         assert!(text.contains(needed), "the DaemonSet lacks {needed}");
     }
     assert_eq!(text.matches("mountPropagation: HostToContainer").count(), 4);
-    let dir = TestDir::new("k8s");
-    let broken = dir.0.join("broken.yaml");
+    let broken = w.dir.0.join("broken.yaml");
     std::fs::write(&broken, text.replace("hostPID: true", "hostPID: \"yes\"")).expect("write");
     let (ok, out) = validate(&broken);
     assert!(!ok && out.contains("hostPID"), "{out}");
@@ -91,10 +89,8 @@ fn package(out: &Path) -> PathBuf {
 
 #[test]
 fn package_installs_into_a_throwaway_root_with_every_file_in_place() {
-    if skip_unless_root() {
-        return;
-    }
-    let dir = TestDir::new("deb");
+    let w = World::new("deb");
+    let dir = &w.dir;
     let deb = package(&dir.0.join("out"));
     let root = dir.0.join("root");
     for sub in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
@@ -184,7 +180,8 @@ fn package_installs_into_a_throwaway_root_with_every_file_in_place() {
 
 #[test]
 fn install_cni_and_oci_hooks_and_uninstall_leave_nothing_naming_a_gone_plugin() {
-    let dir = TestDir::new("inst");
+    let w = World::new("inst");
+    let dir = &w.dir;
     let conf = dir.0.join("net.d");
     let bin = dir.0.join("bin");
     let hooks = dir.0.join("hooks.d");
@@ -268,11 +265,11 @@ fn install_cni_and_oci_hooks_and_uninstall_leave_nothing_naming_a_gone_plugin() 
 /// podman on storage, config and a netns of the test's own (never the host's).
 struct Podman {
     dir: PathBuf,
-    netns: TestNetns,
+    netns: PathBuf,
 }
 
 impl Podman {
-    fn new(dir: &Path) -> Podman {
+    fn new(dir: &Path, netns: PathBuf) -> Podman {
         let conf = dir.join("containers.conf");
         std::fs::write(
             &conf,
@@ -283,14 +280,14 @@ impl Podman {
         .expect("containers.conf");
         Podman {
             dir: dir.to_path_buf(),
-            netns: TestNetns::new("pod"),
+            netns,
         }
     }
 
     fn run(&self, args: &[&str]) -> (bool, String) {
         let d = |sub: &str| self.dir.join(sub).display().to_string();
         run(Command::new("nsenter")
-            .arg(format!("--net={}", self.netns.path().display()))
+            .arg(format!("--net={}", self.netns.display()))
             .arg("podman")
             .args([
                 "--root",
@@ -327,10 +324,8 @@ impl Drop for Podman {
 
 #[test]
 fn container_image_builds_from_an_imported_base_and_prints_the_version() {
-    if skip_unless_root() {
-        return;
-    }
-    let dir = TestDir::new("img");
+    let w = World::new("img").with(&["pod"]);
+    let dir = &w.dir;
     // The base: busybox and the libraries the binary links, as `podman import` takes it.
     let base = dir.0.join("base");
     let bin = netguard_bin();
@@ -357,7 +352,7 @@ fn container_image_builds_from_an_imported_base_and_prints_the_version() {
         .arg(&tar)
         .arg("."));
     assert!(ok, "{out}");
-    let podman = Podman::new(&dir.0);
+    let podman = Podman::new(&dir.0, w.ns("pod").path());
     let (ok, out) = podman.run(&[
         "import",
         tar.to_str().unwrap(),

@@ -8,23 +8,19 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netguard_tests::ops::{free_loopback, http_get, workspace, Prometheus};
-use netguard_tests::{link, skip_unless_root, wait_until, Bridged, Netguard, TestDir, TestNetns};
+use netguard_tests::{link, wait_until, Netguard, World};
 use serde_json::Value;
 
 #[test]
 fn prometheus_scrapes_the_agent_and_sees_a_veth_restored() {
-    if skip_unless_root() {
-        return;
-    }
-    let w = Bridged::new("pm");
-    let dir = TestDir::new("pm");
-    let ng = Netguard::new(&dir, &w.host);
-    let c = w.c.path().display().to_string();
+    let w = World::bridged("pm");
+    let ng = Netguard::new(&w);
+    let c = w.c().path().display().to_string();
     ng.run_ok(&["learn", "--netns", &c]);
     let metrics = free_loopback();
     let _agent = ng.start_agent_with(&["--metrics", &metrics.to_string(), "--log-format", "json"]);
     let rules = workspace().join("deploy/prometheus/netguard-alerts.yml");
-    let prometheus = Prometheus::start(&dir.0, metrics, &rules);
+    let prometheus = Prometheus::start(&w.dir.0, metrics, &rules);
     prometheus.wait_value(r#"up{job="netguard"}"#, |v| v == 1.0);
     let restored = r#"netguard_restores_total{job="netguard",case="veth",outcome="restored"}"#;
     assert_eq!(prometheus.wait_value(restored, |_| true), 0.0);
@@ -33,18 +29,19 @@ fn prometheus_scrapes_the_agent_and_sees_a_veth_restored() {
     });
 
     // A container reboot: its netns and the veth pair go, a new netns comes at the path.
-    let eth0 = link(&w.c, "eth0");
-    w.c.recreate();
+    let eth0 = link(w.c(), "eth0");
+    w.c().recreate();
     wait_until(
         "eth0 is back in the re-created netns",
         || {
-            w.c.ip_json(&["link", "show"])
+            w.c()
+                .ip_json(&["link", "show"])
                 .to_string()
                 .contains("\"eth0\"")
         },
-        || ng.explain(&[&w.host, &w.c]),
+        || ng.explain(&[&w.host, w.c()]),
     );
-    assert_eq!(link(&w.c, "eth0")["address"], eth0["address"]);
+    assert_eq!(link(w.c(), "eth0")["address"], eth0["address"]);
 
     // Seen by Prometheus with its latency (from the bind mount appearing to verified).
     let repairs = prometheus.wait_value(restored, |v| v >= 1.0);
@@ -119,7 +116,7 @@ fn prometheus_scrapes_the_agent_and_sees_a_veth_restored() {
     );
 
     // The restore's JSON log line carries the fields of its `status --json` row.
-    let row = ng.status_row(&w.c, "eth0").expect("eth0 in status");
+    let row = ng.status_row(w.c(), "eth0").expect("eth0 in status");
     let line: Value = ng
         .log()
         .lines()
@@ -174,13 +171,9 @@ impl NotifyListener {
 
 #[test]
 fn agent_tells_its_service_manager_ready_pings_the_watchdog_and_says_stopping() {
-    if skip_unless_root() {
-        return;
-    }
-    let host = TestNetns::new("sd");
-    let dir = TestDir::new("sd");
-    let ng = Netguard::new(&dir, &host);
-    let socket = dir.0.join("notify.sock");
+    let w = World::new("sd");
+    let ng = Netguard::new(&w);
+    let socket = w.dir.0.join("notify.sock");
     let mut listener = NotifyListener::bind(&socket);
     // systemd passes WATCHDOG_PID as the service's own pid: a shell that execs keeps its pid.
     let command = ng.command(&["agent", "--backend", "netlink"]);
@@ -209,7 +202,7 @@ fn agent_tells_its_service_manager_ready_pings_the_watchdog_and_says_stopping() 
     assert!(child.wait().expect("agent exit").success(), "{}", ng.log());
 
     // Without WATCHDOG_USEC: ready, and no pings.
-    let socket2 = dir.0.join("notify2.sock");
+    let socket2 = w.dir.0.join("notify2.sock");
     let mut quiet = NotifyListener::bind(&socket2);
     let mut child = ng
         .command(&["agent", "--backend", "netlink"])
