@@ -153,9 +153,14 @@ impl Drop for Prometheus {
     }
 }
 
-/// A tool `cargo xtask setup` installs: on PATH, or kubernetes-validate in its venv.
+/// A tool `cargo xtask setup` installs: on PATH, or kubernetes-validate in its venv under the
+/// target dir.
 pub fn tool(name: &str) -> PathBuf {
-    let venv = workspace().join("target/tools/venv/bin").join(name);
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => workspace().join(dir),
+        _ => workspace().join("target"),
+    };
+    let venv = target.join("tools/venv/bin").join(name);
     if venv.exists() {
         return venv;
     }

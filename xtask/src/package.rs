@@ -75,13 +75,13 @@ pub fn run(args: &PackageArgs) -> anyhow::Result<PathBuf> {
         Some(binary) => binary.clone(),
         None => {
             shell::build_release(&["netguard"])?;
-            root.join("target/release/netguard")
+            shell::target_dir().join("release/netguard")
         }
     };
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| root.join("target/package"));
+        .unwrap_or_else(|| shell::target_dir().join("package"));
     let version = version(&binary)?;
     let stage = out.join(format!("{NAME}_{version}_amd64"));
     if stage.exists() {

@@ -30,8 +30,8 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// kubernetes-validate (PyPI) checks the Kubernetes manifests offline; it lives in a venv
-/// under target/ unless it is on PATH already.
-const KUBERNETES_VALIDATE_VENV: &str = "target/tools/venv";
+/// under the target dir (`tools/venv`) unless it is on PATH already.
+const KUBERNETES_VALIDATE_VENV: &str = "tools/venv";
 
 pub fn run() -> anyhow::Result<()> {
     packages()?;
@@ -66,7 +66,7 @@ fn kubernetes_validate() -> anyhow::Result<()> {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    let venv = shell::workspace_root().join(KUBERNETES_VALIDATE_VENV);
+    let venv = shell::target_dir().join(KUBERNETES_VALIDATE_VENV);
     if on_path || venv.join("bin/kubernetes-validate").exists() {
         return Ok(());
     }
