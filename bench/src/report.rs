@@ -173,7 +173,7 @@ impl Results {
             );
             let _ = writeln!(
                 t,
-                "{:<30}{:>12}   (mean, the agent's own histogram)",
+                "{:<30}{:>12}   (mean of idle passes, the agent's own histogram)",
                 "agent reconcile pass wall",
                 ms(s.agent_pass_seconds)
             );

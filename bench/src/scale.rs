@@ -46,8 +46,9 @@ pub struct ScaleResult {
     /// Wall time of one GET /metrics from the idle agent.
     pub scrape: Samples,
     pub scrape_bytes: usize,
-    /// Mean wall time of the running agent's passes, from its own
-    /// `netguard_reconcile_pass_duration_seconds` (idle passes, after its first).
+    /// Mean wall time of the idle agent's passes over the measuring window, from its own
+    /// `netguard_reconcile_pass_duration_seconds` (the scrape after the window less the one
+    /// before it: its first, full pass left out).
     pub agent_pass_seconds: f64,
     /// Containers re-created at once, and the time from the last one mounted to every one
     /// of their links back (as the notifications show it).
@@ -79,6 +80,7 @@ pub async fn run(
         "scale, {links} links: agent up, RSS {} MiB",
         agent_rss_bytes >> 20
     );
+    let passes0 = passes(&get_metrics(metrics).await?)?;
     let cpu0 = agent::cpu_time(agent.pid())?;
     tokio::time::sleep(window).await;
     let agent_idle_cpu_per_second =
@@ -110,7 +112,9 @@ pub async fn run(
         text = get_metrics(metrics).await?;
         scrape.push(started.elapsed());
     }
-    let agent_pass_seconds = pass_mean(&text)?;
+    let passes1 = passes(&text)?;
+    ensure!(passes1.1 > passes0.1, "the idle agent ran no pass in {window:?}");
+    let agent_pass_seconds = (passes1.0 - passes0.0) / (passes1.1 - passes0.1);
 
     eprintln!("scale, {links} links: re-creating {BURST} containers at once");
     let burst: Vec<usize> = (0..BURST.min(links)).collect();
@@ -218,8 +222,8 @@ async fn get_metrics(addr: std::net::SocketAddr) -> anyhow::Result<String> {
     Ok(raw)
 }
 
-/// The mean of the agent's pass durations, from its histogram's `_sum` and `_count`.
-fn pass_mean(scrape: &str) -> anyhow::Result<f64> {
+/// The agent's pass durations so far: its histogram's `_sum` and `_count`.
+fn passes(scrape: &str) -> anyhow::Result<(f64, f64)> {
     let value = |name: &str| {
         scrape
             .lines()
@@ -229,7 +233,7 @@ fn pass_mean(scrape: &str) -> anyhow::Result<f64> {
         value("netguard_reconcile_pass_duration_seconds_sum"),
         value("netguard_reconcile_pass_duration_seconds_count"),
     ) {
-        (Some(sum), Some(count)) if count > 0.0 => Ok(sum / count),
+        (Some(sum), Some(count)) => Ok((sum, count)),
         _ => bail!("the scrape has no pass durations"),
     }
 }
