@@ -113,7 +113,10 @@ pub async fn run(
         scrape.push(started.elapsed());
     }
     let passes1 = passes(&text)?;
-    ensure!(passes1.1 > passes0.1, "the idle agent ran no pass in {window:?}");
+    ensure!(
+        passes1.1 > passes0.1,
+        "the idle agent ran no pass in {window:?}"
+    );
     let agent_pass_seconds = (passes1.0 - passes0.0) / (passes1.1 - passes0.1);
 
     eprintln!("scale, {links} links: re-creating {BURST} containers at once");

@@ -201,7 +201,7 @@ pub async fn run(
             .with_label_values(&[tracer.backend.as_str()])
             .set(1);
     }
-    let outcomes = Outcomes::new(metrics.clone(), &ledger.status());
+    let outcomes = Outcomes::new(metrics.clone(), &status::ledger_rows(ledger.content()));
     let shared = Arc::new(Shared {
         ledger: Mutex::new(ledger),
         restorer: Restorer::new(pool, CONCURRENCY),
@@ -396,7 +396,11 @@ async fn reconcile(shared: &Shared) {
                 .outcomes
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .after_pass(&report, &ledger.status(), triggered.into_std());
+                .after_pass(
+                    &report,
+                    &status::ledger_rows(ledger.content()),
+                    triggered.into_std(),
+                );
             for item in report.broken() {
                 tracing::warn!(
                     "{}: {:?}{}",
@@ -414,7 +418,7 @@ async fn reconcile(shared: &Shared) {
         }
         Err(e) => tracing::error!("restore pass: {e}"),
     }
-    for relent in crate::lend::relend_persistent(shared.restorer.pool(), &mut ledger).await {
+    for relent in control::lend::relend_persistent(&shared.restorer, &mut ledger).await {
         match relent {
             Ok(text) => tracing::info!("{text} again"),
             Err(e) => tracing::warn!("lending again: {e}"),

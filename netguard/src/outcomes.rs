@@ -7,10 +7,9 @@ use std::time::Instant;
 
 use chrono::SecondsFormat;
 
-use crate::ledger::StatusRow;
 use crate::metrics::Metrics;
 use crate::restore::{Outcome, PassReport, Target};
-use crate::status::is_row_of;
+use crate::status::{is_row_of, StatusRow};
 
 /// Ledger states whose arrival is logged (restores are logged from the pass's results, which
 /// see every repair even when the state was already `restored`).
