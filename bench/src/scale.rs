@@ -67,12 +67,18 @@ pub async fn run(
     repeats: usize,
 ) -> anyhow::Result<ScaleResult> {
     eprintln!("scale, {links} links: building the world");
+    let started = Instant::now();
     let world = World::build(links).await?;
+    eprintln!(
+        "scale, {links} links: world built and learned in {:.1} s; idle passes and saves",
+        started.elapsed().as_secs_f64()
+    );
     let ledger_bytes = std::fs::metadata(world.state_dir.join(STATE_FILE))?.len();
     // Before the agent starts: it holds the ledger from then on.
     let idle_pass_cpu = idle_passes(&world, repeats).await?;
     let save = save_times(&world, repeats)?;
 
+    eprintln!("scale, {links} links: starting the agent");
     let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let agent = Agent::start(netguard, &world, &["--metrics", &metrics.to_string()]).await?;
     let agent_rss_bytes = agent::rss(agent.pid())?;
