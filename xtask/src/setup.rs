@@ -4,7 +4,9 @@ use std::process::Command;
 
 use crate::shell;
 
-/// clang builds the BPF object; the rest builds and boots the VM test bed.
+/// clang builds the BPF object; qemu to xz-utils build and boot the VM test bed; podman to
+/// iptables are the real container runtime the host tests drive (podman does not pull in runc
+/// or the CNI plugins; crun cannot run on this host's hybrid cgroups).
 const PACKAGES: &[&str] = &[
     "clang-19",
     "llvm-19",
@@ -16,6 +18,10 @@ const PACKAGES: &[&str] = &[
     "xz-utils",
     "iproute2",
     "iputils-ping",
+    "podman",
+    "runc",
+    "containernetworking-plugins",
+    "iptables",
 ];
 
 pub fn run() -> anyhow::Result<()> {
