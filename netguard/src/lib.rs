@@ -16,5 +16,6 @@ pub mod netns;
 pub mod recording;
 pub mod report;
 pub mod restore;
+pub mod runtime;
 pub mod status;
 pub mod trace;
