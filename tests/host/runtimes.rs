@@ -2,8 +2,12 @@
 //! Debian's CNI plugins, each test in its own private podman world inside a test netns (see
 //! `netguard_tests::podman`). Addresses stay in 198.18.0.0/15.
 
-use netguard_tests::podman::PodmanWorld;
-use netguard_tests::skip_unless_root;
+use std::path::PathBuf;
+
+use netguard_tests::cni::{Attachment, CniRunner};
+use netguard_tests::podman::{PodmanWorld, SYSTEM_CNI_DIR};
+use netguard_tests::{netguard_bin, skip_unless_root, Netguard, TestDir, TestNetns};
+use serde_json::json;
 
 /// The harness itself: a busybox container on a bridge + host-local network gets its address
 /// inside the test netns, and `podman restart` gives it a new netns under the same ID.
@@ -20,7 +24,10 @@ fn podman_runs_a_container_on_a_bridge_inside_the_test_netns() {
     let id = world.run("c1", &net, &["sleep", "600"]);
     let first = world.sandbox("c1");
     let addr = world.exec("c1", &["ip", "-4", "addr", "show", "eth0"]);
-    assert!(addr.contains("inet 198.18.20."), "eth0 in the container: {addr}");
+    assert!(
+        addr.contains("inet 198.18.20."),
+        "eth0 in the container: {addr}"
+    );
     // The bridge is in the test netns, not the host's.
     let bridge = world.netns.ip_json(&["link", "show", "dev", "ngbr0"]);
     assert_eq!(bridge[0]["ifname"], "ngbr0");
@@ -32,5 +39,172 @@ fn podman_runs_a_container_on_a_bridge_inside_the_test_netns() {
     assert_eq!(world.id("c1"), id, "same container ID after a restart");
     assert!(!first.exists(), "the old netns {} is gone", first.display());
     let addr = world.exec("c1", &["ip", "-4", "addr", "show", "eth0"]);
-    assert!(addr.contains("inet 198.18.20."), "eth0 after restart: {addr}");
+    assert!(
+        addr.contains("inet 198.18.20."),
+        "eth0 after restart: {addr}"
+    );
+}
+
+/// netguard chained after bridge + host-local: `podman run` -> the agent guards the
+/// container's eth0 with no learn; `podman rm` -> the CNI DEL releases it.
+#[test]
+fn chained_plugin_guards_a_podman_container_with_no_learn() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut world = PodmanWorld::new("pmc");
+    let dir = TestDir::new("pmc");
+    let ng = Netguard::new(&dir, &world.netns);
+    let _agent = ng.start_agent();
+    let net = world.network_name("br");
+    let bridge = world.bridge_plugin("ngbr1", "198.18.21.0/24");
+    let netguard = json!({
+        "type": "netguard",
+        "socket": ng.socket.display().to_string(),
+        "stateDir": ng.state_dir.display().to_string(),
+    });
+    world.add_network(&net, vec![bridge, netguard]);
+
+    world.run("c1", &net, &["sleep", "600"]);
+    let sandbox = world.sandbox("c1").display().to_string();
+    let row = |ng: &Netguard| {
+        ng.status_json()["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "eth0" && r["netns"] == sandbox.as_str())
+            .cloned()
+    };
+    let guarded = row(&ng).unwrap_or_else(|| panic!("eth0 not guarded: {}", ng.explain(&[])));
+    assert_eq!(guarded["kind"], "veth");
+    assert_eq!(guarded["state"], "intact", "{guarded}");
+    let mac = world.exec("c1", &["cat", "/sys/class/net/eth0/address"]);
+    assert_eq!(guarded["mac"], mac.as_str());
+
+    world.podman_ok(&["rm", "--force", "--time", "0", "c1"]);
+    assert!(row(&ng).is_none(), "released at DEL: {}", ng.explain(&[]));
+}
+
+/// The plugin through the suite's CNI runner, with no agent: ADD records under the ledger's
+/// lock; with an unusable ledger it still passes the result on (fail-open); DEL succeeds with
+/// the netns gone; VERSION, STATUS and GC answer per CNI 1.1.
+#[test]
+fn chained_plugin_speaks_cni_and_fails_open() {
+    if skip_unless_root() {
+        return;
+    }
+    let host = TestNetns::new("cnh");
+    let pod = TestNetns::new("cnp");
+    let dir = TestDir::new("cnr");
+    let ng = Netguard::new(&dir, &host);
+    let plugins = TestDir::new("cnbin");
+    for (name, target) in [
+        ("bridge", PathBuf::from(SYSTEM_CNI_DIR).join("bridge")),
+        (
+            "host-local",
+            PathBuf::from(SYSTEM_CNI_DIR).join("host-local"),
+        ),
+        ("netguard", netguard_bin()),
+    ] {
+        std::os::unix::fs::symlink(target, plugins.0.join(name)).unwrap();
+    }
+    let runner = CniRunner::new(vec![plugins.0.clone()]).in_netns(host.path());
+    let conflist = |state_dir: &str| {
+        json!({
+            // Debian's plugins speak up to 1.0.0.
+            "cniVersion": "1.0.0",
+            "name": format!("{}-net", host.name),
+            "plugins": [
+                {
+                    "type": "bridge", "bridge": "ngbr2", "isGateway": true,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{ "subnet": "198.18.22.0/24" }]],
+                        "dataDir": dir.0.join("ipam").display().to_string(),
+                    }
+                },
+                { "type": "netguard", "socket": ng.socket.display().to_string(), "stateDir": state_dir }
+            ]
+        })
+    };
+    let good = conflist(&ng.state_dir.display().to_string());
+    let att = Attachment {
+        container_id: "c0ffee01".into(),
+        netns: Some(pod.path()),
+        ifname: "eth0".into(),
+        args: Some("IgnoreUnknown=1;K8S_POD_UID=9a7e".into()),
+    };
+
+    let result = runner
+        .add(&good, &att)
+        .unwrap_or_else(|run| panic!("ADD: {run:?}"));
+    let bridge_result = runner.exec("ADD", Some(&att), &CniRunner::plugin_config(&good, 0, None));
+    assert!(
+        !bridge_result.ok(),
+        "a second bridge ADD of the same eth0 fails"
+    );
+    assert_eq!(result["interfaces"][2]["name"], "eth0", "{result}");
+    let row = ng
+        .status_row(&pod, "eth0")
+        .unwrap_or_else(|| panic!("eth0 not guarded: {}", ng.explain(&[&pod])));
+    assert_eq!(row["kind"], "veth");
+    runner
+        .check(&good, &att, &result)
+        .unwrap_or_else(|run| panic!("CHECK: {run:?}"));
+
+    // An unusable ledger: the pod still gets its result.
+    let blocked = dir.0.join("a-file");
+    std::fs::write(&blocked, "not a directory").unwrap();
+    let bad = conflist(&blocked.join("state").display().to_string());
+    let prev = result.clone();
+    let run = runner.exec(
+        "ADD",
+        Some(&att),
+        &CniRunner::plugin_config(&bad, 1, Some(&prev)),
+    );
+    assert!(run.ok(), "fail-open: {run:?}");
+    assert_eq!(run.json(), prev);
+    assert!(run.stderr.contains("not guarded"), "logged: {}", run.stderr);
+
+    let version = runner.exec_binary(
+        &netguard_bin(),
+        "VERSION",
+        None,
+        br#"{"cniVersion":"1.1.0"}"#,
+    );
+    assert_eq!(
+        version.json()["supportedVersions"],
+        json!(["0.4.0", "1.0.0", "1.1.0"])
+    );
+    let v1_1 =
+        json!({ "cniVersion": "1.1.0", "name": good["name"], "plugins": [good["plugins"][1]] });
+    let status = runner.exec("STATUS", None, &CniRunner::plugin_config(&v1_1, 0, None));
+    assert!(status.ok() && status.stdout.is_empty(), "{status:?}");
+    runner
+        .gc(&v1_1, &[("c0ffee01", "eth0")])
+        .unwrap_or_else(|run| panic!("GC: {run:?}"));
+    let status = runner.exec("STATUS", None, &CniRunner::plugin_config(&good, 1, None));
+    assert_eq!(
+        status.json()["code"],
+        1,
+        "STATUS is a 1.1 command: {status:?}"
+    );
+
+    runner
+        .del(&good, &att, Some(&result))
+        .unwrap_or_else(|run| panic!("DEL: {run:?}"));
+    assert!(
+        ng.status_row(&pod, "eth0").is_none(),
+        "released: {}",
+        ng.explain(&[&pod])
+    );
+    // Again, with the netns gone: still a success.
+    pod.delete();
+    let gone = Attachment { netns: None, ..att };
+    let run = runner.exec(
+        "DEL",
+        Some(&gone),
+        &CniRunner::plugin_config(&good, 1, None),
+    );
+    assert!(run.ok() && run.stdout.is_empty(), "{run:?}");
 }

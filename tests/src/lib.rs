@@ -14,6 +14,7 @@ use netguard::ledger::Locator;
 use netguard::trace::{BackendChoice, TraceOptions, Tracer};
 use serde_json::Value;
 
+pub mod cni;
 pub mod podman;
 
 /// Path of iproute2's `ip` (busybox in the VM guest shadows a bare `ip`).

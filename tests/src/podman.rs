@@ -18,7 +18,9 @@ pub const CNI_RESULTS_DIR: &str = "/var/lib/cni/results";
 /// The image every world imports from a tarball of busybox (no pulls here).
 pub const IMAGE: &str = "localhost/ngt-busybox:latest";
 /// Applets the image links to busybox.
-const APPLETS: &[&str] = &["sh", "ip", "ls", "cat", "sleep", "ping", "ifconfig", "route"];
+const APPLETS: &[&str] = &[
+    "sh", "ip", "ls", "cat", "sleep", "ping", "ifconfig", "route",
+];
 
 /// podman's world inside `netns`: a bridge network created by a conflist lives there, and so
 /// do the containers' host-side veths. Containers' own netns are `/run/netns/netns-<uuid>`.
@@ -41,7 +43,16 @@ impl PodmanWorld {
             netns,
             networks: Vec::new(),
         };
-        for sub in ["root", "runroot", "tmp", "hooks", "net", "cni", "ipam", "image/bin"] {
+        for sub in [
+            "root",
+            "runroot",
+            "tmp",
+            "hooks",
+            "net",
+            "cni",
+            "ipam",
+            "image/bin",
+        ] {
             std::fs::create_dir_all(world.path(sub)).expect("create podman dirs");
         }
         world.link_plugins();
@@ -114,7 +125,11 @@ network_config_dir = "{net}"
             .arg(".")
             .output()
             .expect("run tar");
-        assert!(out.status.success(), "tar: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "tar: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         self.podman_ok(&["import", &tarball.display().to_string(), IMAGE]);
     }
 
@@ -228,7 +243,11 @@ impl Drop for PodmanWorld {
             for entry in entries.flatten() {
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                if self.networks.iter().any(|n| name.starts_with(&format!("{n}-"))) {
+                if self
+                    .networks
+                    .iter()
+                    .any(|n| name.starts_with(&format!("{n}-")))
+                {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }

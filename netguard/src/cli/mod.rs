@@ -1,6 +1,7 @@
 //! Command-line definitions and output; the work is done by the library.
 
 mod agent;
+mod cni;
 mod ops;
 mod output;
 mod status;
@@ -116,6 +117,19 @@ fn one_line(err: &anyhow::Error) -> String {
     line
 }
 
+/// Logs to stderr at `default_level` unless RUST_LOG says otherwise.
+fn init_logging(default_level: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_level.into()),
+        )
+        .with_writer(std::io::stderr)
+        // No colour codes in a log file or the journal.
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
 /// Stops a privileged command early, with one line, when not root.
 fn require_root() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -126,22 +140,17 @@ fn require_root() -> anyhow::Result<()> {
 }
 
 pub fn main() -> ExitCode {
+    // A runtime runs its CNI plugins with CNI_COMMAND set and no arguments.
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        return cni::main();
+    }
     let cli = Cli::parse();
     // The agent tells what it does; one-shot commands only warn.
-    let default_level = if matches!(cli.command, Command::Agent(_)) {
+    init_logging(if matches!(cli.command, Command::Agent(_)) {
         "info"
     } else {
         "warn"
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_level.into()),
-        )
-        .with_writer(std::io::stderr)
-        // No colour codes in a log file or the journal.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    });
     let result = match cli.command {
         Command::Trace(args) => trace::run(args),
         Command::Agent(args) => agent::run(args),

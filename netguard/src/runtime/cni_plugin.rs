@@ -227,8 +227,7 @@ pub trait Recorder {
     /// Release it (idempotent; the netns may be gone).
     fn del(&self, att: &AttachmentRef) -> Result<(), Self::Error>;
     /// `Ok(Some(why))` when netguard sees the attachment broken.
-    fn check(&self, att: &AttachmentRef, prev: &PrevResult)
-        -> Result<Option<String>, Self::Error>;
+    fn check(&self, att: &AttachmentRef, prev: &PrevResult) -> Result<Option<String>, Self::Error>;
     /// Release this network's attachments that are not in `valid`; how many went.
     fn gc(&self, network: &str, valid: &[GcAttachment]) -> Result<usize, Self::Error>;
 }
@@ -265,17 +264,22 @@ pub fn handle<R: Recorder>(inv: &Invocation, stdin: &[u8], recorder: &R) -> Outc
         Ok(stdout) => Outcome { stdout, code: 0 },
         Err(err) => {
             tracing::warn!("netguard CNI {:?}: {err}", inv.command);
-            let reply = ErrorReply {
-                cni_version: asked_version(stdin),
-                code: err.code(),
-                msg: err.to_string(),
-                details: None,
-            };
-            Outcome {
-                stdout: serde_json::to_vec(&reply).expect("error replies serialize"),
-                code: 1,
-            }
+            error_outcome(stdin, &err)
         }
+    }
+}
+
+/// The spec's error JSON for `err` (in the runtime's version where netguard speaks it), exit 1.
+pub fn error_outcome(stdin: &[u8], err: &CniError) -> Outcome {
+    let reply = ErrorReply {
+        cni_version: asked_version(stdin),
+        code: err.code(),
+        msg: err.to_string(),
+        details: None,
+    };
+    Outcome {
+        stdout: serde_json::to_vec(&reply).expect("error replies serialize"),
+        code: 1,
     }
 }
 
@@ -355,7 +359,9 @@ fn run<R: Recorder>(inv: &Invocation, stdin: &[u8], recorder: &R) -> Result<Vec<
         Command::Check => {
             let att = attachment()?;
             if conf.prev_result.is_none() {
-                return Err(CniError::Config("CHECK needs the prevResult of the ADD".into()));
+                return Err(CniError::Config(
+                    "CHECK needs the prevResult of the ADD".into(),
+                ));
             }
             match recorder.check(&att, &prev) {
                 Ok(None) => Ok(Vec::new()),

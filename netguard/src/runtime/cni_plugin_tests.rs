@@ -17,16 +17,19 @@ impl Recorder for Fake {
         let mac = prev
             .sandbox_interface(&att.ifname)
             .and_then(|i| i.mac.clone());
-        self.calls
-            .borrow_mut()
-            .push(format!("add {att} {:?} {mac:?} {:?}", att.netns, att.pod_uid));
+        self.calls.borrow_mut().push(format!(
+            "add {att} {:?} {mac:?} {:?}",
+            att.netns, att.pod_uid
+        ));
         if self.fail {
             return Err("no agent and the ledger is busy".into());
         }
         Ok("guarding eth0".into())
     }
     fn del(&self, att: &AttachmentRef) -> Result<(), String> {
-        self.calls.borrow_mut().push(format!("del {att} {:?}", att.netns));
+        self.calls
+            .borrow_mut()
+            .push(format!("del {att} {:?}", att.netns));
         if self.fail {
             return Err("disk full".into());
         }
@@ -111,25 +114,40 @@ fn add_fails_open_when_netguard_cannot_record() {
 #[test]
 fn add_reads_the_pod_uid_from_cni_args() {
     let fake = Fake::default();
-    let args = [("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=web;K8S_POD_UID=5f1c")];
+    let args = [(
+        "CNI_ARGS",
+        "IgnoreUnknown=1;K8S_POD_NAME=web;K8S_POD_UID=5f1c",
+    )];
     handle(
         &inv("ADD", &args),
         &conf("1.0.0", &format!(r#","prevResult":{PREV}"#)),
         &fake,
     );
-    assert!(fake.calls.borrow()[0].ends_with(r#"Some("5f1c")"#), "{:?}", fake.calls);
+    assert!(
+        fake.calls.borrow()[0].ends_with(r#"Some("5f1c")"#),
+        "{:?}",
+        fake.calls
+    );
 }
 
 #[test]
 fn add_without_a_previous_result_is_a_config_error() {
-    let err = error_of(&handle(&inv("ADD", &[]), &conf("1.0.0", ""), &Fake::default()));
+    let err = error_of(&handle(
+        &inv("ADD", &[]),
+        &conf("1.0.0", ""),
+        &Fake::default(),
+    ));
     assert_eq!((err.code, err.cni_version.as_str()), (7, "1.0.0"));
     assert!(err.msg.contains("chained plugin"), "{}", err.msg);
 }
 
 #[test]
 fn an_unsupported_version_is_error_1() {
-    let err = error_of(&handle(&inv("ADD", &[]), &conf("0.3.1", ""), &Fake::default()));
+    let err = error_of(&handle(
+        &inv("ADD", &[]),
+        &conf("0.3.1", ""),
+        &Fake::default(),
+    ));
     assert_eq!(err.code, 1);
     assert!(err.msg.contains("0.3.1"), "{}", err.msg);
     assert_eq!(err.cni_version, "1.1.0");
@@ -137,7 +155,10 @@ fn an_unsupported_version_is_error_1() {
 
 #[test]
 fn garbage_on_stdin_is_error_6_and_missing_variables_error_4() {
-    assert_eq!(error_of(&handle(&inv("DEL", &[]), b"{nope", &Fake::default())).code, 6);
+    assert_eq!(
+        error_of(&handle(&inv("DEL", &[]), b"{nope", &Fake::default())).code,
+        6
+    );
     let no_ifname = Invocation {
         ifname: None,
         ..inv("DEL", &[])
@@ -160,8 +181,17 @@ fn del_is_quiet_and_succeeds_with_the_netns_gone_and_netguard_failing() {
         ..inv("DEL", &[])
     };
     let out = handle(&gone, &conf("0.4.0", ""), &fake);
-    assert_eq!(out, Outcome { stdout: Vec::new(), code: 0 });
-    assert_eq!(fake.calls.borrow().as_slice(), ["del net1/c0ffee/eth0 None"]);
+    assert_eq!(
+        out,
+        Outcome {
+            stdout: Vec::new(),
+            code: 0
+        }
+    );
+    assert_eq!(
+        fake.calls.borrow().as_slice(),
+        ["del net1/c0ffee/eth0 None"]
+    );
 }
 
 #[test]
@@ -185,7 +215,11 @@ fn check_fails_only_when_netguard_sees_it_broken() {
 
 #[test]
 fn version_lists_what_netguard_speaks() {
-    let out = handle(&inv("VERSION", &[]), br#"{"cniVersion":"1.0.0"}"#, &Fake::default());
+    let out = handle(
+        &inv("VERSION", &[]),
+        br#"{"cniVersion":"1.0.0"}"#,
+        &Fake::default(),
+    );
     let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         reply,
@@ -206,13 +240,22 @@ fn status_and_gc_are_1_1_commands() {
         ..inv("STATUS", &[])
     };
     assert_eq!(handle(&status, &conf("1.1.0", ""), &fake).code, 0);
-    assert_eq!(error_of(&handle(&status, &conf("1.0.0", ""), &fake)).code, 1);
+    assert_eq!(
+        error_of(&handle(&status, &conf("1.0.0", ""), &fake)).code,
+        1
+    );
     let gc = Invocation {
         command: Command::Gc,
         ..status
     };
     let valid = r#","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"},{"containerID":"b","ifname":"net1"}]"#;
     let out = handle(&gc, &conf("1.1.0", valid), &fake);
-    assert_eq!(out, Outcome { stdout: Vec::new(), code: 0 });
+    assert_eq!(
+        out,
+        Outcome {
+            stdout: Vec::new(),
+            code: 0
+        }
+    );
     assert_eq!(fake.calls.borrow().as_slice(), ["gc net1 2"]);
 }
