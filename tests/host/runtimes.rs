@@ -46,7 +46,8 @@ fn podman_runs_a_container_on_a_bridge_inside_the_test_netns() {
 }
 
 /// netguard chained after bridge + host-local: `podman run` -> the agent guards the
-/// container's eth0 with no learn; `podman rm` -> the CNI DEL releases it.
+/// container's eth0 with no learn; `podman restart` -> status follows the new netns and
+/// nothing stale is restored; `podman rm` -> the CNI DEL releases it.
 #[test]
 fn chained_plugin_guards_a_podman_container_with_no_learn() {
     if skip_unless_root() {
@@ -66,23 +67,37 @@ fn chained_plugin_guards_a_podman_container_with_no_learn() {
     world.add_network(&net, vec![bridge, netguard]);
 
     world.run("c1", &net, &["sleep", "600"]);
-    let sandbox = world.sandbox("c1").display().to_string();
-    let row = |ng: &Netguard| {
-        ng.status_json()["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == "eth0" && r["netns"] == sandbox.as_str())
-            .cloned()
+    let first = world.sandbox("c1").display().to_string();
+    let rows = |ng: &Netguard| ng.status_json()["rows"].as_array().unwrap().clone();
+    let row = |ng: &Netguard, netns: &str| {
+        rows(ng)
+            .into_iter()
+            .find(|r| r["name"] == "eth0" && r["netns"] == netns)
     };
-    let guarded = row(&ng).unwrap_or_else(|| panic!("eth0 not guarded: {}", ng.explain(&[])));
+    let guarded =
+        row(&ng, &first).unwrap_or_else(|| panic!("eth0 not guarded: {}", ng.explain(&[])));
     assert_eq!(guarded["kind"], "veth");
     assert_eq!(guarded["state"], "intact", "{guarded}");
     let mac = world.exec("c1", &["cat", "/sys/class/net/eth0/address"]);
     assert_eq!(guarded["mac"], mac.as_str());
 
+    world.podman_ok(&["restart", "--time", "0", "c1"]);
+    let second = world.sandbox("c1").display().to_string();
+    assert_ne!(first, second);
+    let now = row(&ng, &second).unwrap_or_else(|| panic!("not followed: {}", ng.explain(&[])));
+    assert_eq!(now["state"], "intact", "{now}");
+    // Two agent passes later the old netns has nothing restored into it and no row.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let all = rows(&ng);
+    assert_eq!(all.len(), 1, "only the live attachment is guarded: {all:?}");
+    let log = ng.log();
+    assert!(
+        !log.contains("Restored") && !log.contains("Waiting"),
+        "nothing restored or waited for: {log}"
+    );
+
     world.podman_ok(&["rm", "--force", "--time", "0", "c1"]);
-    assert!(row(&ng).is_none(), "released at DEL: {}", ng.explain(&[]));
+    assert!(rows(&ng).is_empty(), "released at DEL: {}", ng.explain(&[]));
 }
 
 /// The plugin through the suite's CNI runner, with no agent: ADD records under the ledger's

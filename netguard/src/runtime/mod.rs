@@ -2,3 +2,4 @@
 
 pub mod cni_plugin;
 pub mod oci_hook;
+pub mod workload;

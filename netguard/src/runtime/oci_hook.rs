@@ -90,7 +90,10 @@ impl ContainerEvent {
         let runtime = match annotations.get("io.container.manager") {
             Some(manager) if manager == "libpod" => "podman".to_string(),
             Some(manager) => manager.clone(),
-            None if annotations.keys().any(|k| k.starts_with("io.kubernetes.cri-o.")) => {
+            None if annotations
+                .keys()
+                .any(|k| k.starts_with("io.kubernetes.cri-o.")) =>
+            {
                 "cri-o".to_string()
             }
             None => "oci".to_string(),
@@ -106,7 +109,8 @@ impl ContainerEvent {
 
     /// The container's netns while its process lives.
     pub fn netns(&self) -> Option<PathBuf> {
-        self.pid.map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")))
+        self.pid
+            .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")))
     }
 }
 
@@ -146,7 +150,11 @@ mod tests {
             Err(HookError::NoId)
         );
         let err = ContainerEvent::parse(Stage::Poststop, b"[1,2]").unwrap_err();
-        assert!(err.to_string().starts_with("the OCI state on stdin is not usable"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("the OCI state on stdin is not usable"),
+            "{err}"
+        );
         let err = "prestart".parse::<Stage>().unwrap_err();
         assert_eq!(
             err.to_string(),
