@@ -110,14 +110,14 @@ impl Agent {
     }
 
     /// Copies the agent's log to `to` (said on stderr), for a failure to be looked into later.
-    pub fn keep_log(&self, to: &str) {
-        let kept = Path::new(to)
+    pub fn keep_log(&self, to: &Path) {
+        let kept = to
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
             .and_then(|()| std::fs::copy(&self.log, to));
         match kept {
-            Ok(_) => eprintln!("the agent's log is kept in {to}"),
-            Err(e) => eprintln!("cannot keep the agent's log in {to}: {e}"),
+            Ok(_) => eprintln!("the agent's log is kept in {}", to.display()),
+            Err(e) => eprintln!("cannot keep the agent's log in {}: {e}", to.display()),
         }
     }
 

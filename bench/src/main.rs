@@ -14,7 +14,7 @@ mod stats;
 mod watch;
 mod world;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -56,7 +56,8 @@ struct RunArgs {
     /// Reaction-latency trials instead of the default.
     #[arg(long)]
     trials: Option<usize>,
-    /// Also write the results as JSON here.
+    /// Also write the results as JSON here (and keep a failed agent's log beside it,
+    /// else in the current directory).
     #[arg(long)]
     json: Option<PathBuf>,
     /// The netguard binary (default: the one next to this one).
@@ -168,6 +169,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     for name in netns::remove_stale() {
         eprintln!("removed netns {name} left by an earlier run");
     }
+    let failed_log = args
+        .json
+        .as_deref()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new(""))
+        .join("failed-agent.log");
     let wants = |part| args.parts.is_empty() || args.parts.contains(&part);
     let mut results = report::Results::new(args.quick);
     if wants(Part::Mass) {
@@ -190,7 +197,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             let rounds = args.rounds.unwrap_or(rounds);
             results
                 .mass_restore
-                .push(mass::run(&netguard, n, rounds, &contenders).await?);
+                .push(mass::run(&netguard, &failed_log, n, rounds, &contenders).await?);
         }
     }
     if wants(Part::Reaction) {

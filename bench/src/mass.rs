@@ -51,9 +51,12 @@ pub struct MassResult {
     pub netguard_over_floor: Option<f64>,
 }
 
-/// Builds a world of `n` containers and times each contender `rounds` times.
+/// Builds a world of `n` containers and times each contender `rounds` times; the log of an
+/// agent that did not bring every link back is kept in `failed_log` (the world's directory
+/// goes with the world).
 pub async fn run(
     netguard: &Path,
+    failed_log: &Path,
     n: usize,
     rounds: usize,
     contenders: &[Contender],
@@ -66,7 +69,7 @@ pub async fn run(
     for round in 0..=rounds {
         for k in 0..contenders.len() {
             let who = contenders[(k + round) % contenders.len()];
-            let took = trial(netguard, &world, who)
+            let took = trial(netguard, failed_log, &world, who)
                 .await
                 .with_context(|| format!("{} at N={n}, round {round}", who.label()))?;
             world
@@ -100,9 +103,14 @@ pub async fn run(
 /// One restart and one contender's restore. A one-shot contender starts once the kernel
 /// has torn the old namespaces down and is timed from its start to its exit; the agent runs
 /// through the restart and is timed from the last netns mounted to the last link back.
-async fn trial(netguard: &Path, world: &World, who: Contender) -> anyhow::Result<Duration> {
+async fn trial(
+    netguard: &Path,
+    failed_log: &Path,
+    world: &World,
+    who: Contender,
+) -> anyhow::Result<Duration> {
     let mut cmd = match who {
-        Contender::Agent => return agent_trial(netguard, world).await,
+        Contender::Agent => return agent_trial(netguard, failed_log, world).await,
         Contender::Netguard => {
             let mut cmd = Command::new(netguard);
             cmd.arg("restore")
@@ -141,7 +149,11 @@ async fn trial(netguard: &Path, world: &World, who: Contender) -> anyhow::Result
     timed(&mut cmd).await
 }
 
-async fn agent_trial(netguard: &Path, world: &World) -> anyhow::Result<Duration> {
+async fn agent_trial(
+    netguard: &Path,
+    failed_log: &Path,
+    world: &World,
+) -> anyhow::Result<Duration> {
     let agent = Agent::start(netguard, world, None).await?;
     let watch = Watch::start(world).await?;
     let born = world.recreate_all(watch::subscribe)?;
@@ -150,7 +162,7 @@ async fn agent_trial(netguard: &Path, world: &World) -> anyhow::Result<Duration>
     let timeout = Duration::from_secs(30) + Duration::from_millis(50) * all.len() as u32;
     let took = watch.until_back(world, &all, born, since, timeout).await;
     if let Err(e) = took {
-        agent.keep_log(FAILED_AGENT_LOG);
+        agent.keep_log(failed_log);
         // Whether the kernel agrees tells a watch that missed notifications from links that
         // are not back.
         let kernel = match world.verify().await {
@@ -163,10 +175,6 @@ async fn agent_trial(netguard: &Path, world: &World) -> anyhow::Result<Duration>
     agent.stop().await?;
     took
 }
-
-/// Where the log of an agent that did not bring every link back is kept (the world's
-/// directory goes with the world).
-const FAILED_AGENT_LOG: &str = "target/bench/failed-agent.log";
 
 /// Runs a command to its end; its wall time, or its stderr if it fails.
 async fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {

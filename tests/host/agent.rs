@@ -8,31 +8,28 @@ use std::time::Duration;
 
 use netguard::agent::StateLock;
 use netguard_tests::{
-    dumps, has_addr, is_up, link, pings, skip_unless_root, wait_until, wait_until_every, Bridged,
-    MacvlanPod, Netguard, Ran, TestDir, TestNetns,
+    dumps, has_addr, is_up, link, pings, wait_until, wait_until_every, Netguard, Ran, TestNetns,
+    World,
 };
 use serde_json::{json, Value};
 
 /// The bridged world and the `netguard` command on a ledger of its own.
 struct Setup {
-    w: Bridged,
+    w: World,
     ng: Netguard,
-    _dir: TestDir,
 }
 
 impl Setup {
     fn new(tag: &str) -> Setup {
-        let w = Bridged::new(tag);
-        let dir = TestDir::new(tag);
+        let w = World::bridged(tag);
         Setup {
-            ng: Netguard::new(&dir, &w.host),
+            ng: Netguard::new(&w),
             w,
-            _dir: dir,
         }
     }
 
     fn c_path(&self) -> String {
-        self.w.c.path().display().to_string()
+        self.w.c().path().display().to_string()
     }
 
     /// `netguard learn --netns C`: guards eth0 (and its host side vh0 on br0).
@@ -45,7 +42,7 @@ impl Setup {
     }
 
     fn explain(&self) -> String {
-        self.ng.explain(&[&self.w.host, &self.w.c])
+        self.ng.explain(&[&self.w.host, self.w.c()])
     }
 }
 
@@ -71,24 +68,21 @@ fn has_route(ns: &TestNetns, dev: &str, dst: &str, gateway: &str) -> bool {
 
 #[test]
 fn container_reboot_gets_its_veth_back_from_the_agent() {
-    if skip_unless_root() {
-        return;
-    }
     let s = Setup::new("rb");
     let w = &s.w;
     s.learn();
-    let (eth0, vh0) = (link(&w.c, "eth0"), link(&w.host, "vh0"));
+    let (eth0, vh0) = (link(w.c(), "eth0"), link(&w.host, "vh0"));
     let agent = s.ng.start_agent();
 
-    w.c.recreate();
+    w.c().recreate();
     let took = wait_until(
         "the container pings the bridge through its re-created eth0",
-        || w.c.ping("198.18.1.1"),
+        || w.c().ping("198.18.1.1"),
         || s.explain(),
     );
     eprintln!("container netns re-created -> ping through the re-created veth: {took:?}");
 
-    let eth0_now = link(&w.c, "eth0");
+    let eth0_now = link(w.c(), "eth0");
     assert_eq!(eth0_now["linkinfo"]["info_kind"], "veth", "{}", s.explain());
     assert_eq!(
         (&eth0_now["address"], &eth0_now["mtu"]),
@@ -97,14 +91,14 @@ fn container_reboot_gets_its_veth_back_from_the_agent() {
         s.explain()
     );
     assert!(is_up(&eth0_now));
-    assert!(has_addr(&w.c, "eth0", "198.18.1.2", 24), "{}", s.explain());
+    assert!(has_addr(w.c(), "eth0", "198.18.1.2", 24), "{}", s.explain());
     assert!(
-        has_route(&w.c, "eth0", "default", "198.18.1.1"),
+        has_route(w.c(), "eth0", "default", "198.18.1.1"),
         "{}",
         s.explain()
     );
     assert!(
-        has_route(&w.c, "eth0", "198.19.1.0/24", "198.18.1.1"),
+        has_route(w.c(), "eth0", "198.19.1.0/24", "198.18.1.1"),
         "{}",
         s.explain()
     );
@@ -120,7 +114,7 @@ fn container_reboot_gets_its_veth_back_from_the_agent() {
     assert_eq!(status["agent"]["backend"], "netlink", "{status:#}");
     assert_eq!(status["agent"]["pid"], agent.pid());
     let row =
-        s.ng.status_row(&w.c, "eth0")
+        s.ng.status_row(w.c(), "eth0")
             .unwrap_or_else(|| panic!("eth0 not in status: {status:#}"));
     assert_eq!(row["state"], "restored", "{status:#}");
 
@@ -131,9 +125,6 @@ fn container_reboot_gets_its_veth_back_from_the_agent() {
 
 #[test]
 fn bridge_port_lost_is_put_back_within_the_interval() {
-    if skip_unless_root() {
-        return;
-    }
     let s = Setup::new("bp");
     let w = &s.w;
     s.learn();
@@ -146,15 +137,15 @@ fn bridge_port_lost_is_put_back_within_the_interval() {
         || s.explain(),
     );
     assert!(is_up(&link(&w.host, "vh0")));
-    assert!(pings(&w.c, "198.18.1.1"), "{}", s.explain());
-    assert_eq!(s.ng.status_row(&w.c, "eth0").unwrap()["state"], "restored");
+    assert!(pings(w.c(), "198.18.1.1"), "{}", s.explain());
+    assert_eq!(s.ng.status_row(w.c(), "eth0").unwrap()["state"], "restored");
 }
 
 /// Whether the world is whole again after repairs by several agents: one eth0 in the
 /// container, one veth on the host (vh0, up, a port of br0), nothing left under a temporary
 /// name; else what is wrong.
-fn whole(w: &Bridged) -> Result<(), String> {
-    let c_links = w.c.ip_json(&["-d", "link", "show"]);
+fn whole(w: &World) -> Result<(), String> {
+    let c_links = w.c().ip_json(&["-d", "link", "show"]);
     let host_links = w.host.ip_json(&["-d", "link", "show"]);
     let names = |links: &Value| -> Vec<String> {
         links
@@ -191,9 +182,6 @@ fn whole(w: &Bridged) -> Result<(), String> {
 
 #[test]
 fn agent_killed_during_a_repair_converges_when_started_again() {
-    if skip_unless_root() {
-        return;
-    }
     let s = Setup::new("k9");
     let w = &s.w;
     s.learn();
@@ -203,7 +191,7 @@ fn agent_killed_during_a_repair_converges_when_started_again() {
     // the pair re-created (in the middle of configuring it).
     for mid_repair in [false, true] {
         let before = creations();
-        w.c.recreate();
+        w.c().recreate();
         if mid_repair {
             let started = || creations() > before;
             wait_until_every(
@@ -224,7 +212,7 @@ fn agent_killed_during_a_repair_converges_when_started_again() {
                     "right after the re-creation"
                 }
             ),
-            || whole(w).is_ok() && w.c.ping("198.18.1.1"),
+            || whole(w).is_ok() && w.c().ping("198.18.1.1"),
             || format!("{:?}\n{}", whole(w), s.explain()),
         );
     }
@@ -232,9 +220,6 @@ fn agent_killed_during_a_repair_converges_when_started_again() {
 
 #[test]
 fn corrupt_state_file_is_kept_aside_and_the_agent_guards_on() {
-    if skip_unless_root() {
-        return;
-    }
     let s = Setup::new("cs");
     let garbage = b"{\"version\": 1, \"ledger\": {\"links\": [\x00 garbage";
     std::fs::write(s.ng.state_dir.join("state.json"), garbage).unwrap();
@@ -269,7 +254,7 @@ fn corrupt_state_file_is_kept_aside_and_the_agent_guards_on() {
     // The agent holds the ledger: this learn goes through it.
     s.learn();
     let row =
-        s.ng.status_row(&s.w.c, "eth0")
+        s.ng.status_row(s.w.c(), "eth0")
             .unwrap_or_else(|| panic!("eth0 not in status: {}", s.explain()));
     assert_eq!(row["kind"], "veth");
     s.w.host.ip(&["link", "set", "vh0", "nomaster"]);
@@ -282,19 +267,16 @@ fn corrupt_state_file_is_kept_aside_and_the_agent_guards_on() {
 
 #[test]
 fn restore_dry_run_changes_nothing_then_restore_repairs_or_says_why_not() {
-    if skip_unless_root() {
-        return;
-    }
     let s = Setup::new("dr");
     let w = &s.w;
     s.learn();
     w.host.ip(&["link", "set", "vh0", "nomaster"]);
-    w.c.ip(&["route", "del", "198.19.1.0/24"]);
+    w.c().ip(&["route", "del", "198.19.1.0/24"]);
     let ledger_files = || {
         ["state.json", "journal.jsonl"]
             .map(|f| std::fs::read(s.ng.state_dir.join(f)).unwrap_or_default())
     };
-    let before = (dumps(&w.host), dumps(&w.c), ledger_files());
+    let before = (dumps(&w.host), dumps(w.c()), ledger_files());
 
     let ran = s.ng.run_ok(&["restore", "--dry-run", "--json"]);
     let plan: Value =
@@ -321,7 +303,7 @@ fn restore_dry_run_changes_nothing_then_restore_repairs_or_says_why_not() {
         "{ran}"
     );
     assert_eq!(
-        (dumps(&w.host), dumps(&w.c), ledger_files()),
+        (dumps(&w.host), dumps(w.c()), ledger_files()),
         before,
         "the dry run changed something"
     );
@@ -330,14 +312,14 @@ fn restore_dry_run_changes_nothing_then_restore_repairs_or_says_why_not() {
     assert_eq!(ran.code(), Some(0), "{ran}");
     assert_eq!(link(&w.host, "vh0")["master"], "br0", "{}", s.explain());
     assert!(
-        has_route(&w.c, "eth0", "198.19.1.0/24", "198.18.1.1"),
+        has_route(w.c(), "eth0", "198.19.1.0/24", "198.18.1.1"),
         "{}",
         s.explain()
     );
-    assert!(pings(&w.c, "198.18.1.1"));
+    assert!(pings(w.c(), "198.18.1.1"));
 
     // The container is gone for good: nothing to restore into, and it is said.
-    w.c.delete();
+    w.c().delete();
     let ran = s.ng.run(&["restore"]);
     assert_eq!(ran.code(), Some(1), "{ran}");
     let eth0 = ran
@@ -353,9 +335,6 @@ fn restore_dry_run_changes_nothing_then_restore_repairs_or_says_why_not() {
 
 #[test]
 fn status_without_an_agent_says_so_and_shows_the_live_verdict() {
-    if skip_unless_root() {
-        return;
-    }
     let s = Setup::new("st");
     s.learn();
     let eth0_line = |ran: &Ran| {
@@ -393,13 +372,9 @@ fn status_without_an_agent_says_so_and_shows_the_live_verdict() {
 
 #[test]
 fn unknown_config_key_is_named_with_its_file() {
-    if skip_unless_root() {
-        return;
-    }
-    let host = TestNetns::new("cfh");
-    let dir = TestDir::new("cf");
-    let ng = Netguard::new(&dir, &host);
-    let config = dir.0.join("netguard.toml");
+    let w = World::new("cf");
+    let ng = Netguard::new(&w);
+    let config = w.dir.0.join("netguard.toml");
     std::fs::write(&config, "interval = 2\nintervall = 3\n").unwrap();
 
     let ran = ng.run(&["agent", "--config", config.to_str().unwrap()]);
@@ -414,9 +389,6 @@ fn unknown_config_key_is_named_with_its_file() {
 
 #[test]
 fn bad_requests_to_a_running_agent_get_one_clear_line() {
-    if skip_unless_root() {
-        return;
-    }
     let s = Setup::new("br");
     s.learn();
     let agent = s.ng.start_agent();
@@ -455,14 +427,15 @@ fn bad_requests_to_a_running_agent_get_one_clear_line() {
 
     // What is guarded can be forgotten.
     s.ng.run_ok(&["forget", "eth0"]);
-    assert!(s.ng.status_row(&s.w.c, "eth0").is_none(), "{}", s.explain());
+    assert!(
+        s.ng.status_row(s.w.c(), "eth0").is_none(),
+        "{}",
+        s.explain()
+    );
 }
 
 #[test]
 fn agent_started_while_a_command_holds_the_ledger_waits_for_it() {
-    if skip_unless_root() {
-        return;
-    }
     let s = Setup::new("lk");
     s.learn();
     // What `netguard status` or `restore` hold while they work without an agent.
@@ -473,20 +446,23 @@ fn agent_started_while_a_command_holds_the_ledger_waits_for_it() {
     });
     let _agent = s.ng.start_agent();
     release.join().unwrap();
-    assert!(s.ng.status_row(&s.w.c, "eth0").is_some(), "{}", s.explain());
+    assert!(
+        s.ng.status_row(s.w.c(), "eth0").is_some(),
+        "{}",
+        s.explain()
+    );
 }
 
 #[test]
 fn imported_cni_checkpoint_is_guarded_and_its_link_rebuilt_from_it() {
-    if skip_unless_root() {
-        return;
-    }
-    let w = MacvlanPod::new("cni");
-    let dir = TestDir::new("cni");
-    let ng = Netguard::new(&dir, &w.host);
-    let explain = || ng.explain(&[&w.host, &w.pod]);
-    let pod = w.pod.path().display().to_string();
-    let mac = link(&w.pod, "mv0")["address"].as_str().unwrap().to_string();
+    let w = World::macvlan_pod("cni");
+    let ng = Netguard::new(&w);
+    let explain = || ng.explain(&[&w.host, w.pod()]);
+    let pod = w.pod().path().display().to_string();
+    let mac = link(w.pod(), "mv0")["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // Field report 001's per-sandbox checkpoint.
     let checkpoint = json!({
         "netns": pod,
@@ -500,7 +476,7 @@ fn imported_cni_checkpoint_is_guarded_and_its_link_rebuilt_from_it() {
             "dns": {}
         }
     });
-    let file = dir.0.join("checkpoint-06c9b8d0a800");
+    let file = w.dir.0.join("checkpoint-06c9b8d0a800");
     std::fs::write(&file, serde_json::to_vec_pretty(&checkpoint).unwrap()).unwrap();
     let _agent = ng.start_agent();
 
@@ -510,28 +486,28 @@ fn imported_cni_checkpoint_is_guarded_and_its_link_rebuilt_from_it() {
         "{ran}"
     );
     let row = ng
-        .status_row(&w.pod, "mv0")
+        .status_row(w.pod(), "mv0")
         .unwrap_or_else(|| panic!("mv0 not in status: {}", explain()));
     assert_eq!(
         (row["kind"].as_str(), row["mac"].as_str()),
         (Some("macvlan"), Some(mac.as_str()))
     );
 
-    w.pod.ip(&["link", "del", "mv0"]);
+    w.pod().ip(&["link", "del", "mv0"]);
     wait_until(
         "mv0 is back with its routes",
-        || has_route(&w.pod, "mv0", "198.19.2.0/24", "198.18.2.1"),
+        || has_route(w.pod(), "mv0", "198.19.2.0/24", "198.18.2.1"),
         explain,
     );
-    let mv0 = link(&w.pod, "mv0");
+    let mv0 = link(w.pod(), "mv0");
     assert_eq!(mv0["linkinfo"]["info_kind"], "macvlan");
     assert_eq!(mv0["address"], mac.as_str());
     assert!(is_up(&mv0));
-    assert!(has_addr(&w.pod, "mv0", "198.18.2.2", 24), "{}", explain());
+    assert!(has_addr(w.pod(), "mv0", "198.18.2.2", 24), "{}", explain());
     assert!(
-        has_route(&w.pod, "mv0", "default", "198.18.2.1"),
+        has_route(w.pod(), "mv0", "default", "198.18.2.1"),
         "{}",
         explain()
     );
-    assert!(pings(&w.pod, "198.18.2.1"), "{}", explain());
+    assert!(pings(w.pod(), "198.18.2.1"), "{}", explain());
 }

@@ -5,20 +5,37 @@
 use std::sync::Arc;
 
 use netguard::inventory::Pool;
-use netguard::ledger::learn::learn;
+use netguard::ledger::learn::{learn, Learned};
 use netguard::ledger::{
     Ledger, LedgerOptions, LinkKey, LinkState, Locator, NicState, Opened, STATE_FILE,
 };
 use netguard::restore::{ItemResult, Outcome, PassReport, Restorer, Target};
-use netguard_tests::{
-    dumps, has_addr, is_up, link, pings, skip_unless_root, Bridged, MacvlanPod, TestDir, TestNetns,
-};
+use netguard_tests::{dumps, has_addr, is_up, link, pings, World};
 
-/// A ledger in its own directory and a restorer whose host is `host`.
-fn start(host: &TestNetns, dir: &TestDir) -> (Ledger, Restorer) {
-    let (ledger, _) = Ledger::open(LedgerOptions::new(dir.0.clone())).expect("open ledger");
-    let pool = Arc::new(Pool::new(Some(host.path())));
+/// A ledger in the world's directory and a restorer whose host is the world's.
+fn start(w: &World) -> (Ledger, Restorer) {
+    let (ledger, _) = Ledger::open(LedgerOptions::new(w.dir.0.clone())).expect("open ledger");
+    let pool = Arc::new(Pool::new(Some(w.host.path())));
     (ledger, Restorer::new(pool, 8))
+}
+
+/// [`start`], and the links of the world's containers learned into the ledger.
+async fn start_guarding(w: &World) -> (Ledger, Restorer, Learned) {
+    let (mut ledger, restorer) = start(w);
+    let netns: Vec<Locator> = w.containers().map(|ns| Locator::Path(ns.path())).collect();
+    let learned = learn(restorer.pool(), &mut ledger, &netns)
+        .await
+        .expect("learn the containers' links");
+    (ledger, restorer, learned)
+}
+
+/// The actions a pass applied for `name`, as `ip` commands.
+fn applied(report: &PassReport, name: &str) -> Vec<String> {
+    result_for(report, name)
+        .applied
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 fn result_for<'a>(report: &'a PassReport, name: &str) -> &'a ItemResult {
@@ -34,15 +51,8 @@ fn result_for<'a>(report: &'a PassReport, name: &str) -> &'a ItemResult {
 
 #[tokio::test]
 async fn container_reboot_brings_the_veth_back_into_the_new_netns() {
-    if skip_unless_root() {
-        return;
-    }
-    let w = Bridged::new("rb");
-    let dir = TestDir::new("rb");
-    let (mut ledger, restorer) = start(&w.host, &dir);
-    let learned = learn(restorer.pool(), &mut ledger, &[w.c_loc()])
-        .await
-        .unwrap();
+    let w = World::bridged("rb");
+    let (mut ledger, restorer, learned) = start_guarding(&w).await;
     assert_eq!(
         learned.guarded,
         vec![LinkKey {
@@ -51,13 +61,13 @@ async fn container_reboot_brings_the_veth_back_into_the_new_netns() {
         }],
         "{learned:?}"
     );
-    let mac = link(&w.c, "eth0")["address"].clone();
+    let mac = link(w.c(), "eth0")["address"].clone();
     let host_mac = link(&w.host, "vh0")["address"].clone();
 
-    let old_inode = w.c.inode();
-    w.c.recreate();
-    assert_ne!(w.c.inode(), old_inode);
-    assert!(!w.c.ip_out(&["link"]).contains("eth0"));
+    let old_inode = w.c().inode();
+    w.c().recreate();
+    assert_ne!(w.c().inode(), old_inode);
+    assert!(!w.c().ip_out(&["link"]).contains("eth0"));
 
     let report = restorer.pass(&mut ledger).await.unwrap();
     let eth0 = result_for(&report, "eth0");
@@ -67,12 +77,12 @@ async fn container_reboot_brings_the_veth_back_into_the_new_netns() {
         "{report}"
     );
 
-    let eth0_now = link(&w.c, "eth0");
+    let eth0_now = link(w.c(), "eth0");
     assert_eq!(eth0_now["address"], mac);
     assert!(is_up(&eth0_now));
-    assert!(has_addr(&w.c, "eth0", "198.18.1.2", 24));
+    assert!(has_addr(w.c(), "eth0", "198.18.1.2", 24));
     assert!(w
-        .c
+        .c()
         .ip_out(&["route", "show", "dev", "eth0"])
         .contains("198.19.1.0/24 via 198.18.1.1"));
     let vh0 = link(&w.host, "vh0");
@@ -80,7 +90,7 @@ async fn container_reboot_brings_the_veth_back_into_the_new_netns() {
     assert_eq!(vh0["address"], host_mac);
     assert!(is_up(&vh0));
     assert!(
-        pings(&w.c, "198.18.1.1"),
+        pings(w.c(), "198.18.1.1"),
         "no ping from the re-created eth0 to the bridge"
     );
 
@@ -91,31 +101,23 @@ async fn container_reboot_brings_the_veth_back_into_the_new_netns() {
     assert!(eth0.applied.is_empty());
     let record = ledger.link(&w.c_loc(), "eth0").unwrap();
     assert_eq!(record.state, LinkState::Restored);
-    assert_eq!(record.spec.netns_inode, Some(w.c.inode()));
+    assert_eq!(record.spec.netns_inode, Some(w.c().inode()));
     ledger.save().unwrap();
 }
 
 #[tokio::test]
 async fn bridge_port_lost_is_brought_up_and_enslaved_again() {
-    if skip_unless_root() {
-        return;
-    }
-    let w = Bridged::new("bp");
-    let dir = TestDir::new("bp");
-    let (mut ledger, restorer) = start(&w.host, &dir);
-    learn(restorer.pool(), &mut ledger, &[w.c_loc()])
-        .await
-        .unwrap();
+    let w = World::bridged("bp");
+    let (mut ledger, restorer, _) = start_guarding(&w).await;
     w.host.ip(&["link", "set", "vh0", "nomaster"]);
     w.host.ip(&["link", "set", "vh0", "down"]);
-    assert!(!pings(&w.c, "198.18.1.1"));
+    assert!(!pings(w.c(), "198.18.1.1"));
 
     let report = restorer.pass(&mut ledger).await.unwrap();
     let eth0 = result_for(&report, "eth0");
     assert_eq!(eth0.outcome, Outcome::Restored, "{report}");
-    let applied: Vec<String> = eth0.applied.iter().map(ToString::to_string).collect();
     assert_eq!(
-        applied,
+        applied(&report, "eth0"),
         vec![
             "[host] ip link set vh0 up",
             "[host] ip link set vh0 master br0"
@@ -124,27 +126,20 @@ async fn bridge_port_lost_is_brought_up_and_enslaved_again() {
     let vh0 = link(&w.host, "vh0");
     assert_eq!(vh0["master"], "br0");
     assert!(is_up(&vh0));
-    assert!(pings(&w.c, "198.18.1.1"));
+    assert!(pings(w.c(), "198.18.1.1"));
 }
 
 #[tokio::test]
 async fn macvlan_comes_back_in_the_living_pod_netns_when_its_parent_returns() {
-    if skip_unless_root() {
-        return;
-    }
-    let w = MacvlanPod::new("mv");
-    let (host, pod) = (&w.host, &w.pod);
+    let w = World::macvlan_pod("mv");
+    let (host, pod) = (&w.host, w.pod());
     assert!(
         pings(pod, "198.18.2.1"),
         "test setup: macvlan over veth does not ping"
     );
 
-    let dir = TestDir::new("mv");
-    let (mut ledger, restorer) = start(host, &dir);
+    let (mut ledger, restorer, learned) = start_guarding(&w).await;
     let pod_loc = Locator::Path(pod.path());
-    let learned = learn(restorer.pool(), &mut ledger, std::slice::from_ref(&pod_loc))
-        .await
-        .unwrap();
     assert_eq!(
         learned.guarded,
         vec![LinkKey {
@@ -191,10 +186,8 @@ async fn macvlan_comes_back_in_the_living_pod_netns_when_its_parent_returns() {
 
 #[tokio::test]
 async fn home_name_held_by_another_device_is_a_conflict_then_renamed_home_once_free() {
-    if skip_unless_root() {
-        return;
-    }
-    let host = TestNetns::new("nich");
+    let w = World::new("nic");
+    let host = &w.host;
     // A veth stands in for a physical NIC (no real NICs here), registered through the API.
     host.ip(&[
         "link", "add", "nic7", "type", "veth", "peer", "name", "nic7p",
@@ -203,8 +196,7 @@ async fn home_name_held_by_another_device_is_a_conflict_then_renamed_home_once_f
     host.ip(&[
         "link", "add", "lan7", "type", "veth", "peer", "name", "lan7p",
     ]);
-    let dir = TestDir::new("nic");
-    let (mut ledger, restorer) = start(&host, &dir);
+    let (mut ledger, restorer) = start(&w);
     let live = restorer
         .pool()
         .host()
@@ -215,8 +207,8 @@ async fn home_name_held_by_another_device_is_a_conflict_then_renamed_home_once_f
         .unwrap()
         .unwrap();
     ledger.guard_nic(live.nic_identity(), "lan7", true, None);
-    let mac = link(&host, "nic7")["address"].clone();
-    let holder_mac = link(&host, "lan7")["address"].clone();
+    let mac = link(host, "nic7")["address"].clone();
+    let holder_mac = link(host, "lan7")["address"].clone();
 
     let report = restorer.pass(&mut ledger).await.unwrap();
     let nic = result_for(&report, "lan7");
@@ -229,9 +221,9 @@ async fn home_name_held_by_another_device_is_a_conflict_then_renamed_home_once_f
             .contains("held by another device"),
         "{report}"
     );
-    assert_eq!(link(&host, "nic7")["address"], mac, "nothing renamed");
+    assert_eq!(link(host, "nic7")["address"], mac, "nothing renamed");
     assert_eq!(
-        link(&host, "lan7")["address"],
+        link(host, "lan7")["address"],
         holder_mac,
         "the holder is left alone"
     );
@@ -245,7 +237,7 @@ async fn home_name_held_by_another_device_is_a_conflict_then_renamed_home_once_f
         Outcome::Restored,
         "{report}"
     );
-    let home = link(&host, "lan7");
+    let home = link(host, "lan7");
     assert_eq!(home["address"], mac);
     assert!(is_up(&home));
     assert_eq!(ledger.nics()[0].state, NicState::Restored);
@@ -254,15 +246,8 @@ async fn home_name_held_by_another_device_is_a_conflict_then_renamed_home_once_f
 
 #[tokio::test]
 async fn a_change_between_passes_is_seen_though_the_last_look_is_kept() {
-    if skip_unless_root() {
-        return;
-    }
-    let w = Bridged::new("ch");
-    let dir = TestDir::new("ch");
-    let (mut ledger, restorer) = start(&w.host, &dir);
-    learn(restorer.pool(), &mut ledger, &[w.c_loc()])
-        .await
-        .unwrap();
+    let w = World::bridged("ch");
+    let (mut ledger, restorer, _) = start_guarding(&w).await;
     let first = restorer.pass(&mut ledger).await.unwrap();
     assert_eq!(
         result_for(&first, "eth0").outcome,
@@ -271,38 +256,31 @@ async fn a_change_between_passes_is_seen_though_the_last_look_is_kept() {
     );
 
     // Inside the container, and then on the host side: each announced by the kernel.
-    w.c.ip(&["route", "del", "198.19.1.0/24"]);
+    w.c().ip(&["route", "del", "198.19.1.0/24"]);
     let report = restorer.pass(&mut ledger).await.unwrap();
-    let applied: Vec<String> = result_for(&report, "eth0")
-        .applied
-        .iter()
-        .map(ToString::to_string)
-        .collect();
     assert_eq!(
-        applied,
+        applied(&report, "eth0"),
         vec![format!(
             "[{}] ip route add 198.19.1.0/24 via 198.18.1.1 dev eth0",
-            w.c.path().display()
+            w.c().path().display()
         )]
     );
     w.host.ip(&["link", "set", "vh0", "nomaster"]);
     let report = restorer.pass(&mut ledger).await.unwrap();
-    let applied: Vec<String> = result_for(&report, "eth0")
-        .applied
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    assert_eq!(applied, vec!["[host] ip link set vh0 master br0"]);
+    assert_eq!(
+        applied(&report, "eth0"),
+        vec!["[host] ip link set vh0 master br0"]
+    );
 
     // A container restart between passes: a new netns at the same path.
-    w.c.recreate();
+    w.c().recreate();
     let report = restorer.pass(&mut ledger).await.unwrap();
     assert_eq!(
         result_for(&report, "eth0").outcome,
         Outcome::Restored,
         "{report}"
     );
-    assert!(has_addr(&w.c, "eth0", "198.18.1.2", 24));
+    assert!(has_addr(w.c(), "eth0", "198.18.1.2", 24));
     let again = restorer.pass(&mut ledger).await.unwrap();
     assert_eq!(
         result_for(&again, "eth0").outcome,
@@ -313,18 +291,11 @@ async fn a_change_between_passes_is_seen_though_the_last_look_is_kept() {
 
 #[tokio::test]
 async fn dry_run_plans_but_changes_nothing() {
-    if skip_unless_root() {
-        return;
-    }
-    let w = Bridged::new("dr");
-    let dir = TestDir::new("dr");
-    let (mut ledger, restorer) = start(&w.host, &dir);
-    learn(restorer.pool(), &mut ledger, &[w.c_loc()])
-        .await
-        .unwrap();
+    let w = World::bridged("dr");
+    let (ledger, restorer, _) = start_guarding(&w).await;
     w.host.ip(&["link", "set", "vh0", "nomaster"]);
-    w.c.ip(&["route", "del", "198.19.1.0/24"]);
-    let (host_before, c_before) = (dumps(&w.host), dumps(&w.c));
+    w.c().ip(&["route", "del", "198.19.1.0/24"]);
+    let (host_before, c_before) = (dumps(&w.host), dumps(w.c()));
     let status_before = ledger.status();
 
     let plan = restorer.dry_run(&ledger).await.unwrap();
@@ -339,31 +310,24 @@ async fn dry_run_plans_but_changes_nothing() {
         .contains("\"action\":\"set-master\""));
 
     assert_eq!(dumps(&w.host), host_before);
-    assert_eq!(dumps(&w.c), c_before);
+    assert_eq!(dumps(w.c()), c_before);
     assert_eq!(ledger.status(), status_before);
 }
 
 #[tokio::test]
 async fn corrupt_state_file_is_kept_aside_and_the_ledger_rebuilt() {
-    if skip_unless_root() {
-        return;
-    }
-    let w = Bridged::new("cs");
-    let dir = TestDir::new("cs");
-    let (mut ledger, restorer) = start(&w.host, &dir);
-    learn(restorer.pool(), &mut ledger, &[w.c_loc()])
-        .await
-        .unwrap();
+    let w = World::bridged("cs");
+    let (mut ledger, restorer, _) = start_guarding(&w).await;
     ledger.save().unwrap();
     drop(ledger);
 
-    let state = dir.0.join(STATE_FILE);
+    let state = w.dir.0.join(STATE_FILE);
     let mut bytes = std::fs::read(&state).unwrap();
     let cut = bytes.len() / 3;
     bytes.truncate(cut);
     std::fs::write(&state, &bytes).unwrap();
 
-    let (mut ledger, opened) = Ledger::open(LedgerOptions::new(dir.0.clone())).unwrap();
+    let (mut ledger, opened) = Ledger::open(LedgerOptions::new(w.dir.0.clone())).unwrap();
     let Opened::Rebuilt {
         moved_to: Some(aside),
         ..

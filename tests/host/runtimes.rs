@@ -6,16 +6,13 @@ use std::path::PathBuf;
 
 use netguard_tests::cni::{Attachment, CniRunner};
 use netguard_tests::podman::{PodmanWorld, SYSTEM_CNI_DIR};
-use netguard_tests::{netguard_bin, skip_unless_root, Netguard, TestDir, TestNetns};
+use netguard_tests::{netguard_bin, Netguard, World};
 use serde_json::json;
 
 /// The harness itself: a busybox container on a bridge + host-local network gets its address
 /// inside the test netns, and `podman restart` gives it a new netns under the same ID.
 #[test]
 fn podman_runs_a_container_on_a_bridge_inside_the_test_netns() {
-    if skip_unless_root() {
-        return;
-    }
     let mut world = PodmanWorld::new("pmh");
     let net = world.network_name("br");
     let bridge = world.bridge_plugin("ngbr0", "198.18.20.0/24");
@@ -29,7 +26,7 @@ fn podman_runs_a_container_on_a_bridge_inside_the_test_netns() {
         "eth0 in the container: {addr}"
     );
     // The bridge is in the test netns, not the host's.
-    let bridge = world.netns.ip_json(&["link", "show", "dev", "ngbr0"]);
+    let bridge = world.host().ip_json(&["link", "show", "dev", "ngbr0"]);
     assert_eq!(bridge[0]["ifname"], "ngbr0");
     assert!(first.starts_with("/run/netns/"), "{}", first.display());
 
@@ -50,12 +47,8 @@ fn podman_runs_a_container_on_a_bridge_inside_the_test_netns() {
 /// nothing stale is restored; `podman rm` -> the CNI DEL releases it.
 #[test]
 fn chained_plugin_guards_a_podman_container_with_no_learn() {
-    if skip_unless_root() {
-        return;
-    }
     let mut world = PodmanWorld::new("pmc");
-    let dir = TestDir::new("pmc");
-    let ng = Netguard::new(&dir, &world.netns);
+    let ng = Netguard::new(&world.world);
     let _agent = ng.start_agent();
     let net = world.network_name("br");
     let bridge = world.bridge_plugin("ngbr1", "198.18.21.0/24");
@@ -105,14 +98,11 @@ fn chained_plugin_guards_a_podman_container_with_no_learn() {
 /// the netns gone; VERSION, STATUS and GC answer per CNI 1.1.
 #[test]
 fn chained_plugin_speaks_cni_and_fails_open() {
-    if skip_unless_root() {
-        return;
-    }
-    let host = TestNetns::new("cnh");
-    let pod = TestNetns::new("cnp");
-    let dir = TestDir::new("cnr");
-    let ng = Netguard::new(&dir, &host);
-    let plugins = TestDir::new("cnbin");
+    let w = World::new("cnr").with(&["pod"]);
+    let (host, pod, dir) = (&w.host, w.ns("pod"), &w.dir);
+    let ng = Netguard::new(&w);
+    let plugins = dir.0.join("bin");
+    std::fs::create_dir(&plugins).unwrap();
     for (name, target) in [
         ("bridge", PathBuf::from(SYSTEM_CNI_DIR).join("bridge")),
         (
@@ -121,9 +111,9 @@ fn chained_plugin_speaks_cni_and_fails_open() {
         ),
         ("netguard", netguard_bin()),
     ] {
-        std::os::unix::fs::symlink(target, plugins.0.join(name)).unwrap();
+        std::os::unix::fs::symlink(target, plugins.join(name)).unwrap();
     }
-    let runner = CniRunner::new(vec![plugins.0.clone()]).in_netns(host.path());
+    let runner = CniRunner::new(vec![plugins]).in_netns(host.path());
     let conflist = |state_dir: &str| {
         json!({
             // Debian's plugins speak up to 1.0.0.

@@ -6,7 +6,7 @@ use std::sync::mpsc;
 
 use netguard::event::{Cause, Event, EventKind};
 use netguard::trace::{BackendChoice, BackendKind};
-use netguard_tests::{is_at, netguard_bin, skip_unless_root, EventWatch, TestNetns, EVENT_TIMEOUT};
+use netguard_tests::{is_at, netguard_bin, EventWatch, World, EVENT_TIMEOUT};
 
 const NETLINK: BackendChoice = BackendChoice::Only(BackendKind::Netlink);
 
@@ -14,23 +14,25 @@ fn kind_is(kind: EventKind) -> impl Fn(&Event) -> bool {
     move |e| e.kind == kind
 }
 
+/// The register of `name` in the netns with that inode.
+fn registered(name: &'static str, netns: u64) -> impl Fn(&Event) -> bool {
+    move |e| e.kind == EventKind::Register && is_at(&e.to, name, netns)
+}
+
+/// The unregister of `name` from the netns with that inode.
+fn unregistered(name: &str, netns: u64) -> impl Fn(&Event) -> bool + '_ {
+    move |e| e.kind == EventKind::Unregister && is_at(&e.from, name, netns)
+}
+
 #[tokio::test]
 async fn a_move_between_namespaces_is_one_event_with_the_key_of_its_register() {
-    if skip_unless_root() {
-        return;
-    }
-    let (host, a, b) = (
-        TestNetns::new("h"),
-        TestNetns::new("a"),
-        TestNetns::new("b"),
-    );
-    let mut watch = EventWatch::start(NETLINK, &host, &[&a, &b]).await;
+    let w = World::new("mv").with(&["a", "b"]);
+    let (a, b) = (w.ns("a"), w.ns("b"));
+    let mut watch = EventWatch::start(NETLINK, &w).await;
 
     a.ip(&["link", "add", "va", "type", "veth", "peer", "name", "vb"]);
     let register = watch
-        .expect("register of vb in A", |e| {
-            e.kind == EventKind::Register && is_at(&e.to, "vb", a.inode())
-        })
+        .expect("register of vb in A", registered("vb", a.inode()))
         .await;
     assert_eq!(register.link_kind.as_deref(), Some("veth"));
     let ifindex = register.to.as_ref().and_then(|p| p.ifindex);
@@ -55,17 +57,13 @@ async fn a_move_between_namespaces_is_one_event_with_the_key_of_its_register() {
 
 #[tokio::test]
 async fn a_rename_inside_a_netns_says_old_and_new_name() {
-    if skip_unless_root() {
-        return;
-    }
-    let (host, a) = (TestNetns::new("h"), TestNetns::new("a"));
-    let mut watch = EventWatch::start(NETLINK, &host, &[&a]).await;
+    let w = World::new("rn").with(&["a"]);
+    let a = w.ns("a");
+    let mut watch = EventWatch::start(NETLINK, &w).await;
 
     a.ip(&["link", "add", "r0", "type", "veth", "peer", "name", "r1"]);
     let register = watch
-        .expect("register of r0", |e| {
-            e.kind == EventKind::Register && is_at(&e.to, "r0", a.inode())
-        })
+        .expect("register of r0", registered("r0", a.inode()))
         .await;
     a.ip(&["link", "set", "r0", "name", "r0new"]);
     let rename = watch
@@ -82,18 +80,14 @@ async fn a_rename_inside_a_netns_says_old_and_new_name() {
 
 #[tokio::test]
 async fn a_port_joining_and_leaving_a_bridge_is_neither_registered_nor_unregistered() {
-    if skip_unless_root() {
-        return;
-    }
-    let (host, a) = (TestNetns::new("h"), TestNetns::new("a"));
-    let mut watch = EventWatch::start(NETLINK, &host, &[&a]).await;
+    let w = World::new("br").with(&["a"]);
+    let a = w.ns("a");
+    let mut watch = EventWatch::start(NETLINK, &w).await;
 
     a.ip(&["link", "add", "br0", "type", "bridge"]);
     a.ip(&["link", "add", "p0", "type", "veth", "peer", "name", "p1"]);
     let register = watch
-        .expect("register of p0", |e| {
-            e.kind == EventKind::Register && is_at(&e.to, "p0", a.inode())
-        })
+        .expect("register of p0", registered("p0", a.inode()))
         .await;
     a.ip(&["link", "set", "p0", "master", "br0"]);
     a.ip(&["link", "set", "p0", "nomaster"]);
@@ -110,25 +104,17 @@ async fn a_port_joining_and_leaving_a_bridge_is_neither_registered_nor_unregiste
 
 #[tokio::test]
 async fn deleted_veths_and_veths_of_a_deleted_netns_are_unregistered() {
-    if skip_unless_root() {
-        return;
-    }
-    let (host, a, b) = (
-        TestNetns::new("h"),
-        TestNetns::new("a"),
-        TestNetns::new("b"),
-    );
+    let w = World::new("un").with(&["a", "b"]);
+    let (a, b) = (w.ns("a"), w.ns("b"));
     let (a_inode, b_inode) = (a.inode(), b.inode());
-    let mut watch = EventWatch::start(NETLINK, &host, &[&a, &b]).await;
+    let mut watch = EventWatch::start(NETLINK, &w).await;
 
     // An explicit delete takes both ends.
     a.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
     a.ip(&["link", "del", "d0"]);
     for end in ["d0", "d1"] {
         let gone = watch
-            .expect(&format!("unregister of {end}"), |e| {
-                e.kind == EventKind::Unregister && is_at(&e.from, end, a_inode)
-            })
+            .expect(&format!("unregister of {end}"), unregistered(end, a_inode))
             .await;
         assert_eq!(gone.netns_dying, Some(false), "{gone:?}");
         assert_eq!(gone.link_kind.as_deref(), Some("veth"));
@@ -139,9 +125,7 @@ async fn deleted_veths_and_veths_of_a_deleted_netns_are_unregistered() {
         "link", "add", "e0", "type", "veth", "peer", "name", "e1", "netns", &b.name,
     ]);
     watch
-        .expect("register of e1 in B", |e| {
-            e.kind == EventKind::Register && is_at(&e.to, "e1", b_inode)
-        })
+        .expect("register of e1 in B", registered("e1", b_inode))
         .await;
     b.delete();
     let begin = watch
@@ -149,9 +133,7 @@ async fn deleted_veths_and_veths_of_a_deleted_netns_are_unregistered() {
         .await;
     assert_eq!(begin.from.as_ref().unwrap().netns.inode, b_inode);
     let dead = watch
-        .expect("unregister of e1 in B", |e| {
-            e.kind == EventKind::Unregister && is_at(&e.from, "e1", b_inode)
-        })
+        .expect("unregister of e1 in B", unregistered("e1", b_inode))
         .await;
     assert_eq!(
         (dead.netns_dying, dead.cause),
@@ -159,9 +141,7 @@ async fn deleted_veths_and_veths_of_a_deleted_netns_are_unregistered() {
         "{dead:?}"
     );
     let peer = watch
-        .expect("unregister of e0 in A", |e| {
-            e.kind == EventKind::Unregister && is_at(&e.from, "e0", a_inode)
-        })
+        .expect("unregister of e0 in A", unregistered("e0", a_inode))
         .await;
     assert_eq!(
         (peer.netns_dying, peer.cause),
@@ -172,11 +152,9 @@ async fn deleted_veths_and_veths_of_a_deleted_netns_are_unregistered() {
 
 #[tokio::test]
 async fn auto_falls_back_to_netlink_and_says_why() {
-    if skip_unless_root() {
-        return;
-    }
-    let (host, a) = (TestNetns::new("h"), TestNetns::new("a"));
-    let mut watch = EventWatch::start(BackendChoice::Auto, &host, &[&a]).await;
+    let w = World::new("au").with(&["a"]);
+    let a = w.ns("a");
+    let mut watch = EventWatch::start(BackendChoice::Auto, &w).await;
     assert_eq!(watch.tracer.backend, BackendKind::Netlink);
     for backend in [BackendKind::Fentry, BackendKind::Kprobe] {
         let skipped = watch
@@ -193,25 +171,17 @@ async fn auto_falls_back_to_netlink_and_says_why() {
     // And it traces.
     a.ip(&["link", "add", "u0", "type", "veth", "peer", "name", "u1"]);
     watch
-        .expect("register of u0", |e| {
-            e.kind == EventKind::Register && is_at(&e.to, "u0", a.inode())
-        })
+        .expect("register of u0", registered("u0", a.inode()))
         .await;
 }
 
 #[test]
 fn the_trace_command_prints_a_move_as_json() {
-    if skip_unless_root() {
-        return;
-    }
-    let (host, a, b) = (
-        TestNetns::new("h"),
-        TestNetns::new("a"),
-        TestNetns::new("b"),
-    );
+    let w = World::new("cmd").with(&["a", "b"]);
+    let (a, b) = (w.ns("a"), w.ns("b"));
     a.ip(&["link", "add", "c0", "type", "veth", "peer", "name", "c1"]);
     let bin = netguard_bin();
-    let host_path = host.path();
+    let host_path = w.host.path();
     let mut child = Command::new(&bin)
         .args([
             "trace",

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use serde_json::{json, Value};
 
-use crate::{TestDir, TestNetns};
+use crate::{TestNetns, World};
 
 /// Where Debian's `containernetworking-plugins` puts the plugins.
 pub const SYSTEM_CNI_DIR: &str = "/usr/lib/cni";
@@ -22,13 +22,13 @@ const APPLETS: &[&str] = &[
     "sh", "ip", "ls", "cat", "sleep", "ping", "ifconfig", "route",
 ];
 
-/// podman's world inside `netns`: a bridge network created by a conflist lives there, and so
-/// do the containers' host-side veths. Containers' own netns are `/run/netns/netns-<uuid>`.
+/// podman's world inside the test world's host stand-in: a bridge network created by a
+/// conflist lives there, and so do the containers' host-side veths. Containers' own netns are
+/// `/run/netns/netns-<uuid>` (or only `/proc/PID/ns/net` with `--network none`).
 pub struct PodmanWorld {
-    // Field order is drop order: the guard below runs first (Drop of PodmanWorld), then the
-    // directory goes, then the netns.
-    pub dir: TestDir,
-    pub netns: TestNetns,
+    /// Its host runs podman (and an agent's `--host-netns`); podman's directories are under
+    /// `dir/podman`, beside a ledger's. Dropped after the containers are removed (below).
+    pub world: World,
     networks: Vec<String>,
 }
 
@@ -36,11 +36,8 @@ impl PodmanWorld {
     /// A world whose `cni_plugin_dirs` holds links to every plugin in `/usr/lib/cni` plus
     /// `netguard` (the workspace's binary, also a CNI plugin), and the busybox image.
     pub fn new(tag: &str) -> PodmanWorld {
-        let netns = TestNetns::new(tag);
-        let dir = TestDir::new(&format!("{tag}pm"));
         let world = PodmanWorld {
-            dir,
-            netns,
+            world: World::new(tag),
             networks: Vec::new(),
         };
         for sub in [
@@ -61,8 +58,13 @@ impl PodmanWorld {
         world
     }
 
+    /// The netns podman runs in.
+    pub fn host(&self) -> &TestNetns {
+        &self.world.host
+    }
+
     pub fn path(&self, sub: &str) -> PathBuf {
-        self.dir.0.join(sub)
+        self.world.dir.0.join("podman").join(sub)
     }
 
     /// The folder of OCI hook definitions podman reads (`--hooks-dir`).
@@ -138,7 +140,7 @@ network_config_dir = "{net}"
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new("nsenter");
         command
-            .arg(format!("--net={}", self.netns.path().display()))
+            .arg(format!("--net={}", self.host().path().display()))
             .arg("podman")
             .arg("--root")
             .arg(self.path("root"))
@@ -175,7 +177,7 @@ network_config_dir = "{net}"
     /// A network name unique to this world (libcni's cache in /var/lib/cni is shared by every
     /// test running at once).
     pub fn network_name(&self, tag: &str) -> String {
-        format!("{}-{tag}", self.netns.name)
+        format!("{}-{tag}", self.host().name)
     }
 
     /// Writes the conflist `<name>.conflist` with these plugins (cniVersion 1.0.0).
@@ -202,6 +204,28 @@ network_config_dir = "{net}"
                 "dataDir": self.path("ipam").display().to_string(),
             }
         })
+    }
+
+    /// Hook definitions (oci-hooks(5)) that run `netguard oci-hook --stage S` against this
+    /// agent at createRuntime, poststart and poststop.
+    pub fn install_netguard_hooks(&self, socket: &Path, state_dir: &Path) {
+        for stage in ["createRuntime", "poststart", "poststop"] {
+            let hook = json!({
+                "version": "1.0.0",
+                "hook": {
+                    "path": crate::netguard_bin(),
+                    "args": [
+                        "netguard", "oci-hook", "--stage", stage,
+                        "--socket", socket, "--state-dir", state_dir,
+                    ],
+                    "timeout": 10
+                },
+                "when": { "always": true },
+                "stages": [stage]
+            });
+            let file = self.hooks_dir().join(format!("netguard-{stage}.json"));
+            std::fs::write(file, serde_json::to_vec_pretty(&hook).unwrap()).expect("write hook");
+        }
     }
 
     /// `podman run -d --name NAME --network NETWORK IMAGE CMD...`; the container ID.
@@ -237,7 +261,7 @@ impl Drop for PodmanWorld {
     fn drop(&mut self) {
         // Containers first: their netns, veths and CNI cache entries go with a clean DEL.
         let _ = self.podman(&["rm", "--all", "--force", "--time", "0"]);
-        unmount_under(&self.dir.0);
+        unmount_under(&self.path(""));
         // A failed DEL leaves libcni's cache file behind.
         if let Ok(entries) = std::fs::read_dir(CNI_RESULTS_DIR) {
             for entry in entries.flatten() {

@@ -1,7 +1,7 @@
 //! `cargo xtask bench [--quick] [--only host|vm] [--kernel ..]`: the host benchmarks
 //! (`netguard-bench`, in network namespaces it creates and removes) and the VM benchmarks (in
 //! QEMU guests with Debian's kernels and e1000 NICs), one table for both, and the same results
-//! in `target/bench/latest.json` (the VM part under `vm`).
+//! in `<target dir>/bench/latest.json` (the VM part under `vm`).
 
 use std::process::{Command, ExitCode, Stdio};
 
@@ -33,7 +33,7 @@ pub struct BenchArgs {
 pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     setup::run()?;
     let wants = |part| args.only.is_none_or(|only| only == part);
-    let json_path = shell::workspace_root().join("target/bench/latest.json");
+    let json_path = shell::target_dir().join("bench/latest.json");
     let mut table = String::new();
     let mut json = serde_json::json!({});
     if wants(Part::Host) {
@@ -68,7 +68,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
 /// table, which goes at the head of the combined one.
 fn host(quick: bool) -> anyhow::Result<String> {
     shell::build_release(&["netguard", "netguard-bench"])?;
-    let target = shell::workspace_root().join("target");
+    let target = shell::target_dir();
     let mut bench = Command::new(target.join("release/netguard-bench"));
     bench.arg("--json").arg(target.join("bench/latest.json"));
     if quick {

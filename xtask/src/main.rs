@@ -37,7 +37,7 @@ enum Task {
         vm: vm::VmArgs,
     },
     /// Build release binaries and run the benchmarks (as root, in namespaces they create, and
-    /// in QEMU guests): one table, and the same as JSON in target/bench/latest.json.
+    /// in QEMU guests): one table, and the same as JSON in <target dir>/bench/latest.json.
     Bench {
         #[command(flatten)]
         bench: bench::BenchArgs,
@@ -72,10 +72,9 @@ fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
     } else {
         args
     };
-    let status =
-        std::process::Command::new(shell::workspace_root().join("target/release/netguard"))
-            .args(&args)
-            .status()?;
+    let status = std::process::Command::new(shell::target_dir().join("release/netguard"))
+        .args(&args)
+        .status()?;
     Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
 }
 

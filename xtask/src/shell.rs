@@ -14,6 +14,16 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (a relative one is taken from
+/// the workspace root, where every cargo this task runs is started), else `target/`. Every
+/// path into the build (binaries, the VM test bed, bench results) starts here.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => workspace_root().join(dir),
+        _ => workspace_root().join("target"),
+    }
+}
+
 /// Runs a command, failing with its name when it fails.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let status = cmd

@@ -33,7 +33,7 @@ pub fn build(
     ] {
         fs::create_dir_all(root.join(sub))?;
     }
-    let binaries = shell::workspace_root().join("target").join(profile);
+    let binaries = shell::target_dir().join(profile);
     copy_executable(Path::new("/bin/busybox"), &root.join("bin/busybox"))?;
     copy_executable(&which("ip")?, &root.join("sbin/ip"))?;
     for binary in ["netguard", "vm-suite"] {

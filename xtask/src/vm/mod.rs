@@ -50,7 +50,7 @@ pub struct VmArgs {
 
 /// Where the VM test bed keeps downloads and builds.
 fn vm_dir() -> PathBuf {
-    shell::workspace_root().join("target/vm")
+    shell::target_dir().join("vm")
 }
 
 /// The suite's guest: three NICs (eth0 stays home, two get lent out at once).
