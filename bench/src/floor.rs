@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context};
 use netguard::inventory::NetnsConn;
-use netguard::restore::apply::{route_message, veth_message};
+use netguard::rtnl::message::{route_message, veth_message};
 use rtnetlink::LinkUnspec;
 
 use crate::world::{Container, BRIDGE, IFNAME, MTU};

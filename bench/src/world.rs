@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use futures::StreamExt;
+use netguard::capture::learn;
 use netguard::inventory::{NetnsConn, NetnsInventory, Pool};
-use netguard::ledger::learn::learn;
 use netguard::ledger::{IpNet, Ledger, LedgerOptions, Locator, Mac, RouteSpec};
 use rtnetlink::LinkBridge;
 

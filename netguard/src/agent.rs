@@ -314,7 +314,7 @@ async fn reconcile(shared: &Shared) {
         }
         Err(e) => tracing::error!("restore pass: {e}"),
     }
-    for relent in crate::lend::relend_persistent(shared.restorer.pool(), &mut ledger).await {
+    for relent in control::lend::relend_persistent(&shared.restorer, &mut ledger).await {
         match relent {
             Ok(text) => tracing::info!("{text} again"),
             Err(e) => tracing::warn!("lending again: {e}"),

@@ -2,20 +2,22 @@
 //!
 //! Data flows one way: kernel events ([`trace`]) -> what we remember ([`ledger`]) -> a plan
 //! against what the kernel says now ([`inventory`], [`restore`]) -> netlink actions.
+//! Modules import only from lower layers (docs/architecture.md; checked by `cargo xtask test`).
 
 pub mod agent;
 pub mod api;
-pub mod cni;
+pub mod capture;
 pub mod config;
 pub mod control;
 pub mod event;
 pub mod inventory;
 pub mod ledger;
-pub mod lend;
+pub mod model;
 pub mod netns;
 pub mod recording;
 pub mod report;
 pub mod restore;
+pub mod rtnl;
 pub mod runtime;
 pub mod status;
 pub mod trace;

@@ -6,9 +6,59 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventKind};
-use crate::ledger::{Ledger, StatusRow};
+use crate::ledger::{Ledger, LedgerContent};
+use crate::model::Locator;
 use crate::restore::{Plan, Target};
 use crate::trace::{BackendKind, Unavailable};
+
+/// One row of `netguard status`: a guarded NIC or link and how it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRow {
+    /// `nic`, `veth`, `vlan`, `macvlan`.
+    pub kind: String,
+    /// Home name of a NIC, name of a link.
+    pub name: String,
+    /// Where it belongs: `host` or the netns locator.
+    pub netns: String,
+    /// For a NIC: where it is now (`name in netns`), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub now: Option<String>,
+    /// Permanent MAC of a NIC, MAC of a link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub since: DateTime<Utc>,
+}
+
+/// One row per guarded NIC and link.
+pub fn ledger_rows(content: &LedgerContent) -> Vec<StatusRow> {
+    let nics = content.nics.iter().map(|n| StatusRow {
+        kind: "nic".to_string(),
+        mac: n.identity.perm_mac.map(|m| m.to_string()),
+        name: n.home_name.clone(),
+        netns: Locator::Host.to_string(),
+        now: n
+            .location
+            .as_ref()
+            .map(|l| format!("{} in {}", l.name, l.netns)),
+        state: n.state.to_string(),
+        reason: n.reason.clone(),
+        since: n.since,
+    });
+    let links = content.links.values().map(|l| StatusRow {
+        kind: l.spec.kind.name().to_string(),
+        mac: l.spec.mac.map(|m| m.to_string()),
+        name: l.spec.name.clone(),
+        netns: l.spec.netns.to_string(),
+        now: None,
+        state: l.state.to_string(),
+        reason: l.reason.clone(),
+        since: l.since,
+    });
+    nics.chain(links).collect()
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -111,8 +161,7 @@ fn describe(event: &Event) -> String {
 
 /// Rows from the ledger, with the last events an agent saw.
 pub fn rows(ledger: &Ledger, last: &LastEvents) -> Vec<StatusEntry> {
-    ledger
-        .status()
+    ledger_rows(ledger.content())
         .into_iter()
         .map(|row| StatusEntry {
             last_event: last.for_row(&row),
@@ -124,8 +173,7 @@ pub fn rows(ledger: &Ledger, last: &LastEvents) -> Vec<StatusEntry> {
 
 /// Rows from the ledger, each with what a dry-run plan says of it now.
 pub fn rows_with_plan(ledger: &Ledger, plan: &Plan) -> Vec<StatusEntry> {
-    ledger
-        .status()
+    ledger_rows(ledger.content())
         .into_iter()
         .map(|row| {
             let item = plan.items.iter().find(|item| match &item.target {
@@ -201,5 +249,18 @@ mod tests {
             "rename dev3 -> eth1 (explicit)"
         );
         assert_eq!(what(&row("/run/netns/c", "eth0")), None);
+    }
+
+    #[test]
+    fn status_has_a_row_per_guarded_thing() {
+        let content = crate::ledger::testutil::sample_content();
+        let rows = ledger_rows(&content);
+        assert_eq!(rows.len(), content.nics.len() + content.links.len());
+        assert_eq!(
+            (rows[0].kind.as_str(), rows[0].netns.as_str()),
+            ("nic", "host")
+        );
+        let json = serde_json::to_string(&rows).unwrap();
+        assert!(json.contains(r#""state":"intact""#), "{json}");
     }
 }

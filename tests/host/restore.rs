@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use netguard::capture::{learn, Learned};
 use netguard::inventory::Pool;
-use netguard::ledger::learn::{learn, Learned};
 use netguard::ledger::{
     Ledger, LedgerOptions, LinkKey, LinkState, Locator, NicState, Opened, STATE_FILE,
 };
@@ -296,7 +296,7 @@ async fn dry_run_plans_but_changes_nothing() {
     w.host.ip(&["link", "set", "vh0", "nomaster"]);
     w.c().ip(&["route", "del", "198.19.1.0/24"]);
     let (host_before, c_before) = (dumps(&w.host), dumps(w.c()));
-    let status_before = ledger.status();
+    let status_before = netguard::status::ledger_rows(ledger.content());
 
     let plan = restorer.dry_run(&ledger).await.unwrap();
     let text = plan.to_string();
@@ -311,7 +311,10 @@ async fn dry_run_plans_but_changes_nothing() {
 
     assert_eq!(dumps(&w.host), host_before);
     assert_eq!(dumps(w.c()), c_before);
-    assert_eq!(ledger.status(), status_before);
+    assert_eq!(
+        netguard::status::ledger_rows(ledger.content()),
+        status_before
+    );
 }
 
 #[tokio::test]

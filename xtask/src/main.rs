@@ -2,6 +2,7 @@
 //! need, the VM test bed and benchmarks live here rather than in scattered shell scripts.
 
 mod bench;
+mod layers;
 mod setup;
 mod shell;
 mod vm;
@@ -109,6 +110,7 @@ fn test(vm_args: &vm::VmArgs) -> anyhow::Result<ExitCode> {
         cargo_tests.passed, cargo_tests.failed
     );
     total.add(cargo_tests);
+    total.add(layers::check()?);
     let vm = vm::run(vm_args)?;
     total.add(vm);
     println!("total: {} passed, {} failed", total.passed, total.failed);

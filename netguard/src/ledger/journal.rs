@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::model::{LedgerContent, LinkKey, LinkRecord, NicIdentity, NicRecord};
 use super::LedgerError;
+use super::{LedgerContent, LinkKey, LinkRecord, NicIdentity, NicRecord};
 use crate::event::Event;
 
 pub const FILE_NAME: &str = "journal.jsonl";

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::model::LedgerContent;
+use super::LedgerContent;
 use super::LedgerError;
 
 /// The document layout this build writes and reads.

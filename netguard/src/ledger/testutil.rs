@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use chrono::Utc;
 
-use super::model::*;
+use super::*;
 
 /// A scratch directory removed on drop.
 pub struct TempDir(PathBuf);

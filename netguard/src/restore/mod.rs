@@ -19,11 +19,13 @@ use crate::ledger::{
     NicState, Parent,
 };
 
+pub mod action;
 pub mod apply;
 pub mod plan;
 
+pub use action::Action;
 pub use apply::{ActionError, Executor, ItemResult, Outcome};
-pub use plan::{Action, Item, Plan, Target, Verdict, World};
+pub use plan::{Item, Plan, Target, Verdict, World};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -241,6 +243,14 @@ impl Restorer {
         Ok((known, pruned, read))
     }
 
+    /// Applies one item planned outside a pass (lend, reclaim), every action read back like
+    /// a pass's.
+    pub async fn carry_out(&self, item: Item) -> ItemResult {
+        let plan = Plan { items: vec![item] };
+        let mut results = self.executor.apply(&plan).await;
+        results.pop().expect("one result per item")
+    }
+
     /// What a pass would do, changing nothing (kernel or ledger): for `--dry-run`.
     pub async fn dry_run(&self, ledger: &Ledger) -> Result<Plan, RestoreError> {
         let (known, _, _) = self.survey(ledger.content()).await?;
@@ -411,6 +421,8 @@ fn record(ledger: &mut Ledger, item: &Item, result: &ItemResult, world: &World, 
                 Outcome::Waiting => LinkState::Waiting,
                 Outcome::Conflict => LinkState::Conflict,
                 Outcome::Failed | Outcome::Lent | Outcome::Lost => LinkState::Failed,
+                // Only lend and reclaim plan moves, and they record what they moved.
+                Outcome::Moved => return,
             };
             let reason = if result.outcome == Outcome::Intact && state == LinkState::Restored {
                 record.and_then(|r| r.reason.clone())
@@ -454,6 +466,7 @@ fn record(ledger: &mut Ledger, item: &Item, result: &ItemResult, world: &World, 
                 Outcome::Failed => (NicState::Refunded, live.and_then(|l| at(&l.name))),
                 Outcome::Lent => (NicState::Lent, previous.and_then(|p| p.1)),
                 Outcome::Lost => (NicState::Lost, None),
+                Outcome::Moved => return,
             };
             ledger.set_nic(identity, state, result.reason.clone(), location);
         }

@@ -8,17 +8,18 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use futures::StreamExt;
 use netlink_packet_core::{
-    NetlinkBuffer, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_ECHO, NLM_F_REQUEST,
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_ECHO, NLM_F_REQUEST,
 };
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::protocols::NETLINK_ROUTE;
-use netlink_sys::{Socket, SocketAddr};
+use netlink_sys::Socket;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use super::track::nsid_of;
+use crate::rtnl::listen::{listen_all_nsid, parse_datagram, recv_tagged, Datagram};
 
 /// Notifications are queued here while we dump or wait on a full event channel; what does
 /// not fit is an overrun (ENOBUFS).
@@ -39,26 +40,8 @@ pub(super) fn open() -> io::Result<(Socket, Connection, Requests)> {
 
 fn listening_socket() -> io::Result<Socket> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind(&SocketAddr::new(0, 0))?;
-    socket.add_membership(libc::RTNLGRP_LINK)?;
-    socket.add_membership(libc::RTNLGRP_NSID)?;
-    socket.set_listen_all_namespaces(true)?;
-    // SO_RCVBUFFORCE goes past net.core.rmem_max (we are root); SO_RCVBUF is the fallback.
-    let size = RECEIVE_BUFFER;
-    // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int and its size.
-    let forced = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&size as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if forced != 0 {
-        socket.set_rx_buf_sz(size)?;
-    }
-    socket.set_non_blocking(true)?;
+    let groups = [libc::RTNLGRP_LINK, libc::RTNLGRP_NSID];
+    listen_all_nsid(&mut socket, &groups, RECEIVE_BUFFER)?;
     Ok(socket)
 }
 
@@ -123,82 +106,6 @@ fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
         Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => Ok(Received::Overrun),
         Err(err) => Err(err),
     }
-}
-
-/// One datagram read by [`recv_tagged`].
-pub(crate) struct Datagram {
-    pub len: usize,
-    /// It did not fit the buffer (the kernel cut it short).
-    pub truncated: bool,
-    /// The netns it came from (`None`: the socket's own).
-    pub nsid: Option<i32>,
-}
-
-/// One `recvmsg` that never waits, returning the NETLINK_LISTEN_ALL_NSID tag the kernel
-/// attaches to notifications from other namespaces. Also used by the restorer's change watch.
-pub(crate) fn recv_tagged(fd: RawFd, buf: &mut [u8]) -> io::Result<Datagram> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // u64 elements keep the control buffer aligned for cmsghdr.
-    let mut control = [0u64; 8];
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
-    header.msg_iov = &mut iov;
-    header.msg_iovlen = 1;
-    header.msg_control = control.as_mut_ptr().cast();
-    header.msg_controllen = size_of_val(&control) as _;
-    // SAFETY: the header points at `buf` and `control`, both alive and of the sizes given.
-    let len = unsafe { libc::recvmsg(fd, &mut header, libc::MSG_DONTWAIT) };
-    if len < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut nsid = None;
-    // SAFETY: the kernel filled the control buffer and msg_controllen; the CMSG macros walk it
-    // within those bounds, and the data is read unaligned.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&header);
-        while !cmsg.is_null() {
-            let level_type = ((*cmsg).cmsg_level, (*cmsg).cmsg_type);
-            if level_type == (libc::SOL_NETLINK, libc::NETLINK_LISTEN_ALL_NSID) {
-                nsid = Some(std::ptr::read_unaligned(
-                    libc::CMSG_DATA(cmsg).cast::<i32>(),
-                ));
-            }
-            cmsg = libc::CMSG_NXTHDR(&header, cmsg);
-        }
-    }
-    Ok(Datagram {
-        len: len as usize,
-        truncated: header.msg_flags & libc::MSG_TRUNC != 0,
-        nsid,
-    })
-}
-
-/// The rtnetlink messages in one datagram; what does not decode is logged and skipped.
-fn parse_datagram(mut bytes: &[u8]) -> Vec<RouteNetlinkMessage> {
-    let mut messages = Vec::new();
-    while !bytes.is_empty() {
-        let len = match NetlinkBuffer::new_checked(bytes) {
-            Ok(buffer) => buffer.length() as usize,
-            Err(err) => {
-                tracing::warn!("malformed rtnetlink datagram, rest skipped: {err}");
-                break;
-            }
-        };
-        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len]) {
-            Ok(NetlinkMessage {
-                payload: NetlinkPayload::InnerMessage(message),
-                ..
-            }) => messages.push(message),
-            Ok(_) => {}
-            Err(err) => tracing::warn!("undecodable rtnetlink message skipped: {err}"),
-        }
-        // Messages are 4-byte aligned within a datagram.
-        bytes = bytes.get(len.next_multiple_of(4)..).unwrap_or_default();
-    }
-    messages
 }
 
 /// Requests to the kernel from the host netns.
@@ -295,46 +202,4 @@ fn nsid_in(replies: &[RouteNetlinkMessage]) -> Option<i32> {
             _ => None,
         })
         .find(|id| *id >= 0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bytes_of(message: RouteNetlinkMessage) -> Vec<u8> {
-        let mut message = NetlinkMessage::from(message);
-        message.finalize();
-        let mut buf = vec![0; message.buffer_len()];
-        message.serialize(&mut buf);
-        buf
-    }
-
-    #[test]
-    fn a_datagram_yields_every_message_and_survives_garbage() {
-        let mut link = LinkMessage::default();
-        link.header.index = 7;
-        link.attributes = vec![LinkAttribute::IfName("veth7".into())];
-        let mut datagram = bytes_of(RouteNetlinkMessage::NewLink(link.clone()));
-        datagram.extend(bytes_of(RouteNetlinkMessage::DelLink(link.clone())));
-        let messages = parse_datagram(&datagram);
-        assert_eq!(
-            messages,
-            vec![
-                RouteNetlinkMessage::NewLink(link.clone()),
-                RouteNetlinkMessage::DelLink(link)
-            ]
-        );
-
-        // A length field past the end, a message cut short, an attribute longer than its
-        // message: skipped, no panic.
-        let mut too_long = datagram.clone();
-        too_long[0] = 0xff;
-        assert!(parse_datagram(&too_long).is_empty());
-        assert_eq!(parse_datagram(&datagram[..datagram.len() - 3]).len(), 1);
-        let mut bad_attr = bytes_of(RouteNetlinkMessage::NewLink(LinkMessage::default()));
-        bad_attr.extend([64, 0, 3, 0]);
-        let len = bad_attr.len() as u32;
-        bad_attr[..4].copy_from_slice(&len.to_ne_bytes());
-        assert!(parse_datagram(&bad_attr).is_empty());
-    }
 }

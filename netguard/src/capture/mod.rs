@@ -1,14 +1,17 @@
-//! Guarding from the live kernel: snapshot the links of some netns (and what they hang on in
-//! the host netns: a veth's peer and its bridge, a macvlan's vlan parent) into specs, or import
-//! a CNI result.
+//! Capturing what to guard: snapshot the links of some netns (and what they hang on in the
+//! host netns: a veth's peer and its bridge, a macvlan's vlan parent) into specs, or turn a CNI
+//! result into one. The specs go to whoever asked (the ledger records them).
 
 use std::collections::VecDeque;
 
 use serde::Serialize;
 
-use super::{KindSpec, Ledger, LinkKey, LinkSpec, Locator, MacvlanMode, Parent, VethPeer};
-use crate::cni::Attachment;
+use crate::model::{KindSpec, LinkKey, LinkSpec, Locator, MacvlanMode, Parent, VethPeer};
+
+pub mod cni;
+
 use crate::inventory::{InventoryError, LiveLink, NetnsInventory, Pool};
+use cni::Attachment;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LearnError {
@@ -141,7 +144,7 @@ impl Ctx<'_> {
 /// vlan/macvlan they stand on. Links that cannot be rebuilt are listed in `skipped`.
 pub async fn learn(
     pool: &Pool,
-    ledger: &mut Ledger,
+    guarded: &mut impl Extend<LinkSpec>,
     netns: &[Locator],
 ) -> Result<Learned, InventoryError> {
     let host_conn = pool.host().await?;
@@ -194,7 +197,7 @@ pub async fn learn(
                     if !learned.guarded.contains(&spec.key()) {
                         learned.guarded.push(spec.key());
                     }
-                    ledger.record_link(spec);
+                    guarded.extend([spec]);
                 }
                 Err(why) => learned.skipped.push(why),
             }
@@ -207,7 +210,7 @@ pub async fn learn(
 /// and parent from the live link, or from the plugin config when the link is already gone.
 pub async fn import_cni(
     pool: &Pool,
-    ledger: &mut Ledger,
+    guarded: &mut impl Extend<LinkSpec>,
     att: &Attachment,
 ) -> Result<LinkKey, LearnError> {
     let locator = Locator::Path(att.netns.clone());
@@ -255,7 +258,7 @@ pub async fn import_cni(
         spec.routes = att.routes.clone();
     }
     let key = spec.key();
-    ledger.record_link(spec);
+    guarded.extend([spec]);
     Ok(key)
 }
 
@@ -340,7 +343,7 @@ mod tests {
     use std::path::Path;
 
     fn att(file: &str) -> Attachment {
-        crate::cni::read(
+        cni::read(
             &Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../tests/data/cni")
                 .join(file),

@@ -6,12 +6,13 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cni;
+use crate::capture::{self, cni, LearnError};
 use crate::inventory::InventoryError;
-use crate::ledger::learn::{self, LearnError};
 use crate::ledger::{Ledger, LedgerError, Locator};
-use crate::lend::{self, LendError};
+pub mod lend;
+
 use crate::restore::{RestoreError, Restorer};
+use lend::LendError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "operation", rename_all = "kebab-case")]
@@ -96,7 +97,7 @@ pub async fn execute(
     let reply = match operation {
         Operation::Learn { netns } => {
             let locators: Vec<Locator> = netns.iter().map(|p| Locator::Path(p.clone())).collect();
-            let learned = learn::learn(pool, ledger, &locators).await?;
+            let learned = capture::learn(pool, ledger, &locators).await?;
             let mut text = format!("guarding {} link(s)", learned.guarded.len());
             for key in &learned.guarded {
                 text += &format!("\n  {key}");
@@ -116,7 +117,7 @@ pub async fn execute(
             let mut ok = true;
             for file in files {
                 let imported = match file {
-                    Ok(attachment) => learn::import_cni(pool, ledger, &attachment)
+                    Ok(attachment) => capture::import_cni(pool, ledger, &attachment)
                         .await
                         .map_err(ControlError::from),
                     Err(e) => Err(e.into()),
@@ -157,11 +158,12 @@ pub async fn execute(
             name,
             persistent,
         } => {
-            let text = lend::lend(pool, ledger, iface, netns, name.as_deref(), *persistent).await?;
+            let text =
+                lend::lend(restorer, ledger, iface, netns, name.as_deref(), *persistent).await?;
             Reply::done(text.clone(), serde_json::json!({ "lent": text }))
         }
         Operation::Reclaim { iface } => {
-            let text = lend::reclaim(pool, ledger, iface).await?;
+            let text = lend::reclaim(restorer, ledger, iface).await?;
             Reply::done(text.clone(), serde_json::json!({ "reclaimed": text }))
         }
         Operation::Restore { dry_run: true } => {

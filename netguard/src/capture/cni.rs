@@ -8,7 +8,7 @@
 //!   "config" (base64 of the plugin's JSON config), "ifName", "networkName", "netns"?,
 //!   "result": {...}}`.
 //!
-//! The link kind and parent are not in a result: [`crate::ledger::learn::import_cni`] takes
+//! The link kind and parent are not in a result: [`crate::capture::import_cni`] takes
 //! them from the live kernel, or from `config` when the link is already gone.
 
 use std::net::IpAddr;
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::ledger::{IpNet, Mac, RouteSpec};
+use crate::model::{IpNet, Mac, RouteSpec};
 
 /// Default directory of libcni's result cache.
 pub const RESULT_CACHE_DIR: &str = "/var/lib/cni/results";

@@ -1,13 +1,15 @@
 //! Lending a host NIC to a container netns and bringing it home, without name races: the NIC
 //! goes down, moves under a temporary name no container uses, and only then takes its name
-//! inside. Its home name is recorded before it leaves.
+//! inside. Its home name is recorded before it leaves. The moves are planned as typed actions
+//! and carried out by the restorer's executor, each read back, like every other kernel change.
 
 use std::path::Path;
 
-use rtnetlink::LinkUnspec;
-
 use crate::inventory::{InventoryError, LiveLink, NetnsConn, Pool};
-use crate::ledger::{Ledger, Lend, Locator, NicLocation, NicState};
+use crate::ledger::{Ledger, Lend, NicLocation, NicState};
+use crate::model::{Locator, NicIdentity};
+use crate::restore::{Action, ActionError, Item, Outcome, Restorer, Target, Verdict};
+use crate::rtnl::temporary_link_name;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LendError {
@@ -23,104 +25,115 @@ pub enum LendError {
     NotLent { name: String },
     #[error("home name {home} of {name} is held by another device in the host netns: rename that device first")]
     HomeTaken { name: String, home: String },
-    #[error("{step} of {name} in netns {netns} failed: {source}")]
-    Kernel {
-        step: &'static str,
+    #[error("moving {name} failed: {source}")]
+    Move {
         name: String,
-        netns: String,
-        // Boxed: the kernel's error is large and rare, and every Result here carries its size.
-        source: Box<rtnetlink::Error>,
+        // Boxed: large and rare, and every Result here carries its size.
+        source: Box<ActionError>,
     },
-    #[error("{name} was moved to netns {netns} but is not found there under {temp}")]
-    Vanished {
-        name: String,
-        netns: String,
-        temp: String,
-    },
+    #[error("{name} was moved to netns {netns} but is not found there")]
+    Vanished { name: String, netns: String },
 }
 
-async fn kernel(
-    step: &'static str,
-    name: &str,
-    conn: &NetnsConn,
-    request: impl std::future::Future<Output = Result<(), rtnetlink::Error>>,
-) -> Result<(), LendError> {
-    request.await.map_err(|source| LendError::Kernel {
-        step,
-        name: name.into(),
-        netns: conn.locator.to_string(),
-        source: Box::new(source),
-    })
+/// The actions that move `dev` (in `from`) to `to` under `final_name` without a name race:
+/// down, into `to` under `temp`, renamed there, and up again if `up`.
+fn moves(
+    (from, dev): (&Locator, &str),
+    to: &Locator,
+    temp: String,
+    final_name: &str,
+    up: bool,
+) -> Vec<Action> {
+    let mut actions = vec![
+        Action::SetDown {
+            netns: from.clone(),
+            dev: dev.to_string(),
+        },
+        Action::MoveTo {
+            netns: from.clone(),
+            dev: dev.to_string(),
+            to_netns: to.clone(),
+            name: temp.clone(),
+        },
+        Action::Rename {
+            netns: to.clone(),
+            dev: temp,
+            to: final_name.to_string(),
+        },
+    ];
+    if up {
+        actions.push(Action::SetUp {
+            netns: to.clone(),
+            dev: final_name.to_string(),
+        });
+    }
+    actions
 }
 
 /// Moves `link` (in `from`) to `to` under `final_name`: down, move under a temporary name,
-/// rename, up again if it was. Returns the device as it is in `to`.
+/// rename, up again if `up`. Returns the device as it is in `to`.
 async fn relocate(
-    from: &NetnsConn,
-    link: &LiveLink,
+    restorer: &Restorer,
+    (identity, home_name): (&NicIdentity, &str),
+    (from, link): (&NetnsConn, &LiveLink),
     to: &NetnsConn,
     final_name: &str,
+    up: bool,
 ) -> Result<LiveLink, LendError> {
-    let temp = crate::inventory::temporary_link_name();
-    let name = &link.name;
-    kernel(
-        "set down",
-        name,
-        from,
-        from.handle()
-            .link()
-            .set(LinkUnspec::new_with_index(link.ifindex).down().build())
-            .execute(),
-    )
-    .await?;
-    let moving = LinkUnspec::new_with_index(link.ifindex)
-        .setns_by_fd(to.fd())
-        .name(temp.clone())
-        .build();
-    kernel(
-        "move",
-        name,
-        from,
-        from.handle().link().set(moving).execute(),
-    )
-    .await?;
-    let arrived = to
-        .get_link_by_name(&temp)
-        .await?
-        .ok_or_else(|| LendError::Vanished {
-            name: name.clone(),
-            netns: to.locator.to_string(),
-            temp: temp.clone(),
-        })?;
-    let mut rename = LinkUnspec::new_with_index(arrived.ifindex).name(final_name.to_string());
-    if link.up {
-        rename = rename.up();
-    }
-    kernel(
-        "rename",
+    let actions = moves(
+        (&from.locator, &link.name),
+        &to.locator,
+        temporary_link_name(),
         final_name,
-        to,
-        to.handle().link().set(rename.build()).execute(),
-    )
-    .await?;
-    to.get_link(arrived.ifindex)
+        up,
+    );
+    let item = Item {
+        target: Target::Nic {
+            home_name: home_name.to_string(),
+            identity: identity.clone(),
+        },
+        verdict: Verdict::Move,
+        reason: Some(format!("{} to {} as {final_name}", link.name, to.locator)),
+        actions,
+        after: None,
+    };
+    let result = restorer.carry_out(item).await;
+    if let Some(error) = result.error {
+        return Err(LendError::Move {
+            name: link.name.clone(),
+            source: Box::new(error),
+        });
+    }
+    debug_assert_eq!(result.outcome, Outcome::Moved);
+    to.get_link_by_name(final_name)
         .await?
         .ok_or_else(|| LendError::Vanished {
             name: final_name.into(),
             netns: to.locator.to_string(),
-            temp,
         })
+}
+
+fn host_location(pool: &Pool, host: &NetnsConn, link: &LiveLink) -> NicLocation {
+    NicLocation {
+        netns: crate::event::Netns {
+            inode: host.inode,
+            names: vec![pool.host_name()],
+        },
+        name: link.name.clone(),
+        ifindex: Some(link.ifindex),
+    }
 }
 
 /// `netguard lend IFACE --netns PATH [--name NAME] [--persistent]`.
 pub async fn lend(
-    pool: &Pool,
+    restorer: &Restorer,
     ledger: &mut Ledger,
     iface: &str,
     netns: &Path,
     name: Option<&str>,
     persistent: bool,
 ) -> Result<String, LendError> {
+    let pool = restorer.pool();
     let host = pool.host().await?;
     let link = host
         .get_link_by_name(iface)
@@ -145,17 +158,9 @@ pub async fn lend(
         });
     }
     let identity = link.nic_identity();
-    let host_netns = crate::event::Netns {
-        inode: host.inode,
-        names: vec![pool.host_name()],
-    };
     // The home name is on disk before the NIC leaves.
-    let at_home = NicLocation {
-        netns: host_netns,
-        name: iface.into(),
-        ifindex: Some(link.ifindex),
-    };
     if ledger.find_nic(&identity).is_none() {
+        let at_home = host_location(pool, &host, &link);
         ledger.guard_nic(identity.clone(), iface, link.up, Some(at_home));
     }
     let lend = Lend {
@@ -164,7 +169,15 @@ pub async fn lend(
         persistent,
     };
     ledger.set_nic_lend(&identity, Some(lend));
-    let moved = relocate(&host, &link, &target, name).await?;
+    let moved = relocate(
+        restorer,
+        (&identity, iface),
+        (&host, &link),
+        &target,
+        name,
+        link.up,
+    )
+    .await?;
     let there = NicLocation {
         netns: crate::event::Netns {
             inode: target.inode,
@@ -186,7 +199,12 @@ pub async fn lend(
 }
 
 /// `netguard reclaim IFACE`: IFACE is the name it has in the netns it was lent to, or its home name.
-pub async fn reclaim(pool: &Pool, ledger: &mut Ledger, iface: &str) -> Result<String, LendError> {
+pub async fn reclaim(
+    restorer: &Restorer,
+    ledger: &mut Ledger,
+    iface: &str,
+) -> Result<String, LendError> {
+    let pool = restorer.pool();
     let record = ledger
         .nics()
         .iter()
@@ -214,18 +232,17 @@ pub async fn reclaim(pool: &Pool, ledger: &mut Ledger, iface: &str) -> Result<St
                 name: lend.name.clone(),
                 netns: lend.netns.to_string(),
             })?;
-    let mut homeward = link.clone();
-    homeward.up = record.up;
-    let back = relocate(&there, &homeward, &host, &record.home_name).await?;
-    let home = NicLocation {
-        netns: crate::event::Netns {
-            inode: host.inode,
-            names: vec![pool.host_name()],
-        },
-        name: back.name.clone(),
-        ifindex: Some(back.ifindex),
-    };
+    let back = relocate(
+        restorer,
+        (&record.identity, &record.home_name),
+        (&there, &link),
+        &host,
+        &record.home_name,
+        record.up,
+    )
+    .await?;
     ledger.set_nic_lend(&record.identity, None);
+    let home = host_location(pool, &host, &back);
     ledger.set_nic(&record.identity, NicState::Home, None, Some(home));
     Ok(format!(
         "{} reclaimed from {} as {}",
@@ -235,7 +252,11 @@ pub async fn reclaim(pool: &Pool, ledger: &mut Ledger, iface: &str) -> Result<St
 
 /// Lends again every NIC lent with `--persistent` that is home while a netns is at its
 /// locator again (the container was re-created): the NIC follows its container.
-pub async fn relend_persistent(pool: &Pool, ledger: &mut Ledger) -> Vec<Result<String, LendError>> {
+pub async fn relend_persistent(
+    restorer: &Restorer,
+    ledger: &mut Ledger,
+) -> Vec<Result<String, LendError>> {
+    let pool = restorer.pool();
     let host_inode = match pool.host().await {
         Ok(host) => host.inode,
         Err(e) => return vec![Err(e.into())],
@@ -258,7 +279,46 @@ pub async fn relend_persistent(pool: &Pool, ledger: &mut Ledger) -> Vec<Result<S
         let Locator::Path(path) = &lend.netns else {
             continue;
         };
-        results.push(self::lend(pool, ledger, &name, path, Some(&lend.name), true).await);
+        results.push(self::lend(restorer, ledger, &name, path, Some(&lend.name), true).await);
     }
     results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lend_is_down_move_under_a_temporary_name_rename_up() {
+        let c1 = Locator::Path("/run/netns/c1".into());
+        let lines: Vec<String> = moves(
+            (&Locator::Host, "eth2"),
+            &c1,
+            "ngtmp7.0".into(),
+            "eth0",
+            true,
+        )
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(
+            lines,
+            [
+                "[host] ip link set eth2 down",
+                "[host] ip link set eth2 netns /run/netns/c1 name ngtmp7.0",
+                "[/run/netns/c1] ip link set ngtmp7.0 name eth0",
+                "[/run/netns/c1] ip link set eth0 up",
+            ]
+        );
+        // A NIC that was down at home comes back down.
+        let back = moves(
+            (&c1, "eth0"),
+            &Locator::Host,
+            "ngtmp7.1".into(),
+            "eth2",
+            false,
+        );
+        assert_eq!(back.len(), 3);
+        assert!(!back.iter().any(|a| matches!(a, Action::SetUp { .. })));
+    }
 }

@@ -1,0 +1,401 @@
+//! What one dump of a netns holds: its links, addresses and routes, parsed from the
+//! kernel's messages, and the lookups the planner and capture make on it.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use netlink_packet_route::link::{
+    InfoData, InfoMacVlan, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteType,
+};
+use netlink_packet_route::AddressFamily;
+use serde::Serialize;
+
+use crate::model::{IpNet, Mac, MacvlanMode, NicIdentity, RouteSpec, VlanProtocol};
+use crate::rtnl::message::macvlan_mode_from;
+
+/// One link as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LiveLink {
+    pub ifindex: u32,
+    pub name: String,
+    /// `rtnl_link_ops` kind (veth, macvlan, vlan, bridge, ...); `None` for physical NICs and lo.
+    pub kind: Option<String>,
+    pub mac: Option<Mac>,
+    pub perm_mac: Option<Mac>,
+    pub mtu: Option<u32>,
+    pub up: bool,
+    /// ifindex of the bridge (or other master) this link is a port of.
+    pub master: Option<u32>,
+    /// IFLA_LINK: the parent of a vlan/macvlan, the peer of a veth; in the netns named by
+    /// `link_netnsid` when set, else in this one.
+    pub link: Option<u32>,
+    /// The nsid (as this netns numbers them) of the netns `link` lives in.
+    pub link_netnsid: Option<i32>,
+    pub vlan: Option<(u16, VlanProtocol)>,
+    pub macvlan_mode: Option<MacvlanMode>,
+    /// IFLA_PARENT_DEV_NAME: the bus address (`/sys/class/net/IF/device` basename), which
+    /// netlink reports for any netns while sysfs only shows the reader's own.
+    pub bus: Option<String>,
+    /// IFLA_PARENT_DEV_BUS_NAME (`pci`, `virtio`, ...).
+    pub bus_kind: Option<String>,
+}
+
+impl LiveLink {
+    /// A NIC: backed by a bus device, with no rtnl_link_ops kind.
+    pub fn is_physical(&self) -> bool {
+        self.kind.is_none() && self.bus.is_some()
+    }
+
+    /// The identity a guarded NIC is matched against. A device with neither a permanent
+    /// address nor a bus (a virtual device that tests register as a NIC) is known by its
+    /// current MAC, the only thing it has.
+    pub fn nic_identity(&self) -> NicIdentity {
+        let driver = match (&self.bus_kind, &self.bus) {
+            (Some(kind), Some(bus)) => driver_of(kind, bus),
+            _ => None,
+        };
+        let perm_mac = self
+            .perm_mac
+            .or(if self.bus.is_none() { self.mac } else { None });
+        NicIdentity {
+            perm_mac,
+            bus: self.bus.clone(),
+            driver,
+        }
+    }
+}
+
+/// `/sys/bus/KIND/devices/BUS/driver` basename: global, unlike `/sys/class/net`.
+fn driver_of(bus_kind: &str, bus: &str) -> Option<String> {
+    let target = std::fs::read_link(
+        Path::new("/sys/bus")
+            .join(bus_kind)
+            .join("devices")
+            .join(bus)
+            .join("driver"),
+    )
+    .ok()?;
+    Some(target.file_name()?.to_string_lossy().into_owned())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LiveAddr {
+    pub ifindex: u32,
+    pub net: IpNet,
+    /// Scope link (IPv6 fe80::/10 and the like): made by the kernel, never restored.
+    pub link_scope: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LiveRoute {
+    pub oif: Option<u32>,
+    pub table: u32,
+    /// Added by the kernel for an address's subnet (proto kernel).
+    pub by_kernel: bool,
+    pub unicast: bool,
+    pub route: RouteSpec,
+}
+
+/// Everything in one netns at one moment.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NetnsInventory {
+    pub inode: u64,
+    pub links: Vec<LiveLink>,
+    pub addresses: Vec<LiveAddr>,
+    /// Main-table routes.
+    pub routes: Vec<LiveRoute>,
+    #[serde(skip)]
+    by_index: HashMap<u32, usize>,
+    #[serde(skip)]
+    by_name: HashMap<String, usize>,
+}
+
+impl NetnsInventory {
+    pub fn new(
+        inode: u64,
+        links: Vec<LiveLink>,
+        addresses: Vec<LiveAddr>,
+        routes: Vec<LiveRoute>,
+    ) -> Self {
+        let by_index = links
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.ifindex, i))
+            .collect();
+        let by_name = links
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.name.clone(), i))
+            .collect();
+        NetnsInventory {
+            inode,
+            links,
+            addresses,
+            routes,
+            by_index,
+            by_name,
+        }
+    }
+
+    pub fn link(&self, ifindex: u32) -> Option<&LiveLink> {
+        self.by_index.get(&ifindex).map(|i| &self.links[*i])
+    }
+
+    pub fn link_by_name(&self, name: &str) -> Option<&LiveLink> {
+        self.by_name.get(name).map(|i| &self.links[*i])
+    }
+
+    /// Addresses a link carries, except the kernel's link-scope ones.
+    pub fn addresses_of(&self, ifindex: u32) -> impl Iterator<Item = IpNet> + '_ {
+        self.addresses
+            .iter()
+            .filter(move |a| a.ifindex == ifindex && !a.link_scope)
+            .map(|a| a.net)
+    }
+
+    /// Main-table unicast routes out of a link that someone added (not the kernel's subnet
+    /// routes).
+    pub fn routes_of(&self, ifindex: u32) -> impl Iterator<Item = &RouteSpec> + '_ {
+        self.routes
+            .iter()
+            .filter(move |r| {
+                r.oif == Some(ifindex)
+                    && r.unicast
+                    && !r.by_kernel
+                    && r.table == u32::from(RouteHeader::RT_TABLE_MAIN)
+            })
+            .map(|r| &r.route)
+    }
+
+    /// Whether a route through `ifindex` equal to `want` is present (the kernel's own subnet
+    /// route counts: a CNI "subnet route" is the same route).
+    pub fn has_route(&self, ifindex: u32, want: &RouteSpec) -> bool {
+        self.routes.iter().any(|r| {
+            r.oif == Some(ifindex)
+                && r.table == u32::from(RouteHeader::RT_TABLE_MAIN)
+                && r.route.dst == want.dst
+                && r.route.gateway == want.gateway
+        })
+    }
+
+    /// Physical NICs here, with the identity guarded NICs are matched against.
+    pub fn nics(&self) -> impl Iterator<Item = (&LiveLink, NicIdentity)> + '_ {
+        self.links
+            .iter()
+            .filter(|l| l.is_physical())
+            .map(|l| (l, l.nic_identity()))
+    }
+}
+
+pub fn parse_link(msg: &LinkMessage) -> Option<LiveLink> {
+    let mut link = LiveLink {
+        ifindex: msg.header.index,
+        name: String::new(),
+        kind: None,
+        mac: None,
+        perm_mac: None,
+        mtu: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        master: None,
+        link: None,
+        link_netnsid: None,
+        vlan: None,
+        macvlan_mode: None,
+        bus: None,
+        bus_kind: None,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Address(b) => link.mac = Mac::from_bytes(b),
+            LinkAttribute::PermAddress(b) => link.perm_mac = Mac::from_bytes(b),
+            LinkAttribute::Mtu(m) => link.mtu = Some(*m),
+            LinkAttribute::Controller(i) if *i != 0 => link.master = Some(*i),
+            // A NIC reports itself as its own IFLA_LINK.
+            LinkAttribute::Link(i) if *i != 0 && *i != msg.header.index => link.link = Some(*i),
+            LinkAttribute::LinkNetNsId(id) => link.link_netnsid = Some(*id),
+            LinkAttribute::ParentDevName(s) => link.bus = Some(s.clone()),
+            LinkAttribute::ParentDevBusName(s) => link.bus_kind = Some(s.clone()),
+            LinkAttribute::LinkInfo(infos) => parse_link_info(infos, &mut link),
+            _ => {}
+        }
+    }
+    (!link.name.is_empty()).then_some(link)
+}
+
+fn parse_link_info(infos: &[LinkInfo], link: &mut LiveLink) {
+    for info in infos {
+        match info {
+            LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
+            LinkInfo::Data(InfoData::Vlan(data)) => {
+                let id = data.iter().find_map(|d| {
+                    if let InfoVlan::Id(id) = d {
+                        Some(*id)
+                    } else {
+                        None
+                    }
+                });
+                let proto = data
+                    .iter()
+                    .find_map(|d| match d {
+                        InfoVlan::Protocol(
+                            netlink_packet_route::link::VlanProtocol::Ieee8021Ad,
+                        ) => Some(VlanProtocol::Dot1ad),
+                        InfoVlan::Protocol(_) => Some(VlanProtocol::Dot1q),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                link.vlan = id.map(|id| (id, proto));
+            }
+            LinkInfo::Data(InfoData::MacVlan(data)) => {
+                link.macvlan_mode = data.iter().find_map(|d| match d {
+                    InfoMacVlan::Mode(m) => macvlan_mode_from(*m),
+                    _ => None,
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+pub fn parse_addr(msg: &AddressMessage) -> Option<LiveAddr> {
+    // IFA_LOCAL is the address itself; IFA_ADDRESS is the peer on point-to-point links.
+    let addr = msg
+        .attributes
+        .iter()
+        .find_map(|a| {
+            if let AddressAttribute::Local(ip) = a {
+                Some(*ip)
+            } else {
+                None
+            }
+        })
+        .or_else(|| {
+            msg.attributes.iter().find_map(|a| {
+                if let AddressAttribute::Address(ip) = a {
+                    Some(*ip)
+                } else {
+                    None
+                }
+            })
+        })?;
+    Some(LiveAddr {
+        ifindex: msg.header.index,
+        net: IpNet::new(addr, msg.header.prefix_len).ok()?,
+        link_scope: msg.header.scope != AddressScope::Universe,
+    })
+}
+
+fn route_ip(addr: &RouteAddress) -> Option<IpAddr> {
+    match addr {
+        RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
+        RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+        _ => None,
+    }
+}
+
+pub fn parse_route(msg: &RouteMessage) -> Option<LiveRoute> {
+    let h = &msg.header;
+    let unspecified: IpAddr = match h.address_family {
+        AddressFamily::Inet => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    let mut dst = unspecified;
+    let mut route = LiveRoute {
+        oif: None,
+        table: u32::from(h.table),
+        by_kernel: h.protocol == RouteProtocol::Kernel,
+        unicast: h.kind == RouteType::Unicast,
+        route: RouteSpec {
+            dst: IpNet {
+                addr: unspecified,
+                prefix: 0,
+            },
+            gateway: None,
+            onlink: h.flags.contains(RouteFlags::Onlink),
+            metric: None,
+        },
+    };
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Destination(a) => dst = route_ip(a)?,
+            RouteAttribute::Gateway(a) => route.route.gateway = route_ip(a),
+            RouteAttribute::Oif(i) => route.oif = Some(*i),
+            RouteAttribute::Table(t) => route.table = *t,
+            RouteAttribute::Priority(p) => route.route.metric = Some(*p),
+            _ => {}
+        }
+    }
+    route.route.dst = IpNet::new(dst, h.destination_prefix_length).ok()?;
+    Some(route)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(ifindex: u32, name: &str) -> LiveLink {
+        let mut msg = LinkMessage::default();
+        msg.header.index = ifindex;
+        msg.attributes.push(LinkAttribute::IfName(name.into()));
+        parse_link(&msg).unwrap()
+    }
+
+    #[test]
+    fn lookups_use_the_dump_we_have() {
+        let inv = NetnsInventory::new(7, vec![link(1, "lo"), link(5, "eth0")], vec![], vec![]);
+        assert_eq!(inv.link(5).unwrap().name, "eth0");
+        assert_eq!(inv.link_by_name("lo").unwrap().ifindex, 1);
+        assert!(inv.link(9).is_none());
+    }
+
+    #[test]
+    fn link_attributes_parse_and_nics_report_themselves_as_their_own_link() {
+        let mut msg = LinkMessage::default();
+        msg.header.index = 3;
+        msg.header.flags = LinkFlags::Up;
+        msg.attributes = vec![
+            LinkAttribute::IfName("eth1".into()),
+            LinkAttribute::Address(vec![2, 0, 0, 0, 0, 1]),
+            LinkAttribute::PermAddress(vec![0x52, 0x54, 0, 0, 0, 1]),
+            LinkAttribute::Link(3),
+            LinkAttribute::Mtu(9000),
+            LinkAttribute::ParentDevName("0000:00:04.0".into()),
+        ];
+        let l = parse_link(&msg).unwrap();
+        assert!(l.up && l.is_physical());
+        assert_eq!(l.link, None);
+        assert_eq!(l.mtu, Some(9000));
+        let id = l.nic_identity();
+        assert_eq!(id.perm_mac, Some("52:54:00:00:00:01".parse().unwrap()));
+        assert_eq!(id.bus.as_deref(), Some("0000:00:04.0"));
+
+        // No name: not a link we can use.
+        assert!(parse_link(&LinkMessage::default()).is_none());
+    }
+
+    #[test]
+    fn routes_parse_with_gateway_and_table() {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.kind = RouteType::Unicast;
+        msg.header.protocol = RouteProtocol::Boot;
+        msg.attributes = vec![
+            RouteAttribute::Gateway(RouteAddress::Inet("198.18.0.1".parse().unwrap())),
+            RouteAttribute::Oif(4),
+        ];
+        let r = parse_route(&msg).unwrap();
+        assert_eq!(r.route.to_string(), "default via 198.18.0.1");
+        let inv = NetnsInventory::new(1, vec![], vec![], vec![r.clone()]);
+        assert_eq!(inv.routes_of(4).count(), 1);
+        assert!(inv.has_route(4, &r.route));
+        assert!(!inv.has_route(5, &r.route));
+    }
+}

@@ -1,0 +1,188 @@
+//! What is guarded and how it stands: looking records up, guarding, forgetting, and the
+//! states the restorer and lend set. Every change goes through the journal.
+
+use chrono::Utc;
+use serde::Serialize;
+
+use super::journal::JournalEntry;
+use super::{
+    Ledger, Lend, LinkKey, LinkRecord, LinkSpec, LinkState, Locator, Mac, NicIdentity, NicLocation,
+    NicRecord, NicState,
+};
+
+impl Ledger {
+    pub fn nics(&self) -> &[NicRecord] {
+        &self.content.nics
+    }
+
+    /// The guarded NIC a live device (its identity as seen now) is.
+    pub fn find_nic(&self, live: &NicIdentity) -> Option<&NicRecord> {
+        self.content.nics.iter().find(|n| n.identity.matches(live))
+    }
+
+    pub fn links(&self) -> impl Iterator<Item = &LinkRecord> {
+        self.content.links.values()
+    }
+
+    pub fn link(&self, netns: &Locator, name: &str) -> Option<&LinkRecord> {
+        self.content.links.get(&LinkKey {
+            netns: netns.clone(),
+            name: name.to_string(),
+        })
+    }
+
+    /// Guards a link from now on (replacing any earlier spec under the same netns + name).
+    pub fn record_link(&mut self, spec: LinkSpec) {
+        let record = LinkRecord {
+            spec,
+            state: LinkState::Intact,
+            reason: None,
+            since: Utc::now(),
+        };
+        if self.content.links.get(&record.spec.key()).map(|r| &r.spec) == Some(&record.spec) {
+            return;
+        }
+        tracing::info!("guarding {} {}", record.spec.kind.name(), record.spec.key());
+        self.put_link(record);
+    }
+
+    /// Stops guarding a link; `false` if it was not guarded.
+    pub fn forget_link(&mut self, netns: &Locator, name: &str) -> bool {
+        let key = LinkKey {
+            netns: netns.clone(),
+            name: name.to_string(),
+        };
+        if self.content.links.remove(&key).is_none() {
+            return false;
+        }
+        tracing::info!("no longer guarding {key}");
+        self.append(JournalEntry::ForgetLink { key });
+        true
+    }
+
+    /// Sets how a guarded link stands (journalled only when it changes).
+    pub fn set_link_state(&mut self, key: &LinkKey, state: LinkState, reason: Option<String>) {
+        self.set_link_state_seen(key, state, reason, None);
+    }
+
+    /// Like [`set_link_state`](Self::set_link_state), also recording the netns inode the link
+    /// was just seen in: one journal line for both.
+    pub fn set_link_state_seen(
+        &mut self,
+        key: &LinkKey,
+        state: LinkState,
+        reason: Option<String>,
+        netns_inode: Option<u64>,
+    ) {
+        let Some(record) = self.content.links.get(key) else {
+            return;
+        };
+        let new_inode = netns_inode.filter(|inode| record.spec.netns_inode != Some(*inode));
+        let new_state = record.state != state || record.reason != reason;
+        if !new_state && new_inode.is_none() {
+            return;
+        }
+        let mut record = record.clone();
+        if new_state {
+            record.state = state;
+            record.reason = reason;
+            record.since = Utc::now();
+        }
+        if new_inode.is_some() {
+            record.spec.netns_inode = new_inode;
+        }
+        self.put_link(record);
+    }
+
+    /// Whether a NIC is excluded from guarding by name or MAC.
+    pub fn is_excluded(&self, name: &str, macs: &[Option<Mac>]) -> bool {
+        let ex = &self.options.exclude;
+        ex.names.iter().any(|n| n == name) || macs.iter().flatten().any(|m| ex.macs.contains(m))
+    }
+
+    /// Guards a NIC explicitly (also how tests stand a veth in for a NIC), at home under
+    /// `home_name`. Replaces any record with the same identity.
+    pub fn guard_nic(
+        &mut self,
+        identity: NicIdentity,
+        home_name: &str,
+        up: bool,
+        location: Option<NicLocation>,
+    ) {
+        tracing::info!("guarding NIC {identity} (home name {home_name})");
+        self.put_nic(NicRecord::new(identity, home_name, up, location));
+    }
+
+    /// Whether a physical NIC seen live would be guarded on first sight: not known yet and
+    /// not excluded.
+    pub fn is_new_nic(&self, live: &NicIdentity, mac: Option<Mac>, name: &str) -> bool {
+        self.find_nic(live).is_none() && !self.is_excluded(name, &[live.perm_mac, mac])
+    }
+
+    /// A physical NIC seen in the host netns (inventory or event): guarded from first sight
+    /// unless excluded, its home name being the name it has now.
+    pub fn see_host_nic(
+        &mut self,
+        live: &NicIdentity,
+        mac: Option<Mac>,
+        up: bool,
+        location: NicLocation,
+    ) {
+        if self.is_new_nic(live, mac, &location.name) {
+            let home = location.name.clone();
+            self.guard_nic(live.clone(), &home, up, Some(location));
+        }
+    }
+
+    /// Sets where a guarded NIC is and how it stands (journalled only when it changes).
+    pub fn set_nic(
+        &mut self,
+        identity: &NicIdentity,
+        state: NicState,
+        reason: Option<String>,
+        location: Option<NicLocation>,
+    ) {
+        self.update_nic(identity, |rec| {
+            rec.state = state;
+            rec.reason = reason;
+            rec.location = location;
+        });
+    }
+
+    /// Records (or, with `None`, clears) a lend of the NIC with `identity`.
+    pub fn set_nic_lend(&mut self, identity: &NicIdentity, lend: Option<Lend>) {
+        self.update_nic(identity, |rec| rec.lent = lend);
+    }
+
+    /// Applies `change` to the NIC recorded with `identity`; journals it if anything changed.
+    pub(super) fn update_nic(
+        &mut self,
+        identity: &NicIdentity,
+        change: impl FnOnce(&mut NicRecord),
+    ) {
+        let Some(current) = self.content.nics.iter().find(|n| &n.identity == identity) else {
+            return;
+        };
+        let mut next = current.clone();
+        change(&mut next);
+        if &next == current {
+            return;
+        }
+        if next.state != current.state {
+            next.since = Utc::now();
+        }
+        self.put_nic(next);
+    }
+
+    /// Journals what a restore item did: its actions in order and how the last one went.
+    pub fn note_actions(&mut self, target: &str, actions: &impl Serialize, outcome: &str) {
+        match serde_json::to_value(actions) {
+            Ok(actions) => self.append(JournalEntry::Actions {
+                target: target.to_string(),
+                actions,
+                outcome: outcome.to_string(),
+            }),
+            Err(e) => tracing::error!("cannot journal the actions on {target}: {e}"),
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! What the ledger holds: guarded physical NICs (by hardware identity) and guarded virtual
+//! links with everything needed to rebuild them, each with how it stands. Plain data,
+//! serialised as-is into the ledger document and the journal.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::event::Netns;
+use crate::model::{kebab_display, LinkKey, LinkSpec, Locator, NicIdentity};
+
+/// Where a guarded NIC stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NicState {
+    /// In the host netns under its home name.
+    Home,
+    /// Moved into another netns (lent to a container).
+    Lent,
+    /// Back in the host netns under another name (the kernel's `devN`).
+    Refunded,
+    /// Not seen anywhere we can look.
+    Lost,
+    /// A rename home is under way.
+    Restoring,
+    /// Renamed home by netguard.
+    Restored,
+    /// Another device holds the home name: nothing renamed, retried later.
+    Conflict,
+}
+
+/// How a guarded virtual link stands after the last look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkState {
+    /// As recorded.
+    Intact,
+    /// Seen gone or broken; not yet repaired.
+    Missing,
+    /// Being repaired.
+    Restoring,
+    /// Repaired by netguard and verified.
+    Restored,
+    /// Cannot be repaired yet (netns or parent absent); retried later.
+    Waiting,
+    /// A device netguard does not own is in the way; nothing touched, retried later.
+    Conflict,
+    /// The kernel refused a repair step.
+    Failed,
+}
+
+kebab_display!(NicState);
+kebab_display!(LinkState);
+
+/// Where a NIC is now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicLocation {
+    pub netns: Netns,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifindex: Option<u32>,
+}
+
+/// A guarded physical NIC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicRecord {
+    pub identity: NicIdentity,
+    /// Its name in the host netns, recorded when it leaves or at first sight.
+    pub home_name: String,
+    /// Admin state at home, restored after a rename home.
+    pub up: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<NicLocation>,
+    pub state: NicState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub since: DateTime<Utc>,
+    /// Set while lent with `netguard lend`: where to, under which name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lent: Option<Lend>,
+}
+
+/// A NIC lent to a container netns by `netguard lend`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lend {
+    pub netns: Locator,
+    pub name: String,
+    /// Lend it again when the container's netns is re-created at the same locator.
+    pub persistent: bool,
+}
+
+impl NicRecord {
+    /// A NIC guarded from now on: home if it carries its home name, else refunded.
+    pub fn new(
+        identity: NicIdentity,
+        home_name: &str,
+        up: bool,
+        location: Option<NicLocation>,
+    ) -> NicRecord {
+        let state = match &location {
+            Some(loc) if loc.name != home_name => NicState::Refunded,
+            _ => NicState::Home,
+        };
+        NicRecord {
+            identity,
+            home_name: home_name.to_string(),
+            up,
+            location,
+            state,
+            reason: None,
+            since: Utc::now(),
+            lent: None,
+        }
+    }
+}
+
+/// A guarded link and how it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRecord {
+    pub spec: LinkSpec,
+    pub state: LinkState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub since: DateTime<Utc>,
+}
+
+/// Everything the ledger holds; `journal_seq` is the last journal entry folded in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerContent {
+    #[serde(default)]
+    pub journal_seq: u64,
+    #[serde(default)]
+    pub nics: Vec<NicRecord>,
+    #[serde(default, with = "links_as_list")]
+    pub links: BTreeMap<LinkKey, LinkRecord>,
+}
+
+/// Links are keyed in memory, listed on disk (JSON object keys must be strings).
+mod links_as_list {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{LinkKey, LinkRecord};
+
+    pub fn serialize<S: Serializer>(
+        links: &BTreeMap<LinkKey, LinkRecord>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(links.values())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<LinkKey, LinkRecord>, D::Error> {
+        let list = Vec::<LinkRecord>::deserialize(d)?;
+        Ok(list.into_iter().map(|r| (r.spec.key(), r)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_print_as_their_kebab_case_names() {
+        assert_eq!(LinkState::Waiting.to_string(), "waiting");
+        assert_eq!(NicState::Refunded.to_string(), "refunded");
+    }
+}

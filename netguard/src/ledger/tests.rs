@@ -1,0 +1,258 @@
+use super::testutil::{sample_content, TempDir};
+use super::*;
+use crate::event::{Cause, Event, EventKind, Netns, Place};
+
+const HOST: u64 = 4026531840;
+const C1: u64 = 4026532118;
+
+fn open(dir: &Path) -> (Ledger, Opened) {
+    Ledger::open(LedgerOptions::new(dir)).unwrap()
+}
+
+fn place(name: &str, ifindex: u32, inode: u64) -> Option<Place> {
+    Some(Place {
+        name: Some(name.into()),
+        ifindex: Some(ifindex),
+        netns: Netns {
+            inode,
+            names: vec![],
+        },
+    })
+}
+
+fn nic_event(kind: EventKind, cause: Cause, from: Option<Place>, to: Option<Place>) -> Event {
+    let mut ev = Event::new(kind, cause);
+    ev.perm_addr = Some("52:54:00:12:34:56".into());
+    ev.from = from;
+    ev.to = to;
+    ev
+}
+
+#[test]
+fn fresh_then_saved_then_loaded() {
+    let dir = TempDir::new("ledger-fresh");
+    let (mut ledger, opened) = open(dir.path());
+    assert_eq!(opened, Opened::Fresh);
+    let link = sample_content().links.into_values().next().unwrap();
+    ledger.record_link(link.spec.clone());
+    assert!(ledger.save().unwrap());
+    assert!(!ledger.save().unwrap(), "nothing changed, nothing written");
+    drop(ledger);
+    let (ledger, opened) = open(dir.path());
+    assert_eq!(opened, Opened::Loaded { replayed: 0 });
+    assert_eq!(
+        ledger.link(&link.spec.netns, &link.spec.name).unwrap().spec,
+        link.spec
+    );
+}
+
+#[test]
+fn changes_after_the_last_save_come_back_from_the_journal() {
+    let dir = TempDir::new("ledger-forward");
+    let (mut ledger, _) = open(dir.path());
+    let spec = sample_content().links.into_values().next().unwrap().spec;
+    ledger.record_link(spec.clone());
+    ledger.save().unwrap();
+    ledger.set_link_state(&spec.key(), LinkState::Waiting, Some("netns gone".into()));
+    drop(ledger); // crash: no save
+    let (ledger, opened) = open(dir.path());
+    assert_eq!(opened, Opened::Loaded { replayed: 1 });
+    assert_eq!(
+        ledger.link(&spec.netns, &spec.name).unwrap().state,
+        LinkState::Waiting
+    );
+}
+
+#[test]
+fn corrupt_document_is_kept_aside_and_the_ledger_rebuilt() {
+    let dir = TempDir::new("ledger-corrupt");
+    let (mut ledger, _) = open(dir.path());
+    let content = sample_content();
+    for link in content.links.values() {
+        ledger.record_link(link.spec.clone());
+    }
+    let nic = &content.nics[0];
+    ledger.guard_nic(nic.identity.clone(), &nic.home_name, true, None);
+    ledger.save().unwrap();
+    drop(ledger);
+
+    let state = dir.path().join(STATE_FILE);
+    let mut bytes = std::fs::read(&state).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&state, &bytes).unwrap();
+
+    let (ledger, opened) = open(dir.path());
+    let Opened::Rebuilt {
+        file,
+        moved_to: Some(aside),
+        replayed,
+        ..
+    } = &opened
+    else {
+        panic!("{opened:?}")
+    };
+    assert_eq!(file, &state);
+    assert_eq!(std::fs::read(aside).unwrap(), bytes, "kept aside untouched");
+    assert!(*replayed >= 2);
+    let text = opened.to_string();
+    assert!(
+        text.contains("state.json") && text.contains("rebuilt from the journal"),
+        "{text}"
+    );
+    assert_eq!(ledger.links().count(), content.links.len());
+    assert_eq!(ledger.nics().len(), 1);
+    // The rebuilt ledger was saved again and loads cleanly.
+    drop(ledger);
+    assert!(matches!(open(dir.path()).1, Opened::Loaded { .. }));
+}
+
+#[test]
+fn unreadable_document_is_moved_aside_too() {
+    let dir = TempDir::new("ledger-unreadable");
+    // A directory where the file should be cannot be read as a file.
+    std::fs::create_dir(dir.path().join(STATE_FILE)).unwrap();
+    let (_, opened) = open(dir.path());
+    assert!(
+        matches!(
+            opened,
+            Opened::Rebuilt {
+                moved_to: Some(_),
+                ..
+            }
+        ),
+        "{opened:?}"
+    );
+}
+
+#[test]
+fn newer_document_is_refused_not_overwritten() {
+    let dir = TempDir::new("ledger-newer");
+    let state = dir.path().join(STATE_FILE);
+    std::fs::write(&state, br#"{"version": 9, "checksum": "x", "ledger": {}}"#).unwrap();
+    let err = Ledger::open(LedgerOptions::new(dir.path())).err().unwrap();
+    assert!(err.to_string().contains("newer netguard"), "{err}");
+    assert!(state.exists());
+}
+
+#[test]
+fn nic_lent_refunded_and_admin_rename() {
+    let dir = TempDir::new("ledger-nic");
+    let (mut ledger, _) = open(dir.path());
+    // First sight as it leaves home (eth2 -> container, renamed eth0 there).
+    let moved = nic_event(
+        EventKind::Move,
+        Cause::Explicit,
+        place("eth2", 4, HOST),
+        place("eth2", 4, C1),
+    );
+    assert!(ledger.observe(&moved, HOST));
+    let nic = ledger.nics()[0].clone();
+    assert_eq!(
+        (nic.home_name.as_str(), nic.state),
+        ("eth2", NicState::Lent)
+    );
+    // Renamed inside the container: home name unchanged.
+    let renamed = nic_event(
+        EventKind::Rename,
+        Cause::Explicit,
+        place("eth2", 4, C1),
+        place("eth0", 4, C1),
+    );
+    ledger.observe(&renamed, HOST);
+    assert_eq!(ledger.nics()[0].home_name, "eth2");
+    // Container exits: the kernel hands it back as dev4.
+    let back = nic_event(
+        EventKind::Move,
+        Cause::NetnsTeardown,
+        place("eth0", 4, C1),
+        place("dev4", 4, HOST),
+    );
+    ledger.observe(&back, HOST);
+    let nic = &ledger.nics()[0];
+    assert_eq!(nic.state, NicState::Refunded);
+    assert_eq!(nic.location.as_ref().unwrap().name, "dev4");
+    // Renamed home (by us): home.
+    let home = nic_event(
+        EventKind::Rename,
+        Cause::Explicit,
+        place("dev4", 4, HOST),
+        place("eth2", 4, HOST),
+    );
+    ledger.observe(&home, HOST);
+    assert_eq!(ledger.nics()[0].state, NicState::Home);
+    // An admin renames it at home: that is its home name from now on.
+    let admin = nic_event(
+        EventKind::Rename,
+        Cause::Explicit,
+        place("eth2", 4, HOST),
+        place("lan0", 4, HOST),
+    );
+    ledger.observe(&admin, HOST);
+    assert_eq!(ledger.nics()[0].home_name, "lan0");
+    assert_eq!(ledger.nics()[0].state, NicState::Home);
+    // Driver unloaded.
+    let gone = nic_event(
+        EventKind::Unregister,
+        Cause::Explicit,
+        place("lan0", 4, HOST),
+        None,
+    );
+    ledger.observe(&gone, HOST);
+    assert_eq!(ledger.nics()[0].state, NicState::Lost);
+}
+
+#[test]
+fn excluded_nics_are_not_guarded() {
+    let dir = TempDir::new("ledger-exclude");
+    let mut options = LedgerOptions::new(dir.path());
+    options.exclude.names.push("eth2".into());
+    let (mut ledger, _) = Ledger::open(options).unwrap();
+    let moved = nic_event(
+        EventKind::Move,
+        Cause::Explicit,
+        place("eth2", 4, HOST),
+        place("eth0", 4, C1),
+    );
+    assert!(!ledger.observe(&moved, HOST));
+    assert!(ledger.nics().is_empty());
+}
+
+#[test]
+fn link_events_follow_renames_and_mark_teardown() {
+    let dir = TempDir::new("ledger-link-events");
+    let (mut ledger, _) = open(dir.path());
+    let mut spec = sample_content()
+        .links
+        .into_values()
+        .find(|l| l.spec.kind.name() == "veth")
+        .unwrap()
+        .spec;
+    spec.netns_inode = Some(C1);
+    ledger.record_link(spec.clone());
+    let mut ev = Event::new(EventKind::Rename, Cause::Explicit);
+    ev.from = place(&spec.name, 2, C1);
+    ev.to = place("eth9", 2, C1);
+    assert!(ledger.observe(&ev, HOST));
+    assert!(ledger.link(&spec.netns, &spec.name).is_none());
+    let renamed = ledger.link(&spec.netns, "eth9").unwrap().spec.key();
+
+    let mut teardown = Event::new(EventKind::TeardownBegin, Cause::NetnsTeardown);
+    teardown.from = Some(Place {
+        name: None,
+        ifindex: None,
+        netns: Netns {
+            inode: C1,
+            names: vec![],
+        },
+    });
+    assert!(ledger.observe(&teardown, HOST));
+    assert_eq!(
+        ledger.link(&renamed.netns, &renamed.name).unwrap().state,
+        LinkState::Missing
+    );
+    // Unrelated events are not journalled.
+    let mut other = Event::new(EventKind::Unregister, Cause::Explicit);
+    other.from = place("veth123", 9, HOST);
+    assert!(!ledger.observe(&other, HOST));
+}

@@ -1,0 +1,249 @@
+//! The typed kernel changes a plan is made of, each printable as the `ip` command that
+//! would do the same.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::model::{IpNet, Locator, Mac, MacvlanMode, RouteSpec, VlanProtocol};
+
+/// One kernel change, on one device in one netns. Devices are named, not indexed: an ifindex
+/// is only known once a device exists, and names are what the ledger keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    SetUp {
+        netns: Locator,
+        dev: String,
+    },
+    SetDown {
+        netns: Locator,
+        dev: String,
+    },
+    Rename {
+        netns: Locator,
+        dev: String,
+        to: String,
+    },
+    SetMaster {
+        netns: Locator,
+        dev: String,
+        master: String,
+    },
+    SetMac {
+        netns: Locator,
+        dev: String,
+        mac: Mac,
+    },
+    SetMtu {
+        netns: Locator,
+        dev: String,
+        mtu: u32,
+    },
+    /// `dev` moved into `to_netns` under `name`: a name nobody there uses, as the device's
+    /// own may be taken there until it arrives (lend, reclaim).
+    MoveTo {
+        netns: Locator,
+        dev: String,
+        to_netns: Locator,
+        name: String,
+    },
+    /// A veth pair whose host side's peer died with a replaced netns (the kernel would remove
+    /// it once the old netns is freed); removed so the pair can be re-created.
+    DeleteStaleVeth {
+        netns: Locator,
+        dev: String,
+        mac: Option<Mac>,
+    },
+    /// A veth pair: `name` in `netns`, `peer` created directly in `peer_netns` (IFLA_NET_NS_FD).
+    CreateVeth {
+        netns: Locator,
+        name: String,
+        mac: Option<Mac>,
+        mtu: Option<u32>,
+        peer: String,
+        peer_netns: Locator,
+        peer_mac: Option<Mac>,
+        peer_mtu: Option<u32>,
+    },
+    /// A vlan on `parent` (in `parent_netns`), created directly in `netns`.
+    CreateVlan {
+        parent_netns: Locator,
+        parent: String,
+        netns: Locator,
+        name: String,
+        id: u16,
+        protocol: VlanProtocol,
+        mac: Option<Mac>,
+        mtu: Option<u32>,
+    },
+    /// A macvlan on `parent` (in `parent_netns`), created directly in `netns`.
+    CreateMacvlan {
+        parent_netns: Locator,
+        parent: String,
+        netns: Locator,
+        name: String,
+        mode: MacvlanMode,
+        mac: Option<Mac>,
+        mtu: Option<u32>,
+    },
+    AddAddress {
+        netns: Locator,
+        dev: String,
+        addr: IpNet,
+    },
+    AddRoute {
+        netns: Locator,
+        dev: String,
+        route: RouteSpec,
+    },
+}
+
+impl Action {
+    /// The netns the request goes to.
+    pub fn netns(&self) -> &Locator {
+        match self {
+            Action::SetUp { netns, .. }
+            | Action::SetDown { netns, .. }
+            | Action::Rename { netns, .. }
+            | Action::SetMaster { netns, .. }
+            | Action::SetMac { netns, .. }
+            | Action::SetMtu { netns, .. }
+            | Action::MoveTo { netns, .. }
+            | Action::DeleteStaleVeth { netns, .. }
+            | Action::CreateVeth { netns, .. }
+            | Action::AddAddress { netns, .. }
+            | Action::AddRoute { netns, .. } => netns,
+            Action::CreateVlan { parent_netns, .. }
+            | Action::CreateMacvlan { parent_netns, .. } => parent_netns,
+        }
+    }
+
+    /// The device it is about.
+    pub fn device(&self) -> &str {
+        match self {
+            Action::SetUp { dev, .. }
+            | Action::SetDown { dev, .. }
+            | Action::Rename { dev, .. }
+            | Action::SetMaster { dev, .. }
+            | Action::SetMac { dev, .. }
+            | Action::SetMtu { dev, .. }
+            | Action::MoveTo { dev, .. }
+            | Action::DeleteStaleVeth { dev, .. }
+            | Action::AddAddress { dev, .. }
+            | Action::AddRoute { dev, .. } => dev,
+            Action::CreateVeth { name, .. }
+            | Action::CreateVlan { name, .. }
+            | Action::CreateMacvlan { name, .. } => name,
+        }
+    }
+}
+
+fn opt<T: fmt::Display>(label: &str, v: &Option<T>) -> String {
+    v.as_ref()
+        .map(|v| format!(" {label} {v}"))
+        .unwrap_or_default()
+}
+
+fn other_netns(here: &Locator, there: &Locator) -> String {
+    if here == there {
+        String::new()
+    } else {
+        format!(" netns {there}")
+    }
+}
+
+impl fmt::Display for Action {
+    /// Reads like the `ip` command that would do the same, prefixed by the netns.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] ", self.netns())?;
+        match self {
+            Action::SetUp { dev, .. } => write!(f, "ip link set {dev} up"),
+            Action::SetDown { dev, .. } => write!(f, "ip link set {dev} down"),
+            Action::Rename { dev, to, .. } => write!(f, "ip link set {dev} name {to}"),
+            Action::SetMaster { dev, master, .. } => write!(f, "ip link set {dev} master {master}"),
+            Action::SetMac { dev, mac, .. } => write!(f, "ip link set {dev} address {mac}"),
+            Action::SetMtu { dev, mtu, .. } => write!(f, "ip link set {dev} mtu {mtu}"),
+            Action::MoveTo {
+                dev,
+                to_netns,
+                name,
+                ..
+            } => write!(f, "ip link set {dev} netns {to_netns} name {name}"),
+            Action::DeleteStaleVeth { dev, .. } => write!(
+                f,
+                "ip link del {dev} (stale veth: its peer's netns was replaced)"
+            ),
+            Action::CreateVeth {
+                name,
+                mac,
+                mtu,
+                peer,
+                peer_netns,
+                peer_mac,
+                peer_mtu,
+                ..
+            } => write!(
+                f,
+                "ip link add {name}{}{} type veth peer name {peer}{}{} netns {peer_netns}",
+                opt("address", mac),
+                opt("mtu", mtu),
+                opt("address", peer_mac),
+                opt("mtu", peer_mtu)
+            ),
+            Action::CreateVlan {
+                parent_netns,
+                parent,
+                netns,
+                name,
+                id,
+                protocol,
+                mac,
+                mtu,
+            } => write!(
+                f,
+                "ip link add link {parent} name {name}{}{}{} type vlan id {id} protocol {protocol}",
+                opt("address", mac),
+                opt("mtu", mtu),
+                other_netns(parent_netns, netns)
+            ),
+            Action::CreateMacvlan {
+                parent_netns,
+                parent,
+                netns,
+                name,
+                mode,
+                mac,
+                mtu,
+            } => write!(
+                f,
+                "ip link add link {parent} name {name}{}{}{} type macvlan mode {mode}",
+                opt("address", mac),
+                opt("mtu", mtu),
+                other_netns(parent_netns, netns)
+            ),
+            Action::AddAddress { dev, addr, .. } => write!(f, "ip addr add {addr} dev {dev}"),
+            Action::AddRoute { dev, route, .. } => write!(f, "ip route add {route} dev {dev}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_move_reads_like_ip_link_set_netns() {
+        let moving = Action::MoveTo {
+            netns: Locator::Host,
+            dev: "eth2".into(),
+            to_netns: Locator::Path("/run/netns/c1".into()),
+            name: "ngtmp1.0".into(),
+        };
+        assert_eq!(
+            moving.to_string(),
+            "[host] ip link set eth2 netns /run/netns/c1 name ngtmp1.0"
+        );
+        assert_eq!(moving.device(), "eth2");
+    }
+}

@@ -1,0 +1,140 @@
+//! Reading a device back after a change: an action succeeds when the kernel shows it, not
+//! when the kernel accepts it.
+
+use rtnetlink::LinkUnspec;
+
+use crate::inventory::{LiveLink, NetnsConn};
+use crate::model::{Locator, Mac};
+use crate::rtnl::message::{errno, kernel_says};
+
+use super::{ActionError, Builder, Seen};
+
+/// One action's connection and how it reports failure.
+pub(super) struct Ctx<'a, F: Fn(String) -> ActionError> {
+    pub(super) conn: &'a NetnsConn,
+    pub(super) fail: &'a F,
+}
+
+impl<F: Fn(String) -> ActionError> Ctx<'_, F> {
+    pub(super) async fn get(
+        &self,
+        netns: &Locator,
+        name: &str,
+        seen: &mut Seen,
+    ) -> Result<Option<LiveLink>, ActionError> {
+        if let Some(link) = seen.get(&(netns.clone(), name.to_string())) {
+            return Ok(Some(link.clone()));
+        }
+        let link = self
+            .conn
+            .get_link_by_name(name)
+            .await
+            .map_err(|e| (self.fail)(e.to_string()))?;
+        if let Some(l) = &link {
+            seen.insert((netns.clone(), name.to_string()), l.clone());
+        }
+        Ok(link)
+    }
+
+    pub(super) async fn need(
+        &self,
+        netns: &Locator,
+        name: &str,
+        seen: &mut Seen,
+    ) -> Result<LiveLink, ActionError> {
+        self.get(netns, name, seen)
+            .await?
+            .ok_or_else(|| (self.fail)(format!("there is no device {name} in {netns}")))
+    }
+
+    /// Changes `dev` unless it already `holds`, then reads it back: it must hold now.
+    pub(super) async fn set_link(
+        &self,
+        netns: &Locator,
+        dev: &str,
+        seen: &mut Seen,
+        holds: impl Fn(&LiveLink) -> bool,
+        change: impl FnOnce(Builder) -> Builder,
+        otherwise: &str,
+    ) -> Result<(), ActionError> {
+        let link = self.need(netns, dev, seen).await?;
+        if !holds(&link) {
+            let msg = change(LinkUnspec::new_with_index(link.ifindex)).build();
+            self.kernel(self.conn.handle().link().set(msg).execute().await)?;
+        }
+        // A rename leaves nothing under the old name.
+        seen.remove(&(netns.clone(), dev.to_string()));
+        self.verify(netns, link.ifindex, seen, holds, otherwise)
+            .await
+    }
+
+    pub(super) fn kernel(&self, result: Result<(), rtnetlink::Error>) -> Result<(), ActionError> {
+        result.map_err(|e| (self.fail)(kernel_says(&e)))
+    }
+
+    /// A create/add the kernel may find already done (EEXIST): the read-back decides.
+    pub(super) fn created(&self, result: Result<(), rtnetlink::Error>) -> Result<(), ActionError> {
+        match result {
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            other => self.kernel(other),
+        }
+    }
+
+    async fn verify(
+        &self,
+        netns: &Locator,
+        ifindex: u32,
+        seen: &mut Seen,
+        ok: impl Fn(&LiveLink) -> bool,
+        otherwise: &str,
+    ) -> Result<(), ActionError> {
+        let link = self
+            .conn
+            .get_link(ifindex)
+            .await
+            .map_err(|e| (self.fail)(e.to_string()))?;
+        let Some(link) = link else {
+            return Err((self.fail)(format!("device (ifindex {ifindex}) vanished")));
+        };
+        let good = ok(&link);
+        seen.insert((netns.clone(), link.name.clone()), link);
+        if good {
+            Ok(())
+        } else {
+            Err((self.fail)(format!(
+                "the kernel accepted it but on reading back: {otherwise}"
+            )))
+        }
+    }
+
+    pub(super) async fn verify_new(
+        &self,
+        netns: &Locator,
+        name: &str,
+        kind: &str,
+        mac: &Option<Mac>,
+        seen: &mut Seen,
+    ) -> Result<LiveLink, ActionError> {
+        let link = self
+            .conn
+            .get_link_by_name(name)
+            .await
+            .map_err(|e| (self.fail)(e.to_string()))?;
+        let Some(link) = link else {
+            return Err((self.fail)(format!(
+                "{name} is not in {netns} after the kernel accepted it"
+            )));
+        };
+        if link.kind.as_deref() != Some(kind) || (mac.is_some() && link.mac != *mac) {
+            return Err((self.fail)(format!(
+                "{name} in {netns} is a {} with MAC {}, not the {kind} asked for",
+                link.kind.as_deref().unwrap_or("device"),
+                link.mac
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "-".into())
+            )));
+        }
+        seen.insert((netns.clone(), name.to_string()), link.clone());
+        Ok(link)
+    }
+}

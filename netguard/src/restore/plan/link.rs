@@ -1,0 +1,332 @@
+//! Planning one guarded virtual link: a veth pair, a vlan or macvlan, and their drift.
+
+use crate::inventory::{LiveLink, NetnsInventory};
+use crate::ledger::{
+    IpNet, KindSpec, LedgerContent, LinkKey, LinkRecord, LinkSpec, Locator, Mac, Parent, VethPeer,
+};
+
+use super::{Item, Target, Verdict, World};
+use crate::restore::action::Action;
+
+pub(super) fn plan_link(record: &LinkRecord, ledger: &LedgerContent, world: &World) -> Item {
+    let spec = &record.spec;
+    let target = Target::Link {
+        kind: spec.kind.name(),
+        key: spec.key(),
+    };
+    let inv = match world.inventory(&spec.netns) {
+        Ok(inv) => inv,
+        Err(why) => return Item::new(target, Verdict::Waiting, why),
+    };
+    let result = match &spec.kind {
+        KindSpec::Veth { peer } => plan_veth(spec, peer, inv, world),
+        KindSpec::Vlan { parent, .. } | KindSpec::Macvlan { parent, .. } => {
+            plan_stacked(spec, parent, inv, ledger, world)
+        }
+    };
+    match result {
+        Ok((actions, after, why)) => {
+            let verdict = if actions.is_empty() {
+                Verdict::Intact
+            } else {
+                Verdict::Repair
+            };
+            Item {
+                target,
+                verdict,
+                reason: why,
+                actions,
+                after,
+            }
+        }
+        Err((verdict, why)) => Item::new(target, verdict, why),
+    }
+}
+
+/// Actions, the item to wait for, and why repairs are needed; or why nothing can be done.
+type Planned = Result<(Vec<Action>, Option<LinkKey>, Option<String>), (Verdict, String)>;
+
+fn replaced(spec: &LinkSpec, inv: &NetnsInventory) -> Option<String> {
+    match spec.netns_inode {
+        Some(old) if old != inv.inode && spec.netns != Locator::Host => Some(format!(
+            "netns {} was replaced (inode {old} -> {})",
+            spec.netns, inv.inode
+        )),
+        _ => None,
+    }
+}
+
+fn plan_veth(spec: &LinkSpec, peer: &VethPeer, inv: &NetnsInventory, world: &World) -> Planned {
+    let peer_inv = world
+        .inventory(&peer.netns)
+        .map_err(|why| (Verdict::Waiting, why))?;
+    let bridge = match &peer.master {
+        Some(name) => match peer_inv.link_by_name(name) {
+            Some(br) => Some(br),
+            None => {
+                return Err((
+                    Verdict::Waiting,
+                    format!("bridge {name} is not in {}", peer.netns),
+                ))
+            }
+        },
+        None => None,
+    };
+    let ours = inv.link_by_name(&spec.name);
+    let theirs = peer_inv.link_by_name(&peer.name);
+    let mut actions = Vec::new();
+    let why = match (ours, theirs) {
+        (Some(ours), Some(theirs)) => {
+            let paired = ours.kind.as_deref() == Some("veth")
+                && theirs.kind.as_deref() == Some("veth")
+                && ours.link == Some(theirs.ifindex)
+                && theirs.link == Some(ours.ifindex);
+            if !paired {
+                return Err((
+                    Verdict::Conflict,
+                    format!(
+                        "{} in {} and {} in {} are not the guarded veth pair",
+                        spec.name, spec.netns, peer.name, peer.netns
+                    ),
+                ));
+            }
+            configure_peer(peer, Some(theirs), bridge, &mut actions);
+            configure(spec, inv, Some(ours), &mut actions);
+            (!actions.is_empty()).then(|| "repairing".to_string())
+        }
+        (Some(_), None) => {
+            return Err((
+                Verdict::Conflict,
+                format!(
+                    "{} in {} exists but its peer {} does not",
+                    spec.name, spec.netns, peer.name
+                ),
+            ));
+        }
+        (None, theirs) => {
+            let replaced = replaced(spec, inv);
+            if let Some(theirs) = theirs {
+                // Its peer died with the old netns, which may still be tearing down. Only a
+                // veth that is provably ours (same MAC when we know it) is removed.
+                let ours_by_mac = peer.mac.is_none_or(|m| theirs.mac == Some(m));
+                if replaced.is_none() || theirs.kind.as_deref() != Some("veth") || !ours_by_mac {
+                    return Err((
+                        Verdict::Conflict,
+                        format!(
+                            "{} is missing from {} but {} exists in {}: not touching it",
+                            spec.name, spec.netns, peer.name, peer.netns
+                        ),
+                    ));
+                }
+                actions.push(Action::DeleteStaleVeth {
+                    netns: peer.netns.clone(),
+                    dev: peer.name.clone(),
+                    mac: theirs.mac,
+                });
+            }
+            actions.push(Action::CreateVeth {
+                netns: peer.netns.clone(),
+                name: peer.name.clone(),
+                mac: peer.mac,
+                mtu: peer.mtu,
+                peer: spec.name.clone(),
+                peer_netns: spec.netns.clone(),
+                peer_mac: spec.mac,
+                peer_mtu: spec.mtu,
+            });
+            configure_peer(peer, None, bridge, &mut actions);
+            configure(spec, inv, None, &mut actions);
+            Some(replaced.unwrap_or_else(|| format!("{} is missing", spec.name)))
+        }
+    };
+    Ok((actions, None, why))
+}
+
+/// MAC and MTU of a link that exists but drifted (re-created by someone else, say).
+fn fix_drift(
+    netns: &Locator,
+    dev: &str,
+    mac: Option<Mac>,
+    mtu: Option<u32>,
+    live: Option<&LiveLink>,
+    actions: &mut Vec<Action>,
+) {
+    let Some(live) = live else { return };
+    if let Some(mac) = mac.filter(|m| live.mac != Some(*m)) {
+        actions.push(Action::SetMac {
+            netns: netns.clone(),
+            dev: dev.to_string(),
+            mac,
+        });
+    }
+    if let Some(mtu) = mtu.filter(|m| live.mtu != Some(*m)) {
+        actions.push(Action::SetMtu {
+            netns: netns.clone(),
+            dev: dev.to_string(),
+            mtu,
+        });
+    }
+}
+
+/// Host side of a veth: up, THEN enslaved (a port enslaved while down may not attach).
+fn configure_peer(
+    peer: &VethPeer,
+    live: Option<&LiveLink>,
+    bridge: Option<&LiveLink>,
+    actions: &mut Vec<Action>,
+) {
+    let dev = || peer.name.clone();
+    fix_drift(&peer.netns, &peer.name, peer.mac, peer.mtu, live, actions);
+    if peer.up && !live.is_some_and(|l| l.up) {
+        actions.push(Action::SetUp {
+            netns: peer.netns.clone(),
+            dev: dev(),
+        });
+    }
+    if let Some(bridge) = bridge {
+        if live.and_then(|l| l.master) != Some(bridge.ifindex) {
+            actions.push(Action::SetMaster {
+                netns: peer.netns.clone(),
+                dev: dev(),
+                master: bridge.name.clone(),
+            });
+        }
+    }
+}
+
+/// A link's own configuration: addresses, up, then routes (a gateway route needs the link up
+/// and the gateway's subnet present). `live: None` means it is about to be created.
+fn configure(
+    spec: &LinkSpec,
+    inv: &NetnsInventory,
+    live: Option<&LiveLink>,
+    actions: &mut Vec<Action>,
+) {
+    let dev = || spec.name.clone();
+    let netns = || spec.netns.clone();
+    fix_drift(&spec.netns, &spec.name, spec.mac, spec.mtu, live, actions);
+    let have: Vec<IpNet> = live
+        .map(|l| inv.addresses_of(l.ifindex).collect())
+        .unwrap_or_default();
+    for addr in spec.addresses.iter().filter(|a| !have.contains(a)) {
+        actions.push(Action::AddAddress {
+            netns: netns(),
+            dev: dev(),
+            addr: *addr,
+        });
+    }
+    if spec.up && !live.is_some_and(|l| l.up) {
+        actions.push(Action::SetUp {
+            netns: netns(),
+            dev: dev(),
+        });
+    }
+    for route in &spec.routes {
+        if !live.is_some_and(|l| inv.has_route(l.ifindex, route)) {
+            actions.push(Action::AddRoute {
+                netns: netns(),
+                dev: dev(),
+                route: route.clone(),
+            });
+        }
+    }
+}
+
+/// A vlan or macvlan: needs its parent; re-created directly in its netns.
+fn plan_stacked(
+    spec: &LinkSpec,
+    parent: &Parent,
+    inv: &NetnsInventory,
+    ledger: &LedgerContent,
+    world: &World,
+) -> Planned {
+    if let Some(live) = inv.link_by_name(&spec.name) {
+        let kind_ok = live.kind.as_deref() == Some(spec.kind.name());
+        let vlan_ok = match &spec.kind {
+            KindSpec::Vlan { id, .. } => live.vlan.map(|(i, _)| i) == Some(*id),
+            _ => true,
+        };
+        if !kind_ok || !vlan_ok {
+            return Err((
+                Verdict::Conflict,
+                format!(
+                    "{} in {} is not the guarded {}",
+                    spec.name,
+                    spec.netns,
+                    spec.kind.name()
+                ),
+            ));
+        }
+        let mut actions = Vec::new();
+        configure(spec, inv, Some(live), &mut actions);
+        let why = (!actions.is_empty()).then(|| "repairing".to_string());
+        return Ok((actions, None, why));
+    }
+
+    // Gone: find the parent, by identity or by name, as it is now.
+    let (parent_netns, parent_name, after) = match parent {
+        Parent::Nic(identity) => {
+            let found = world
+                .host
+                .nics()
+                .find(|(_, id)| identity.matches(id))
+                .map(|(l, _)| l.name.clone());
+            match found {
+                Some(name) => (Locator::Host, name, None),
+                None => {
+                    return Err((
+                        Verdict::Waiting,
+                        format!("its parent NIC ({identity}) is not back in the host netns"),
+                    ))
+                }
+            }
+        }
+        Parent::Link { netns, name } => {
+            let key = LinkKey {
+                netns: netns.clone(),
+                name: name.clone(),
+            };
+            let present = world
+                .inventory(netns)
+                .ok()
+                .and_then(|i| i.link_by_name(name))
+                .is_some();
+            match (present, ledger.links.contains_key(&key)) {
+                (true, _) => (netns.clone(), name.clone(), None),
+                // A guarded parent: re-created first, in the same pass.
+                (false, true) => (netns.clone(), name.clone(), Some(key)),
+                (false, false) => {
+                    return Err((
+                        Verdict::Waiting,
+                        format!("its parent {name} is not in {netns}"),
+                    ))
+                }
+            }
+        }
+    };
+    let create = match &spec.kind {
+        KindSpec::Vlan { id, protocol, .. } => Action::CreateVlan {
+            parent_netns,
+            parent: parent_name,
+            netns: spec.netns.clone(),
+            name: spec.name.clone(),
+            id: *id,
+            protocol: *protocol,
+            mac: spec.mac,
+            mtu: spec.mtu,
+        },
+        KindSpec::Macvlan { mode, .. } => Action::CreateMacvlan {
+            parent_netns,
+            parent: parent_name,
+            netns: spec.netns.clone(),
+            name: spec.name.clone(),
+            mode: *mode,
+            mac: spec.mac,
+            mtu: spec.mtu,
+        },
+        KindSpec::Veth { .. } => unreachable!("veths are planned by plan_veth"),
+    };
+    let mut actions = vec![create];
+    configure(spec, inv, None, &mut actions);
+    Ok((actions, after, Some(format!("{} is missing", spec.name))))
+}
