@@ -70,6 +70,8 @@ fn chained_plugin_guards_a_podman_container_with_no_learn() {
     let guarded =
         row(&ng, &first).unwrap_or_else(|| panic!("eth0 not guarded: {}", ng.explain(&[])));
     assert_eq!(guarded["kind"], "veth");
+    assert_eq!(guarded["workload"]["kind"], "cni-attachment", "{guarded}");
+    assert_eq!(guarded["workload"]["network"], net.as_str());
     assert_eq!(guarded["state"], "intact", "{guarded}");
     let mac = world.exec("c1", &["cat", "/sys/class/net/eth0/address"]);
     assert_eq!(guarded["mac"], mac.as_str());
@@ -95,7 +97,8 @@ fn chained_plugin_guards_a_podman_container_with_no_learn() {
 
 /// The plugin through the suite's CNI runner, with no agent: ADD records under the ledger's
 /// lock; with an unusable ledger it still passes the result on (fail-open); DEL succeeds with
-/// the netns gone; VERSION, STATUS and GC answer per CNI 1.1.
+/// the netns gone; GC releases what the runtime no longer lists; VERSION and STATUS answer
+/// per CNI 1.1.
 #[test]
 fn chained_plugin_speaks_cni_and_fails_open() {
     let w = World::new("cnr").with(&["pod"]);
@@ -150,9 +153,14 @@ fn chained_plugin_speaks_cni_and_fails_open() {
     );
     assert_eq!(result["interfaces"][2]["name"], "eth0", "{result}");
     let row = ng
-        .status_row(&pod, "eth0")
-        .unwrap_or_else(|| panic!("eth0 not guarded: {}", ng.explain(&[&pod])));
+        .status_row(pod, "eth0")
+        .unwrap_or_else(|| panic!("eth0 not guarded: {}", ng.explain(&[pod])));
     assert_eq!(row["kind"], "veth");
+    assert_eq!(
+        row["workload"],
+        json!({ "kind": "cni-attachment", "network": good["name"], "container_id": "c0ffee01",
+                "ifname": "eth0", "pod_uid": "9a7e" })
+    );
     runner
         .check(&good, &att, &result)
         .unwrap_or_else(|run| panic!("CHECK: {run:?}"));
@@ -188,6 +196,18 @@ fn chained_plugin_speaks_cni_and_fails_open() {
     runner
         .gc(&v1_1, &[("c0ffee01", "eth0")])
         .unwrap_or_else(|run| panic!("GC: {run:?}"));
+    assert!(
+        ng.status_row(pod, "eth0").is_some(),
+        "a valid attachment stays"
+    );
+    runner
+        .gc(&v1_1, &[("another", "eth0")])
+        .unwrap_or_else(|run| panic!("GC: {run:?}"));
+    assert!(
+        ng.status_row(pod, "eth0").is_none(),
+        "GC released what the runtime no longer lists: {}",
+        ng.explain(&[pod])
+    );
     let status = runner.exec("STATUS", None, &CniRunner::plugin_config(&good, 1, None));
     assert_eq!(
         status.json()["code"],
@@ -198,11 +218,6 @@ fn chained_plugin_speaks_cni_and_fails_open() {
     runner
         .del(&good, &att, Some(&result))
         .unwrap_or_else(|run| panic!("DEL: {run:?}"));
-    assert!(
-        ng.status_row(&pod, "eth0").is_none(),
-        "released: {}",
-        ng.explain(&[&pod])
-    );
     // Again, with the netns gone: still a success.
     pod.delete();
     let gone = Attachment { netns: None, ..att };
@@ -212,4 +227,78 @@ fn chained_plugin_speaks_cni_and_fails_open() {
         &CniRunner::plugin_config(&good, 1, None),
     );
     assert!(run.ok() && run.stdout.is_empty(), "{run:?}");
+}
+
+/// Field report 000 with a real runtime: a `--network none` container gets a veth attached
+/// from outside after it started, learned with `--container`; at `podman restart` the OCI
+/// hooks re-attach it in the new netns before the container's command runs, which then sees
+/// the veth with its address and pings the bridge, first thing.
+#[test]
+fn oci_hooks_reattach_a_learned_veth_before_the_container_restarts() {
+    let world = PodmanWorld::new("pmo");
+    let ng = Netguard::new(&world.world);
+    let _agent = ng.start_agent();
+    world.install_netguard_hooks(&ng.socket, &ng.state_dir);
+    world.host().ip(&["link", "add", "ngbr3", "type", "bridge"]);
+    world
+        .host()
+        .ip(&["addr", "add", "198.18.23.1/24", "dev", "ngbr3"]);
+    world.host().ip(&["link", "set", "ngbr3", "up"]);
+
+    // What the command sees first, at every start.
+    let first_thing = "ip -4 addr show dev eth1 > /first 2>&1; \
+                       ping -c1 -W2 198.18.23.1 >> /first 2>&1; echo rc=$? >> /first; sleep 600";
+    let id = world.run("c3", "none", &["sh", "-c", first_thing]);
+    let pid = world.podman_ok(&["inspect", "--format", "{{.State.Pid}}", "c3"]);
+    let netns = format!("/proc/{pid}/ns/net");
+    world.host().ip(&[
+        "link", "add", "vc3h", "type", "veth", "peer", "name", "eth1", "netns", &pid,
+    ]);
+    world
+        .host()
+        .ip(&["link", "set", "vc3h", "master", "ngbr3", "up"]);
+    let inside = |args: &[&str]| {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={netns}"))
+            .arg(netguard_tests::IP)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    inside(&["addr", "add", "198.18.23.2/24", "dev", "eth1"]);
+    inside(&["link", "set", "eth1", "up"]);
+    ng.run_ok(&["learn", "--netns", &netns, "--container", &id]);
+    let before = world.exec("c3", &["cat", "/first"]);
+    assert!(
+        before.contains("rc=1"),
+        "no veth at the first start: {before}"
+    );
+
+    world.podman_ok(&["restart", "--time", "0", "c3"]);
+    let seen = world.exec("c3", &["cat", "/first"]);
+    assert!(
+        seen.contains("inet 198.18.23.2/24") && seen.contains("rc=0"),
+        "the command's first look after restart: {seen}\n{}",
+        ng.explain(&[])
+    );
+    let new_pid = world.podman_ok(&["inspect", "--format", "{{.State.Pid}}", "c3"]);
+    assert_ne!(new_pid, pid);
+    let rows = ng.status_json()["rows"].clone();
+    let eth1 = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "eth1")
+        .unwrap_or_else(|| panic!("eth1 not in status: {rows}"));
+    assert_ne!(
+        eth1["netns"],
+        netns.as_str(),
+        "status follows the new netns: {eth1}"
+    );
+    assert_eq!(eth1["workload"]["id"], id.as_str(), "{eth1}");
 }

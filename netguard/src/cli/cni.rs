@@ -86,20 +86,20 @@ impl Recorder for Side {
     type Error = String;
 
     fn add(&self, att: &AttachmentRef, _prev: &PrevResult) -> Result<String, String> {
-        let netns = att.netns.clone().ok_or("no netns")?;
-        let reply = self.submit(Operation::Learn { netns: vec![netns] })?;
-        Ok(reply.text.replace('\n', "; "))
+        let reply = self.submit(Operation::CniAdd {
+            attachment: att.clone(),
+        })?;
+        let text = reply.text.replace('\n', "; ");
+        if reply.ok {
+            Ok(text)
+        } else {
+            Err(text)
+        }
     }
 
     fn del(&self, att: &AttachmentRef) -> Result<(), String> {
-        let Some(netns) = att.netns.clone() else {
-            return Err(
-                "no CNI_NETNS: the netns is gone and netguard keeps links by netns path".into(),
-            );
-        };
-        self.submit(Operation::Forget {
-            name: att.ifname.clone(),
-            netns: Some(netns),
+        self.submit(Operation::CniDel {
+            attachment: att.clone(),
         })
         .map(drop)
     }
@@ -133,9 +133,11 @@ impl Recorder for Side {
         }))
     }
 
-    fn gc(&self, network: &str, _valid: &[GcAttachment]) -> Result<usize, String> {
-        Err(format!(
-            "the ledger does not know which links belong to network {network} yet; nothing released"
-        ))
+    fn gc(&self, network: &str, valid: &[GcAttachment]) -> Result<usize, String> {
+        let reply = self.submit(Operation::CniGc {
+            network: network.to_string(),
+            valid: valid.to_vec(),
+        })?;
+        Ok(reply.detail.as_array().map_or(0, Vec::len))
     }
 }

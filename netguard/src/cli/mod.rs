@@ -2,6 +2,7 @@
 
 mod agent;
 mod cni;
+mod oci_hook;
 mod ops;
 mod output;
 mod status;
@@ -46,6 +47,10 @@ enum Command {
         /// A netns path (/run/netns/NAME, /proc/PID/ns/net); repeatable.
         #[arg(long = "netns", value_name = "PATH", required = true)]
         netns: Vec<PathBuf>,
+        /// The container (its full ID) whose netns this is: its links then follow it to its
+        /// next netns at each start (needs netguard's OCI hooks: `netguard install oci-hooks`).
+        #[arg(long, value_name = "ID")]
+        container: Option<String>,
         #[command(flatten)]
         place: ops::Place,
         #[arg(long)]
@@ -95,6 +100,8 @@ enum Command {
         #[command(flatten)]
         place: ops::Place,
     },
+    /// Called by the container runtime (oci-hooks(5)) with the container's state on stdin.
+    OciHook(oci_hook::OciHookArgs),
     /// Print a per-device timeline from a recording made with `trace --record`.
     Report {
         /// The recording (JSON lines).
@@ -155,7 +162,24 @@ pub fn main() -> ExitCode {
         Command::Trace(args) => trace::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Status { place, json } => status::run(&place, json),
-        Command::Learn { netns, place, json } => ops::run(&place, Operation::Learn { netns }, json),
+        Command::Learn {
+            netns,
+            container: Some(container),
+            place,
+            json,
+        } => match <[PathBuf; 1]>::try_from(netns) {
+            Ok([netns]) => ops::run(&place, Operation::LearnContainer { netns, container }, json),
+            Err(_) => Err(anyhow::anyhow!(
+                "--container takes exactly one --netns: the container's"
+            )),
+        },
+        Command::Learn {
+            netns,
+            container: None,
+            place,
+            json,
+        } => ops::run(&place, Operation::Learn { netns }, json),
+        Command::OciHook(args) => oci_hook::run(args),
         Command::Lend {
             iface,
             netns,

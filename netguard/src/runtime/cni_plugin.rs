@@ -13,6 +13,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::model::Workload;
+
 /// The spec versions this plugin speaks.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];
 /// The version STATUS and GC came with.
@@ -202,7 +204,7 @@ impl PrevResult {
 }
 
 /// One attachment: the network, the container and its interface name, where it is now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachmentRef {
     pub network: String,
     pub container_id: String,
@@ -210,6 +212,18 @@ pub struct AttachmentRef {
     /// `None` at a DEL whose netns is already gone.
     pub netns: Option<PathBuf>,
     pub pod_uid: Option<String>,
+}
+
+impl AttachmentRef {
+    /// The workload its links belong to.
+    pub fn workload(&self) -> Workload {
+        Workload::CniAttachment {
+            network: self.network.clone(),
+            container_id: self.container_id.clone(),
+            ifname: self.ifname.clone(),
+            pod_uid: self.pod_uid.clone(),
+        }
+    }
 }
 
 impl fmt::Display for AttachmentRef {

@@ -2,4 +2,3 @@
 
 pub mod cni_plugin;
 pub mod oci_hook;
-pub mod workload;
