@@ -295,6 +295,8 @@ async fn lock_ledger(options: &AgentOptions) -> Result<StateLock, LockError> {
 
 async fn reconcile(shared: &Shared) {
     let mut ledger = shared.ledger.lock().await;
+    // `podman rm` of a stopped container runs no hook: its bundle going is the sign.
+    ledger.release_removed_containers();
     match shared.restorer.pass(&mut ledger).await {
         Ok(report) => {
             for item in report.broken() {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use netguard_tests::cni::{Attachment, CniRunner};
 use netguard_tests::podman::{PodmanWorld, SYSTEM_CNI_DIR};
-use netguard_tests::{netguard_bin, Netguard, World};
+use netguard_tests::{netguard_bin, wait_until, Netguard, World};
 use serde_json::json;
 
 /// The harness itself: a busybox container on a bridge + host-local network gets its address
@@ -301,4 +301,35 @@ fn oci_hooks_reattach_a_learned_veth_before_the_container_restarts() {
         "status follows the new netns: {eth1}"
     );
     assert_eq!(eth1["workload"]["id"], id.as_str(), "{eth1}");
+
+    // Stopped: its veth waits, nothing is created.
+    world.podman_ok(&["stop", "--time", "0", "c3"]);
+    let eth1 = |ng: &Netguard| {
+        ng.status_json()["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "eth1")
+            .cloned()
+    };
+    let stopped = eth1(&ng).unwrap_or_else(|| panic!("eth1 gone at stop: {}", ng.explain(&[])));
+    assert_eq!(stopped["state"], "dormant", "{stopped}");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        eth1(&ng).unwrap()["state"],
+        "dormant",
+        "still waiting after a pass"
+    );
+    let links = world.host().ip_out(&["link", "show"]);
+    assert!(
+        !links.contains("vc3h"),
+        "nothing created while stopped: {links}"
+    );
+    // Removed while stopped (no hook runs): released at the agent's next pass.
+    world.podman_ok(&["rm", "c3"]);
+    wait_until(
+        "eth1 released once the container is removed",
+        || eth1(&ng).is_none(),
+        || ng.explain(&[]),
+    );
 }

@@ -113,8 +113,9 @@ pub async fn container(
     let workload = Workload::Container {
         runtime: event.runtime.clone(),
         id: event.id.clone(),
+        bundle: Some(event.bundle.clone()),
     };
-    let is_it = |w: &Workload| matches!(w, Workload::Container { id, .. } if *id == event.id);
+    let is_it = |w: &Workload| w.same(&workload);
     match event.stage {
         Stage::CreateRuntime => {
             let Some(proc_netns) = event.netns() else {
@@ -132,6 +133,10 @@ pub async fn container(
                     &moved,
                 ));
             }
+            // The hook tells the runtime and the bundle: kept for when the container goes.
+            for key in &moved {
+                ledger.bind_link(key, &workload);
+            }
             let report = restorer.pass(ledger).await?;
             let ok = report.broken().next().is_none();
             Ok(Reply {
@@ -143,6 +148,9 @@ pub async fn container(
         Stage::Poststart => Ok(Reply::done(String::new(), serde_json::Value::Null)),
         Stage::Poststop if event.bundle.exists() => {
             let dormant = ledger.set_dormant_where(is_it, "the container is stopped");
+            for key in &dormant {
+                ledger.bind_link(key, &workload);
+            }
             Ok(Reply::done(
                 format!(
                     "{} link(s) of {workload} wait for its next start",
@@ -177,6 +185,7 @@ pub async fn learn_container(
     let workload = Workload::Container {
         runtime: "oci".into(),
         id: container.to_string(),
+        bundle: None,
     };
     let mut text = format!("guarding for {workload}:");
     for spec in specs {

@@ -45,6 +45,15 @@ impl Ledger {
         keys
     }
 
+    /// Releases the links of containers whose bundle is gone (removed while stopped, which runs
+    /// no hook).
+    pub fn release_removed_containers(&mut self) -> Vec<LinkKey> {
+        self.release_where(
+            |w| matches!(w, Workload::Container { bundle: Some(b), .. } if !b.exists()),
+            "the container is removed (its bundle is gone)",
+        )
+    }
+
     /// The links of the workload `pred` accepts wait while it is stopped: nothing is created
     /// for them.
     pub fn set_dormant_where(
@@ -94,5 +103,90 @@ impl Ledger {
             self.put_link(record);
         }
         moved
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{sample_content, TempDir};
+    use super::super::{LedgerOptions, LinkSpec};
+    use super::*;
+
+    fn container(id: &str) -> Workload {
+        Workload::Container {
+            runtime: "podman".into(),
+            id: id.into(),
+            bundle: None,
+        }
+    }
+
+    /// A ledger guarding the sample veth (eth0 in /run/netns/c1), bound to container `c1`.
+    fn bound(dir: &TempDir) -> (Ledger, LinkKey, LinkSpec) {
+        let (mut ledger, _) = Ledger::open(LedgerOptions::new(dir.path())).unwrap();
+        let spec = sample_content()
+            .links
+            .into_values()
+            .find(|l| l.spec.kind.name() == "veth")
+            .unwrap()
+            .spec;
+        ledger.record_link(spec.clone());
+        ledger.bind_link(&spec.key(), &container("c1"));
+        (ledger, spec.key(), spec)
+    }
+
+    #[test]
+    fn a_workloads_link_learned_again_stays_bound_and_survives_a_reopen() {
+        let dir = TempDir::new("wl-bind");
+        let (mut ledger, key, mut spec) = bound(&dir);
+        spec.mtu = Some(1400);
+        ledger.record_link(spec);
+        ledger.save().unwrap();
+        drop(ledger);
+        let (ledger, _) = Ledger::open(LedgerOptions::new(dir.path())).unwrap();
+        let record = ledger.content().links.get(&key).unwrap();
+        assert_eq!(record.workload, Some(container("c1")));
+        assert_eq!(record.spec.mtu, Some(1400));
+    }
+
+    #[test]
+    fn release_forgets_only_the_workloads_links() {
+        let dir = TempDir::new("wl-release");
+        let (mut ledger, key, _) = bound(&dir);
+        let before = ledger.content().links.len();
+        assert!(ledger
+            .release_where(|w| w == &container("other"), "test")
+            .is_empty());
+        assert_eq!(
+            ledger.release_where(|w| w == &container("c1"), "test"),
+            [key]
+        );
+        assert_eq!(ledger.content().links.len(), before - 1);
+        // Unbound links (netns workloads) are never released by workload.
+        assert!(ledger.release_where(|_| true, "test").is_empty());
+    }
+
+    #[test]
+    fn a_restarted_container_s_links_move_to_its_new_netns_as_missing() {
+        let dir = TempDir::new("wl-move");
+        let (mut ledger, key, spec) = bound(&dir);
+        assert_eq!(
+            ledger.set_dormant_where(|w| w == &container("c1"), "stopped"),
+            [key.clone()]
+        );
+        assert_eq!(ledger.content().links[&key].state, LinkState::Dormant);
+        let new = Locator::Path("/run/netns/c1-again".into());
+        let moved = ledger.reincarnate_where(|w| w == &container("c1"), &new, 77);
+        assert_eq!(moved.len(), 1);
+        assert!(!ledger.content().links.contains_key(&key));
+        let record = &ledger.content().links[&moved[0]];
+        assert_eq!(
+            (&record.spec.netns, record.spec.netns_inode, record.state),
+            (&new, Some(77), LinkState::Missing)
+        );
+        assert_eq!(
+            record.spec.kind, spec.kind,
+            "the same link, in the new netns"
+        );
+        assert_eq!(record.workload, Some(container("c1")));
     }
 }

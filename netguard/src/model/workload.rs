@@ -22,7 +22,13 @@ pub enum Workload {
         pod_uid: Option<String>,
     },
     /// An OCI container, known from its hooks.
-    Container { runtime: String, id: String },
+    Container {
+        runtime: String,
+        id: String,
+        /// Its bundle, once a hook told it: gone when the container is removed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bundle: Option<PathBuf>,
+    },
     /// A plain netns path (`learn --netns`, `ip netns add`).
     Netns { path: PathBuf },
 }
@@ -46,6 +52,7 @@ impl Workload {
                     ..
                 },
             ) => (n1, i1, p1) == (n2, i2, p2),
+            (Workload::Container { id: a, .. }, Workload::Container { id: b, .. }) => a == b,
             _ => self == other,
         }
     }
@@ -73,7 +80,9 @@ impl fmt::Display for Workload {
                     None => Ok(()),
                 }
             }
-            Workload::Container { runtime, id } => write!(f, "{runtime} container {}", short(id)),
+            Workload::Container { runtime, id, .. } => {
+                write!(f, "{runtime} container {}", short(id))
+            }
             Workload::Netns { path } => write!(f, "netns {}", path.display()),
         }
     }
@@ -125,6 +134,7 @@ mod tests {
         let c = Workload::Container {
             runtime: "podman".into(),
             id: id.into(),
+            bundle: None,
         };
         assert_eq!(c.to_string(), "podman container f2b837f649a1");
         let json = serde_json::to_value(&c).unwrap();
