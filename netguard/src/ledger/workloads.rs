@@ -169,10 +169,8 @@ mod tests {
     fn a_restarted_container_s_links_move_to_its_new_netns_as_missing() {
         let dir = TempDir::new("wl-move");
         let (mut ledger, key, spec) = bound(&dir);
-        assert_eq!(
-            ledger.set_dormant_where(|w| w == &container("c1"), "stopped"),
-            [key.clone()]
-        );
+        let dormant = ledger.set_dormant_where(|w| w == &container("c1"), "stopped");
+        assert_eq!(dormant, std::slice::from_ref(&key));
         assert_eq!(ledger.content().links[&key].state, LinkState::Dormant);
         let new = Locator::Path("/run/netns/c1-again".into());
         let moved = ledger.reincarnate_where(|w| w == &container("c1"), &new, 77);
