@@ -4,11 +4,13 @@ use std::process::Command;
 
 use crate::shell;
 
-/// clang builds the BPF object; qemu to xz-utils build and boot the VM test bed; podman to
-/// iptables are the real container runtime the host tests drive (podman does not pull in runc
-/// or the CNI plugins; crun cannot run on this host's hybrid cgroups).
+/// clang builds the BPF object; g++ builds libFuzzer for the fuzz targets; qemu to xz-utils
+/// build and boot the VM test bed; podman to iptables are the real container runtime the host
+/// tests drive (podman does not pull in runc or the CNI plugins; crun cannot run on this
+/// host's hybrid cgroups).
 const PACKAGES: &[&str] = &[
     "clang-19",
+    "g++",
     "llvm-19",
     "libbpf-dev",
     "qemu-system-x86",

@@ -30,6 +30,14 @@ pub struct Place {
 }
 
 impl Place {
+    /// The agent this command means.
+    pub fn meant(&self) -> api::Meant {
+        api::Meant {
+            state_dir: self.state_dir.clone(),
+            host_netns: self.host_netns.clone(),
+        }
+    }
+
     /// A restorer and the ledger, opened here because no agent runs; the lock keeps a
     /// concurrently started agent out until we are done.
     pub fn open_locally(&self) -> anyhow::Result<(StateLock, Ledger, Restorer)> {
@@ -63,8 +71,9 @@ pub fn run(place: &Place, operation: Operation, json: bool) -> anyhow::Result<Ex
 
 /// Carries out `operation` by the agent if one answers, else here under the ledger's lock.
 pub async fn submit(place: &Place, operation: &Operation) -> anyhow::Result<Reply> {
-    match api::request::<Result<Reply, String>>(
+    match api::request_to::<Result<Reply, String>>(
         &place.socket,
+        &place.meant(),
         &Request::Operate {
             operation: operation.clone(),
         },
