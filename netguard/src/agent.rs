@@ -427,6 +427,8 @@ async fn reconcile(shared: &Shared) {
     if shared.stopping.load(Ordering::SeqCst) {
         return;
     }
+    // `podman rm` of a stopped container runs no hook: its bundle going is the sign.
+    ledger.release_removed_containers();
     let triggered = shared
         .woken_at
         .lock()

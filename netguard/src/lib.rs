@@ -22,5 +22,6 @@ pub mod recording;
 pub mod report;
 pub mod restore;
 pub mod rtnl;
+pub mod runtime;
 pub mod status;
 pub mod trace;

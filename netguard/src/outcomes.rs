@@ -158,6 +158,7 @@ mod tests {
             state: state.into(),
             reason: None,
             since: chrono::Utc::now(),
+            workload: None,
         }
     }
 

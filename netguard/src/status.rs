@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventKind};
 use crate::ledger::{Ledger, LedgerContent};
-use crate::model::Locator;
+use crate::model::{Locator, Workload};
 use crate::restore::{Plan, Target};
 use crate::trace::{BackendKind, Unavailable};
 
@@ -31,6 +31,9 @@ pub struct StatusRow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub since: DateTime<Utc>,
+    /// Who a link belongs to (`None`: its netns path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
 }
 
 /// One row per guarded NIC and link.
@@ -47,6 +50,7 @@ pub fn ledger_rows(content: &LedgerContent) -> Vec<StatusRow> {
         state: n.state.to_string(),
         reason: n.reason.clone(),
         since: n.since,
+        workload: None,
     });
     let links = content.links.values().map(|l| StatusRow {
         kind: l.spec.kind.name().to_string(),
@@ -57,6 +61,7 @@ pub fn ledger_rows(content: &LedgerContent) -> Vec<StatusRow> {
         state: l.state.to_string(),
         reason: l.reason.clone(),
         since: l.since,
+        workload: l.workload.clone(),
     });
     nics.chain(links).collect()
 }
@@ -241,6 +246,7 @@ mod tests {
             state: "intact".into(),
             reason: None,
             since: Utc::now(),
+            workload: None,
         }
     }
 

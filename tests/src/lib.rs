@@ -1,9 +1,11 @@
 //! Helpers for tests that need root: a [`World`] of network namespaces the test creates and
 //! always removes, the tracer's events about it, and the `netguard` binary run against it.
 
+pub mod cni;
 mod command;
 mod netns;
 pub mod ops;
+pub mod podman;
 mod watch;
 mod world;
 

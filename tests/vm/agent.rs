@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::scenarios::{cleanup, ip};
 
-type Outcome = Result<(), String>;
+pub type Outcome = Result<(), String>;
 
 const NETGUARD: &str = "/bin/netguard";
 const WAIT: Duration = Duration::from_secs(20);
@@ -19,8 +19,8 @@ const WAIT: Duration = Duration::from_secs(20);
 pub struct Agent {
     pub backend: BackendKind,
     child: Child,
-    state_dir: String,
-    socket: String,
+    pub state_dir: String,
+    pub socket: String,
     log: String,
 }
 
@@ -76,7 +76,7 @@ impl Agent {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn status(&self) -> Result<Value, String> {
+    pub fn status(&self) -> Result<Value, String> {
         let text = self.netguard(&["status", "--json"])?;
         let status: Value =
             serde_json::from_str(&text).map_err(|e| format!("status --json: {e}: {text}"))?;
@@ -111,7 +111,7 @@ impl Drop for Agent {
 }
 
 /// `ip -j [-n NETNS] addr show dev NAME`: the link with its addresses, if it exists.
-fn link(netns: Option<&str>, name: &str) -> Option<Value> {
+pub fn link(netns: Option<&str>, name: &str) -> Option<Value> {
     let mut cmd = Command::new(IP);
     cmd.arg("-j");
     if let Some(ns) = netns {
@@ -126,14 +126,14 @@ fn link(netns: Option<&str>, name: &str) -> Option<Value> {
     parsed.as_array()?.first().cloned()
 }
 
-fn has_address(link: &Value, addr: &str, prefix: u64) -> bool {
+pub fn has_address(link: &Value, addr: &str, prefix: u64) -> bool {
     link["addr_info"].as_array().is_some_and(|a| {
         a.iter()
             .any(|i| i["local"] == addr && i["prefixlen"] == prefix)
     })
 }
 
-fn has_default_route(netns: &str, dev: &str, via: &str) -> bool {
+pub fn has_default_route(netns: &str, dev: &str, via: &str) -> bool {
     let out = Command::new(IP)
         .args(["-j", "-n", netns, "route", "show", "default"])
         .output();
@@ -170,12 +170,15 @@ pub async fn run_all(
     backend: BackendKind,
     wanted: &dyn Fn(&str) -> bool,
 ) -> Vec<(&'static str, Outcome)> {
-    let scenarios: [(&'static str, Scenario); 5] = [
+    let scenarios: [(&'static str, Scenario); 6] = [
         ("agent-refund-home", |a| Box::pin(refund_home(a))),
         ("agent-two-refunds", |a| Box::pin(two_refunds(a))),
         ("agent-lend-reclaim", |a| Box::pin(lend_reclaim(a))),
         ("agent-persistent-lend", |a| Box::pin(persistent_lend(a))),
         ("agent-driver-reload", |a| Box::pin(driver_reload(a))),
+        ("agent-cni-chain", |a| {
+            Box::pin(crate::cni::chained_driver_reload(a))
+        }),
     ];
     let chosen: Vec<_> = scenarios
         .into_iter()

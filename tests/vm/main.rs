@@ -5,6 +5,7 @@
 mod agent;
 mod bench;
 mod causes;
+mod cni;
 mod moves;
 mod scenarios;
 

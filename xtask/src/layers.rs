@@ -11,6 +11,7 @@ use crate::Tally;
 /// Lowest first. See docs/architecture.md for what each layer does.
 const LAYERS: &[(&str, &[&str])] = &[
     ("vocabulary", &["event", "model"]),
+    ("what runtimes say (CNI, OCI hooks)", &["runtime"]),
     ("netns identity", &["netns"]),
     ("netlink plumbing", &["rtnl"]),
     ("service plumbing", &["metrics", "notify"]),

@@ -4,8 +4,10 @@ use std::process::Command;
 
 use crate::shell;
 
-/// clang builds the BPF object; g++ builds libFuzzer for the fuzz targets; qemu and friends
-/// boot the VM test bed; the rest packages netguard and checks what it ships (unit, package,
+/// clang builds the BPF object; g++ builds libFuzzer for the fuzz targets; qemu to xz-utils
+/// build and boot the VM test bed; podman to iptables are the real container runtime the host
+/// tests drive (podman does not pull in runc or the CNI plugins; crun cannot run on this
+/// host's hybrid cgroups); the rest packages netguard and checks what it ships (unit, package,
 /// metrics, rules, image).
 const PACKAGES: &[&str] = &[
     "clang-19",
@@ -29,6 +31,7 @@ const PACKAGES: &[&str] = &[
     "runc",
     "containernetworking-plugins",
     "python3-venv",
+    "iptables",
 ];
 
 /// kubernetes-validate (PyPI) checks the Kubernetes manifests offline; it lives in a venv

@@ -1,7 +1,9 @@
 //! Command-line definitions and output; the work is done by the library.
 
 mod agent;
+mod cni;
 mod install;
+mod oci_hook;
 mod ops;
 mod output;
 mod status;
@@ -55,6 +57,10 @@ enum Command {
         /// A netns path (/run/netns/NAME, /proc/PID/ns/net); repeatable.
         #[arg(long = "netns", value_name = "PATH", required = true)]
         netns: Vec<PathBuf>,
+        /// The container (its full ID) whose netns this is: its links then follow it to its
+        /// next netns at each start (needs netguard's OCI hooks: `netguard install oci-hooks`).
+        #[arg(long, value_name = "ID")]
+        container: Option<String>,
         #[command(flatten)]
         place: ops::Place,
         #[arg(long)]
@@ -104,6 +110,8 @@ enum Command {
         #[command(flatten)]
         place: ops::Place,
     },
+    /// Called by the container runtime (oci-hooks(5)) with the container's state on stdin.
+    OciHook(oci_hook::OciHookArgs),
     /// Print a per-device timeline from a recording made with `trace --record`.
     Report {
         /// The recording (JSON lines).
@@ -137,6 +145,22 @@ fn one_line(err: &anyhow::Error) -> String {
     line
 }
 
+/// Logs to stderr at `default_level` unless RUST_LOG says otherwise.
+fn init_logging(default_level: &str, format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_level.into()),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        // Fields at the top level, as `status --json` has them.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        // No colour codes in a log file or the journal.
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
 /// Stops a privileged command early, with one line, when not root.
 fn require_root() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -147,30 +171,42 @@ fn require_root() -> anyhow::Result<()> {
 }
 
 pub fn main() -> ExitCode {
+    // A runtime runs its CNI plugins with CNI_COMMAND set and no arguments.
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        return cni::main();
+    }
     let cli = Cli::parse();
     // The agent tells what it does; one-shot commands only warn.
-    let default_level = if matches!(cli.command, Command::Agent(_)) {
-        "info"
-    } else {
-        "warn"
-    };
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_level.into()),
-        )
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        // Fields at the top level, as `status --json` has them.
-        LogFormat::Json => logs.json().flatten_event(true).init(),
-        // No colour codes in a log file or the journal.
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
-    }
+    init_logging(
+        if matches!(cli.command, Command::Agent(_)) {
+            "info"
+        } else {
+            "warn"
+        },
+        cli.log_format,
+    );
     let result = match cli.command {
         Command::Trace(args) => trace::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Status { place, json } => status::run(&place, json),
-        Command::Learn { netns, place, json } => ops::run(&place, Operation::Learn { netns }, json),
+        Command::Learn {
+            netns,
+            container: Some(container),
+            place,
+            json,
+        } => match <[PathBuf; 1]>::try_from(netns) {
+            Ok([netns]) => ops::run(&place, Operation::LearnContainer { netns, container }, json),
+            Err(_) => Err(anyhow::anyhow!(
+                "--container takes exactly one --netns: the container's"
+            )),
+        },
+        Command::Learn {
+            netns,
+            container: None,
+            place,
+            json,
+        } => ops::run(&place, Operation::Learn { netns }, json),
+        Command::OciHook(args) => oci_hook::run(args),
         Command::Lend {
             iface,
             netns,

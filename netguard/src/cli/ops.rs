@@ -56,24 +56,7 @@ impl Place {
 pub fn run(place: &Place, operation: Operation, json: bool) -> anyhow::Result<ExitCode> {
     super::require_root()?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let reply = runtime.block_on(async {
-        match api::request_to::<Result<Reply, String>>(
-            &place.socket,
-            &place.meant(),
-            &Request::Operate {
-                operation: operation.clone(),
-            },
-        )
-        .await
-        {
-            Ok(answer) => answer.map_err(anyhow::Error::msg),
-            Err(ApiError::NoAgent { .. }) => {
-                let (_lock, mut ledger, restorer) = place.open_locally()?;
-                Ok(control::execute(&operation, &mut ledger, &restorer).await?)
-            }
-            Err(e) => Err(e.into()),
-        }
-    })?;
+    let reply = runtime.block_on(submit(place, &operation))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&reply.detail)?);
     } else if !reply.text.is_empty() {
@@ -84,4 +67,24 @@ pub fn run(place: &Place, operation: Operation, json: bool) -> anyhow::Result<Ex
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Carries out `operation` by the agent if one answers, else here under the ledger's lock.
+pub async fn submit(place: &Place, operation: &Operation) -> anyhow::Result<Reply> {
+    match api::request_to::<Result<Reply, String>>(
+        &place.socket,
+        &place.meant(),
+        &Request::Operate {
+            operation: operation.clone(),
+        },
+    )
+    .await
+    {
+        Ok(answer) => answer.map_err(anyhow::Error::msg),
+        Err(ApiError::NoAgent { .. }) => {
+            let (_lock, mut ledger, restorer) = place.open_locally()?;
+            Ok(control::execute(operation, &mut ledger, &restorer).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
 }

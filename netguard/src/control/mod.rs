@@ -1,5 +1,5 @@
 //! What an operator asks of netguard besides watching: guard links, stop guarding them, lend
-//! and reclaim NICs, restore now. Carried out on the ledger by the agent when one runs (so its
+//! and reclaim NICs, restore now; and what container runtimes report ([`runtime`]). Carried out on the ledger by the agent when one runs (so its
 //! ledger stays the only writer), else by the command itself.
 
 use std::path::PathBuf;
@@ -10,8 +10,12 @@ use crate::capture::{self, cni, LearnError};
 use crate::inventory::InventoryError;
 use crate::ledger::{Ledger, LedgerError, Locator};
 pub mod lend;
+pub mod runtime;
 
+use crate::netns::NetnsError;
 use crate::restore::{RestoreError, Restorer};
+use crate::runtime::cni_plugin::{AttachmentRef, GcAttachment};
+use crate::runtime::oci_hook::ContainerEvent;
 use lend::LendError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +47,29 @@ pub enum Operation {
     Restore {
         dry_run: bool,
     },
+    /// Guard the links of a container's netns, bound to the container so that they follow it
+    /// to its next netns (its OCI hooks tell when).
+    LearnContainer {
+        netns: PathBuf,
+        container: String,
+    },
+    /// The chained CNI plugin's ADD: guard the attachment.
+    CniAdd {
+        attachment: AttachmentRef,
+    },
+    /// CNI DEL: release it.
+    CniDel {
+        attachment: AttachmentRef,
+    },
+    /// CNI GC: release this network's attachments not listed as valid.
+    CniGc {
+        network: String,
+        valid: Vec<GcAttachment>,
+    },
+    /// An OCI hook stage of a container.
+    Container {
+        event: ContainerEvent,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +93,10 @@ pub enum ControlError {
     },
     #[error("{name} is guarded in several netns ({places}): say which with --netns")]
     Ambiguous { name: String, places: String },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("{what}: the runtime gave no netns")]
+    NoNetns { what: String },
 }
 
 /// What an operation did: text for people, the same as JSON for programs, and whether
@@ -186,6 +217,13 @@ pub async fn execute(
                 detail: serde_json::to_value(&report).unwrap_or_default(),
             }
         }
+        Operation::LearnContainer { netns, container } => {
+            runtime::learn_container(ledger, restorer, netns, container).await?
+        }
+        Operation::CniAdd { attachment } => runtime::cni_add(ledger, restorer, attachment).await?,
+        Operation::CniDel { attachment } => runtime::cni_del(ledger, attachment),
+        Operation::CniGc { network, valid } => runtime::cni_gc(ledger, network, valid),
+        Operation::Container { event } => runtime::container(ledger, restorer, event).await?,
     };
     ledger.save()?;
     Ok(reply)

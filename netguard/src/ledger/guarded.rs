@@ -33,11 +33,18 @@ impl Ledger {
 
     /// Guards a link from now on (replacing any earlier spec under the same netns + name).
     pub fn record_link(&mut self, spec: LinkSpec) {
+        // A workload's link learned again stays that workload's.
+        let workload = self
+            .content
+            .links
+            .get(&spec.key())
+            .and_then(|r| r.workload.clone());
         let record = LinkRecord {
             spec,
             state: LinkState::Intact,
             reason: None,
             since: Utc::now(),
+            workload,
         };
         if self.content.links.get(&record.spec.key()).map(|r| &r.spec) == Some(&record.spec) {
             return;

@@ -16,6 +16,7 @@ pub mod record;
 pub mod store;
 #[cfg(test)]
 pub(crate) mod testutil;
+mod workloads;
 
 use journal::{Journal, JournalEntry};
 // Re-exported: the records are written in the vocabulary's types.

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Netns;
-use crate::model::{kebab_display, LinkKey, LinkSpec, Locator, NicIdentity};
+use crate::model::{kebab_display, LinkKey, LinkSpec, Locator, NicIdentity, Workload};
 
 /// Where a guarded NIC stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -48,6 +48,8 @@ pub enum LinkState {
     Conflict,
     /// The kernel refused a repair step.
     Failed,
+    /// Its container is stopped: nothing is created until its next start.
+    Dormant,
 }
 
 kebab_display!(NicState);
@@ -123,6 +125,10 @@ pub struct LinkRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub since: DateTime<Utc>,
+    /// Who it belongs to; `None`: its netns path (`learn --netns`), as in ledgers written
+    /// before workloads, which therefore load unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
 }
 
 /// Everything the ledger holds; `journal_seq` is the last journal entry folded in.

@@ -112,6 +112,7 @@ pub fn sample_content() -> LedgerContent {
                     state: LinkState::Intact,
                     reason: None,
                     since: Utc::now(),
+                    workload: None,
                 },
             )
         })

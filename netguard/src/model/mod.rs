@@ -1,11 +1,13 @@
-//! The vocabulary every layer speaks: addresses and routes, netns locators, NIC identities
-//! and link specs. Plain data with no kernel or disk access.
+//! The vocabulary every layer speaks: addresses and routes, netns locators, NIC identities,
+//! link specs and the workloads links belong to. Plain data with no kernel or disk access.
 
 mod addr;
 mod link;
+mod workload;
 
 pub use addr::*;
 pub use link::*;
+pub use workload::*;
 
 /// `Display` as the serde kebab-case name.
 macro_rules! kebab_display {

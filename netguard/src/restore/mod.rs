@@ -290,7 +290,11 @@ impl Restorer {
                 }
             }
         }
-        if plan.items.iter().any(|item| item.verdict == Verdict::Repair) {
+        if plan
+            .items
+            .iter()
+            .any(|item| item.verdict == Verdict::Repair)
+        {
             // Home names first seen in this pass and the states above are on disk before
             // the kernel changes that rest on them.
             ledger.commit()?;

@@ -14,6 +14,9 @@ use crate::shell;
 /// Marks the suite's lines on the serial console among the kernel's.
 pub const MARK: &str = "NGVM";
 
+/// The CNI plugins the suite chains netguard after (from `containernetworking-plugins`).
+const CNI_PLUGINS: &[&str] = &["macvlan", "vlan", "static"];
+
 /// Packs the guest for `kernel`, with the binaries of cargo profile `profile` (`debug` for
 /// the suite, `release` for the benchmarks), into `dir/initramfs/RELEASE-PROFILE.cpio`.
 pub fn build(
@@ -38,6 +41,14 @@ pub fn build(
         copy_executable(&binaries.join(binary), &target)?;
         // Debug info is most of a debug build's size, and the guest unpacks all of it.
         shell::run(Command::new("strip").arg("--strip-debug").arg(&target))?;
+    }
+    // Debian's CNI plugins are static: the suite runs them as a runtime would.
+    fs::create_dir_all(root.join("usr/lib/cni"))?;
+    for plugin in CNI_PLUGINS {
+        copy_executable(
+            &Path::new("/usr/lib/cni").join(plugin),
+            &root.join("usr/lib/cni").join(plugin),
+        )?;
     }
     copy_modules(kernel, &root)?;
     write_init(&root, suite_args)?;

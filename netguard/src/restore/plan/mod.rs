@@ -7,7 +7,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::inventory::{LiveLink, NetnsInventory};
-use crate::ledger::{LedgerContent, LinkKey, Locator, NicIdentity, NicRecord, NicState};
+use crate::ledger::{LedgerContent, LinkKey, LinkState, Locator, NicIdentity, NicRecord, NicState};
 use crate::restore::action::Action;
 use link::plan_link;
 
@@ -158,6 +158,8 @@ pub fn plan(ledger: &LedgerContent, world: &World) -> Plan {
     let links: Vec<Item> = ledger
         .links
         .values()
+        // A stopped container's links wait for its next start (its createRuntime hook).
+        .filter(|r| r.state != LinkState::Dormant)
         .map(|r| plan_link(r, ledger, world))
         .collect();
     // A link that waits on a parent being re-created in this same pass is planned as if the

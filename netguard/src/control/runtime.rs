@@ -1,0 +1,214 @@
+//! What container runtimes report, carried out on the ledger: the chained CNI plugin's ADD, DEL
+//! and GC, and the OCI hooks' stages. Links are bound to their workload, so a container's new
+//! netns is the same container and a DEL is a release, not a loss.
+
+use std::path::{Path, PathBuf};
+
+use crate::capture;
+use crate::ledger::{Ledger, LinkSpec, Locator, Workload};
+use crate::netns;
+use crate::restore::Restorer;
+use crate::runtime::cni_plugin::{AttachmentRef, GcAttachment};
+use crate::runtime::oci_hook::{ContainerEvent, Stage};
+
+use super::{ControlError, Reply};
+
+/// Where runtimes bind-mount the netns they make (podman, containerd): a container's netns is
+/// named by its path there rather than by `/proc/PID/ns/net`, which outlives no restart.
+const NETNS_DIRS: &[&str] = &["/run/netns", "/var/run/netns"];
+
+/// CNI ADD: the attachment's interface as the kernel has it now (with its host side: a veth's
+/// peer and bridge, a macvlan's vlan), bound to the attachment. An earlier incarnation of the
+/// same workload (a new sandbox of the same pod) is released first.
+pub async fn cni_add(
+    ledger: &mut Ledger,
+    restorer: &Restorer,
+    att: &AttachmentRef,
+) -> Result<Reply, ControlError> {
+    let netns = att.netns.clone().ok_or(ControlError::NoNetns {
+        what: att.to_string(),
+    })?;
+    let workload = att.workload();
+    let locator = Locator::Path(netns);
+    ledger.release_where(
+        |w| w.same(&workload) && w != &workload,
+        "replaced by a new sandbox of the same pod",
+    );
+    let mut specs: Vec<LinkSpec> = Vec::new();
+    let learned =
+        capture::learn(restorer.pool(), &mut specs, std::slice::from_ref(&locator)).await?;
+    let mut ours = None;
+    for spec in specs {
+        let in_pod = spec.netns == locator;
+        // Another attachment's interface in the same pod is that attachment's business.
+        if in_pod && spec.name != att.ifname {
+            continue;
+        }
+        let key = spec.key();
+        ledger.record_link(spec);
+        if in_pod {
+            ledger.bind_link(&key, &workload);
+            ours = Some(key);
+        }
+    }
+    Ok(match ours {
+        Some(key) => Reply::done(format!("guarding {key} for {workload}"), &key),
+        None => Reply {
+            ok: false,
+            text: format!(
+                "{} in {locator} is not guarded: {}",
+                att.ifname,
+                learned.skipped.join("; ")
+            ),
+            detail: serde_json::json!({ "skipped": learned.skipped }),
+        },
+    })
+}
+
+/// CNI DEL: the attachment is released (idempotent; its netns may be gone).
+pub fn cni_del(ledger: &mut Ledger, att: &AttachmentRef) -> Reply {
+    let released = ledger.release_where(
+        |w| w.is_attachment(&att.network, &att.container_id, &att.ifname),
+        "CNI DEL",
+    );
+    Reply::done(
+        format!("released {} link(s) of {att}", released.len()),
+        &released,
+    )
+}
+
+/// CNI GC: this network's attachments the runtime no longer lists are released.
+pub fn cni_gc(ledger: &mut Ledger, network: &str, valid: &[GcAttachment]) -> Reply {
+    let released = ledger.release_where(
+        |w| match w {
+            Workload::CniAttachment {
+                network: n,
+                container_id,
+                ifname,
+                ..
+            } => {
+                n == network
+                    && !valid
+                        .iter()
+                        .any(|v| &v.container_id == container_id && &v.ifname == ifname)
+            }
+            _ => false,
+        },
+        "CNI GC: no longer a valid attachment",
+    );
+    Reply::done(
+        format!("released {} link(s) of network {network}", released.len()),
+        &released,
+    )
+}
+
+/// An OCI hook stage. createRuntime: the container's links move to its new netns and are
+/// created there now, before its process starts. poststop: they wait (dormant), or go with
+/// the container when its bundle is gone (removed).
+pub async fn container(
+    ledger: &mut Ledger,
+    restorer: &Restorer,
+    event: &ContainerEvent,
+) -> Result<Reply, ControlError> {
+    let workload = Workload::Container {
+        runtime: event.runtime.clone(),
+        id: event.id.clone(),
+        bundle: Some(event.bundle.clone()),
+    };
+    let is_it = |w: &Workload| w.same(&workload);
+    match event.stage {
+        Stage::CreateRuntime => {
+            let Some(proc_netns) = event.netns() else {
+                return Err(ControlError::NoNetns {
+                    what: workload.to_string(),
+                });
+            };
+            let inode = netns::inode_of(&proc_netns)?;
+            let path = named_netns(inode).unwrap_or(proc_netns);
+            let locator = Locator::Path(path);
+            let moved = ledger.reincarnate_where(is_it, &locator, inode);
+            if moved.is_empty() {
+                return Ok(Reply::done(
+                    format!("nothing guarded for {workload}"),
+                    &moved,
+                ));
+            }
+            // The hook tells the runtime and the bundle: kept for when the container goes.
+            for key in &moved {
+                ledger.bind_link(key, &workload);
+            }
+            let report = restorer.pass(ledger).await?;
+            let ok = report.broken().next().is_none();
+            Ok(Reply {
+                ok,
+                text: format!("{workload} in {locator}:\n{report}"),
+                detail: serde_json::to_value(&report).unwrap_or_default(),
+            })
+        }
+        Stage::Poststart => Ok(Reply::done(String::new(), serde_json::Value::Null)),
+        Stage::Poststop if event.bundle.exists() => {
+            let dormant = ledger.set_dormant_where(is_it, "the container is stopped");
+            for key in &dormant {
+                ledger.bind_link(key, &workload);
+            }
+            Ok(Reply::done(
+                format!(
+                    "{} link(s) of {workload} wait for its next start",
+                    dormant.len()
+                ),
+                &dormant,
+            ))
+        }
+        Stage::Poststop => {
+            let released =
+                ledger.release_where(is_it, "the container is removed (its bundle is gone)");
+            Ok(Reply::done(
+                format!("released {} link(s) of {workload}", released.len()),
+                &released,
+            ))
+        }
+    }
+}
+
+/// `learn --netns PATH --container ID`: the links of that netns, bound to the container so they
+/// follow it to its next netns.
+pub async fn learn_container(
+    ledger: &mut Ledger,
+    restorer: &Restorer,
+    netns: &Path,
+    container: &str,
+) -> Result<Reply, ControlError> {
+    let locator = Locator::Path(netns.to_path_buf());
+    let mut specs: Vec<LinkSpec> = Vec::new();
+    let learned =
+        capture::learn(restorer.pool(), &mut specs, std::slice::from_ref(&locator)).await?;
+    let workload = Workload::Container {
+        runtime: "oci".into(),
+        id: container.to_string(),
+        bundle: None,
+    };
+    let mut text = format!("guarding for {workload}:");
+    for spec in specs {
+        let key = spec.key();
+        let in_container = spec.netns == locator;
+        ledger.record_link(spec);
+        if in_container {
+            ledger.bind_link(&key, &workload);
+        }
+        text += &format!("\n  {key}");
+    }
+    for skipped in &learned.skipped {
+        text += &format!("\n  skipped: {skipped}");
+    }
+    Ok(Reply::done(text, &learned))
+}
+
+/// The path under which a runtime bind-mounted the netns with `inode`, if it did.
+fn named_netns(inode: u64) -> Option<PathBuf> {
+    NETNS_DIRS
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flat_map(|entries| entries.flatten())
+        .map(|entry| entry.path())
+        .find(|path| netns::inode_of(path).is_ok_and(|i| i == inode))
+}

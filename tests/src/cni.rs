@@ -1,0 +1,227 @@
+//! A small CNI runtime for tests, on the host and in the VM guest: runs a conflist's plugins
+//! as libcni does (the `CNI_*` environment, each plugin's config on stdin with the list's
+//! `name` and `cniVersion`, ADD in order passing `prevResult` along, DEL in reverse). It is
+//! also the only way here to send CNI 1.1's STATUS and GC, or a `K8S_POD_UID`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+/// Who the plugins are called for.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub container_id: String,
+    /// `None`: a DEL after the netns is gone.
+    pub netns: Option<PathBuf>,
+    pub ifname: String,
+    /// `CNI_ARGS` (`K=V;K2=V2`).
+    pub args: Option<String>,
+}
+
+/// What one plugin run gave.
+#[derive(Debug, Clone)]
+pub struct PluginRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl PluginRun {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// stdout as JSON (`Null` when empty).
+    pub fn json(&self) -> Value {
+        if self.stdout.trim().is_empty() {
+            return Value::Null;
+        }
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("plugin stdout is not JSON ({e}): {}", self.stdout))
+    }
+}
+
+pub struct CniRunner {
+    /// `CNI_PATH`: where plugins are found, in order.
+    pub plugin_dirs: Vec<PathBuf>,
+    /// The netns plugins run in (a runtime's host netns); `None`: ours.
+    pub host_netns: Option<PathBuf>,
+}
+
+impl CniRunner {
+    pub fn new(plugin_dirs: Vec<PathBuf>) -> CniRunner {
+        CniRunner {
+            plugin_dirs,
+            host_netns: None,
+        }
+    }
+
+    /// Plugins run inside `netns` (through `nsenter`): on the host, a test's stand-in.
+    pub fn in_netns(mut self, netns: PathBuf) -> CniRunner {
+        self.host_netns = Some(netns);
+        self
+    }
+
+    fn find(&self, kind: &str) -> PathBuf {
+        self.plugin_dirs
+            .iter()
+            .map(|d| d.join(kind))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("no CNI plugin '{kind}' in {:?}", self.plugin_dirs))
+    }
+
+    /// Runs one plugin with `config` on stdin.
+    pub fn exec(&self, command: &str, att: Option<&Attachment>, config: &Value) -> PluginRun {
+        let kind = config["type"].as_str().expect("plugin config has a type");
+        self.exec_binary(
+            &self.find(kind),
+            command,
+            att,
+            config.to_string().as_bytes(),
+        )
+    }
+
+    /// Runs `binary` as a CNI plugin with raw `stdin`.
+    pub fn exec_binary(
+        &self,
+        binary: &Path,
+        command: &str,
+        att: Option<&Attachment>,
+        stdin: &[u8],
+    ) -> PluginRun {
+        let path = std::env::join_paths(&self.plugin_dirs).expect("CNI_PATH");
+        let mut cmd = match &self.host_netns {
+            Some(netns) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net={}", netns.display())).arg(binary);
+                cmd
+            }
+            None => Command::new(binary),
+        };
+        cmd.env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_PATH", path)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(att) = att {
+            cmd.env("CNI_CONTAINERID", &att.container_id)
+                .env("CNI_IFNAME", &att.ifname);
+            if let Some(netns) = &att.netns {
+                cmd.env("CNI_NETNS", netns);
+            }
+            if let Some(args) = &att.args {
+                cmd.env("CNI_ARGS", args);
+            }
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("run {}: {e}", binary.display()));
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin)
+            .expect("write the plugin's stdin");
+        let out = child.wait_with_output().expect("wait for the plugin");
+        PluginRun {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// The config of plugin `i` of `conflist` as the runtime passes it.
+    pub fn plugin_config(conflist: &Value, i: usize, prev: Option<&Value>) -> Value {
+        let mut config = conflist["plugins"][i].clone();
+        config["name"] = conflist["name"].clone();
+        config["cniVersion"] = conflist["cniVersion"].clone();
+        if let Some(prev) = prev {
+            config["prevResult"] = prev.clone();
+        }
+        config
+    }
+
+    fn plugins(conflist: &Value) -> usize {
+        conflist["plugins"].as_array().map_or(0, Vec::len)
+    }
+
+    /// ADD through the list; the last result, or the run that failed.
+    pub fn add(&self, conflist: &Value, att: &Attachment) -> Result<Value, PluginRun> {
+        let mut prev: Option<Value> = None;
+        for i in 0..Self::plugins(conflist) {
+            let run = self.exec(
+                "ADD",
+                Some(att),
+                &Self::plugin_config(conflist, i, prev.as_ref()),
+            );
+            if !run.ok() {
+                return Err(run);
+            }
+            prev = Some(run.json());
+        }
+        Ok(prev.unwrap_or(Value::Null))
+    }
+
+    /// DEL through the list in reverse, each with the ADD's result; stops at the first failure.
+    pub fn del(
+        &self,
+        conflist: &Value,
+        att: &Attachment,
+        result: Option<&Value>,
+    ) -> Result<(), PluginRun> {
+        self.each_reverse("DEL", conflist, Some(att), result)
+    }
+
+    /// CHECK through the list, each with the ADD's result.
+    pub fn check(
+        &self,
+        conflist: &Value,
+        att: &Attachment,
+        result: &Value,
+    ) -> Result<(), PluginRun> {
+        for i in 0..Self::plugins(conflist) {
+            let run = self.exec(
+                "CHECK",
+                Some(att),
+                &Self::plugin_config(conflist, i, Some(result)),
+            );
+            if !run.ok() {
+                return Err(run);
+            }
+        }
+        Ok(())
+    }
+
+    /// GC (CNI 1.1) with these (container ID, ifname) pairs still valid.
+    pub fn gc(&self, conflist: &Value, valid: &[(&str, &str)]) -> Result<(), PluginRun> {
+        let valid: Vec<Value> = valid
+            .iter()
+            .map(|(id, ifname)| serde_json::json!({ "containerID": id, "ifname": ifname }))
+            .collect();
+        let mut list = conflist.clone();
+        for plugin in list["plugins"].as_array_mut().into_iter().flatten() {
+            plugin["cni.dev/valid-attachments"] = Value::Array(valid.clone());
+        }
+        self.each_reverse("GC", &list, None, None)
+    }
+
+    fn each_reverse(
+        &self,
+        command: &str,
+        conflist: &Value,
+        att: Option<&Attachment>,
+        result: Option<&Value>,
+    ) -> Result<(), PluginRun> {
+        for i in (0..Self::plugins(conflist)).rev() {
+            let run = self.exec(command, att, &Self::plugin_config(conflist, i, result));
+            if !run.ok() {
+                return Err(run);
+            }
+        }
+        Ok(())
+    }
+}
