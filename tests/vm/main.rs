@@ -212,7 +212,12 @@ async fn main() {
         return;
     }
     for backend in backends {
-        let wanted = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
+        // `--filter a,b`: the scenarios whose name contains any of them.
+        let wanted = |name: &str| {
+            filter
+                .as_deref()
+                .is_none_or(|f| f.split(',').any(|part| name.contains(part)))
+        };
         let trace = match Trace::start(backend).await {
             Ok(trace) => trace,
             Err(why) => {
