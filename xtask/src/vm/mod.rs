@@ -44,7 +44,7 @@ pub struct VmArgs {
     #[arg(long)]
     pub filter: Option<String>,
     /// Give up on a guest after this many seconds (a hang is a failure).
-    #[arg(long, default_value_t = 900)]
+    #[arg(long, default_value_t = 1800)]
     pub timeout: u64,
 }
 
