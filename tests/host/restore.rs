@@ -206,7 +206,7 @@ async fn home_name_held_by_another_device_is_a_conflict_then_renamed_home_once_f
         .await
         .unwrap()
         .unwrap();
-    ledger.guard_nic(live.nic_identity(), "lan7", true, None);
+    ledger.guard_nic(live.nic_identity(), "lan7", Some(true), None);
     let mac = link(host, "nic7")["address"].clone();
     let holder_mac = link(host, "lan7")["address"].clone();
 

@@ -261,7 +261,7 @@ impl Restorer {
                 let home = location.name.clone();
                 content
                     .nics
-                    .push(NicRecord::new(identity, &home, up, Some(location)));
+                    .push(NicRecord::new(identity, &home, Some(up), Some(location)));
             }
         };
         see_host_nics(see, world, self.host_netns(world));
@@ -454,6 +454,17 @@ fn record(ledger: &mut Ledger, item: &Item, result: &ItemResult, world: &World, 
                     ifindex: live.map(|l| l.ifindex),
                 })
             };
+            if item.verdict == Verdict::Adopt {
+                if let (Some(live), Some(location)) = (live, live.and_then(|l| at(&l.name))) {
+                    ledger.adopt_nic(identity, location, live.up);
+                }
+                return;
+            }
+            if result.outcome == Outcome::Intact {
+                if let Some(live) = live {
+                    ledger.note_nic_up(identity, live.up);
+                }
+            }
             let (state, location) = match result.outcome {
                 Outcome::Intact if previous.as_ref().is_some_and(|p| p.0 == NicState::Restored) => {
                     (NicState::Restored, at(home_name))
