@@ -198,13 +198,18 @@ impl Netguard {
     /// Starts `netguard agent --backend netlink --interval 1` and waits until it answers
     /// `status` itself.
     pub fn start_agent(&self) -> AgentProcess {
+        self.start_agent_with(&[])
+    }
+
+    /// [`start_agent`](Self::start_agent) with more flags.
+    pub fn start_agent_with(&self, flags: &[&str]) -> AgentProcess {
         let log = File::options()
             .create(true)
             .append(true)
             .open(self.log_path())
             .expect("open the agent log");
         let child = self
-            .command(&["agent", "--backend", "netlink", "--interval", "1"])
+            .command(&[&["agent", "--backend", "netlink", "--interval", "1"], flags].concat())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("agent log"))
             .stderr(log)

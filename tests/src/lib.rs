@@ -1,11 +1,13 @@
 //! Helpers for tests that need root: a [`World`] of network namespaces the test creates and
 //! always removes, the tracer's events about it, and the `netguard` binary run against it.
 
+mod bystander;
 mod command;
 mod netns;
 mod watch;
 mod world;
 
+pub use bystander::Bystanders;
 pub use command::{
     netguard_bin, wait_until, wait_until_every, AgentProcess, Netguard, Ran, AGENT_TIMEOUT,
 };

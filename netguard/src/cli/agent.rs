@@ -35,6 +35,9 @@ pub struct AgentArgs {
     /// A NIC never guarded, by name or MAC (repeatable).
     #[arg(long, value_name = "NAME|MAC")]
     exclude: Vec<String>,
+    /// Trace, plan and log what would be done, and change nothing (a first rollout).
+    #[arg(long)]
+    observe_only: bool,
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
@@ -79,6 +82,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         backend,
         host_netns: args.host_netns.or(file.host_netns),
         interval,
+        observe_only: args.observe_only,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {

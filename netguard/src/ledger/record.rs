@@ -28,6 +28,8 @@ pub enum NicState {
     Restored,
     /// Another device holds the home name: nothing renamed, retried later.
     Conflict,
+    /// Lost again soon after each rename home: repairs back off.
+    Flapping,
 }
 
 /// How a guarded virtual link stands after the last look.
@@ -48,6 +50,8 @@ pub enum LinkState {
     Conflict,
     /// The kernel refused a repair step.
     Failed,
+    /// Lost again soon after each restore: repairs back off.
+    Flapping,
 }
 
 kebab_display!(NicState);

@@ -21,6 +21,7 @@ use crate::ledger::{
 
 pub mod action;
 pub mod apply;
+mod backoff;
 pub mod plan;
 
 pub use action::Action;
@@ -41,6 +42,9 @@ pub struct PassReport {
     #[serde(skip)]
     pub pruned: Vec<Pruned>,
     pub took: Duration,
+    /// When a repair held back by flapping is due (the next pass should not wait longer).
+    #[serde(skip)]
+    pub next_due: Option<Duration>,
 }
 
 impl PassReport {
@@ -72,6 +76,7 @@ pub struct Restorer {
     pool: Arc<Pool>,
     executor: Executor,
     known: tokio::sync::Mutex<Known>,
+    flaps: std::sync::Mutex<backoff::Flaps>,
 }
 
 /// The kernel's view kept from pass to pass, read again only where it may have changed: a
@@ -118,6 +123,7 @@ impl Restorer {
             executor: Executor::new(pool.clone(), concurrency),
             pool,
             known: Default::default(),
+            flaps: Default::default(),
         }
     }
 
@@ -280,7 +286,8 @@ impl Restorer {
             ledger.see_host_nic(&identity, mac, up, location)
         };
         see_host_nics(see, world, host_netns.clone());
-        let plan = plan::plan(ledger.content(), world);
+        let mut plan = plan::plan(ledger.content(), world);
+        self.hold_flapping(&mut plan);
         for item in &plan.items {
             if item.verdict == Verdict::Repair {
                 if let Target::Link { key, .. } = &item.target {
@@ -289,8 +296,9 @@ impl Restorer {
             }
         }
         let results = self.executor.apply(&plan).await;
-        for (item, result) in plan.items.iter().zip(&results) {
-            record(ledger, item, result, world, &host_netns);
+        let (flapping, next_due) = self.note_flaps(&results);
+        for ((item, result), flapping) in plan.items.iter().zip(&results).zip(flapping) {
+            record(ledger, item, result, world, &host_netns, flapping);
         }
         // What was changed or is not whole is looked at again, notifications or not.
         for (item, result) in plan.items.iter().zip(&results) {
@@ -312,6 +320,7 @@ impl Restorer {
             results,
             pruned,
             took: started.elapsed(),
+            next_due,
         };
         tracing::debug!(
             "restore pass: {} items, {} not fine, {:?}",
@@ -320,6 +329,43 @@ impl Restorer {
             report.took
         );
         Ok(report)
+    }
+
+    /// Repairs of things whose restores have not held wait out their back-off.
+    fn hold_flapping(&self, plan: &mut Plan) {
+        let mut flaps = self.flaps.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        for item in &mut plan.items {
+            if item.verdict != Verdict::Repair {
+                continue;
+            }
+            if let Some(why) = flaps.hold(&item.target, now) {
+                tracing::info!("{}: {why}", item.target);
+                item.verdict = Verdict::Waiting;
+                item.actions.clear();
+                item.reason = Some(why);
+            }
+        }
+    }
+
+    /// Notes what a pass restored and found whole; returns, per result, why it is flapping
+    /// (if it is), and when the next held repair is due.
+    fn note_flaps(&self, results: &[ItemResult]) -> (Vec<Option<String>>, Option<Duration>) {
+        let mut flaps = self.flaps.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let flapping = results
+            .iter()
+            .map(|r| {
+                match r.outcome {
+                    Outcome::Restored => flaps.restored(&r.target, now),
+                    Outcome::Intact => flaps.intact(&r.target, now),
+                    Outcome::Waiting => {}
+                    _ => return None,
+                }
+                flaps.flapping(&r.target)
+            })
+            .collect();
+        (flapping, flaps.next_due(now))
     }
 
     fn host_netns(&self, world: &World) -> Netns {
@@ -386,7 +432,15 @@ fn see_host_nics(
 }
 
 /// Writes how one item stands into the ledger, and journals the actions taken.
-fn record(ledger: &mut Ledger, item: &Item, result: &ItemResult, world: &World, host: &Netns) {
+/// `flapping`: why its restores have not held lately, shown instead of its state.
+fn record(
+    ledger: &mut Ledger,
+    item: &Item,
+    result: &ItemResult,
+    world: &World,
+    host: &Netns,
+    flapping: Option<String>,
+) {
     let mut tried: Vec<&Action> = result.applied.iter().collect();
     let outcome = match &result.error {
         Some(error) => {
@@ -415,7 +469,11 @@ fn record(ledger: &mut Ledger, item: &Item, result: &ItemResult, world: &World, 
             let previous = record.map(|r| r.state);
             let state = match result.outcome {
                 // A repaired link stays "restored" (with its reason) until it breaks again.
-                Outcome::Intact if previous == Some(LinkState::Restored) => LinkState::Restored,
+                Outcome::Intact
+                    if matches!(previous, Some(LinkState::Restored | LinkState::Flapping)) =>
+                {
+                    LinkState::Restored
+                }
                 Outcome::Intact => LinkState::Intact,
                 Outcome::Restored => LinkState::Restored,
                 Outcome::Waiting => LinkState::Waiting,
@@ -428,6 +486,10 @@ fn record(ledger: &mut Ledger, item: &Item, result: &ItemResult, world: &World, 
                 record.and_then(|r| r.reason.clone())
             } else {
                 result.reason.clone()
+            };
+            let (state, reason) = match flapping {
+                Some(why) => (LinkState::Flapping, Some(why)),
+                None => (state, reason),
             };
             let seen_in =
                 inode.filter(|_| matches!(result.outcome, Outcome::Intact | Outcome::Restored));
@@ -466,7 +528,11 @@ fn record(ledger: &mut Ledger, item: &Item, result: &ItemResult, world: &World, 
                 }
             }
             let (state, location) = match result.outcome {
-                Outcome::Intact if previous.as_ref().is_some_and(|p| p.0 == NicState::Restored) => {
+                Outcome::Intact
+                    if previous.as_ref().is_some_and(|p| {
+                        matches!(p.0, NicState::Restored | NicState::Flapping)
+                    }) =>
+                {
                     (NicState::Restored, at(home_name))
                 }
                 Outcome::Intact => (NicState::Home, at(home_name)),
@@ -479,7 +545,11 @@ fn record(ledger: &mut Ledger, item: &Item, result: &ItemResult, world: &World, 
                 Outcome::Lost => (NicState::Lost, None),
                 Outcome::Moved => return,
             };
-            ledger.set_nic(identity, state, result.reason.clone(), location);
+            let (state, reason) = match flapping {
+                Some(why) => (NicState::Flapping, Some(why)),
+                None => (state, result.reason.clone()),
+            };
+            ledger.set_nic(identity, state, reason, location);
         }
     }
 }
