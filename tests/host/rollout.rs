@@ -14,12 +14,7 @@ fn learned(tag: &str) -> (World, Netguard, Bystanders) {
     let ng = Netguard::new(&w);
     let c = w.c().path().display().to_string();
     ng.run_ok(&["learn", "--netns", &c]);
-    w.host
-        .ip(&["link", "add", "by0", "type", "veth", "peer", "name", "by1"]);
-    w.host.ip(&["link", "set", "by0", "up"]);
-    let bystanders = Bystanders::new()
-        .watch(Some(&w.host.name), "by0")
-        .watch(Some(&w.host.name), "by1");
+    let bystanders = w.bystanders();
     (w, ng, bystanders)
 }
 

@@ -28,8 +28,6 @@ pub enum NicState {
     Restored,
     /// Another device holds the home name: nothing renamed, retried later.
     Conflict,
-    /// Lost again soon after each rename home: repairs back off.
-    Flapping,
 }
 
 /// How a guarded virtual link stands after the last look.

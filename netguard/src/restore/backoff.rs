@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::plan::Target;
+use super::action::Action;
+use super::plan::{Item, Target};
 
 /// The first wait after a restore did not hold.
 const FIRST: Duration = Duration::from_secs(1);
@@ -13,6 +14,18 @@ const FIRST: Duration = Duration::from_secs(1);
 const LONGEST: Duration = Duration::from_secs(300);
 /// Lost again within this long after a restore: the restore did not hold.
 const STEADY: Duration = Duration::from_secs(30);
+
+/// Whether a repair re-creates a lost link: the losses that back off. A lost route or bridge
+/// port is put back every time, and so is a NIC's name: a NIC comes home because someone lent
+/// it or its driver re-bound it, and a rename by someone at home is adopted, never fought.
+pub fn restores_a_loss(item: &Item) -> bool {
+    item.actions.iter().any(|a| {
+        matches!(
+            a,
+            Action::CreateVeth { .. } | Action::CreateVlan { .. } | Action::CreateMacvlan { .. }
+        )
+    })
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Flap {

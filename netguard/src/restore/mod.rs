@@ -296,7 +296,7 @@ impl Restorer {
             }
         }
         let results = self.executor.apply(&plan).await;
-        let (flapping, next_due) = self.note_flaps(&results);
+        let (flapping, next_due) = self.note_flaps(&plan, &results);
         for ((item, result), flapping) in plan.items.iter().zip(&results).zip(flapping) {
             record(ledger, item, result, world, &host_netns, flapping);
         }
@@ -336,7 +336,7 @@ impl Restorer {
         let mut flaps = self.flaps.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         for item in &mut plan.items {
-            if item.verdict != Verdict::Repair {
+            if item.verdict != Verdict::Repair || !backoff::restores_a_loss(item) {
                 continue;
             }
             if let Some(why) = flaps.hold(&item.target, now) {
@@ -350,14 +350,23 @@ impl Restorer {
 
     /// Notes what a pass restored and found whole; returns, per result, why it is flapping
     /// (if it is), and when the next held repair is due.
-    fn note_flaps(&self, results: &[ItemResult]) -> (Vec<Option<String>>, Option<Duration>) {
+    fn note_flaps(
+        &self,
+        plan: &Plan,
+        results: &[ItemResult],
+    ) -> (Vec<Option<String>>, Option<Duration>) {
         let mut flaps = self.flaps.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let flapping = results
+        let flapping = plan
+            .items
             .iter()
-            .map(|r| {
+            .zip(results)
+            .map(|(item, r)| {
                 match r.outcome {
-                    Outcome::Restored => flaps.restored(&r.target, now),
+                    Outcome::Restored if backoff::restores_a_loss(item) => {
+                        flaps.restored(&r.target, now)
+                    }
+                    Outcome::Restored => {}
                     Outcome::Intact => flaps.intact(&r.target, now),
                     Outcome::Waiting => {}
                     _ => return None,
@@ -432,7 +441,7 @@ fn see_host_nics(
 }
 
 /// Writes how one item stands into the ledger, and journals the actions taken.
-/// `flapping`: why its restores have not held lately, shown instead of its state.
+/// `flapping`: why a link's restores have not held lately, shown instead of its state.
 fn record(
     ledger: &mut Ledger,
     item: &Item,
@@ -528,11 +537,7 @@ fn record(
                 }
             }
             let (state, location) = match result.outcome {
-                Outcome::Intact
-                    if previous.as_ref().is_some_and(|p| {
-                        matches!(p.0, NicState::Restored | NicState::Flapping)
-                    }) =>
-                {
+                Outcome::Intact if previous.as_ref().is_some_and(|p| p.0 == NicState::Restored) => {
                     (NicState::Restored, at(home_name))
                 }
                 Outcome::Intact => (NicState::Home, at(home_name)),
@@ -545,11 +550,7 @@ fn record(
                 Outcome::Lost => (NicState::Lost, None),
                 Outcome::Moved => return,
             };
-            let (state, reason) = match flapping {
-                Some(why) => (NicState::Flapping, Some(why)),
-                None => (state, result.reason.clone()),
-            };
-            ledger.set_nic(identity, state, reason, location);
+            ledger.set_nic(identity, state, result.reason.clone(), location);
         }
     }
 }
