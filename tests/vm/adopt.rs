@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use netguard::trace::BackendKind;
-use netguard_tests::Bystanders;
-use serde_json::Value;
+use netguard_tests::{is_up, Bystanders};
 
 use crate::agent::{bystanders, lend_with_ip, link, nic_home, refund_home_time, until, Agent};
 use crate::scenarios::{cleanup, ip};
@@ -14,12 +13,6 @@ use crate::scenarios::{cleanup, ip};
 type Outcome = Result<(), String>;
 
 const ETH2_MAC: &str = "52:54:00:12:34:58";
-
-fn is_up(link: &Value) -> bool {
-    link["flags"]
-        .as_array()
-        .is_some_and(|f| f.iter().any(|f| f == "UP"))
-}
 
 /// With the agent's log tail, for a failure.
 fn failed(agent: &Agent, why: String) -> String {
