@@ -5,6 +5,7 @@
 mod adopt;
 mod agent;
 mod bench;
+mod causes;
 mod moves;
 mod scenarios;
 

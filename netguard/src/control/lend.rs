@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::inventory::{InventoryError, LiveLink, NetnsConn, Pool};
-use crate::ledger::{Ledger, Lend, NicLocation, NicState};
+use crate::ledger::{Ledger, LedgerError, Lend, NicLocation, NicState};
 use crate::model::{Locator, NicIdentity};
 use crate::restore::{Action, ActionError, Item, Outcome, Restorer, Target, Verdict};
 use crate::rtnl::temporary_link_name;
@@ -15,6 +15,8 @@ use crate::rtnl::temporary_link_name;
 pub enum LendError {
     #[error(transparent)]
     Inventory(#[from] InventoryError),
+    #[error("{0}; the NIC was left where it is")]
+    Ledger(#[from] LedgerError),
     #[error("no interface {name} in {netns}")]
     NoSuchInterface { name: String, netns: String },
     #[error("{name} is a {kind} link: netguard lends physical NICs only (guard virtual links with `netguard learn`)")]
@@ -171,6 +173,7 @@ pub async fn lend(
         persistent,
     };
     ledger.set_nic_lend(&identity, Some(lend));
+    ledger.commit()?;
     let moved = relocate(
         restorer,
         (&identity, iface),

@@ -32,6 +32,8 @@ pub use plan::{Item, Plan, Target, Verdict, World};
 pub enum RestoreError {
     #[error("cannot read the host netns: {0}")]
     Host(#[source] InventoryError),
+    #[error("{0}; nothing was repaired in this pass")]
+    Ledger(#[from] crate::ledger::LedgerError),
 }
 
 /// The result of one pass.
@@ -294,6 +296,15 @@ impl Restorer {
                     ledger.set_link_state(key, LinkState::Restoring, item.reason.clone());
                 }
             }
+        }
+        if plan
+            .items
+            .iter()
+            .any(|item| item.verdict == Verdict::Repair)
+        {
+            // Home names first seen in this pass and the states above are on disk before
+            // the kernel changes that rest on them.
+            ledger.commit()?;
         }
         let results = self.executor.apply(&plan).await;
         let (flapping, next_due) = self.note_flaps(&plan, &results);
