@@ -427,4 +427,24 @@ mod tests {
             .to_string()
             .starts_with("--state-dir"));
     }
+
+    #[test]
+    fn observe_only_comes_from_the_flag_or_the_file_and_is_off_by_default() {
+        assert!(!resolve("", Flags::default()).unwrap().observe_only);
+        assert!(
+            resolve("observe_only = true\n", Flags::default())
+                .unwrap()
+                .observe_only
+        );
+        let flag = Flags {
+            observe_only: Some(true),
+            ..Flags::default()
+        };
+        assert!(
+            resolve("observe_only = false\n", flag)
+                .unwrap()
+                .observe_only
+        );
+        assert!(FileConfig::parse(Path::new("/etc/ng.toml"), "observe_only = 1\n").is_err());
+    }
 }
