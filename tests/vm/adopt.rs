@@ -30,7 +30,7 @@ async fn adopt_rename(backend: BackendKind) -> Outcome {
     })
     .await
     .map_err(|e| failed(&agent, e))?;
-    drop(agent);
+    agent.stop()?;
     ip(&["link", "set", "eth1", "name", "uplink1"])?;
     ip(&["addr", "add", "198.18.9.1/24", "dev", "uplink1"])?;
     ip(&["link", "set", "uplink1", "up"])?;
@@ -62,7 +62,7 @@ async fn adopt_rename(backend: BackendKind) -> Outcome {
         ));
     }
     others.check()?;
-    drop(agent);
+    agent.stop()?;
     ip(&["addr", "flush", "dev", "uplink1"])
 }
 
@@ -96,7 +96,8 @@ async fn down_stays_down(backend: BackendKind) -> Outcome {
             ));
         }
     }
-    others.check()
+    others.check()?;
+    agent.stop()
 }
 
 pub async fn run_all(

@@ -115,11 +115,40 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// SIGTERM, then SIGKILL if it has not exited within [`WAIT`]: a stuck agent fails the
+    /// scenario instead of hanging the suite.
+    pub fn stop(mut self) -> Outcome {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Outcome {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return Ok(());
+        }
+        // SAFETY: signalling our own child, not reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < WAIT {
+            match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => return Err(format!("the agent exited {status} on SIGTERM")),
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Err(format!(
+            "the agent did not exit within {}s of SIGTERM (killed); its log:\n{}",
+            WAIT.as_secs(),
+            self.log_tail()
+        ))
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        let _ = self.terminate();
     }
 }
 
@@ -210,7 +239,9 @@ pub async fn run_all(
         cleanup();
     }
     // The agent would restore what the last cleanup removes: stop it first, then clean again.
-    drop(agent);
+    if let Err(why) = agent.stop() {
+        results.push(("agent-stop", Err(why)));
+    }
     cleanup();
     results
 }
