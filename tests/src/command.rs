@@ -133,7 +133,7 @@ impl Netguard {
     }
 
     /// `netguard ARGS --state-dir .. --socket .. --host-netns ..`.
-    fn command(&self, args: &[&str]) -> Command {
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.bin);
         command
             .args(args)
@@ -201,15 +201,15 @@ impl Netguard {
         self.start_agent_with(&[])
     }
 
-    /// [`start_agent`](Self::start_agent) with more flags.
-    pub fn start_agent_with(&self, flags: &[&str]) -> AgentProcess {
+    /// [`Netguard::start_agent`] with more agent flags.
+    pub fn start_agent_with(&self, extra: &[&str]) -> AgentProcess {
         let log = File::options()
             .create(true)
             .append(true)
             .open(self.log_path())
             .expect("open the agent log");
         let child = self
-            .command(&[&["agent", "--backend", "netlink", "--interval", "1"], flags].concat())
+            .command(&[&["agent", "--backend", "netlink", "--interval", "1"], extra].concat())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("agent log"))
             .stderr(log)

@@ -4,6 +4,7 @@
 mod bystander;
 mod command;
 mod netns;
+pub mod ops;
 mod watch;
 mod world;
 
