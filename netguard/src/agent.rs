@@ -28,7 +28,7 @@ use crate::ledger::{Ledger, LedgerError, LedgerOptions};
 use crate::metrics::{Metrics, MetricsError};
 use crate::netns::BIND_MOUNT_DIRS;
 use crate::outcomes::Outcomes;
-use crate::restore::Restorer;
+use crate::restore::{Restorer, Verdict};
 use crate::status::{self, AgentInfo, LastEvents, Status};
 use crate::trace::{BackendChoice, TraceError, TraceOptions, Tracer};
 
@@ -48,6 +48,8 @@ pub struct AgentOptions {
     pub backend: BackendChoice,
     pub host_netns: Option<PathBuf>,
     pub interval: Duration,
+    /// Trace, plan and log what would be done; change nothing in the kernel.
+    pub observe_only: bool,
     /// Where to serve Prometheus metrics; `None`: nowhere.
     pub metrics: Option<SocketAddr>,
 }
@@ -136,6 +138,9 @@ struct Shared {
     last_events: std::sync::Mutex<LastEvents>,
     info: std::sync::Mutex<AgentInfo>,
     wake: Notify,
+    observe_only: bool,
+    /// The plan last logged in observe-only mode (logged again only when it changes).
+    last_plan: std::sync::Mutex<String>,
     /// When the earliest wake-up not yet taken by a pass happened (restore latency runs from it).
     woken_at: std::sync::Mutex<Option<Instant>>,
     outcomes: std::sync::Mutex<Outcomes>,
@@ -164,6 +169,20 @@ impl Shared {
     }
 
     async fn operate(&self, operation: &Operation) -> Result<control::Reply, String> {
+        if self.observe_only
+            && matches!(
+                operation,
+                Operation::Lend { .. }
+                    | Operation::Reclaim { .. }
+                    | Operation::Restore { dry_run: false }
+            )
+        {
+            return Err(
+                "the agent runs with --observe-only: it changes nothing in the kernel \
+                 (restart it without --observe-only, or use `restore --dry-run`)"
+                    .to_string(),
+            );
+        }
         let mut ledger = self.ledger.lock().await;
         let reply = control::execute(operation, &mut ledger, &self.restorer)
             .await
@@ -232,7 +251,12 @@ pub async fn run(
         woken_at: Default::default(),
         outcomes: std::sync::Mutex::new(outcomes),
         metrics,
+        observe_only: options.observe_only,
+        last_plan: Default::default(),
     });
+    if options.observe_only {
+        tracing::warn!("observe-only: tracing and planning; nothing in the kernel will be changed");
+    }
     shared.wake_for(Instant::now());
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -278,12 +302,16 @@ pub async fn run(
     let s = shared.clone();
     let interval = options.interval;
     tasks.spawn(async move {
+        let mut next = interval;
         loop {
             tokio::select! {
                 _ = s.wake.notified() => {}
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(next) => {}
             }
-            reconcile(&s).await;
+            // A repair held back by flapping is due before the interval ends.
+            next = reconcile(&s)
+                .await
+                .map_or(interval, |due| due.min(interval));
         }
     });
     let s = shared.clone();
@@ -422,13 +450,23 @@ async fn keep_watchdog_fed(shared: &Shared, period: Duration) {
     }
 }
 
-async fn reconcile(shared: &Shared) {
+/// One pass (or, observe-only, one plan logged); when a held-back repair is due.
+async fn reconcile(shared: &Shared) -> Option<Duration> {
     let mut ledger = shared.ledger.lock().await;
     if shared.stopping.load(Ordering::SeqCst) {
-        return;
+        return None;
     }
     // `podman rm` of a stopped container runs no hook: its bundle going is the sign.
     ledger.release_removed_containers();
+    if shared.observe_only {
+        match shared.restorer.dry_run(&ledger).await {
+            Ok(plan) => log_plan(shared, &plan),
+            Err(e) => tracing::error!("planning: {e}"),
+        }
+        shared.info.lock().unwrap_or_else(|p| p.into_inner()).passes += 1;
+        return None;
+    }
+    let mut next_due = None;
     let triggered = shared
         .woken_at
         .lock()
@@ -438,6 +476,7 @@ async fn reconcile(shared: &Shared) {
     let started = Instant::now();
     match shared.restorer.pass(&mut ledger).await {
         Ok(report) => {
+            next_due = report.next_due;
             if let Some(m) = &shared.metrics {
                 m.pass_duration.observe(started.elapsed().as_secs_f64());
             }
@@ -485,6 +524,37 @@ async fn reconcile(shared: &Shared) {
         Err(e) => tracing::error!("{e}"),
     }
     shared.info.lock().unwrap_or_else(|p| p.into_inner()).passes += 1;
+    next_due
+}
+
+/// Observe-only: what a pass would do, logged when it differs from the last plan logged.
+fn log_plan(shared: &Shared, plan: &crate::restore::Plan) {
+    let todo: Vec<String> = plan
+        .items
+        .iter()
+        .filter(|i| !matches!(i.verdict, Verdict::Intact | Verdict::Lent))
+        .map(|i| {
+            let mut text = format!("{}: would {}", i.target, i.verdict);
+            if let Some(reason) = &i.reason {
+                text += &format!(" ({reason})");
+            }
+            for action in &i.actions {
+                text += &format!("; {action}");
+            }
+            text
+        })
+        .collect();
+    let text = todo.join("\n");
+    let mut last = shared.last_plan.lock().unwrap_or_else(|p| p.into_inner());
+    if *last != text {
+        for line in &todo {
+            tracing::warn!("observe-only, nothing changed: {line}");
+        }
+        if todo.is_empty() {
+            tracing::info!("observe-only: everything guarded is as recorded");
+        }
+        *last = text;
+    }
 }
 
 /// Wakes the reconciler when a netns bind mount appears or goes. Dropping our connection to a

@@ -74,6 +74,8 @@ pub struct FileConfig {
     /// Interface names or MAC addresses never guarded.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Trace, plan and log; change nothing in the kernel.
+    pub observe_only: Option<bool>,
 }
 
 impl FileConfig {
@@ -117,6 +119,7 @@ pub struct Settings {
     pub host_netns: Option<PathBuf>,
     pub interval: Duration,
     pub exclude: Exclusions,
+    pub observe_only: bool,
 }
 
 impl Settings {
@@ -173,6 +176,7 @@ impl Settings {
             host_netns: flags.host_netns.or(file.host_netns),
             interval,
             exclude,
+            observe_only: flags.observe_only.or(file.observe_only).unwrap_or(false),
         })
     }
 }
@@ -422,5 +426,25 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("--state-dir"));
+    }
+
+    #[test]
+    fn observe_only_comes_from_the_flag_or_the_file_and_is_off_by_default() {
+        assert!(!resolve("", Flags::default()).unwrap().observe_only);
+        assert!(
+            resolve("observe_only = true\n", Flags::default())
+                .unwrap()
+                .observe_only
+        );
+        let flag = Flags {
+            observe_only: Some(true),
+            ..Flags::default()
+        };
+        assert!(
+            resolve("observe_only = false\n", flag)
+                .unwrap()
+                .observe_only
+        );
+        assert!(FileConfig::parse(Path::new("/etc/ng.toml"), "observe_only = 1\n").is_err());
     }
 }

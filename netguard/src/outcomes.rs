@@ -167,6 +167,7 @@ mod tests {
             results: vec![],
             pruned: vec![],
             took: std::time::Duration::ZERO,
+            next_due: None,
         }
     }
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use netguard::agent::StateLock;
 use netguard_tests::{
-    dumps, has_addr, is_up, link, pings, wait_until, wait_until_every, Netguard, Ran, TestNetns,
-    World,
+    dumps, has_addr, is_up, link, pings, wait_until, wait_until_every, Bystanders, Netguard, Ran,
+    TestNetns, World,
 };
 use serde_json::{json, Value};
 
@@ -17,6 +17,8 @@ use serde_json::{json, Value};
 struct Setup {
     w: World,
     ng: Netguard,
+    /// Checked when a test ends well: no scenario touches what is not guarded.
+    bystanders: Bystanders,
 }
 
 impl Setup {
@@ -24,6 +26,7 @@ impl Setup {
         let w = World::bridged(tag);
         Setup {
             ng: Netguard::new(&w),
+            bystanders: w.bystanders(),
             w,
         }
     }
@@ -43,6 +46,15 @@ impl Setup {
 
     fn explain(&self) -> String {
         self.ng.explain(&[&self.w.host, self.w.c()])
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        // Not while a failed test unwinds: a second panic would abort the run.
+        if !std::thread::panicking() {
+            self.bystanders.assert_unchanged();
+        }
     }
 }
 
@@ -172,7 +184,10 @@ fn whole(w: &World) -> Result<(), String> {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|l| l["linkinfo"]["info_kind"] == "veth")
+        .filter(|l| {
+            l["linkinfo"]["info_kind"] == "veth"
+                && !l["ifname"].as_str().is_some_and(|n| n.starts_with("by"))
+        })
         .collect();
     match veths.as_slice() {
         [vh0] if vh0["ifname"] == "vh0" && vh0["master"] == "br0" && is_up(vh0) => Ok(()),

@@ -52,6 +52,7 @@ fn result_for<'a>(report: &'a PassReport, name: &str) -> &'a ItemResult {
 #[tokio::test]
 async fn container_reboot_brings_the_veth_back_into_the_new_netns() {
     let w = World::bridged("rb");
+    let bystanders = w.bystanders();
     let (mut ledger, restorer, learned) = start_guarding(&w).await;
     assert_eq!(
         learned.guarded,
@@ -103,11 +104,13 @@ async fn container_reboot_brings_the_veth_back_into_the_new_netns() {
     assert_eq!(record.state, LinkState::Restored);
     assert_eq!(record.spec.netns_inode, Some(w.c().inode()));
     ledger.save().unwrap();
+    bystanders.assert_unchanged();
 }
 
 #[tokio::test]
 async fn bridge_port_lost_is_brought_up_and_enslaved_again() {
     let w = World::bridged("bp");
+    let bystanders = w.bystanders();
     let (mut ledger, restorer, _) = start_guarding(&w).await;
     w.host.ip(&["link", "set", "vh0", "nomaster"]);
     w.host.ip(&["link", "set", "vh0", "down"]);
@@ -127,11 +130,13 @@ async fn bridge_port_lost_is_brought_up_and_enslaved_again() {
     assert_eq!(vh0["master"], "br0");
     assert!(is_up(&vh0));
     assert!(pings(w.c(), "198.18.1.1"));
+    bystanders.assert_unchanged();
 }
 
 #[tokio::test]
 async fn macvlan_comes_back_in_the_living_pod_netns_when_its_parent_returns() {
     let w = World::macvlan_pod("mv");
+    let bystanders = w.bystanders();
     let (host, pod) = (&w.host, w.pod());
     assert!(
         pings(pod, "198.18.2.1"),
@@ -182,11 +187,13 @@ async fn macvlan_comes_back_in_the_living_pod_netns_when_its_parent_returns() {
         .ip_out(&["route", "show", "dev", "mv0"])
         .contains("198.19.2.0/24 via 198.18.2.1"));
     assert!(pings(pod, "198.18.2.1"));
+    bystanders.assert_unchanged();
 }
 
 #[tokio::test]
 async fn home_name_held_by_another_device_is_a_conflict_then_renamed_home_once_free() {
     let w = World::new("nic");
+    let bystanders = w.bystanders();
     let host = &w.host;
     // A veth stands in for a physical NIC (no real NICs here), registered through the API.
     host.ip(&[
@@ -206,7 +213,9 @@ async fn home_name_held_by_another_device_is_a_conflict_then_renamed_home_once_f
         .await
         .unwrap()
         .unwrap();
-    ledger.guard_nic(live.nic_identity(), "lan7", true, None);
+    ledger.guard_nic(live.nic_identity(), "lan7", Some(true), None);
+    // Known to have been away (a refund): only then is a NIC renamed home.
+    ledger.set_nic(&live.nic_identity(), NicState::Refunded, None, None);
     let mac = link(host, "nic7")["address"].clone();
     let holder_mac = link(host, "lan7")["address"].clone();
 
@@ -242,6 +251,7 @@ async fn home_name_held_by_another_device_is_a_conflict_then_renamed_home_once_f
     assert!(is_up(&home));
     assert_eq!(ledger.nics()[0].state, NicState::Restored);
     assert_eq!(ledger.nics()[0].location.as_ref().unwrap().name, "lan7");
+    bystanders.assert_unchanged();
 }
 
 #[tokio::test]
@@ -292,6 +302,7 @@ async fn a_change_between_passes_is_seen_though_the_last_look_is_kept() {
 #[tokio::test]
 async fn dry_run_plans_but_changes_nothing() {
     let w = World::bridged("dr");
+    let bystanders = w.bystanders();
     let (ledger, restorer, _) = start_guarding(&w).await;
     w.host.ip(&["link", "set", "vh0", "nomaster"]);
     w.c().ip(&["route", "del", "198.19.1.0/24"]);
@@ -315,6 +326,7 @@ async fn dry_run_plans_but_changes_nothing() {
         netguard::status::ledger_rows(ledger.content()),
         status_before
     );
+    bystanders.assert_unchanged();
 }
 
 #[tokio::test]

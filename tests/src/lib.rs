@@ -1,6 +1,7 @@
 //! Helpers for tests that need root: a [`World`] of network namespaces the test creates and
 //! always removes, the tracer's events about it, and the `netguard` binary run against it.
 
+mod bystander;
 pub mod cni;
 mod command;
 mod netns;
@@ -9,6 +10,7 @@ pub mod podman;
 mod watch;
 mod world;
 
+pub use bystander::Bystanders;
 pub use command::{
     netguard_bin, wait_until, wait_until_every, AgentProcess, Netguard, Ran, AGENT_TIMEOUT,
 };

@@ -3,7 +3,7 @@
 
 use netguard::ledger::Locator;
 
-use crate::{TestDir, TestNetns};
+use crate::{Bystanders, TestDir, TestNetns};
 
 /// A test's own world. Everything in it goes when it drops, whether the test passed or
 /// panicked (a half-built one too): the container netns first, with the links in them, then
@@ -70,6 +70,17 @@ impl World {
         host.ip(&["link", "set", "vh0", "up"]);
         configure(c, "eth0", "198.18.1.2/24", "198.18.1.1", "198.19.1.0/24");
         w
+    }
+
+    /// A veth pair by0/by1 in the host stand-in that nothing learns, watched by the
+    /// bystander check (with whatever else a test adds).
+    pub fn bystanders(&self) -> Bystanders {
+        self.host
+            .ip(&["link", "add", "by0", "type", "veth", "peer", "name", "by1"]);
+        self.host.ip(&["link", "set", "by0", "up"]);
+        Bystanders::new()
+            .watch(Some(&self.host.name), "by0")
+            .watch(Some(&self.host.name), "by1")
     }
 
     /// The container of a [`World::bridged`].

@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netguard::trace::BackendKind;
-use netguard_tests::IP;
+use netguard_tests::{Bystanders, IP};
 use serde_json::Value;
 
 use crate::scenarios::{cleanup, ip};
@@ -26,13 +26,26 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(backend: BackendKind) -> Result<Agent, String> {
-        let state_dir = format!("/tmp/agent-{backend}");
+        Agent::start_in(backend, &format!("/tmp/agent-{backend}"), true)
+    }
+
+    /// An agent on the ledger in `state_dir` (emptied first if `fresh`), eth0 excluded (the
+    /// bystander NIC); its log is appended to.
+    pub fn start_in(backend: BackendKind, state_dir: &str, fresh: bool) -> Result<Agent, String> {
+        let state_dir = state_dir.to_string();
         let socket = format!("{state_dir}.sock");
         let log = format!("{state_dir}.log");
-        let _ = std::fs::remove_dir_all(&state_dir);
-        let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        if fresh {
+            let _ = std::fs::remove_dir_all(&state_dir);
+        }
+        let log_file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| e.to_string())?;
         let child = Command::new(NETGUARD)
             .args(["agent", "--backend", backend.as_str(), "--interval", "1"])
+            .args(["--exclude", EXCLUDED_MAC])
             .args(["--state-dir", &state_dir, "--socket", &socket])
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -59,7 +72,7 @@ impl Agent {
     }
 
     /// `netguard ARGS` against this agent.
-    fn netguard(&self, args: &[&str]) -> Result<String, String> {
+    pub fn netguard(&self, args: &[&str]) -> Result<String, String> {
         let out = Command::new(NETGUARD)
             .args(args)
             .args(["--state-dir", &self.state_dir, "--socket", &self.socket])
@@ -87,7 +100,7 @@ impl Agent {
     }
 
     /// The status row of a guarded NIC or link by name.
-    fn row(&self, name: &str) -> Result<Value, String> {
+    pub fn row(&self, name: &str) -> Result<Value, String> {
         let status = self.status()?;
         status["rows"]
             .as_array()
@@ -102,11 +115,40 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// SIGTERM, then SIGKILL if it has not exited within [`WAIT`]: a stuck agent fails the
+    /// scenario instead of hanging the suite.
+    pub fn stop(mut self) -> Outcome {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Outcome {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return Ok(());
+        }
+        // SAFETY: signalling our own child, not reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < WAIT {
+            match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => return Err(format!("the agent exited {status} on SIGTERM")),
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Err(format!(
+            "the agent did not exit within {}s of SIGTERM (killed); its log:\n{}",
+            WAIT.as_secs(),
+            self.log_tail()
+        ))
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        let _ = self.terminate();
     }
 }
 
@@ -200,9 +242,29 @@ pub async fn run_all(
         cleanup();
     }
     // The agent would restore what the last cleanup removes: stop it first, then clean again.
-    drop(agent);
+    if let Err(why) = agent.stop() {
+        results.push(("agent-stop", Err(why)));
+    }
     cleanup();
     results
+}
+
+/// The NIC every agent is started with `--exclude`d (eth0): a bystander.
+pub const EXCLUDED_MAC: &str = "52:54:00:12:34:56";
+
+/// A veth pair in init_net no agent learns, and the excluded NIC (unless `with_nic` is false:
+/// a driver reload re-registers every e1000 NIC, a new ifindex netguard has no part in).
+pub fn bystanders(with_nic: bool) -> Result<Bystanders, String> {
+    if link(None, "by0").is_none() {
+        ip(&["link", "add", "by0", "type", "veth", "peer", "name", "by1"])?;
+        ip(&["link", "set", "by0", "up"])?;
+    }
+    let watched = Bystanders::new().watch(None, "by0").watch(None, "by1");
+    Ok(if with_nic {
+        watched.watch(None, "eth0")
+    } else {
+        watched
+    })
 }
 
 /// The NIC lent and refunded by the agent scenarios and the benchmark.
@@ -232,6 +294,7 @@ pub async fn refund_home_time(nic: &str, mac: &str, netns: &str) -> Result<Durat
 /// (a) eth1 lent as eth0 with plain `ip`, its netns deleted: the kernel refunds it as devN and
 /// the agent renames it eth1.
 async fn refund_home(agent: &Agent) -> Outcome {
+    let bystanders = bystanders(true)?;
     lend_with_ip(agent, "eth1", "c1").await?;
     let took = refund_home_time("eth1", ETH1_MAC, "c1").await?;
     println!(
@@ -242,7 +305,7 @@ async fn refund_home(agent: &Agent) -> Outcome {
     if row["state"] != "restored" {
         return Err(format!("status row: {row}"));
     }
-    Ok(())
+    bystanders.check()
 }
 
 /// Two NICs refunded at once: both home.
@@ -273,6 +336,7 @@ async fn two_refunds(agent: &Agent) -> Outcome {
 
 /// `netguard lend` then `netguard reclaim`: in the container under the asked name, then home.
 async fn lend_reclaim(agent: &Agent) -> Outcome {
+    let bystanders = bystanders(true)?;
     ip(&["netns", "add", "c3"])?;
     agent.netguard(&["lend", "eth2", "--netns", "/run/netns/c3", "--name", "eth0"])?;
     let inside = link(Some("c3"), "eth0").ok_or("no eth0 in c3 after lend")?;
@@ -293,7 +357,7 @@ async fn lend_reclaim(agent: &Agent) -> Outcome {
     if link(Some("c3"), "eth0").is_some() {
         return Err("eth0 still in c3 after reclaim".into());
     }
-    Ok(())
+    bystanders.check()
 }
 
 /// A NIC lent with --persistent follows its container: home when the netns dies, lent again
@@ -483,6 +547,7 @@ pub fn vlan_back() -> Outcome {
 /// from a CNI checkpoint); `modprobe -r e1000 && modprobe e1000` removes them all; the agent
 /// brings them back in the same netns with the same MAC, address and default route.
 async fn driver_reload(agent: &Agent) -> Outcome {
+    let bystanders = bystanders(false)?;
     guard_vlan_pod(agent)?;
     guard_cni_pod(agent)?;
     let inodes = (VLAN_POD.inode(), CNI_POD.inode());
@@ -506,5 +571,5 @@ async fn driver_reload(agent: &Agent) -> Outcome {
             "status does not show both macvlans restored: {status}"
         ));
     }
-    Ok(())
+    bystanders.check()
 }

@@ -2,6 +2,7 @@
 //! in init_net). One line per verdict on the console, `NGVM PASS name` or
 //! `NGVM FAIL name: why`, read by `cargo xtask vm-test`.
 
+mod adopt;
 mod agent;
 mod bench;
 mod causes;
@@ -235,6 +236,9 @@ async fn main() {
             report.verdict(&format!("{backend}/cli-record-report"), result);
         }
         for (name, result) in agent::run_all(backend, &wanted).await {
+            report.verdict(&format!("{backend}/{name}"), result);
+        }
+        for (name, result) in adopt::run_all(backend, &wanted).await {
             report.verdict(&format!("{backend}/{name}"), result);
         }
     }

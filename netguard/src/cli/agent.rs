@@ -33,6 +33,9 @@ pub struct AgentArgs {
     /// A NIC never guarded, by name or MAC (repeatable).
     #[arg(long, value_name = "NAME|MAC")]
     exclude: Vec<String>,
+    /// Trace, plan and log what would be done, and change nothing (a first rollout).
+    #[arg(long)]
+    observe_only: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9476); off unless given.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
@@ -49,6 +52,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         host_netns: args.host_netns,
         interval: args.interval,
         exclude: args.exclude,
+        // Only a flag given overrides the file.
+        observe_only: args.observe_only.then_some(true),
     };
     let settings = Settings::resolve(file, path, flags)?;
     let mut ledger = LedgerOptions::new(settings.state_dir);
@@ -59,6 +64,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         backend: settings.backend,
         host_netns: settings.host_netns,
         interval: settings.interval,
+        observe_only: settings.observe_only,
         metrics: args.metrics,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

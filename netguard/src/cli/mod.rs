@@ -92,11 +92,15 @@ enum Command {
         #[command(flatten)]
         place: ops::Place,
     },
-    /// Stop guarding a link.
+    /// Stop guarding a link, or with --nic a NIC.
     Forget {
-        name: String,
-        #[arg(long, value_name = "PATH")]
+        #[arg(required_unless_present = "nic", conflicts_with = "nic")]
+        name: Option<String>,
+        #[arg(long, value_name = "PATH", conflicts_with = "nic")]
         netns: Option<PathBuf>,
+        /// A NIC (home name, current name or permanent MAC) instead of a link.
+        #[arg(long, value_name = "NAME|MAC")]
+        nic: Option<String>,
         #[command(flatten)]
         place: ops::Place,
     },
@@ -227,8 +231,21 @@ pub fn main() -> ExitCode {
         Command::ImportCni { path, place } => {
             ops::run(&place, Operation::ImportCni { path }, false)
         }
-        Command::Forget { name, netns, place } => {
-            ops::run(&place, Operation::Forget { name, netns }, false)
+        Command::Forget {
+            name,
+            netns,
+            nic,
+            place,
+        } => {
+            // clap requires one of the two.
+            let operation = match nic {
+                Some(nic) => Operation::ForgetNic { nic },
+                None => Operation::Forget {
+                    name: name.unwrap_or_default(),
+                    netns,
+                },
+            };
+            ops::run(&place, operation, false)
         }
         Command::Restore {
             dry_run,

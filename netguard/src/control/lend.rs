@@ -163,8 +163,10 @@ pub async fn lend(
     // The home name is on disk before the NIC leaves.
     if ledger.find_nic(&identity).is_none() {
         let at_home = host_location(pool, &host, &link);
-        ledger.guard_nic(identity.clone(), iface, link.up, Some(at_home));
+        ledger.guard_nic(identity.clone(), iface, Some(link.up), Some(at_home));
     }
+    // What a reclaim or a refund restores.
+    ledger.note_nic_up(&identity, link.up);
     let lend = Lend {
         netns: locator.clone(),
         name: name.into(),
@@ -241,7 +243,7 @@ pub async fn reclaim(
         (&there, &link),
         &host,
         &record.home_name,
-        record.up,
+        record.up.unwrap_or(link.up),
     )
     .await?;
     ledger.set_nic_lend(&record.identity, None);

@@ -34,6 +34,10 @@ pub enum Operation {
         name: String,
         netns: Option<PathBuf>,
     },
+    /// Stop guarding a NIC, by name (home or current) or permanent MAC.
+    ForgetNic {
+        nic: String,
+    },
     Lend {
         iface: String,
         netns: PathBuf,
@@ -91,6 +95,8 @@ pub enum ControlError {
         name: String,
         netns: Option<PathBuf>,
     },
+    #[error("no guarded NIC is named {0} or has that permanent MAC: see `netguard status`")]
+    NicNotGuarded(String),
     #[error("{name} is guarded in several netns ({places}): say which with --netns")]
     Ambiguous { name: String, places: String },
     #[error(transparent)]
@@ -190,6 +196,13 @@ pub async fn execute(
                 serde_json::json!({ "forgot": name }),
             )
         }
+        Operation::ForgetNic { nic } => match ledger.forget_nic(nic) {
+            Some(identity) => Reply::done(
+                format!("no longer guarding NIC {nic} ({identity})"),
+                serde_json::json!({ "forgot": nic }),
+            ),
+            None => return Err(ControlError::NicNotGuarded(nic.clone())),
+        },
         Operation::Lend {
             iface,
             netns,

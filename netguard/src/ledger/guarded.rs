@@ -113,7 +113,7 @@ impl Ledger {
         &mut self,
         identity: NicIdentity,
         home_name: &str,
-        up: bool,
+        up: Option<bool>,
         location: Option<NicLocation>,
     ) {
         tracing::info!("guarding NIC {identity} (home name {home_name})");
@@ -137,8 +137,81 @@ impl Ledger {
     ) {
         if self.is_new_nic(live, mac, &location.name) {
             let home = location.name.clone();
-            self.guard_nic(live.clone(), &home, up, Some(location));
+            self.guard_nic(live.clone(), &home, Some(up), Some(location));
         }
+    }
+
+    /// Stops guarding the NIC named `nic` (its home name or where it is now) or with that
+    /// permanent MAC; the identity forgotten, or `None` if no guarded NIC answers to it.
+    pub fn forget_nic(&mut self, nic: &str) -> Option<NicIdentity> {
+        let mac = nic.parse::<Mac>().ok();
+        let identity = self
+            .content
+            .nics
+            .iter()
+            .find(|n| match mac {
+                Some(mac) => n.identity.perm_mac == Some(mac),
+                None => n.home_name == nic || n.location.as_ref().is_some_and(|l| l.name == nic),
+            })?
+            .identity
+            .clone();
+        self.drop_nic(&identity, "forgotten at an operator's request");
+        Some(identity)
+    }
+
+    /// Stops guarding every recorded NIC that the exclusions now name (by home name, name
+    /// where it is, or permanent MAC): an excluded NIC is never touched.
+    pub fn forget_excluded_nics(&mut self) {
+        let excluded: Vec<NicIdentity> = self
+            .content
+            .nics
+            .iter()
+            .filter(|n| {
+                let macs = [n.identity.perm_mac];
+                self.is_excluded(&n.home_name, &macs)
+                    || n.location
+                        .as_ref()
+                        .is_some_and(|l| self.is_excluded(&l.name, &macs))
+            })
+            .map(|n| n.identity.clone())
+            .collect();
+        for identity in &excluded {
+            self.drop_nic(identity, "excluded");
+        }
+    }
+
+    fn drop_nic(&mut self, identity: &NicIdentity, why: &str) {
+        self.content.nics.retain(|n| &n.identity != identity);
+        tracing::info!("no longer guarding NIC {identity}: {why}");
+        self.append(JournalEntry::ForgetNic {
+            identity: identity.clone(),
+        });
+    }
+
+    /// A NIC found at home under a name netguard did not see it take, and that it did not
+    /// see leave: someone renamed it (an admin, udev) while netguard was not looking. That
+    /// name is its home name now; nothing in the kernel is changed.
+    pub fn adopt_nic(&mut self, identity: &NicIdentity, location: NicLocation, up: bool) {
+        self.update_nic(identity, |rec| {
+            tracing::warn!(
+                "NIC {identity} is at home as {} (was {}) and netguard did not see it leave: \
+                 adopted {} as its home name, nothing changed",
+                location.name,
+                rec.home_name,
+                location.name
+            );
+            rec.home_name = location.name.clone();
+            rec.up = Some(up);
+            rec.state = NicState::Home;
+            rec.reason = None;
+            rec.location = Some(location);
+        });
+    }
+
+    /// Records the admin state of a NIC seen at home under its home name: what a rename home
+    /// later restores.
+    pub fn note_nic_up(&mut self, identity: &NicIdentity, up: bool) {
+        self.update_nic(identity, |rec| rec.up = Some(up));
     }
 
     /// Sets where a guarded NIC is and how it stands (journalled only when it changes).

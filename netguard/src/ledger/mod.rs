@@ -229,6 +229,7 @@ impl Ledger {
             content,
             journal,
         };
+        ledger.forget_excluded_nics();
         match &opened {
             Opened::Rebuilt { .. } => {
                 tracing::warn!("{opened}");

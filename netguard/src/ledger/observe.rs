@@ -76,7 +76,9 @@ impl Ledger {
                     driver: None,
                 };
                 let home = from.name.clone();
-                self.guard_nic(identity.clone(), &home, true, Some(from));
+                // Its admin state at home was never seen: a rename home leaves it as the
+                // kernel gives it back.
+                self.guard_nic(identity.clone(), &home, None, Some(from));
                 self.set_nic(
                     &identity,
                     NicState::Lent,

@@ -50,6 +50,8 @@ pub enum LinkState {
     Failed,
     /// Its container is stopped: nothing is created until its next start.
     Dormant,
+    /// Lost again soon after each restore: repairs back off.
+    Flapping,
 }
 
 kebab_display!(NicState);
@@ -70,8 +72,11 @@ pub struct NicRecord {
     pub identity: NicIdentity,
     /// Its name in the host netns, recorded when it leaves or at first sight.
     pub home_name: String,
-    /// Admin state at home, restored after a rename home.
-    pub up: bool,
+    /// Admin state last seen at home, restored after a rename home; `None`: never seen at
+    /// home (first seen leaving), so a NIC renamed home keeps the state the kernel gave it.
+    /// (Older ledgers wrote a plain bool, which still reads.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<NicLocation>,
     pub state: NicState,
@@ -97,7 +102,7 @@ impl NicRecord {
     pub fn new(
         identity: NicIdentity,
         home_name: &str,
-        up: bool,
+        up: Option<bool>,
         location: Option<NicLocation>,
     ) -> NicRecord {
         let state = match &location {
@@ -173,5 +178,21 @@ mod tests {
     fn states_print_as_their_kebab_case_names() {
         assert_eq!(LinkState::Waiting.to_string(), "waiting");
         assert_eq!(NicState::Refunded.to_string(), "refunded");
+    }
+
+    #[test]
+    fn a_nic_record_of_the_previous_layout_reads_its_admin_state() {
+        let mut nic = super::super::testutil::sample_content().nics.remove(0);
+        let mut old = serde_json::to_value(&nic).unwrap();
+        old["up"] = serde_json::json!(false);
+        let read: NicRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(read.up, Some(false));
+        nic.up = None;
+        let unknown = serde_json::to_value(&nic).unwrap();
+        assert!(unknown.get("up").is_none());
+        assert_eq!(
+            serde_json::from_value::<NicRecord>(unknown).unwrap().up,
+            None
+        );
     }
 }

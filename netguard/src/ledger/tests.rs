@@ -72,7 +72,7 @@ fn corrupt_document_is_kept_aside_and_the_ledger_rebuilt() {
         ledger.record_link(link.spec.clone());
     }
     let nic = &content.nics[0];
-    ledger.guard_nic(nic.identity.clone(), &nic.home_name, true, None);
+    ledger.guard_nic(nic.identity.clone(), &nic.home_name, Some(true), None);
     ledger.save().unwrap();
     drop(ledger);
 
@@ -269,13 +269,87 @@ fn link_events_follow_renames_and_mark_teardown() {
     assert!(!ledger.observe(&other, HOST));
 }
 
+#[test]
+fn a_nic_first_seen_leaving_has_no_known_admin_state() {
+    let dir = TempDir::new("ledger-first-leave");
+    let (mut ledger, _) = open(dir.path());
+    let moved = nic_event(
+        EventKind::Move,
+        Cause::Explicit,
+        place("eth2", 4, HOST),
+        place("eth0", 4, C1),
+    );
+    assert!(ledger.observe(&moved, HOST));
+    assert_eq!(ledger.nics()[0].up, None, "never seen at home: unknown");
+    assert_eq!(ledger.nics()[0].state, NicState::Lent);
+}
+
+#[test]
+fn forgotten_or_excluded_nics_stop_being_guarded_across_restarts() {
+    let dir = TempDir::new("ledger-forget-nic");
+    let nic = sample_content().nics.remove(0);
+    let (mut ledger, _) = open(dir.path());
+    ledger.guard_nic(nic.identity.clone(), "eth2", Some(true), None);
+    ledger.guard_nic(
+        NicIdentity {
+            perm_mac: Some("52:54:00:00:00:09".parse().unwrap()),
+            ..nic.identity.clone()
+        },
+        "eth3",
+        Some(true),
+        None,
+    );
+    assert!(ledger.forget_nic("eth9").is_none());
+    assert_eq!(
+        ledger
+            .forget_nic("52:54:00:00:00:09")
+            .unwrap()
+            .perm_mac
+            .unwrap()
+            .to_string(),
+        "52:54:00:00:00:09"
+    );
+    ledger.save().unwrap();
+    drop(ledger);
+    let (ledger, _) = open(dir.path());
+    assert_eq!(ledger.nics().len(), 1, "the forget was kept");
+    drop(ledger);
+    // Excluded after being guarded: dropped when the ledger opens with the exclusion.
+    let mut options = LedgerOptions::new(dir.path());
+    options.exclude.macs.push(nic.identity.perm_mac.unwrap());
+    let (ledger, _) = Ledger::open(options).unwrap();
+    assert!(ledger.nics().is_empty());
+}
+
+#[test]
+fn an_adopted_nic_takes_its_new_name_as_home() {
+    let dir = TempDir::new("ledger-adopt");
+    let (mut ledger, _) = open(dir.path());
+    let nic = sample_content().nics.remove(0);
+    ledger.guard_nic(nic.identity.clone(), "eth2", None, None);
+    let location = NicLocation {
+        netns: Netns {
+            inode: HOST,
+            names: vec![],
+        },
+        name: "uplink1".into(),
+        ifindex: Some(4),
+    };
+    ledger.adopt_nic(&nic.identity, location, true);
+    let rec = &ledger.nics()[0];
+    assert_eq!(
+        (rec.home_name.as_str(), rec.up, rec.state),
+        ("uplink1", Some(true), NicState::Home)
+    );
+}
+
 /// What `lend` records before the NIC leaves, committed; then the process dies (no save, no
 /// drop): the next open finds the home name and the lend.
 fn lend_then_kill(dir: &Path, journal_failed: bool) {
     let (mut ledger, _) = open(dir);
     ledger.journal_failed = journal_failed;
     let nic = &sample_content().nics[0];
-    ledger.guard_nic(nic.identity.clone(), "eth2", true, None);
+    ledger.guard_nic(nic.identity.clone(), "eth2", Some(true), None);
     let lend = Lend {
         netns: Locator::Path("/run/netns/box".into()),
         name: "eth0".into(),

@@ -122,7 +122,7 @@ pub fn sample_content() -> LedgerContent {
         nics: vec![NicRecord {
             identity: nic,
             home_name: "eth2".into(),
-            up: true,
+            up: Some(true),
             location: None,
             state: NicState::Home,
             reason: None,

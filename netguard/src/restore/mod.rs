@@ -21,6 +21,7 @@ use crate::ledger::{
 
 pub mod action;
 pub mod apply;
+mod backoff;
 pub mod plan;
 
 pub use action::Action;
@@ -43,6 +44,9 @@ pub struct PassReport {
     #[serde(skip)]
     pub pruned: Vec<Pruned>,
     pub took: Duration,
+    /// When a repair held back by flapping is due (the next pass should not wait longer).
+    #[serde(skip)]
+    pub next_due: Option<Duration>,
 }
 
 impl PassReport {
@@ -74,6 +78,7 @@ pub struct Restorer {
     pool: Arc<Pool>,
     executor: Executor,
     known: tokio::sync::Mutex<Known>,
+    flaps: std::sync::Mutex<backoff::Flaps>,
 }
 
 /// The kernel's view kept from pass to pass, read again only where it may have changed: a
@@ -120,6 +125,7 @@ impl Restorer {
             executor: Executor::new(pool.clone(), concurrency),
             pool,
             known: Default::default(),
+            flaps: Default::default(),
         }
     }
 
@@ -263,7 +269,7 @@ impl Restorer {
                 let home = location.name.clone();
                 content
                     .nics
-                    .push(NicRecord::new(identity, &home, up, Some(location)));
+                    .push(NicRecord::new(identity, &home, Some(up), Some(location)));
             }
         };
         see_host_nics(see, world, self.host_netns(world));
@@ -282,7 +288,8 @@ impl Restorer {
             ledger.see_host_nic(&identity, mac, up, location)
         };
         see_host_nics(see, world, host_netns.clone());
-        let plan = plan::plan(ledger.content(), world);
+        let mut plan = plan::plan(ledger.content(), world);
+        self.hold_flapping(&mut plan);
         for item in &plan.items {
             if item.verdict == Verdict::Repair {
                 if let Target::Link { key, .. } = &item.target {
@@ -300,8 +307,9 @@ impl Restorer {
             ledger.commit()?;
         }
         let results = self.executor.apply(&plan).await;
-        for (item, result) in plan.items.iter().zip(&results) {
-            record(ledger, item, result, world, &host_netns);
+        let (flapping, next_due) = self.note_flaps(&plan, &results);
+        for ((item, result), flapping) in plan.items.iter().zip(&results).zip(flapping) {
+            record(ledger, item, result, world, &host_netns, flapping);
         }
         // What was changed or is not whole is looked at again, notifications or not.
         for (item, result) in plan.items.iter().zip(&results) {
@@ -323,6 +331,7 @@ impl Restorer {
             results,
             pruned,
             took: started.elapsed(),
+            next_due,
         };
         tracing::debug!(
             "restore pass: {} items, {} not fine, {:?}",
@@ -331,6 +340,52 @@ impl Restorer {
             report.took
         );
         Ok(report)
+    }
+
+    /// Repairs of things whose restores have not held wait out their back-off.
+    fn hold_flapping(&self, plan: &mut Plan) {
+        let mut flaps = self.flaps.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        for item in &mut plan.items {
+            if item.verdict != Verdict::Repair || !backoff::restores_a_loss(item) {
+                continue;
+            }
+            if let Some(why) = flaps.hold(&item.target, now) {
+                tracing::info!("{}: {why}", item.target);
+                item.verdict = Verdict::Waiting;
+                item.actions.clear();
+                item.reason = Some(why);
+            }
+        }
+    }
+
+    /// Notes what a pass restored and found whole; returns, per result, why it is flapping
+    /// (if it is), and when the next held repair is due.
+    fn note_flaps(
+        &self,
+        plan: &Plan,
+        results: &[ItemResult],
+    ) -> (Vec<Option<String>>, Option<Duration>) {
+        let mut flaps = self.flaps.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let flapping = plan
+            .items
+            .iter()
+            .zip(results)
+            .map(|(item, r)| {
+                match r.outcome {
+                    Outcome::Restored if backoff::restores_a_loss(item) => {
+                        flaps.restored(&r.target, now)
+                    }
+                    Outcome::Restored => {}
+                    Outcome::Intact => flaps.intact(&r.target, now),
+                    Outcome::Waiting => {}
+                    _ => return None,
+                }
+                flaps.flapping(&r.target)
+            })
+            .collect();
+        (flapping, flaps.next_due(now))
     }
 
     fn host_netns(&self, world: &World) -> Netns {
@@ -397,7 +452,15 @@ fn see_host_nics(
 }
 
 /// Writes how one item stands into the ledger, and journals the actions taken.
-fn record(ledger: &mut Ledger, item: &Item, result: &ItemResult, world: &World, host: &Netns) {
+/// `flapping`: why a link's restores have not held lately, shown instead of its state.
+fn record(
+    ledger: &mut Ledger,
+    item: &Item,
+    result: &ItemResult,
+    world: &World,
+    host: &Netns,
+    flapping: Option<String>,
+) {
     let mut tried: Vec<&Action> = result.applied.iter().collect();
     let outcome = match &result.error {
         Some(error) => {
@@ -426,7 +489,11 @@ fn record(ledger: &mut Ledger, item: &Item, result: &ItemResult, world: &World, 
             let previous = record.map(|r| r.state);
             let state = match result.outcome {
                 // A repaired link stays "restored" (with its reason) until it breaks again.
-                Outcome::Intact if previous == Some(LinkState::Restored) => LinkState::Restored,
+                Outcome::Intact
+                    if matches!(previous, Some(LinkState::Restored | LinkState::Flapping)) =>
+                {
+                    LinkState::Restored
+                }
                 Outcome::Intact => LinkState::Intact,
                 Outcome::Restored => LinkState::Restored,
                 Outcome::Waiting => LinkState::Waiting,
@@ -439,6 +506,10 @@ fn record(ledger: &mut Ledger, item: &Item, result: &ItemResult, world: &World, 
                 record.and_then(|r| r.reason.clone())
             } else {
                 result.reason.clone()
+            };
+            let (state, reason) = match flapping {
+                Some(why) => (LinkState::Flapping, Some(why)),
+                None => (state, reason),
             };
             let seen_in =
                 inode.filter(|_| matches!(result.outcome, Outcome::Intact | Outcome::Restored));
@@ -465,6 +536,17 @@ fn record(ledger: &mut Ledger, item: &Item, result: &ItemResult, world: &World, 
                     ifindex: live.map(|l| l.ifindex),
                 })
             };
+            if item.verdict == Verdict::Adopt {
+                if let (Some(live), Some(location)) = (live, live.and_then(|l| at(&l.name))) {
+                    ledger.adopt_nic(identity, location, live.up);
+                }
+                return;
+            }
+            if result.outcome == Outcome::Intact {
+                if let Some(live) = live {
+                    ledger.note_nic_up(identity, live.up);
+                }
+            }
             let (state, location) = match result.outcome {
                 Outcome::Intact if previous.as_ref().is_some_and(|p| p.0 == NicState::Restored) => {
                     (NicState::Restored, at(home_name))

@@ -159,7 +159,7 @@ impl Executor {
 
     async fn run_item(&self, item: &Item, masters: &Masters) -> ItemResult {
         let outcome = match item.verdict {
-            Verdict::Intact => Outcome::Intact,
+            Verdict::Intact | Verdict::Adopt => Outcome::Intact,
             Verdict::Waiting => Outcome::Waiting,
             Verdict::Conflict => Outcome::Conflict,
             Verdict::Lent => Outcome::Lent,

@@ -78,6 +78,9 @@ pub enum Verdict {
     Lent,
     /// A NIC not seen anywhere.
     Lost,
+    /// A NIC at home under a name netguard did not see it take, that it did not see leave:
+    /// renamed by someone else; that name becomes its home name, nothing is changed.
+    Adopt,
     /// An operator's lend or reclaim: the actions move the NIC.
     Move,
 }
@@ -197,6 +200,61 @@ fn plan_nic(nic: &NicRecord, host: &NetnsInventory) -> Item {
     if live.name == nic.home_name {
         return Item::new(target, Verdict::Intact, None);
     }
+    if let Some(why) = came_back(nic, live) {
+        return repair_nic(target, nic, live, host, why);
+    }
+    let why = format!(
+        "at home as {} and netguard did not see it leave: renamed by someone else, adopted",
+        live.name
+    );
+    Item::new(target, Verdict::Adopt, why)
+}
+
+/// Why a NIC found at home under another name is known to have been away (so the name is the
+/// kernel's, not someone's choice), or `None`: netguard saw it leave (any state but at home)
+/// or holds a lend for it; the name is the kernel's fallback `devN`; or its ifindex changed,
+/// which only a re-registration does (a driver unbind and bind: identity matched on permanent
+/// MAC and bus address).
+fn came_back(nic: &NicRecord, live: &LiveLink) -> Option<String> {
+    if nic.lent.is_some() {
+        return Some(format!("lent with netguard, back as {}", live.name));
+    }
+    if !matches!(nic.state, NicState::Home | NicState::Restored) {
+        return Some(format!(
+            "{} when last seen, back as {}",
+            nic.state, live.name
+        ));
+    }
+    if is_fallback_name(&live.name) {
+        return Some(format!("came back as {}", live.name));
+    }
+    let was = nic.location.as_ref().and_then(|l| l.ifindex);
+    match was {
+        Some(was) if was != live.ifindex => Some(format!(
+            "re-registered (ifindex {was} -> {}) as {}",
+            live.ifindex, live.name
+        )),
+        _ => None,
+    }
+}
+
+/// The name the kernel gives a device whose name is taken where it arrives: `dev` + digits.
+fn is_fallback_name(name: &str) -> bool {
+    name.strip_prefix("dev")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Renames a NIC that came back home: down if it must be (the kernel refuses to rename a
+/// running device), renamed, then in the admin state recorded at home, or, never seen at
+/// home, as the kernel gave it back. A running device that carries addresses or routes is
+/// never set down by a pass.
+fn repair_nic(
+    target: Target,
+    nic: &NicRecord,
+    live: &LiveLink,
+    host: &NetnsInventory,
+    why: String,
+) -> Item {
     if let Some(holder) = host.link_by_name(&nic.home_name) {
         let why = format!(
             "it is {} now; its home name {} is held by another device (ifindex {}): nothing renamed, retried later",
@@ -204,12 +262,24 @@ fn plan_nic(nic: &NicRecord, host: &NetnsInventory) -> Item {
         );
         return Item::new(target, Verdict::Conflict, why);
     }
-    let mut item = Item::new(
-        target,
-        Verdict::Repair,
-        format!("came back as {}", live.name),
-    );
-    // The kernel refuses to rename a running device (EBUSY).
+    let busy = host.addresses_of(live.ifindex).next().is_some()
+        || host.routes_of(live.ifindex).next().is_some();
+    if live.up && busy {
+        let why = format!(
+            "{why}; it is up and carries addresses or routes: not set down to rename it home to {}",
+            nic.home_name
+        );
+        return Item::new(target, Verdict::Conflict, why);
+    }
+    let up = nic.up.unwrap_or(live.up);
+    let why = match nic.up {
+        Some(_) => why,
+        None => format!(
+            "{why}; its admin state at home was never seen: left {} as the kernel gave it back",
+            if live.up { "up" } else { "down" }
+        ),
+    };
+    let mut item = Item::new(target, Verdict::Repair, why);
     if live.up {
         item.actions.push(Action::SetDown {
             netns: Locator::Host,
@@ -221,7 +291,7 @@ fn plan_nic(nic: &NicRecord, host: &NetnsInventory) -> Item {
         dev: live.name.clone(),
         to: nic.home_name.clone(),
     });
-    if live.up || nic.up {
+    if up {
         item.actions.push(Action::SetUp {
             netns: Locator::Host,
             dev: nic.home_name.clone(),
