@@ -8,7 +8,9 @@ use std::path::Path;
 use crate::inventory::{InventoryError, LiveLink, NetnsConn, Pool};
 use crate::ledger::{Ledger, Lend, NicLocation, NicState};
 use crate::model::{Locator, NicIdentity};
-use crate::restore::{Action, ActionError, Item, Outcome, Restorer, Target, Verdict};
+use crate::restore::{
+    Action, ActionError, Dev, Identity, Item, Outcome, Restorer, Target, Verdict,
+};
 use crate::rtnl::temporary_link_name;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,36 +37,38 @@ pub enum LendError {
     Vanished { name: String, netns: String },
 }
 
-/// The actions that move `dev` (in `from`) to `to` under `final_name` without a name race:
-/// down, into `to` under `temp`, renamed there, and up again if `up`.
+/// The actions that move the NIC `dev` (in `from`) to `to` under `final_name` without a name
+/// race: down, into `to` under `temp`, renamed there, and up again if `up`. Each names the NIC
+/// by `dev`'s identity, checked by the executor on a fresh read before it acts.
 fn moves(
-    (from, dev): (&Locator, &str),
+    (from, dev): (&Locator, &Dev),
     to: &Locator,
     temp: String,
     final_name: &str,
     up: bool,
 ) -> Vec<Action> {
+    let there = |name: &str| Dev::expected(name, dev.identity.clone());
     let mut actions = vec![
         Action::SetDown {
             netns: from.clone(),
-            dev: dev.to_string(),
+            dev: dev.clone(),
         },
         Action::MoveTo {
             netns: from.clone(),
-            dev: dev.to_string(),
+            dev: dev.clone(),
             to_netns: to.clone(),
             name: temp.clone(),
         },
         Action::Rename {
             netns: to.clone(),
-            dev: temp,
+            dev: there(&temp),
             to: final_name.to_string(),
         },
     ];
     if up {
         actions.push(Action::SetUp {
             netns: to.clone(),
-            dev: final_name.to_string(),
+            dev: there(final_name),
         });
     }
     actions
@@ -80,8 +84,9 @@ async fn relocate(
     final_name: &str,
     up: bool,
 ) -> Result<LiveLink, LendError> {
+    let dev = Dev::live(link, Identity::Nic(identity.clone()));
     let actions = moves(
-        (&from.locator, &link.name),
+        (&from.locator, &dev),
         &to.locator,
         temporary_link_name(),
         final_name,
@@ -291,8 +296,18 @@ mod tests {
     #[test]
     fn a_lend_is_down_move_under_a_temporary_name_rename_up() {
         let c1 = Locator::Path("/run/netns/c1".into());
+        let nic = |name: &str| Dev {
+            name: name.into(),
+            ifindex: Some(3),
+            identity: Identity::Nic(NicIdentity {
+                perm_mac: Some("52:54:00:12:34:58".parse().unwrap()),
+                bus: Some("0000:00:05.0".into()),
+                driver: None,
+            }),
+        };
+        let eth2 = nic("eth2");
         let lines: Vec<String> = moves(
-            (&Locator::Host, "eth2"),
+            (&Locator::Host, &eth2),
             &c1,
             "ngtmp7.0".into(),
             "eth0",
@@ -311,8 +326,9 @@ mod tests {
             ]
         );
         // A NIC that was down at home comes back down.
+        let eth0 = nic("eth0");
         let back = moves(
-            (&c1, "eth0"),
+            (&c1, &eth0),
             &Locator::Host,
             "ngtmp7.1".into(),
             "eth2",
@@ -320,5 +336,10 @@ mod tests {
         );
         assert_eq!(back.len(), 3);
         assert!(!back.iter().any(|a| matches!(a, Action::SetUp { .. })));
+        // After the move, the NIC is named by its identity alone: its ifindex may differ there.
+        let Action::Rename { dev, .. } = &back[2] else {
+            panic!("{back:?}")
+        };
+        assert_eq!((dev.ifindex, &dev.identity), (None, &eth0.identity));
     }
 }

@@ -5,55 +5,137 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::model::{IpNet, Locator, Mac, MacvlanMode, RouteSpec, VlanProtocol};
+use crate::inventory::LiveLink;
+use crate::model::{IpNet, Locator, Mac, MacvlanMode, NicIdentity, RouteSpec, VlanProtocol};
 
-/// One kernel change, on one device in one netns. Devices are named, not indexed: an ifindex
-/// is only known once a device exists, and names are what the ledger keeps.
+/// What makes a device the one an action is meant for: a name is only a label that anyone can
+/// give to another device between the plan and the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Identity {
+    /// A NIC: permanent MAC and bus address (and driver), as the ledger records it.
+    Nic(NicIdentity),
+    /// A virtual link: its kind and, when known, its MAC.
+    Virtual { kind: String, mac: Option<Mac> },
+}
+
+impl Identity {
+    /// The identity of a device seen live, as a virtual link.
+    pub fn virtual_of(live: &LiveLink) -> Identity {
+        Identity::Virtual {
+            kind: live.kind.clone().unwrap_or_else(|| "device".into()),
+            mac: live.mac,
+        }
+    }
+
+    /// Whether `live` is this device.
+    pub fn matches(&self, live: &LiveLink) -> bool {
+        match self {
+            Identity::Nic(id) => id.matches(&live.nic_identity()),
+            Identity::Virtual { kind, mac } => {
+                live.kind.as_deref().unwrap_or("device") == kind
+                    && mac.is_none_or(|m| live.mac == Some(m))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Nic(id) => write!(f, "NIC {id}"),
+            Identity::Virtual { kind, mac: Some(m) } => write!(f, "{kind} MAC {m}"),
+            Identity::Virtual { kind, mac: None } => write!(f, "{kind}"),
+        }
+    }
+}
+
+/// The device an action changes, by identity: `apply` checks it on a fresh read right before
+/// the change and skips the action (conflict) if another device is found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Dev {
+    /// Its name where the action runs (the label `ip` would use).
+    pub name: String,
+    /// Its ifindex there when the plan saw it; `None` for a device that an earlier action of
+    /// the same item creates or moves, which `apply` then knows from its own read-back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ifindex: Option<u32>,
+    pub identity: Identity,
+}
+
+impl Dev {
+    /// A device the plan saw live.
+    pub fn live(live: &LiveLink, identity: Identity) -> Dev {
+        Dev {
+            name: live.name.clone(),
+            ifindex: Some(live.ifindex),
+            identity,
+        }
+    }
+
+    /// A device an earlier action of the same item brings about under `name`.
+    pub fn expected(name: &str, identity: Identity) -> Dev {
+        Dev {
+            name: name.to_string(),
+            ifindex: None,
+            identity,
+        }
+    }
+}
+
+impl fmt::Display for Dev {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// One kernel change, on one device in one netns. An existing device is named by identity
+/// ([`Dev`]); a device to create by the name it will have.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum Action {
     SetUp {
         netns: Locator,
-        dev: String,
+        dev: Dev,
     },
     SetDown {
         netns: Locator,
-        dev: String,
+        dev: Dev,
     },
     Rename {
         netns: Locator,
-        dev: String,
+        dev: Dev,
         to: String,
     },
     SetMaster {
         netns: Locator,
-        dev: String,
+        dev: Dev,
         master: String,
     },
     SetMac {
         netns: Locator,
-        dev: String,
+        dev: Dev,
         mac: Mac,
     },
     SetMtu {
         netns: Locator,
-        dev: String,
+        dev: Dev,
         mtu: u32,
     },
     /// `dev` moved into `to_netns` under `name`: a name nobody there uses, as the device's
     /// own may be taken there until it arrives (lend, reclaim).
     MoveTo {
         netns: Locator,
-        dev: String,
+        dev: Dev,
         to_netns: Locator,
         name: String,
     },
     /// A veth pair whose host side's peer died with a replaced netns (the kernel would remove
-    /// it once the old netns is freed); removed so the pair can be re-created.
+    /// it once the old netns is freed); removed so the pair can be re-created. Only a veth
+    /// whose MAC netguard knows is ever deleted: `dev`'s identity carries it.
     DeleteStaleVeth {
         netns: Locator,
-        dev: String,
-        mac: Option<Mac>,
+        dev: Dev,
     },
     /// A veth pair: `name` in `netns`, `peer` created directly in `peer_netns` (IFLA_NET_NS_FD).
     CreateVeth {
@@ -69,7 +151,7 @@ pub enum Action {
     /// A vlan on `parent` (in `parent_netns`), created directly in `netns`.
     CreateVlan {
         parent_netns: Locator,
-        parent: String,
+        parent: Dev,
         netns: Locator,
         name: String,
         id: u16,
@@ -80,7 +162,7 @@ pub enum Action {
     /// A macvlan on `parent` (in `parent_netns`), created directly in `netns`.
     CreateMacvlan {
         parent_netns: Locator,
-        parent: String,
+        parent: Dev,
         netns: Locator,
         name: String,
         mode: MacvlanMode,
@@ -89,12 +171,12 @@ pub enum Action {
     },
     AddAddress {
         netns: Locator,
-        dev: String,
+        dev: Dev,
         addr: IpNet,
     },
     AddRoute {
         netns: Locator,
-        dev: String,
+        dev: Dev,
         route: RouteSpec,
     },
 }
@@ -131,7 +213,7 @@ impl Action {
             | Action::MoveTo { dev, .. }
             | Action::DeleteStaleVeth { dev, .. }
             | Action::AddAddress { dev, .. }
-            | Action::AddRoute { dev, .. } => dev,
+            | Action::AddRoute { dev, .. } => &dev.name,
             Action::CreateVeth { name, .. }
             | Action::CreateVlan { name, .. }
             | Action::CreateMacvlan { name, .. } => name,
@@ -236,7 +318,14 @@ mod tests {
     fn a_move_reads_like_ip_link_set_netns() {
         let moving = Action::MoveTo {
             netns: Locator::Host,
-            dev: "eth2".into(),
+            dev: Dev::expected(
+                "eth2",
+                Identity::Nic(NicIdentity {
+                    perm_mac: None,
+                    bus: Some("0000:00:05.0".into()),
+                    driver: None,
+                }),
+            ),
             to_netns: Locator::Path("/run/netns/c1".into()),
             name: "ngtmp1.0".into(),
         };

@@ -5,6 +5,7 @@ use rtnetlink::LinkUnspec;
 
 use crate::inventory::{LiveLink, NetnsConn};
 use crate::model::{Locator, Mac};
+use crate::restore::action::{Dev, Identity};
 use crate::rtnl::message::{errno, kernel_says};
 
 use super::{ActionError, Builder, Seen};
@@ -47,23 +48,94 @@ impl<F: Fn(String) -> ActionError> Ctx<'_, F> {
             .ok_or_else(|| (self.fail)(format!("there is no device {name} in {netns}")))
     }
 
+    /// The device `dev` names, read fresh (one RTM_GETLINK by ifindex, or by name for a
+    /// device this item made) right before a change, or `None` if there is none. A device
+    /// that is not `dev` (another name at that ifindex, another identity under that name) is
+    /// a conflict: nothing is done to it.
+    pub(super) async fn resolve_opt(
+        &self,
+        netns: &Locator,
+        dev: &Dev,
+        seen: &mut Seen,
+    ) -> Result<Option<LiveLink>, ActionError> {
+        let key = (netns.clone(), dev.name.clone());
+        // This item's own last read-back of it (after our rename, MAC change or move).
+        let ours = seen
+            .get(&key)
+            .filter(|o| dev.ifindex.is_none_or(|i| i == o.ifindex))
+            .cloned();
+        let fresh = match ours.as_ref().map(|o| o.ifindex).or(dev.ifindex) {
+            Some(ifindex) => self.conn.get_link(ifindex).await,
+            None => self.conn.get_link_by_name(&dev.name).await,
+        }
+        .map_err(|e| (self.fail)(e.to_string()))?;
+        let Some(fresh) = fresh else {
+            seen.remove(&key);
+            return Ok(None);
+        };
+        let same = fresh.name == dev.name
+            && match (&dev.identity, &ours) {
+                // Our own MAC change is part of what it is now.
+                (Identity::Virtual { .. }, Some(o)) => {
+                    fresh.kind == o.kind && fresh.mac == o.mac
+                }
+                (identity, _) => identity.matches(&fresh),
+            };
+        if !same {
+            return Err(self.conflict(netns, dev, &fresh));
+        }
+        seen.insert(key, fresh.clone());
+        Ok(Some(fresh))
+    }
+
+    /// [`Self::resolve_opt`], where a device that is gone is a conflict too.
+    pub(super) async fn resolve(
+        &self,
+        netns: &Locator,
+        dev: &Dev,
+        seen: &mut Seen,
+    ) -> Result<LiveLink, ActionError> {
+        match self.resolve_opt(netns, dev, seen).await? {
+            Some(link) => Ok(link),
+            None => {
+                let mut e = (self.fail)(format!(
+                    "expected {} in {netns}, found no such device: left alone",
+                    expected(dev)
+                ));
+                e.conflict = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// A device found where `dev` was expected, named both ways.
+    pub(super) fn conflict(&self, netns: &Locator, dev: &Dev, found: &LiveLink) -> ActionError {
+        let mut e = (self.fail)(format!(
+            "expected {} in {netns}, found {}: left alone",
+            expected(dev),
+            describe(found)
+        ));
+        e.conflict = true;
+        e
+    }
+
     /// Changes `dev` unless it already `holds`, then reads it back: it must hold now.
     pub(super) async fn set_link(
         &self,
         netns: &Locator,
-        dev: &str,
+        dev: &Dev,
         seen: &mut Seen,
         holds: impl Fn(&LiveLink) -> bool,
         change: impl FnOnce(Builder) -> Builder,
         otherwise: &str,
     ) -> Result<(), ActionError> {
-        let link = self.need(netns, dev, seen).await?;
+        let link = self.resolve(netns, dev, seen).await?;
         if !holds(&link) {
             let msg = change(LinkUnspec::new_with_index(link.ifindex)).build();
             self.kernel(self.conn.handle().link().set(msg).execute().await)?;
         }
         // A rename leaves nothing under the old name.
-        seen.remove(&(netns.clone(), dev.to_string()));
+        seen.remove(&(netns.clone(), dev.name.clone()));
         self.verify(netns, link.ifindex, seen, holds, otherwise)
             .await
     }
@@ -137,4 +209,21 @@ impl<F: Fn(String) -> ActionError> Ctx<'_, F> {
         seen.insert((netns.clone(), name.to_string()), link.clone());
         Ok(link)
     }
+}
+
+/// `dev` as the plan expected it: name, ifindex, identity.
+fn expected(dev: &Dev) -> String {
+    match dev.ifindex {
+        Some(i) => format!("{} (ifindex {i}, {})", dev.name, dev.identity),
+        None => format!("{} ({})", dev.name, dev.identity),
+    }
+}
+
+/// A live device as a log line names it.
+pub(super) fn describe(link: &LiveLink) -> String {
+    let identity = match link.kind {
+        None => Identity::Nic(link.nic_identity()),
+        Some(_) => Identity::virtual_of(link),
+    };
+    format!("{} (ifindex {}, {identity})", link.name, link.ifindex)
 }

@@ -7,7 +7,7 @@ use rtnetlink::{LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVlan};
 
 use crate::inventory::{InventoryError, LiveLink, NetnsConn};
 use crate::model::{Locator, Mac};
-use crate::restore::action::Action;
+use crate::restore::action::{Action, Identity};
 use crate::rtnl::message::{
     errno, kernel_says, macvlan_mode_to, route_message, veth_message, vlan_protocol_to,
     with_mac_mtu,
@@ -30,6 +30,7 @@ impl Executor {
             netns: action.netns().to_string(),
             device: action.device().to_string(),
             kernel,
+            conflict: false,
         };
         let conn = self.conn(action.netns()).await.map_err(fail)?;
         let ctx = Ctx {
@@ -115,8 +116,8 @@ impl Executor {
                 to_netns,
                 name,
             } => {
-                let link = ctx.need(netns, dev, seen).await?;
-                seen.remove(&(netns.clone(), dev.clone()));
+                let link = ctx.resolve(netns, dev, seen).await?;
+                seen.remove(&(netns.clone(), dev.name.clone()));
                 let target = self.conn(to_netns).await.map_err(fail)?;
                 ctx.kernel(relocate(&conn, link.ifindex, &target, name).await)?;
                 let arrived = Ctx {
@@ -133,17 +134,22 @@ impl Executor {
                 }
                 Ok(())
             }
-            Action::DeleteStaleVeth { netns, dev, mac } => {
-                let Some(link) = ctx.get(netns, dev, seen).await? else {
+            Action::DeleteStaleVeth { netns, dev } => {
+                // A veth is deleted only when we know its MAC: without one, any veth that took
+                // the name would do.
+                if !matches!(&dev.identity, Identity::Virtual { kind, mac: Some(_) } if kind == "veth")
+                {
+                    let mut e = fail(format!(
+                        "{dev} is not known by a veth MAC ({}): never deleted",
+                        dev.identity
+                    ));
+                    e.conflict = true;
+                    return Err(e);
+                }
+                let Some(link) = ctx.resolve_opt(netns, dev, seen).await? else {
                     return Ok(());
                 };
-                if link.kind.as_deref() != Some("veth") || (mac.is_some() && link.mac != *mac) {
-                    return Err(fail(format!(
-                        "{dev} is no longer the stale veth (kind {:?}, MAC {:?}): left alone",
-                        link.kind, link.mac
-                    )));
-                }
-                seen.remove(&(netns.clone(), dev.clone()));
+                seen.remove(&(netns.clone(), dev.name.clone()));
                 // The kernel removes the pair itself when it tears the replaced netns down, all
                 // dying netns in one batch: far cheaper than a delete of ours (each waits for
                 // RCU, holding RTNL). Only a netns that someone keeps alive never gets there.
@@ -208,7 +214,7 @@ impl Executor {
                 mac,
                 mtu,
             } => {
-                let lower = ctx.need(parent_netns, parent, seen).await?;
+                let lower = ctx.resolve(parent_netns, parent, seen).await?;
                 self.parent_up(&ctx, &lower).await?;
                 let msg =
                     LinkVlan::new(name, lower.ifindex, *id).protocol(vlan_protocol_to(*protocol));
@@ -224,7 +230,7 @@ impl Executor {
                 mac,
                 mtu,
             } => {
-                let lower = ctx.need(parent_netns, parent, seen).await?;
+                let lower = ctx.resolve(parent_netns, parent, seen).await?;
                 self.parent_up(&ctx, &lower).await?;
                 let msg = LinkMacVlan::new(name, lower.ifindex, macvlan_mode_to(*mode));
                 self.create_stacked(
@@ -241,7 +247,7 @@ impl Executor {
                 .await
             }
             Action::AddAddress { netns, dev, addr } => {
-                let link = ctx.need(netns, dev, seen).await?;
+                let link = ctx.resolve(netns, dev, seen).await?;
                 let added = conn
                     .handle()
                     .address()
@@ -262,7 +268,7 @@ impl Executor {
                 }
             }
             Action::AddRoute { netns, dev, route } => {
-                let link = ctx.need(netns, dev, seen).await?;
+                let link = ctx.resolve(netns, dev, seen).await?;
                 ctx.created(
                     conn.handle()
                         .route()

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::inventory::{LiveLink, NetnsInventory};
 use crate::ledger::{LedgerContent, LinkKey, Locator, NicIdentity, NicRecord, NicState};
-use crate::restore::action::Action;
+use crate::restore::action::{Action, Dev, Identity};
 use link::plan_link;
 
 /// What the kernel says now: the host netns and every other netns a guarded link needs.
@@ -207,22 +207,29 @@ fn plan_nic(nic: &NicRecord, host: &NetnsInventory) -> Item {
         Verdict::Repair,
         format!("came back as {}", live.name),
     );
+    // Every action names the NIC by the identity on record and the ifindex seen now.
+    let identity = Identity::Nic(nic.identity.clone());
+    let here = Dev::live(live, identity.clone());
     // The kernel refuses to rename a running device (EBUSY).
     if live.up {
         item.actions.push(Action::SetDown {
             netns: Locator::Host,
-            dev: live.name.clone(),
+            dev: here.clone(),
         });
     }
     item.actions.push(Action::Rename {
         netns: Locator::Host,
-        dev: live.name.clone(),
+        dev: here,
         to: nic.home_name.clone(),
     });
     if live.up || nic.up {
         item.actions.push(Action::SetUp {
             netns: Locator::Host,
-            dev: nic.home_name.clone(),
+            dev: Dev {
+                name: nic.home_name.clone(),
+                ifindex: Some(live.ifindex),
+                identity,
+            },
         });
     }
     item
