@@ -76,13 +76,11 @@ impl<F: Fn(String) -> ActionError> Ctx<'_, F> {
         let same = fresh.name == dev.name
             && match (&dev.identity, &ours) {
                 // Our own MAC change is part of what it is now.
-                (Identity::Virtual { .. }, Some(o)) => {
-                    fresh.kind == o.kind && fresh.mac == o.mac
-                }
+                (Identity::Virtual { .. }, Some(o)) => fresh.kind == o.kind && fresh.mac == o.mac,
                 (identity, _) => identity.matches(&fresh),
             };
         if !same {
-            return Err(self.conflict(netns, dev, &fresh));
+            return Err(self.conflict(netns, dev, Some(&fresh)).await);
         }
         seen.insert(key, fresh.clone());
         Ok(Some(fresh))
@@ -97,23 +95,25 @@ impl<F: Fn(String) -> ActionError> Ctx<'_, F> {
     ) -> Result<LiveLink, ActionError> {
         match self.resolve_opt(netns, dev, seen).await? {
             Some(link) => Ok(link),
-            None => {
-                let mut e = (self.fail)(format!(
-                    "expected {} in {netns}, found no such device: left alone",
-                    expected(dev)
-                ));
-                e.conflict = true;
-                Err(e)
-            }
+            None => Err(self.conflict(netns, dev, None).await),
         }
     }
 
-    /// A device found where `dev` was expected, named both ways.
-    pub(super) fn conflict(&self, netns: &Locator, dev: &Dev, found: &LiveLink) -> ActionError {
+    /// What was found where `dev` was expected (`at`: at its ifindex), and whatever holds its
+    /// name now, named in one error: nothing is done to either.
+    async fn conflict(&self, netns: &Locator, dev: &Dev, at: Option<&LiveLink>) -> ActionError {
+        let holder = match self.conn.get_link_by_name(&dev.name).await {
+            Ok(holder) => holder.filter(|h| at.is_none_or(|a| a.ifindex != h.ifindex)),
+            Err(e) => return (self.fail)(e.to_string()),
+        };
+        let mut found: Vec<String> = at.into_iter().chain(&holder).map(describe).collect();
+        if found.is_empty() {
+            found.push("no such device".into());
+        }
         let mut e = (self.fail)(format!(
             "expected {} in {netns}, found {}: left alone",
             expected(dev),
-            describe(found)
+            found.join(" and, under its name, ")
         ));
         e.conflict = true;
         e

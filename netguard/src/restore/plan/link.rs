@@ -313,7 +313,10 @@ fn plan_stacked(
                 netns: netns.clone(),
                 name: name.clone(),
             };
-            let present = world.inventory(netns).ok().and_then(|i| i.link_by_name(name));
+            let present = world
+                .inventory(netns)
+                .ok()
+                .and_then(|i| i.link_by_name(name));
             match (present, ledger.links.get(&key)) {
                 (Some(l), _) => (netns.clone(), Dev::live(l, Identity::virtual_of(l)), None),
                 // A guarded parent: re-created first, in the same pass, as recorded.

@@ -190,7 +190,11 @@ fn stale_host_side_without_a_recorded_mac_is_never_deleted() {
     assert_eq!(plan.items[0].verdict, Verdict::Conflict, "{plan}");
     assert!(plan.items[0].actions.is_empty(), "{plan}");
     assert!(
-        plan.items[0].reason.as_deref().unwrap().contains("no MAC on record"),
+        plan.items[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("no MAC on record"),
         "{plan}"
     );
 }

@@ -1,0 +1,165 @@
+//! Host tests of identity at the moment of acting: a plan names each device by identity, and
+//! the executor checks it on a fresh read right before each change. A device that is not the
+//! one planned for is left exactly as it was and the item ends `conflict`. As root, each test
+//! in its own world.
+
+use std::sync::Arc;
+
+use netguard::inventory::Pool;
+use netguard::ledger::{Ledger, LedgerOptions, LinkKey, Locator, NicState};
+use netguard::restore::{
+    Action, Dev, Executor, Identity, Item, Outcome, Plan, Restorer, Target, Verdict,
+};
+use netguard_tests::{is_up, link, World};
+
+fn start(w: &World) -> (Ledger, Restorer) {
+    let (ledger, _) = Ledger::open(LedgerOptions::new(w.dir.0.clone())).expect("open ledger");
+    let pool = Arc::new(Pool::new(Some(w.host.path())));
+    (ledger, Restorer::new(pool, 8))
+}
+
+/// A veth standing in for a NIC (no real NICs here).
+fn add_veth(w: &World, name: &str, peer: &str) {
+    w.host
+        .ip(&["link", "add", name, "type", "veth", "peer", "name", peer]);
+}
+
+/// What a bystander looks like: name, ifindex, MAC, admin state.
+fn looks(w: &World, name: &str) -> (String, u64, String, bool) {
+    let l = link(&w.host, name);
+    (
+        l["ifname"].as_str().unwrap().to_string(),
+        l["ifindex"].as_u64().unwrap(),
+        l["address"].as_str().unwrap().to_string(),
+        is_up(&l),
+    )
+}
+
+#[tokio::test]
+async fn a_device_swapped_under_the_name_between_plan_and_apply_is_left_alone() {
+    let w = World::new("sw");
+    add_veth(&w, "nic7", "nic7p");
+    w.host.ip(&["link", "set", "nic7", "up"]);
+    let (mut ledger, restorer) = start(&w);
+    let host = restorer.pool().host().await.unwrap();
+    let nic = host.get_link_by_name("nic7").await.unwrap().unwrap();
+    // Guarded with home name lan7: the plan renames nic7 home.
+    ledger.guard_nic(nic.nic_identity(), "lan7", true, None);
+    let plan = restorer.dry_run(&ledger).await.unwrap();
+    let text = plan.to_string();
+    assert!(text.contains("ip link set nic7 name lan7"), "{text}");
+
+    // Between plan and apply: the admin renames the NIC, and a stranger takes its name.
+    w.host.ip(&["link", "set", "nic7", "name", "uplink7"]);
+    add_veth(&w, "nic7", "stranger7p");
+    w.host.ip(&["link", "set", "nic7", "up"]);
+    let (stranger, renamed) = (looks(&w, "nic7"), looks(&w, "uplink7"));
+
+    let results = Executor::new(restorer.pool().clone(), 8).apply(&plan).await;
+    let result = &results[0];
+    assert_eq!(result.outcome, Outcome::Conflict, "{result:?}");
+    assert!(result.applied.is_empty(), "{result:?}");
+    let why = result.reason.as_deref().unwrap();
+    // Both devices are named: the one planned for and what was found.
+    assert!(
+        why.contains(&format!("expected nic7 (ifindex {}", nic.ifindex)),
+        "{why}"
+    );
+    assert!(
+        why.contains(&format!("found uplink7 (ifindex {}", nic.ifindex)),
+        "{why}"
+    );
+    assert!(
+        why.contains(&format!("nic7 (ifindex {}", stranger.1)),
+        "{why}"
+    );
+    assert_eq!(looks(&w, "nic7"), stranger, "the stranger is untouched");
+    assert_eq!(
+        looks(&w, "uplink7"),
+        renamed,
+        "the renamed NIC is untouched"
+    );
+    assert!(host.get_link_by_name("lan7").await.unwrap().is_none());
+
+    // A pass plans afresh, by identity: whatever it does with the NIC, the stranger that
+    // holds its old name is no part of it.
+    let report = restorer.pass(&mut ledger).await.unwrap();
+    assert_ne!(ledger.nics()[0].state, NicState::Lost, "{report}");
+    assert_eq!(
+        looks(&w, "nic7"),
+        stranger,
+        "the stranger is still untouched"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_veth_without_a_known_mac_is_never_deleted() {
+    let w = World::new("st");
+    add_veth(&w, "vs0", "vs0p");
+    let (_, restorer) = start(&w);
+    let host = restorer.pool().host().await.unwrap();
+    let live = host.get_link_by_name("vs0").await.unwrap().unwrap();
+    let before = looks(&w, "vs0");
+    let key = LinkKey {
+        netns: Locator::Host,
+        name: "vs0".into(),
+    };
+    let item = |mac| Item {
+        target: Target::Link {
+            kind: "veth",
+            key: key.clone(),
+        },
+        verdict: Verdict::Repair,
+        reason: None,
+        actions: vec![Action::DeleteStaleVeth {
+            netns: Locator::Host,
+            dev: Dev::live(
+                &live,
+                Identity::Virtual {
+                    kind: "veth".into(),
+                    mac,
+                },
+            ),
+        }],
+        after: None,
+    };
+    let executor = Executor::new(restorer.pool().clone(), 1);
+
+    // No MAC on record: any veth under that name would do, so none is deleted.
+    let results = executor
+        .apply(&Plan {
+            items: vec![item(None)],
+        })
+        .await;
+    assert_eq!(results[0].outcome, Outcome::Conflict, "{:?}", results[0]);
+    assert!(results[0]
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("never deleted"));
+    assert_eq!(looks(&w, "vs0"), before);
+
+    // A MAC on record that the device under the name does not have: not ours either.
+    let other = "02:99:00:00:00:01".parse().unwrap();
+    let results = executor
+        .apply(&Plan {
+            items: vec![item(Some(other))],
+        })
+        .await;
+    assert_eq!(results[0].outcome, Outcome::Conflict, "{:?}", results[0]);
+    assert!(results[0]
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("expected vs0"));
+    assert_eq!(looks(&w, "vs0"), before);
+
+    // Its own MAC: provably ours, removed (its peer's netns is alive: deleted by us).
+    let results = executor
+        .apply(&Plan {
+            items: vec![item(live.mac)],
+        })
+        .await;
+    assert_eq!(results[0].outcome, Outcome::Restored, "{:?}", results[0]);
+    assert!(host.get_link_by_name("vs0").await.unwrap().is_none());
+}
