@@ -9,7 +9,7 @@ use crate::inventory::{InventoryError, LiveLink, NetnsConn, Pool};
 use crate::ledger::{Ledger, Lend, NicLocation, NicState};
 use crate::model::{Locator, NicIdentity};
 use crate::restore::{
-    Action, ActionError, Dev, Identity, Item, Outcome, Restorer, Target, Verdict,
+    describe, Action, ActionError, Dev, Identity, Item, Outcome, Restorer, Target, Verdict,
 };
 use crate::rtnl::temporary_link_name;
 
@@ -32,6 +32,15 @@ pub enum LendError {
         name: String,
         // Boxed: large and rare, and every Result here carries its size.
         source: Box<ActionError>,
+    },
+    #[error("{name} in {netns} is not the NIC lent as it ({identity}): found {found}{where_nic}; nothing moved")]
+    NotTheNic {
+        name: String,
+        netns: String,
+        identity: NicIdentity,
+        found: String,
+        /// Where the NIC is in that netns now, if it is there.
+        where_nic: String,
     },
     #[error("{name} was moved to netns {netns} but is not found there")]
     Vanished { name: String, netns: String },
@@ -237,6 +246,24 @@ pub async fn reclaim(
                 name: lend.name.clone(),
                 netns: lend.netns.to_string(),
             })?;
+    // Whatever holds the lent name now may be a stranger (the NIC renamed inside, another
+    // device given its name): only the NIC itself is brought home.
+    if !record.identity.matches(&link.nic_identity()) {
+        let inventory = there.dump().await?;
+        let nic = inventory
+            .nics()
+            .find(|(_, id)| record.identity.matches(id))
+            .map(|(l, _)| l);
+        return Err(LendError::NotTheNic {
+            name: lend.name.clone(),
+            netns: lend.netns.to_string(),
+            identity: record.identity.clone(),
+            found: describe(&link),
+            where_nic: nic
+                .map(|n| format!("; the NIC is there as {}", describe(n)))
+                .unwrap_or_default(),
+        });
+    }
     let back = relocate(
         restorer,
         (&record.identity, &record.home_name),

@@ -50,6 +50,15 @@ impl fmt::Display for Identity {
     }
 }
 
+/// A live device as a log line or error names it: name, ifindex, identity.
+pub fn describe(link: &LiveLink) -> String {
+    let identity = match link.kind {
+        None => Identity::Nic(link.nic_identity()),
+        Some(_) => Identity::virtual_of(link),
+    };
+    format!("{} (ifindex {}, {identity})", link.name, link.ifindex)
+}
+
 /// The device an action changes, by identity: `apply` checks it on a fresh read right before
 /// the change and skips the action (conflict) if another device is found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

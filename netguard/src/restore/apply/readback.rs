@@ -5,7 +5,7 @@ use rtnetlink::LinkUnspec;
 
 use crate::inventory::{LiveLink, NetnsConn};
 use crate::model::{Locator, Mac};
-use crate::restore::action::{Dev, Identity};
+use crate::restore::action::{describe, Dev, Identity};
 use crate::rtnl::message::{errno, kernel_says};
 
 use super::{ActionError, Builder, Seen};
@@ -217,13 +217,4 @@ fn expected(dev: &Dev) -> String {
         Some(i) => format!("{} (ifindex {i}, {})", dev.name, dev.identity),
         None => format!("{} ({})", dev.name, dev.identity),
     }
-}
-
-/// A live device as a log line names it.
-pub(super) fn describe(link: &LiveLink) -> String {
-    let identity = match link.kind {
-        None => Identity::Nic(link.nic_identity()),
-        Some(_) => Identity::virtual_of(link),
-    };
-    format!("{} (ifindex {}, {identity})", link.name, link.ifindex)
 }
