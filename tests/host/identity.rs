@@ -7,9 +7,8 @@ use std::sync::Arc;
 
 use netguard::inventory::Pool;
 use netguard::ledger::{Ledger, LedgerOptions, LinkKey, Locator, NicState};
-use netguard::restore::{
-    Action, Dev, Executor, Identity, Item, Outcome, Plan, Restorer, Target, Verdict,
-};
+use netguard::model::DeviceIdentity;
+use netguard::restore::{Action, Dev, Executor, Item, Outcome, Plan, Restorer, Target, Verdict};
 use netguard_tests::{is_up, link, World};
 
 fn start(w: &World) -> (Ledger, Restorer) {
@@ -115,7 +114,7 @@ async fn a_stale_veth_without_a_known_mac_is_never_deleted() {
             netns: Locator::Host,
             dev: Dev::live(
                 &live,
-                Identity::Virtual {
+                DeviceIdentity::Virtual {
                     kind: "veth".into(),
                     mac,
                 },

@@ -7,9 +7,9 @@ use std::path::Path;
 
 use crate::inventory::{InventoryError, LiveLink, NetnsConn, Pool};
 use crate::ledger::{Ledger, Lend, NicLocation, NicState};
-use crate::model::{Locator, NicIdentity};
+use crate::model::{DeviceIdentity, Locator, NicIdentity};
 use crate::restore::{
-    describe, Action, ActionError, Dev, Identity, Item, Outcome, Restorer, Target, Verdict,
+    describe, Action, ActionError, Dev, Item, Outcome, Restorer, Target, Verdict,
 };
 use crate::rtnl::temporary_link_name;
 
@@ -93,7 +93,7 @@ async fn relocate(
     final_name: &str,
     up: bool,
 ) -> Result<LiveLink, LendError> {
-    let dev = Dev::live(link, Identity::Nic(identity.clone()));
+    let dev = Dev::live(link, DeviceIdentity::Nic(identity.clone()));
     let actions = moves(
         (&from.locator, &dev),
         &to.locator,
@@ -326,7 +326,7 @@ mod tests {
         let nic = |name: &str| Dev {
             name: name.into(),
             ifindex: Some(3),
-            identity: Identity::Nic(NicIdentity {
+            identity: DeviceIdentity::Nic(NicIdentity {
                 perm_mac: Some("52:54:00:12:34:58".parse().unwrap()),
                 bus: Some("0000:00:05.0".into()),
                 driver: None,

@@ -6,57 +6,16 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::inventory::LiveLink;
-use crate::model::{IpNet, Locator, Mac, MacvlanMode, NicIdentity, RouteSpec, VlanProtocol};
-
-/// What makes a device the one an action is meant for: a name is only a label that anyone can
-/// give to another device between the plan and the change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
-pub enum Identity {
-    /// A NIC: permanent MAC and bus address (and driver), as the ledger records it.
-    Nic(NicIdentity),
-    /// A virtual link: its kind and, when known, its MAC.
-    Virtual { kind: String, mac: Option<Mac> },
-}
-
-impl Identity {
-    /// The identity of a device seen live, as a virtual link.
-    pub fn virtual_of(live: &LiveLink) -> Identity {
-        Identity::Virtual {
-            kind: live.kind.clone().unwrap_or_else(|| "device".into()),
-            mac: live.mac,
-        }
-    }
-
-    /// Whether `live` is this device.
-    pub fn matches(&self, live: &LiveLink) -> bool {
-        match self {
-            Identity::Nic(id) => id.matches(&live.nic_identity()),
-            Identity::Virtual { kind, mac } => {
-                live.kind.as_deref().unwrap_or("device") == kind
-                    && mac.is_none_or(|m| live.mac == Some(m))
-            }
-        }
-    }
-}
-
-impl fmt::Display for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Identity::Nic(id) => write!(f, "NIC {id}"),
-            Identity::Virtual { kind, mac: Some(m) } => write!(f, "{kind} MAC {m}"),
-            Identity::Virtual { kind, mac: None } => write!(f, "{kind}"),
-        }
-    }
-}
+use crate::model::{DeviceIdentity, IpNet, Locator, Mac, MacvlanMode, RouteSpec, VlanProtocol};
 
 /// A live device as a log line or error names it: name, ifindex, identity.
 pub fn describe(link: &LiveLink) -> String {
-    let identity = match link.kind {
-        None => Identity::Nic(link.nic_identity()),
-        Some(_) => Identity::virtual_of(link),
-    };
-    format!("{} (ifindex {}, {identity})", link.name, link.ifindex)
+    format!(
+        "{} (ifindex {}, {})",
+        link.name,
+        link.ifindex,
+        link.identity()
+    )
 }
 
 /// The device an action changes, by identity: `apply` checks it on a fresh read right before
@@ -69,12 +28,12 @@ pub struct Dev {
     /// the same item creates or moves, which `apply` then knows from its own read-back.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ifindex: Option<u32>,
-    pub identity: Identity,
+    pub identity: DeviceIdentity,
 }
 
 impl Dev {
     /// A device the plan saw live.
-    pub fn live(live: &LiveLink, identity: Identity) -> Dev {
+    pub fn live(live: &LiveLink, identity: DeviceIdentity) -> Dev {
         Dev {
             name: live.name.clone(),
             ifindex: Some(live.ifindex),
@@ -83,7 +42,7 @@ impl Dev {
     }
 
     /// A device an earlier action of the same item brings about under `name`.
-    pub fn expected(name: &str, identity: Identity) -> Dev {
+    pub fn expected(name: &str, identity: DeviceIdentity) -> Dev {
         Dev {
             name: name.to_string(),
             ifindex: None,
@@ -322,6 +281,7 @@ impl fmt::Display for Action {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::NicIdentity;
 
     #[test]
     fn a_move_reads_like_ip_link_set_netns() {
@@ -329,7 +289,7 @@ mod tests {
             netns: Locator::Host,
             dev: Dev::expected(
                 "eth2",
-                Identity::Nic(NicIdentity {
+                DeviceIdentity::Nic(NicIdentity {
                     perm_mac: None,
                     bus: Some("0000:00:05.0".into()),
                     driver: None,

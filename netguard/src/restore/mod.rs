@@ -23,7 +23,7 @@ pub mod action;
 pub mod apply;
 pub mod plan;
 
-pub use action::{describe, Action, Dev, Identity};
+pub use action::{describe, Action, Dev};
 pub use apply::{ActionError, Executor, ItemResult, Outcome};
 pub use plan::{Item, Plan, Target, Verdict, World};
 

@@ -4,8 +4,8 @@
 use rtnetlink::LinkUnspec;
 
 use crate::inventory::{LiveLink, NetnsConn};
-use crate::model::{Locator, Mac};
-use crate::restore::action::{describe, Dev, Identity};
+use crate::model::{DeviceIdentity, Locator, Mac};
+use crate::restore::action::{describe, Dev};
 use crate::rtnl::message::{errno, kernel_says};
 
 use super::{ActionError, Builder, Seen};
@@ -76,8 +76,10 @@ impl<F: Fn(String) -> ActionError> Ctx<'_, F> {
         let same = fresh.name == dev.name
             && match (&dev.identity, &ours) {
                 // Our own MAC change is part of what it is now.
-                (Identity::Virtual { .. }, Some(o)) => fresh.kind == o.kind && fresh.mac == o.mac,
-                (identity, _) => identity.matches(&fresh),
+                (DeviceIdentity::Virtual { .. }, Some(o)) => {
+                    fresh.kind == o.kind && fresh.mac == o.mac
+                }
+                (identity, _) => fresh.is(identity),
             };
         if !same {
             return Err(self.conflict(netns, dev, Some(&fresh)).await);

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use rtnetlink::{LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVlan};
 
 use crate::inventory::{InventoryError, LiveLink, NetnsConn};
-use crate::model::{Locator, Mac};
-use crate::restore::action::{Action, Identity};
+use crate::model::{DeviceIdentity, Locator, Mac};
+use crate::restore::action::Action;
 use crate::rtnl::message::{
     errno, kernel_says, macvlan_mode_to, route_message, veth_message, vlan_protocol_to,
     with_mac_mtu,
@@ -137,7 +137,7 @@ impl Executor {
             Action::DeleteStaleVeth { netns, dev } => {
                 // A veth is deleted only when we know its MAC: without one, any veth that took
                 // the name would do.
-                if !matches!(&dev.identity, Identity::Virtual { kind, mac: Some(_) } if kind == "veth")
+                if !matches!(&dev.identity, DeviceIdentity::Virtual { kind, mac: Some(_) } if kind == "veth")
                 {
                     let mut e = fail(format!(
                         "{dev} is not known by a veth MAC ({}): never deleted",

@@ -6,7 +6,8 @@ use crate::ledger::{
 };
 
 use super::{Item, Target, Verdict, World};
-use crate::restore::action::{Action, Dev, Identity};
+use crate::model::DeviceIdentity;
+use crate::restore::action::{Action, Dev};
 
 pub(super) fn plan_link(record: &LinkRecord, ledger: &LedgerContent, world: &World) -> Item {
     let spec = &record.spec;
@@ -129,7 +130,7 @@ fn plan_veth(spec: &LinkSpec, peer: &VethPeer, inv: &NetnsInventory, world: &Wor
                     netns: peer.netns.clone(),
                     dev: Dev::live(
                         theirs,
-                        Identity::Virtual {
+                        DeviceIdentity::Virtual {
                             kind: "veth".into(),
                             mac: peer.mac,
                         },
@@ -184,10 +185,10 @@ fn fix_drift(
 /// action of the item creates it, of `kind` with the MAC on record.
 fn device(name: &str, kind: &str, mac: Option<Mac>, live: Option<&LiveLink>) -> Dev {
     match live {
-        Some(l) => Dev::live(l, Identity::virtual_of(l)),
+        Some(l) => Dev::live(l, l.virtual_identity()),
         None => Dev::expected(
             name,
-            Identity::Virtual {
+            DeviceIdentity::Virtual {
                 kind: kind.to_string(),
                 mac,
             },
@@ -297,7 +298,7 @@ fn plan_stacked(
             match found {
                 Some((l, _)) => (
                     Locator::Host,
-                    Dev::live(l, Identity::Nic(identity.clone())),
+                    Dev::live(l, DeviceIdentity::Nic(identity.clone())),
                     None,
                 ),
                 None => {
@@ -318,10 +319,10 @@ fn plan_stacked(
                 .ok()
                 .and_then(|i| i.link_by_name(name));
             match (present, ledger.links.get(&key)) {
-                (Some(l), _) => (netns.clone(), Dev::live(l, Identity::virtual_of(l)), None),
+                (Some(l), _) => (netns.clone(), Dev::live(l, l.virtual_identity()), None),
                 // A guarded parent: re-created first, in the same pass, as recorded.
                 (None, Some(record)) => {
-                    let identity = Identity::Virtual {
+                    let identity = DeviceIdentity::Virtual {
                         kind: record.spec.kind.name().to_string(),
                         mac: record.spec.mac,
                     };

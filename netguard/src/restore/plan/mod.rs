@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use crate::inventory::{LiveLink, NetnsInventory};
 use crate::ledger::{LedgerContent, LinkKey, Locator, NicIdentity, NicRecord, NicState};
-use crate::restore::action::{Action, Dev, Identity};
+use crate::model::DeviceIdentity;
+use crate::restore::action::{Action, Dev};
 use link::plan_link;
 
 /// What the kernel says now: the host netns and every other netns a guarded link needs.
@@ -208,7 +209,7 @@ fn plan_nic(nic: &NicRecord, host: &NetnsInventory) -> Item {
         format!("came back as {}", live.name),
     );
     // Every action names the NIC by the identity on record and the ifindex seen now.
-    let identity = Identity::Nic(nic.identity.clone());
+    let identity = DeviceIdentity::Nic(nic.identity.clone());
     let here = Dev::live(live, identity.clone());
     // The kernel refuses to rename a running device (EBUSY).
     if live.up {
