@@ -185,6 +185,17 @@ pub async fn run(
         }),
         wake: Notify::new(),
     });
+    {
+        // Devices a killed run left under a temporary name go back where they came from
+        // before anything else is planned.
+        let mut ledger = shared.ledger.lock().await;
+        for said in shared.restorer.land_flights(&mut ledger).await {
+            match said {
+                Ok(done) => tracing::info!("in flight at start: {done}"),
+                Err(why) => tracing::warn!("in flight at start: {why}"),
+            }
+        }
+    }
     shared.wake.notify_one();
 
     let mut tasks = tokio::task::JoinSet::new();

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use netguard::inventory::Pool;
-use netguard::ledger::{Ledger, LedgerOptions, LinkKey, Locator, NicState};
+use netguard::ledger::{Flight, Ledger, LedgerOptions, LinkKey, Locator, NicState, Origin};
 use netguard::model::DeviceIdentity;
 use netguard::restore::{Action, Dev, Executor, Item, Outcome, Plan, Restorer, Target, Verdict};
 use netguard_tests::{is_up, link, World};
@@ -161,4 +161,124 @@ async fn a_stale_veth_without_a_known_mac_is_never_deleted() {
         .await;
     assert_eq!(results[0].outcome, Outcome::Restored, "{:?}", results[0]);
     assert!(host.get_link_by_name("vs0").await.unwrap().is_none());
+}
+
+/// A veth `name` in the host netns, up, and its MAC.
+fn up_veth(w: &World, name: &str, peer: &str) -> netguard::model::Mac {
+    add_veth(w, name, peer);
+    w.host.ip(&["link", "set", name, "up"]);
+    link(&w.host, name)["address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn flight(w: &World, temp: &str, mac: netguard::model::Mac, from: &str) -> Flight {
+    Flight {
+        netns: w.c_loc(),
+        name: temp.into(),
+        identity: DeviceIdentity::Virtual {
+            kind: "veth".into(),
+            mac: Some(mac),
+        },
+        from: Origin {
+            netns: Locator::Host,
+            name: from.into(),
+            up: true,
+        },
+    }
+}
+
+fn c_names(w: &World) -> Vec<String> {
+    w.c()
+        .ip_json(&["link", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["ifname"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_device_left_under_a_temporary_name_by_a_killed_run_is_put_back_at_start() {
+    let w = World::new("fl").with(&["c"]);
+    let mac = up_veth(&w, "vf0", "vf0p");
+    let before = looks(&w, "vf0");
+    let (mut ledger, _) = start(&w);
+    ledger.take_off(flight(&w, "ngtmp9.9", mac, "vf0")).unwrap();
+    // The move happens, then the process dies: no save, no drop.
+    w.host.ip(&[
+        "link",
+        "set",
+        "vf0",
+        "netns",
+        &w.c().name,
+        "name",
+        "ngtmp9.9",
+    ]);
+    std::mem::forget(ledger);
+
+    let (mut ledger, restorer) = start(&w);
+    assert_eq!(ledger.content().flights.len(), 1, "the flight is on disk");
+    let said = restorer.land_flights(&mut ledger).await;
+    assert!(
+        said[0]
+            .as_ref()
+            .is_ok_and(|s| s.contains("put back as vf0")),
+        "{said:?}"
+    );
+    let back = looks(&w, "vf0");
+    assert_eq!(
+        (&back.0, &back.2, back.3),
+        (&before.0, &before.2, true),
+        "home, up"
+    );
+    assert!(!c_names(&w).iter().any(|n| n.starts_with("ngtmp")));
+    assert!(ledger.content().flights.is_empty());
+    drop(ledger);
+    let (ledger, _) = start(&w);
+    assert!(ledger.content().flights.is_empty(), "landed on disk too");
+}
+
+#[tokio::test]
+async fn a_stranger_under_a_temporary_name_is_left_alone() {
+    let w = World::new("fs").with(&["c"]);
+    let mac = up_veth(&w, "vf1", "vf1p");
+    let (mut ledger, restorer) = start(&w);
+    ledger.take_off(flight(&w, "ngtmp9.8", mac, "vf1")).unwrap();
+    // Someone else's veth under that name in the container; ours never left.
+    w.c().ip(&[
+        "link", "add", "ngtmp9.8", "type", "veth", "peer", "name", "other8",
+    ]);
+    let theirs = w.c().ip_json(&["link", "show", "dev", "ngtmp9.8"])[0].clone();
+    let said = restorer.land_flights(&mut ledger).await;
+    let why = said[0].as_ref().unwrap_err();
+    assert!(
+        why.contains("left alone") && why.contains(&mac.to_string()),
+        "{why}"
+    );
+    let now = w.c().ip_json(&["link", "show", "dev", "ngtmp9.8"])[0].clone();
+    assert_eq!(
+        (&now["ifindex"], &now["address"]),
+        (&theirs["ifindex"], &theirs["address"])
+    );
+    assert!(is_up(&link(&w.host, "vf1")), "ours untouched");
+}
+
+#[tokio::test]
+async fn a_move_that_failed_after_setting_the_device_down_is_put_back_up() {
+    let w = World::new("fd").with(&["c"]);
+    let mac = up_veth(&w, "vf2", "vf2p");
+    let (mut ledger, restorer) = start(&w);
+    let f = flight(&w, "ngtmp9.7", mac, "vf2");
+    ledger.take_off(f.clone()).unwrap();
+    // Down for the move, then the move itself failed: it never left.
+    w.host.ip(&["link", "set", "vf2", "down"]);
+    let said = restorer.put_back(&f).await;
+    assert!(
+        said.as_ref().is_ok_and(|s| s.contains("put back")),
+        "{said:?}"
+    );
+    assert!(is_up(&link(&w.host, "vf2")), "up again, as it was");
 }

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::inventory::{InventoryError, LiveLink, NetnsConn, Pool};
-use crate::ledger::{Ledger, Lend, NicLocation, NicState};
+use crate::ledger::{Flight, Ledger, LedgerError, Lend, NicLocation, NicState, Origin};
 use crate::model::{DeviceIdentity, Locator, NicIdentity};
 use crate::restore::{
     describe, Action, ActionError, Dev, Item, Outcome, Restorer, Target, Verdict,
@@ -27,12 +27,16 @@ pub enum LendError {
     NotLent { name: String },
     #[error("home name {home} of {name} is held by another device in the host netns: rename that device first")]
     HomeTaken { name: String, home: String },
-    #[error("moving {name} failed: {source}")]
+    #[error("moving {name} failed: {source}; {put_back}")]
     Move {
         name: String,
         // Boxed: large and rare, and every Result here carries its size.
         source: Box<ActionError>,
+        /// What became of the device: put back as it was, or why not.
+        put_back: String,
     },
+    #[error("cannot record {name}'s move before it starts: {source}")]
+    Ledger { name: String, source: LedgerError },
     #[error("{name} in {netns} is not the NIC lent as it ({identity}): found {found}{where_nic}; nothing moved")]
     NotTheNic {
         name: String,
@@ -84,9 +88,11 @@ fn moves(
 }
 
 /// Moves `link` (in `from`) to `to` under `final_name`: down, move under a temporary name,
-/// rename, up again if `up`. Returns the device as it is in `to`.
+/// rename, up again if `up`. The temporary name is on disk first; a move that fails is put
+/// back as it was (netns, name, admin state). Returns the device as it is in `to`.
 async fn relocate(
     restorer: &Restorer,
+    ledger: &mut Ledger,
     (identity, home_name): (&NicIdentity, &str),
     (from, link): (&NetnsConn, &LiveLink),
     to: &NetnsConn,
@@ -94,10 +100,26 @@ async fn relocate(
     up: bool,
 ) -> Result<LiveLink, LendError> {
     let dev = Dev::live(link, DeviceIdentity::Nic(identity.clone()));
+    let flight = Flight {
+        netns: to.locator.clone(),
+        name: temporary_link_name(),
+        identity: dev.identity.clone(),
+        from: Origin {
+            netns: from.locator.clone(),
+            name: link.name.clone(),
+            up: link.up,
+        },
+    };
+    ledger
+        .take_off(flight.clone())
+        .map_err(|source| LendError::Ledger {
+            name: link.name.clone(),
+            source,
+        })?;
     let actions = moves(
         (&from.locator, &dev),
         &to.locator,
-        temporary_link_name(),
+        flight.name.clone(),
         final_name,
         up,
     );
@@ -113,11 +135,18 @@ async fn relocate(
     };
     let result = restorer.carry_out(item).await;
     if let Some(error) = result.error {
+        let put_back = match restorer.put_back(&flight).await {
+            Ok(done) => done,
+            Err(why) => format!("not put back: {why}"),
+        };
+        ledger.landed(&flight.netns, &flight.name);
         return Err(LendError::Move {
             name: link.name.clone(),
             source: Box::new(error),
+            put_back,
         });
     }
+    ledger.landed(&flight.netns, &flight.name);
     debug_assert_eq!(result.outcome, Outcome::Moved);
     to.get_link_by_name(final_name)
         .await?
@@ -185,6 +214,7 @@ pub async fn lend(
     ledger.set_nic_lend(&identity, Some(lend));
     let moved = relocate(
         restorer,
+        ledger,
         (&identity, iface),
         (&host, &link),
         &target,
@@ -266,6 +296,7 @@ pub async fn reclaim(
     }
     let back = relocate(
         restorer,
+        ledger,
         (&record.identity, &record.home_name),
         (&there, &link),
         &host,

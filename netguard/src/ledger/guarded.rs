@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use super::journal::JournalEntry;
 use super::{
-    Ledger, Lend, LinkKey, LinkRecord, LinkSpec, LinkState, Locator, Mac, NicIdentity, NicLocation,
-    NicRecord, NicState,
+    Flight, Ledger, LedgerError, Lend, LinkKey, LinkRecord, LinkSpec, LinkState, Locator, Mac,
+    NicIdentity, NicLocation, NicRecord, NicState,
 };
 
 impl Ledger {
@@ -183,6 +183,33 @@ impl Ledger {
                 outcome: outcome.to_string(),
             }),
             Err(e) => tracing::error!("cannot journal the actions on {target}: {e}"),
+        }
+    }
+
+    /// Records, durably (the journal fsynced), that a device is about to get a temporary
+    /// name: an error means it must not get it, as nothing would find it after a crash.
+    pub fn take_off(&mut self, flight: Flight) -> Result<(), LedgerError> {
+        let entry = JournalEntry::TakeOff { flight };
+        entry.apply(&mut self.content);
+        self.dirty = true;
+        self.journal.append(entry)?;
+        self.journal.sync()
+    }
+
+    /// The device under temporary name `name` in `netns` has landed or was put back.
+    pub fn landed(&mut self, netns: &Locator, name: &str) {
+        if self
+            .content
+            .flights
+            .iter()
+            .any(|f| (&f.netns, f.name.as_str()) == (netns, name))
+        {
+            let entry = JournalEntry::Landed {
+                netns: netns.clone(),
+                name: name.to_string(),
+            };
+            entry.apply(&mut self.content);
+            self.append(entry);
         }
     }
 }

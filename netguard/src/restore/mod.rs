@@ -21,6 +21,7 @@ use crate::ledger::{
 
 pub mod action;
 pub mod apply;
+mod flight;
 pub mod plan;
 
 pub use action::{describe, Action, Dev};
