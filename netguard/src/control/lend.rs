@@ -37,14 +37,12 @@ pub enum LendError {
     },
     #[error("cannot record {name}'s move before it starts: {source}")]
     Ledger { name: String, source: LedgerError },
-    #[error("{name} in {netns} is not the NIC lent as it ({identity}): found {found}{where_nic}; nothing moved")]
+    #[error("{name} in {netns} is not the NIC lent as it: {found}; nothing moved")]
     NotTheNic {
         name: String,
         netns: String,
-        identity: NicIdentity,
+        /// The NIC's identity, the device found, and where the NIC is if it is there.
         found: String,
-        /// Where the NIC is in that netns now, if it is there.
-        where_nic: String,
     },
     #[error("{name} was moved to netns {netns} but is not found there")]
     Vanished { name: String, netns: String },
@@ -287,11 +285,13 @@ pub async fn reclaim(
         return Err(LendError::NotTheNic {
             name: lend.name.clone(),
             netns: lend.netns.to_string(),
-            identity: record.identity.clone(),
-            found: describe(&link),
-            where_nic: nic
-                .map(|n| format!("; the NIC is there as {}", describe(n)))
-                .unwrap_or_default(),
+            found: format!(
+                "it is {}, found {}{}",
+                record.identity,
+                describe(&link),
+                nic.map(|n| format!("; the NIC is there as {}", describe(n)))
+                    .unwrap_or_default()
+            ),
         });
     }
     let back = relocate(
