@@ -182,11 +182,11 @@ fn flight(w: &World, temp: &str, mac: netguard::model::Mac, from: &str) -> Fligh
             kind: "veth".into(),
             mac: Some(mac),
         },
-        from: Origin {
+        from: Some(Origin {
             netns: Locator::Host,
             name: from.into(),
             up: true,
-        },
+        }),
     }
 }
 
@@ -206,7 +206,9 @@ async fn a_device_left_under_a_temporary_name_by_a_killed_run_is_put_back_at_sta
     let mac = up_veth(&w, "vf0", "vf0p");
     let before = looks(&w, "vf0");
     let (mut ledger, _) = start(&w);
-    ledger.take_off(flight(&w, "ngtmp9.9", mac, "vf0")).unwrap();
+    ledger
+        .take_off([flight(&w, "ngtmp9.9", mac, "vf0")])
+        .unwrap();
     // The move happens, then the process dies: no save, no drop.
     w.host.ip(&[
         "link",
@@ -246,7 +248,9 @@ async fn a_stranger_under_a_temporary_name_is_left_alone() {
     let w = World::new("fs").with(&["c"]);
     let mac = up_veth(&w, "vf1", "vf1p");
     let (mut ledger, restorer) = start(&w);
-    ledger.take_off(flight(&w, "ngtmp9.8", mac, "vf1")).unwrap();
+    ledger
+        .take_off([flight(&w, "ngtmp9.8", mac, "vf1")])
+        .unwrap();
     // Someone else's veth under that name in the container; ours never left.
     w.c().ip(&[
         "link", "add", "ngtmp9.8", "type", "veth", "peer", "name", "other8",
@@ -272,7 +276,7 @@ async fn a_move_that_failed_after_setting_the_device_down_is_put_back_up() {
     let mac = up_veth(&w, "vf2", "vf2p");
     let (mut ledger, restorer) = start(&w);
     let f = flight(&w, "ngtmp9.7", mac, "vf2");
-    ledger.take_off(f.clone()).unwrap();
+    ledger.take_off([f.clone()]).unwrap();
     // Down for the move, then the move itself failed: it never left.
     w.host.ip(&["link", "set", "vf2", "down"]);
     let said = restorer.put_back(&f).await;
@@ -281,4 +285,76 @@ async fn a_move_that_failed_after_setting_the_device_down_is_put_back_up() {
         "{said:?}"
     );
     assert!(is_up(&link(&w.host, "vf2")), "up again, as it was");
+}
+
+#[tokio::test]
+async fn a_link_created_under_a_temporary_name_and_never_finished_is_removed_at_start() {
+    let w = World::macvlan_pod("fc");
+    let (mut ledger, restorer) = start(&w);
+    // A re-created macvlan, made in the parent's netns under a name of ours, then the kill.
+    let temp = "ngtmp9.6";
+    let identity = DeviceIdentity::Virtual {
+        kind: "macvlan".into(),
+        mac: Some("02:00:00:00:96:01".parse().unwrap()),
+    };
+    let f = Flight {
+        netns: Locator::Host,
+        name: temp.into(),
+        identity,
+        from: None,
+    };
+    ledger.take_off([f]).unwrap();
+    w.host.ip(&[
+        "link",
+        "add",
+        "link",
+        "pv0",
+        "name",
+        temp,
+        "address",
+        "02:00:00:00:96:01",
+        "type",
+        "macvlan",
+        "mode",
+        "bridge",
+    ]);
+    // A stranger of the same kind under another of our names, never recorded: not ours.
+    w.host.ip(&[
+        "link", "add", "link", "pv0", "name", "ngtmp9.5", "type", "macvlan", "mode", "bridge",
+    ]);
+    let stranger = looks(&w, "ngtmp9.5");
+    std::mem::forget(ledger);
+
+    let (mut ledger, _) = start(&w);
+    let said = restorer.land_flights(&mut ledger).await;
+    assert!(
+        said[0].as_ref().is_ok_and(|s| s.contains("removed")),
+        "{said:?}"
+    );
+    let gone = restorer.pool().host().await.unwrap();
+    assert!(gone.get_link_by_name(temp).await.unwrap().is_none());
+    assert_eq!(
+        looks(&w, "ngtmp9.5"),
+        stranger,
+        "an unrecorded device is left alone"
+    );
+    assert!(ledger.content().flights.is_empty());
+}
+
+#[tokio::test]
+async fn a_pass_that_recreates_a_macvlan_leaves_no_flight_and_no_temporary_name() {
+    let w = World::macvlan_pod("fp");
+    let (mut ledger, restorer) = start(&w);
+    let netns = vec![Locator::Path(w.pod().path())];
+    netguard::capture::learn(restorer.pool(), &mut ledger, &netns)
+        .await
+        .unwrap();
+    w.pod().ip(&["link", "del", "mv0"]);
+    let report = restorer.pass(&mut ledger).await.unwrap();
+    assert!(report.broken().next().is_none(), "{report}");
+    assert!(ledger.content().flights.is_empty());
+    let host_names = w.host.ip_out(&["-o", "link", "show"]);
+    assert!(!host_names.contains("ngtmp"), "{host_names}");
+    let journal = std::fs::read_to_string(w.dir.0.join("journal.jsonl")).unwrap();
+    assert!(journal.contains(r#""type":"take-off""#), "journaled first");
 }

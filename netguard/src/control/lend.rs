@@ -102,14 +102,14 @@ async fn relocate(
         netns: to.locator.clone(),
         name: temporary_link_name(),
         identity: dev.identity.clone(),
-        from: Origin {
+        from: Some(Origin {
             netns: from.locator.clone(),
             name: link.name.clone(),
             up: link.up,
-        },
+        }),
     };
     ledger
-        .take_off(flight.clone())
+        .take_off([flight.clone()])
         .map_err(|source| LendError::Ledger {
             name: link.name.clone(),
             source,

@@ -186,13 +186,19 @@ impl Ledger {
         }
     }
 
-    /// Records, durably (the journal fsynced), that a device is about to get a temporary
-    /// name: an error means it must not get it, as nothing would find it after a crash.
-    pub fn take_off(&mut self, flight: Flight) -> Result<(), LedgerError> {
-        let entry = JournalEntry::TakeOff { flight };
-        entry.apply(&mut self.content);
-        self.dirty = true;
-        self.journal.append(entry)?;
+    /// Records, durably (the journal fsynced once), that these devices are about to get a
+    /// temporary name: an error means they must not get it, as nothing would find them after
+    /// a crash.
+    pub fn take_off(
+        &mut self,
+        flights: impl IntoIterator<Item = Flight>,
+    ) -> Result<(), LedgerError> {
+        for flight in flights {
+            let entry = JournalEntry::TakeOff { flight };
+            entry.apply(&mut self.content);
+            self.dirty = true;
+            self.journal.append(entry)?;
+        }
         self.journal.sync()
     }
 

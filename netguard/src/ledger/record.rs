@@ -141,13 +141,14 @@ pub struct LedgerContent {
 }
 
 /// A device about to carry a temporary (`ngtmp*`) name: where, under which name, what it is,
-/// and where it came from (name, netns, admin state) to be put back.
+/// and where it came from (name, netns, admin state) to be put back; `from: None` for one
+/// netguard creates under that name (undone by removing it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flight {
     pub netns: Locator,
     pub name: String,
     pub identity: DeviceIdentity,
-    pub from: Origin,
+    pub from: Option<Origin>,
 }
 
 /// Where a device in flight was before it left.

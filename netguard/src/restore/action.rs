@@ -6,6 +6,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::inventory::LiveLink;
+use crate::ledger::Flight;
 use crate::model::{DeviceIdentity, IpNet, Locator, Mac, MacvlanMode, RouteSpec, VlanProtocol};
 
 /// A live device as a log line or error names it: name, ifindex, identity.
@@ -126,6 +127,8 @@ pub enum Action {
         protocol: VlanProtocol,
         mac: Option<Mac>,
         mtu: Option<u32>,
+        /// Its name in the parent's netns until it moves into `netns`, when that is another.
+        temp: Option<String>,
     },
     /// A macvlan on `parent` (in `parent_netns`), created directly in `netns`.
     CreateMacvlan {
@@ -136,6 +139,13 @@ pub enum Action {
         mode: MacvlanMode,
         mac: Option<Mac>,
         mtu: Option<u32>,
+        /// Its name in the parent's netns until it moves into `netns`, when that is another.
+        temp: Option<String>,
+    },
+    /// A device netguard created under a temporary name and never finished: removed.
+    DeleteOurs {
+        netns: Locator,
+        dev: Dev,
     },
     AddAddress {
         netns: Locator,
@@ -161,6 +171,7 @@ impl Action {
             | Action::SetMtu { netns, .. }
             | Action::MoveTo { netns, .. }
             | Action::DeleteStaleVeth { netns, .. }
+            | Action::DeleteOurs { netns, .. }
             | Action::CreateVeth { netns, .. }
             | Action::AddAddress { netns, .. }
             | Action::AddRoute { netns, .. } => netns,
@@ -180,12 +191,43 @@ impl Action {
             | Action::SetMtu { dev, .. }
             | Action::MoveTo { dev, .. }
             | Action::DeleteStaleVeth { dev, .. }
+            | Action::DeleteOurs { dev, .. }
             | Action::AddAddress { dev, .. }
             | Action::AddRoute { dev, .. } => &dev.name,
             Action::CreateVeth { name, .. }
             | Action::CreateVlan { name, .. }
             | Action::CreateMacvlan { name, .. } => name,
         }
+    }
+}
+
+impl Action {
+    /// The device this action gives a temporary name, to be in the ledger before it does.
+    pub fn flight(&self) -> Option<Flight> {
+        let (parent_netns, temp, kind, mac) = match self {
+            Action::CreateVlan {
+                parent_netns,
+                temp,
+                mac,
+                ..
+            } => (parent_netns, temp, "vlan", mac),
+            Action::CreateMacvlan {
+                parent_netns,
+                temp,
+                mac,
+                ..
+            } => (parent_netns, temp, "macvlan", mac),
+            _ => return None,
+        };
+        Some(Flight {
+            netns: parent_netns.clone(),
+            name: temp.clone()?,
+            identity: DeviceIdentity::Virtual {
+                kind: kind.into(),
+                mac: *mac,
+            },
+            from: None,
+        })
     }
 }
 
@@ -224,6 +266,9 @@ impl fmt::Display for Action {
                 f,
                 "ip link del {dev} (stale veth: its peer's netns was replaced)"
             ),
+            Action::DeleteOurs { dev, .. } => {
+                write!(f, "ip link del {dev} (left under a temporary name)")
+            }
             Action::CreateVeth {
                 name,
                 mac,
@@ -250,6 +295,7 @@ impl fmt::Display for Action {
                 protocol,
                 mac,
                 mtu,
+                ..
             } => write!(
                 f,
                 "ip link add link {parent} name {name}{}{}{} type vlan id {id} protocol {protocol}",
@@ -265,6 +311,7 @@ impl fmt::Display for Action {
                 mode,
                 mac,
                 mtu,
+                ..
             } => write!(
                 f,
                 "ip link add link {parent} name {name}{}{}{} type macvlan mode {mode}",

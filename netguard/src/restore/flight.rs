@@ -2,7 +2,7 @@
 //! it got that name. One that a failed move or a killed agent left in flight is put back as it
 //! was (netns, name, admin state), after checking it is the device recorded.
 
-use crate::ledger::{Flight, Ledger, LinkKey};
+use crate::ledger::{Flight, Ledger, LinkKey, Locator};
 use crate::model::DeviceIdentity;
 
 use super::{describe, Action, Dev, Item, Restorer, Target, Verdict};
@@ -28,20 +28,26 @@ impl Restorer {
             .await
             .map_err(|e| format!("{name} in {netns}: {e}"))?;
         let mut actions = Vec::new();
-        match live {
-            Some(l) if !l.is(identity) => {
+        match (live, from) {
+            (Some(l), _) if !l.is(identity) => {
                 return Err(format!(
                     "{name} in {netns} is {}, not the device netguard gave that name ({identity}): left alone",
                     describe(&l)
                 ))
             }
-            Some(l) => actions.push(Action::MoveTo {
+            // Created under that name and never finished: ours to remove.
+            (Some(l), None) => actions.push(Action::DeleteOurs {
+                netns: netns.clone(),
+                dev: Dev::live(&l, identity.clone()),
+            }),
+            (None, None) => return Ok(format!("nothing under {name} in {netns}: nothing to undo")),
+            (Some(l), Some(from)) => actions.push(Action::MoveTo {
                 netns: netns.clone(),
                 dev: Dev::live(&l, identity.clone()),
                 to_netns: from.netns.clone(),
                 name: from.name.clone(),
             }),
-            None => {
+            (None, Some(from)) => {
                 // It never left, or moved on: at its origin it is only given its state back.
                 let home = self.pool.get(&from.netns).await.map_err(|e| e.to_string())?;
                 let at_origin = home
@@ -54,6 +60,11 @@ impl Restorer {
                 }
             }
         }
+        let Some(from) = from else {
+            return self.carry(actions, identity, netns, name).await.map(|()| {
+                format!("{name} in {netns}, created by netguard and never finished, removed")
+            });
+        };
         let back = Dev::expected(&from.name, identity.clone());
         actions.push(match from.up {
             true => Action::SetUp {
@@ -65,16 +76,35 @@ impl Restorer {
                 dev: back,
             },
         });
+        self.carry(actions, identity, &from.netns, &from.name)
+            .await?;
+        Ok(format!(
+            "{name} in {netns} put back as {} in {} ({})",
+            from.name,
+            from.netns,
+            if from.up { "up" } else { "down" }
+        ))
+    }
+
+    /// Carries out the actions that put a device in flight back (`at`, `called`: where it
+    /// belongs).
+    async fn carry(
+        &self,
+        actions: Vec<Action>,
+        identity: &DeviceIdentity,
+        at: &Locator,
+        called: &str,
+    ) -> Result<(), String> {
         let target = match identity {
             DeviceIdentity::Nic(id) => Target::Nic {
-                home_name: from.name.clone(),
+                home_name: called.to_string(),
                 identity: id.clone(),
             },
             DeviceIdentity::Virtual { .. } => Target::Link {
                 kind: "device",
                 key: LinkKey {
-                    netns: from.netns.clone(),
-                    name: from.name.clone(),
+                    netns: at.clone(),
+                    name: called.to_string(),
                 },
             },
         };
@@ -82,19 +112,14 @@ impl Restorer {
             .carry_out(Item {
                 target,
                 verdict: Verdict::Move,
-                reason: Some(format!("put back from {name} in {netns}")),
+                reason: Some("put back from a temporary name".into()),
                 actions,
                 after: None,
             })
             .await;
         match result.error {
             Some(e) => Err(e.to_string()),
-            None => Ok(format!(
-                "{name} in {netns} put back as {} in {} ({})",
-                from.name,
-                from.netns,
-                if from.up { "up" } else { "down" }
-            )),
+            None => Ok(()),
         }
     }
 

@@ -15,8 +15,8 @@ use futures::StreamExt;
 
 use crate::inventory::{Changed, Changes, InventoryError, NetnsConn, Pool, Pruned};
 use crate::ledger::{
-    KindSpec, Ledger, LedgerContent, LinkState, Locator, Mac, NicIdentity, NicLocation, NicRecord,
-    NicState, Parent,
+    Flight, KindSpec, Ledger, LedgerContent, LinkState, Locator, Mac, NicIdentity, NicLocation,
+    NicRecord, NicState, Parent,
 };
 
 pub mod action;
@@ -281,7 +281,19 @@ impl Restorer {
             ledger.see_host_nic(&identity, mac, up, location)
         };
         see_host_nics(see, world, host_netns.clone());
-        let plan = plan::plan(ledger.content(), world);
+        let mut plan = plan::plan(ledger.content(), world);
+        // Temporary names are on disk before any device gets one; items whose names could
+        // not be recorded wait for the next pass.
+        let flights: Vec<Flight> = plan.actions().filter_map(Action::flight).collect();
+        if let Err(e) = ledger.take_off(flights.iter().cloned()) {
+            for item in &mut plan.items {
+                if item.actions.iter().any(|a| a.flight().is_some()) {
+                    item.verdict = Verdict::Waiting;
+                    item.reason = Some(format!("cannot record its temporary name: {e}"));
+                    item.actions.clear();
+                }
+            }
+        }
         for item in &plan.items {
             if item.verdict == Verdict::Repair {
                 if let Target::Link { key, .. } = &item.target {
@@ -290,6 +302,9 @@ impl Restorer {
             }
         }
         let results = self.executor.apply(&plan).await;
+        for flight in &flights {
+            ledger.landed(&flight.netns, &flight.name);
+        }
         for (item, result) in plan.items.iter().zip(&results) {
             record(ledger, item, result, world, &host_netns);
         }

@@ -142,6 +142,25 @@ impl<F: Fn(String) -> ActionError> Ctx<'_, F> {
             .await
     }
 
+    /// Deletes device `ifindex` (gone already counts) and reads back that it is gone.
+    pub(super) async fn delete(&self, ifindex: u32) -> Result<(), ActionError> {
+        match self.conn.handle().link().del(ifindex).execute().await {
+            Err(e) if errno(&e) == Some(libc::ENODEV) => {}
+            other => self.kernel(other)?,
+        }
+        match self
+            .conn
+            .get_link(ifindex)
+            .await
+            .map_err(|e| (self.fail)(e.to_string()))?
+        {
+            None => Ok(()),
+            Some(_) => Err((self.fail)(
+                "still there after the kernel accepted the delete".into(),
+            )),
+        }
+    }
+
     pub(super) fn kernel(&self, result: Result<(), rtnetlink::Error>) -> Result<(), ActionError> {
         result.map_err(|e| (self.fail)(kernel_says(&e)))
     }

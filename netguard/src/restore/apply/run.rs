@@ -9,10 +9,8 @@ use crate::inventory::{InventoryError, LiveLink, NetnsConn};
 use crate::model::{DeviceIdentity, Locator, Mac};
 use crate::restore::action::Action;
 use crate::rtnl::message::{
-    errno, kernel_says, macvlan_mode_to, route_message, veth_message, vlan_protocol_to,
-    with_mac_mtu,
+    kernel_says, macvlan_mode_to, route_message, veth_message, vlan_protocol_to, with_mac_mtu,
 };
-use crate::rtnl::temporary_link_name;
 
 use super::readback::Ctx;
 use super::{ActionError, Builder, Executor, Masters, Seen};
@@ -159,20 +157,14 @@ impl Executor {
                 {
                     return Ok(());
                 }
-                match conn.handle().link().del(link.ifindex).execute().await {
-                    Err(e) if errno(&e) == Some(libc::ENODEV) => {}
-                    other => ctx.kernel(other)?,
-                }
-                match conn
-                    .get_link(link.ifindex)
-                    .await
-                    .map_err(|e| fail(e.to_string()))?
-                {
-                    None => Ok(()),
-                    Some(_) => Err(fail(
-                        "still there after the kernel accepted the delete".into(),
-                    )),
-                }
+                ctx.delete(link.ifindex).await
+            }
+            Action::DeleteOurs { netns, dev } => {
+                let Some(link) = ctx.resolve_opt(netns, dev, seen).await? else {
+                    return Ok(());
+                };
+                seen.remove(&(netns.clone(), dev.name.clone()));
+                ctx.delete(link.ifindex).await
             }
             Action::CreateVeth {
                 netns,
@@ -213,12 +205,14 @@ impl Executor {
                 protocol,
                 mac,
                 mtu,
+                temp,
             } => {
                 let lower = ctx.resolve(parent_netns, parent, seen).await?;
                 self.parent_up(&ctx, &lower).await?;
                 let msg =
                     LinkVlan::new(name, lower.ifindex, *id).protocol(vlan_protocol_to(*protocol));
-                self.create_stacked(&ctx, msg, parent_netns, netns, name, "vlan", mac, mtu, seen)
+                let new = (netns, name.as_str(), "vlan", temp);
+                self.create_stacked(&ctx, msg, parent_netns, new, mac, mtu, seen)
                     .await
             }
             Action::CreateMacvlan {
@@ -229,22 +223,14 @@ impl Executor {
                 mode,
                 mac,
                 mtu,
+                temp,
             } => {
                 let lower = ctx.resolve(parent_netns, parent, seen).await?;
                 self.parent_up(&ctx, &lower).await?;
                 let msg = LinkMacVlan::new(name, lower.ifindex, macvlan_mode_to(*mode));
-                self.create_stacked(
-                    &ctx,
-                    msg,
-                    parent_netns,
-                    netns,
-                    name,
-                    "macvlan",
-                    mac,
-                    mtu,
-                    seen,
-                )
-                .await
+                let new = (netns, name.as_str(), "macvlan", temp);
+                self.create_stacked(&ctx, msg, parent_netns, new, mac, mtu, seen)
+                    .await
             }
             Action::AddAddress { netns, dev, addr } => {
                 let link = ctx.resolve(netns, dev, seen).await?;
@@ -291,16 +277,14 @@ impl Executor {
         }
     }
 
-    /// A vlan or macvlan: sent to the parent's netns, created directly in `netns`.
-    #[allow(clippy::too_many_arguments)]
+    /// A vlan or macvlan (`new`: its netns, name, kind and temporary name): sent to the
+    /// parent's netns, created directly in `netns`.
     async fn create_stacked<T>(
         &self,
         ctx: &Ctx<'_, impl Fn(String) -> ActionError>,
         msg: LinkMessageBuilder<T>,
         parent_netns: &Locator,
-        netns: &Locator,
-        name: &str,
-        kind: &str,
+        (netns, name, kind, temp): (&Locator, &str, &str, &Option<String>),
         mac: &Option<Mac>,
         mtu: &Option<u32>,
         seen: &mut Seen,
@@ -318,8 +302,10 @@ impl Executor {
         } else {
             // The kernel looks a new link's name up in the netns the request is sent to, so
             // a pod's `eth0` would collide with the host's: create it under a name of our
-            // own, then move it in under its real one.
-            let temp = temporary_link_name();
+            // own (in the ledger before it exists), then move it in under its real one.
+            let Some(temp) = temp else {
+                return Err((ctx.fail)("no temporary name was planned for it".into()));
+            };
             ctx.kernel(
                 ctx.conn
                     .handle()
@@ -328,7 +314,7 @@ impl Executor {
                     .execute()
                     .await,
             )?;
-            let made = ctx.need(parent_netns, &temp, seen).await?;
+            let made = ctx.need(parent_netns, temp, seen).await?;
             seen.remove(&(parent_netns.clone(), temp.clone()));
             if let Err(e) = relocate(ctx.conn, made.ifindex, &target, name).await {
                 // Leave nothing of ours behind in the parent's netns.

@@ -8,6 +8,7 @@ use crate::ledger::{
 use super::{Item, Target, Verdict, World};
 use crate::model::DeviceIdentity;
 use crate::restore::action::{Action, Dev};
+use crate::rtnl::temporary_link_name;
 
 pub(super) fn plan_link(record: &LinkRecord, ledger: &LedgerContent, world: &World) -> Item {
     let spec = &record.spec;
@@ -337,6 +338,8 @@ fn plan_stacked(
             }
         }
     };
+    // Created in the parent's netns, it takes a name of ours there before it moves in.
+    let temp = (parent_netns != spec.netns).then(temporary_link_name);
     let create = match &spec.kind {
         KindSpec::Vlan { id, protocol, .. } => Action::CreateVlan {
             parent_netns,
@@ -347,6 +350,7 @@ fn plan_stacked(
             protocol: *protocol,
             mac: spec.mac,
             mtu: spec.mtu,
+            temp: temp.clone(),
         },
         KindSpec::Macvlan { mode, .. } => Action::CreateMacvlan {
             parent_netns,
@@ -356,6 +360,7 @@ fn plan_stacked(
             mode: *mode,
             mac: spec.mac,
             mtu: spec.mtu,
+            temp: temp.clone(),
         },
         KindSpec::Veth { .. } => unreachable!("veths are planned by plan_veth"),
     };
