@@ -124,33 +124,21 @@ async fn a_stale_veth_without_a_known_mac_is_never_deleted() {
     };
     let executor = Executor::new(restorer.pool().clone(), 1);
 
+    let refused = |mac, says: &'static str| {
+        let executor = &executor;
+        let item = item(mac);
+        async move {
+            let results = executor.apply(&Plan { items: vec![item] }).await;
+            assert_eq!(results[0].outcome, Outcome::Conflict, "{:?}", results[0]);
+            let why = results[0].reason.as_deref().unwrap();
+            assert!(why.contains(says), "{why}");
+        }
+    };
     // No MAC on record: any veth under that name would do, so none is deleted.
-    let results = executor
-        .apply(&Plan {
-            items: vec![item(None)],
-        })
-        .await;
-    assert_eq!(results[0].outcome, Outcome::Conflict, "{:?}", results[0]);
-    assert!(results[0]
-        .reason
-        .as_deref()
-        .unwrap()
-        .contains("never deleted"));
+    refused(None, "never deleted").await;
     assert_eq!(looks(&w, "vs0"), before);
-
     // A MAC on record that the device under the name does not have: not ours either.
-    let other = "02:99:00:00:00:01".parse().unwrap();
-    let results = executor
-        .apply(&Plan {
-            items: vec![item(Some(other))],
-        })
-        .await;
-    assert_eq!(results[0].outcome, Outcome::Conflict, "{:?}", results[0]);
-    assert!(results[0]
-        .reason
-        .as_deref()
-        .unwrap()
-        .contains("expected vs0"));
+    refused(Some("02:99:00:00:00:01".parse().unwrap()), "expected vs0").await;
     assert_eq!(looks(&w, "vs0"), before);
 
     // Its own MAC: provably ours, removed (its peer's netns is alive: deleted by us).
