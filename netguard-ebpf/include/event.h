@@ -11,6 +11,8 @@
 #define NG_COMM_LEN 16 /* TASK_COMM_LEN */
 #define NG_KIND_LEN 16 /* longest rtnl_link_ops->kind we keep */
 #define NG_ADDR_LEN 32 /* MAX_ADDR_LEN */
+#define NG_DRIVER_LEN 16 /* longest driver name we keep */
+#define NG_BUS_LEN 32  /* dev_name() of the bus device: "0000:00:04.0" on PCI */
 
 enum ng_kind {
 	NG_MOVE = 1,
@@ -24,6 +26,9 @@ enum ng_kind {
 enum ng_cause {
 	NG_CAUSE_EXPLICIT = 0,
 	NG_CAUSE_NETNS_TEARDOWN = 1,
+	NG_CAUSE_PARENT_GONE = 2,   /* parent_* name the lower device */
+	NG_CAUSE_DRIVER_UNBIND = 3, /* driver and bus_addr name them */
+	NG_CAUSE_DRIVER_BIND = 4,
 };
 
 /* Which optional parts of a record are filled in. */
@@ -34,6 +39,8 @@ enum ng_flags {
 	NG_F_RESULT = 1 << 3,      /* result */
 	NG_F_DYING_KNOWN = 1 << 4, /* NG_F_DYING is meaningful */
 	NG_F_DYING = 1 << 5,       /* the device's netns is being destroyed */
+	NG_F_PARENT = 1 << 6,      /* parent_key, parent_ifindex, parent_name */
+	NG_F_BUS = 1 << 7,         /* bus_addr, driver (empty when none is bound) */
 };
 
 struct ng_record {
@@ -56,8 +63,14 @@ struct ng_record {
 	char to_name[NG_NAME_LEN];
 	char link_kind[NG_KIND_LEN];
 	__u8 perm_addr[NG_ADDR_LEN];
+	__u64 parent_key;
+	__u32 parent_ifindex;
+	__u32 pad2;
+	char parent_name[NG_NAME_LEN];
+	char driver[NG_DRIVER_LEN];
+	char bus_addr[NG_BUS_LEN];
 };
 
-_Static_assert(sizeof(struct ng_record) == 160, "ng_record layout changed: update record.rs");
+_Static_assert(sizeof(struct ng_record) == 240, "ng_record layout changed: update record.rs");
 
 #endif

@@ -32,10 +32,12 @@ enum {
 	BPF_MAP_TYPE_HASH = 1,
 	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+	BPF_MAP_TYPE_LRU_HASH = 9,
 	BPF_MAP_TYPE_RINGBUF = 27,
 };
 enum {
 	BPF_ANY = 0,
+	BPF_NOEXIST = 1,
 };
 
 /* x86-64 kprobe context; a fixed ABI layout, so no relocation needed. */
@@ -86,8 +88,30 @@ struct rtnl_link_ops {
 	const char *kind;
 };
 
+struct kobject {
+	const char *name;
+};
+
+struct device_driver {
+	const char *name;
+};
+
+/* A bus device (a PCI function, ...): the parent of a NIC's net_device. */
+struct device {
+	struct kobject kobj;
+	struct device *parent;
+	struct device_driver *driver;
+};
+
+struct net_device;
+
+struct netdev_notifier_info {
+	struct net_device *dev;
+};
+
 struct net_device {
 	char name[16];
+	struct device dev; /* dev.parent is the bus device, NULL for virtual links */
 	int ifindex;
 	possible_net_t nd_net;
 	struct list_head unreg_list; /* links the devices of one unregister batch */

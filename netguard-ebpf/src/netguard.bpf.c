@@ -3,21 +3,24 @@
  * netguard's kernel side: where network devices move between namespaces, get renamed,
  * registered and unregistered, and when a namespace hands its devices back on teardown.
  *
- * Every probe exists twice, as kprobe/kretprobe and as fentry/fexit; the loader loads
- * only one family and attaches each probe to the first candidate kernel function that
- * exists. Entry handlers keep what they saw in `calls` (per thread and probe) for the
- * return handler, so both families and candidates of different arity share one logic.
+ * and why: a netns teardown, a driver unbinding or binding the NIC's bus device, or the
+ * lower device of a vlan/macvlan going (its unregister runs inside the lower device's
+ * NETDEV_UNREGISTER notification).
+ *
+ * Every probe exists twice, as kprobe/kretprobe and as fentry/fexit (one macro per shape
+ * at the end writes both); the loader loads only one family and attaches each probe to the
+ * first candidate kernel function that exists. Entry handlers keep what they saw in `calls`
+ * (per thread and probe) for the return handler, so both families and candidates of
+ * different arity share one logic.
  */
 #include "kernel_types.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "event.h"
+#include "device_key.h"
 
 char LICENSE[] SEC("license") = "GPL";
-
-/* SipHash key for device keys; the loader writes a random one before load. */
-const volatile __u64 device_hash_key[2] = { 0, 0 };
 
 /* Longest lists walked in one call: nets in one cleanup batch, devices in one unregister. */
 #define MAX_BATCH_NETS 128
@@ -41,7 +44,12 @@ enum call {
 	CALL_TEARDOWN = 2, /* its presence marks the thread's teardown window */
 	CALL_RENAME = 3,
 	CALL_REGISTER = 4,
+	CALL_UNBIND = 5, /* a driver lets go of the bus device in `ptr` */
+	CALL_BIND = 6,   /* a driver probes the bus device in `ptr` */
 };
+
+/* include/linux/netdevice.h, enum netdev_cmd: a fixed value since 2.6. */
+#define NETDEV_UNREGISTER 6
 
 struct call_key {
 	__u64 pid_tgid;
@@ -68,86 +76,39 @@ struct {
 } calls SEC(".maps");
 
 /*
- * A net_device's address is reused once it is freed, so each device registered while
- * tracing gets a lifetime number, and the key hashes address and lifetime together.
- * Devices that were there before tracing started have lifetime 0.
+ * The netdev notifications a thread is inside, innermost last: an unregister that runs
+ * inside another device's NETDEV_UNREGISTER notification went because that device did.
  */
+#define NOTIFY_DEPTH 8
+
+struct notify_stack {
+	__u32 depth; /* may exceed NOTIFY_DEPTH: only the outer ones are kept */
+	__u32 pad;
+	__u64 val[NOTIFY_DEPTH];
+	__u64 dev[NOTIFY_DEPTH];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);   /* net_device address */
-	__type(value, __u64); /* lifetime */
-} lifetimes SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} last_lifetime SEC(".maps");
-
-/* SipHash-2-4 of (address, lifetime): a stable key that does not leak kernel pointers. */
-#define ROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND                                                                           \
-	do {                                                                               \
-		v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);                   \
-		v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                                      \
-		v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                                      \
-		v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);                   \
-	} while (0)
-#define SIPCOMPRESS(m)                                                                     \
-	do {                                                                               \
-		v3 ^= (m);                                                                 \
-		SIPROUND;                                                                  \
-		SIPROUND;                                                                  \
-		v0 ^= (m);                                                                 \
-	} while (0)
-
-static __always_inline __u64 device_key(const struct net_device *dev)
-{
-	__u64 addr = (__u64)dev;
-	__u64 *lifetime = bpf_map_lookup_elem(&lifetimes, &addr);
-	__u64 k0 = device_hash_key[0], k1 = device_hash_key[1];
-	__u64 v0 = k0 ^ 0x736f6d6570736575ULL;
-	__u64 v1 = k1 ^ 0x646f72616e646f6dULL;
-	__u64 v2 = k0 ^ 0x6c7967656e657261ULL;
-	__u64 v3 = k1 ^ 0x7465646279746573ULL;
-
-	SIPCOMPRESS(addr);
-	SIPCOMPRESS(lifetime ? *lifetime : 0);
-	SIPCOMPRESS(16ULL << 56); /* the message length, in the last block */
-	v2 ^= 0xff;
-	SIPROUND;
-	SIPROUND;
-	SIPROUND;
-	SIPROUND;
-	return v0 ^ v1 ^ v2 ^ v3;
-}
-
-static __always_inline void begin_lifetime(const struct net_device *dev)
-{
-	__u64 addr = (__u64)dev;
-	__u32 zero = 0;
-	__u64 *last = bpf_map_lookup_elem(&last_lifetime, &zero);
-	__u64 lifetime;
-
-	if (!last)
-		return;
-	lifetime = __sync_fetch_and_add(last, 1) + 1;
-	bpf_map_update_elem(&lifetimes, &addr, &lifetime, BPF_ANY);
-}
-
-static __always_inline void end_lifetime(const struct net_device *dev)
-{
-	__u64 addr = (__u64)dev;
-
-	bpf_map_delete_elem(&lifetimes, &addr);
-}
+	__uint(max_entries, 4096);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct notify_stack);
+} notify SEC(".maps");
 
 static __always_inline struct call_key call_key(__u32 call)
 {
 	struct call_key key = { .pid_tgid = bpf_get_current_pid_tgid(), .call = call };
 	return key;
+}
+
+/* Keeps `ptr` for the return handler of `call` (and opens its window). */
+static __always_inline int remember(__u32 call, const void *ptr)
+{
+	struct call_key key = call_key(call);
+	struct call_state st = { .ptr = (__u64)ptr };
+
+	bpf_map_update_elem(&calls, &key, &st, BPF_ANY);
+	return 0;
 }
 
 static __always_inline bool in_teardown_window(void)
@@ -192,11 +153,31 @@ static __always_inline struct ng_record *reserve(__u32 kind)
 	return rec;
 }
 
+/* The bus device a NIC sits on and its driver: what identifies the card across reloads. */
+static __always_inline void fill_bus(struct ng_record *rec, const struct net_device *dev)
+{
+	const struct device *bus = BPF_CORE_READ(dev, dev.parent);
+	const struct device_driver *drv;
+	const char *text;
+
+	if (!bus)
+		return;
+	rec->flags |= NG_F_BUS;
+	text = BPF_CORE_READ(bus, kobj.name);
+	if (text)
+		bpf_probe_read_kernel_str(rec->bus_addr, sizeof(rec->bus_addr), text);
+	drv = BPF_CORE_READ(bus, driver);
+	text = drv ? BPF_CORE_READ(drv, name) : NULL;
+	if (text)
+		bpf_probe_read_kernel_str(rec->driver, sizeof(rec->driver), text);
+}
+
 static __always_inline void fill_device(struct ng_record *rec, const struct net_device *dev)
 {
 	const struct rtnl_link_ops *ops = BPF_CORE_READ(dev, rtnl_link_ops);
 	__u8 len = BPF_CORE_READ(dev, addr_len);
 
+	fill_bus(rec, dev);
 	rec->flags |= NG_F_DEVICE;
 	rec->device_key = device_key(dev);
 	if (ops) {
@@ -263,6 +244,76 @@ static __always_inline void fill_dying(struct ng_record *rec, const struct net *
 		rec->flags |= NG_F_DYING;
 }
 
+/* The bus device a driver is (un)binding on this thread (`call` window), or 0. */
+static __always_inline __u64 window_device(__u32 call)
+{
+	struct call_key key = call_key(call);
+	struct call_state *st = bpf_map_lookup_elem(&calls, &key);
+
+	return st ? st->ptr : 0;
+}
+
+static __always_inline bool on_bus(const struct net_device *dev, __u64 bus)
+{
+	return bus && (__u64)BPF_CORE_READ(dev, dev.parent) == bus;
+}
+
+/*
+ * Why the devices of one unregister call go, looked up once per call (the verifier walks
+ * the per-device loop body MAX_UNREG_DEVS times): the bus device being unbound, and the
+ * device whose NETDEV_UNREGISTER notification this thread is inside (their parent).
+ */
+struct unreg_why {
+	__u64 unbind_bus;
+	__u64 parent;
+	__u64 parent_key;
+	__u32 parent_ifindex;
+	__u32 pad;
+	char parent_name[NG_NAME_LEN];
+};
+
+static __always_inline void unregister_why(struct unreg_why *why)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct notify_stack *stack = bpf_map_lookup_elem(&notify, &id);
+	const struct net_device *parent;
+	__u32 top;
+
+	why->unbind_bus = window_device(CALL_UNBIND);
+	if (!stack || stack->depth == 0 || stack->depth > NOTIFY_DEPTH)
+		return;
+	top = (stack->depth - 1) & (NOTIFY_DEPTH - 1);
+	if (stack->val[top] != NETDEV_UNREGISTER)
+		return;
+	parent = (const struct net_device *)stack->dev[top];
+	why->parent = (__u64)parent;
+	why->parent_key = device_key(parent);
+	why->parent_ifindex = BPF_CORE_READ(parent, ifindex);
+	BPF_CORE_READ_INTO(&why->parent_name, parent, name);
+}
+
+/*
+ * A netns teardown says it all; else its driver letting go of its bus device; else its
+ * lower device going (nested in that one's notification); else explicit.
+ */
+static __always_inline void unregister_cause(struct ng_record *rec, const struct net_device *dev,
+					     const struct unreg_why *why)
+{
+	if (rec->cause == NG_CAUSE_NETNS_TEARDOWN)
+		return;
+	if (on_bus(dev, why->unbind_bus)) {
+		rec->cause = NG_CAUSE_DRIVER_UNBIND;
+		return;
+	}
+	if (why->parent && why->parent != (__u64)dev) {
+		rec->cause = NG_CAUSE_PARENT_GONE;
+		rec->flags |= NG_F_PARENT;
+		rec->parent_key = why->parent_key;
+		rec->parent_ifindex = why->parent_ifindex;
+		__builtin_memcpy(rec->parent_name, why->parent_name, sizeof(rec->parent_name));
+	}
+}
+
 /* ---- netns move ---------------------------------------------------------------- */
 
 static __always_inline int move_entry(const struct net_device *dev, const struct net *net)
@@ -276,9 +327,14 @@ static __always_inline int move_entry(const struct net_device *dev, const struct
 	return 0;
 }
 
-static __always_inline int move_return(int ret)
+/*
+ * A move or rename returned: the device before (as its entry saw it) and after. A move
+ * names the netns it was asked to go to even on failure; a failed rename keeps its name,
+ * so the record names the one asked for.
+ */
+static __always_inline int change_return(__u32 call, __u32 kind, int ret)
 {
-	struct call_key key = call_key(CALL_MOVE);
+	struct call_key key = call_key(call);
 	struct call_state *st = bpf_map_lookup_elem(&calls, &key);
 	const struct net_device *dev;
 	struct ng_record *rec;
@@ -286,14 +342,16 @@ static __always_inline int move_return(int ret)
 	if (!st)
 		return 0;
 	dev = (const struct net_device *)st->ptr;
-	rec = reserve(NG_MOVE);
+	rec = reserve(kind);
 	if (rec) {
 		fill_device(rec, dev);
 		fill_saved_from(rec, st);
-		rec->flags |= NG_F_TO | NG_F_RESULT;
-		BPF_CORE_READ_INTO(&rec->to_name, dev, name);
-		rec->to_ifindex = BPF_CORE_READ(dev, ifindex);
-		rec->to_netns = st->to_netns; /* where it was asked to go, even on failure */
+		fill_to(rec, dev);
+		if (st->to_netns)
+			rec->to_netns = st->to_netns;
+		if (ret != 0 && st->req_name[0])
+			__builtin_memcpy(rec->to_name, st->req_name, sizeof(rec->to_name));
+		rec->flags |= NG_F_RESULT;
 		rec->result = ret;
 		bpf_ringbuf_submit(rec, 0);
 	}
@@ -371,42 +429,7 @@ static __always_inline int rename_entry(const struct net_device *dev, const char
 	return 0;
 }
 
-static __always_inline int rename_return(int ret)
-{
-	struct call_key key = call_key(CALL_RENAME);
-	struct call_state *st = bpf_map_lookup_elem(&calls, &key);
-	const struct net_device *dev;
-	struct ng_record *rec;
-
-	if (!st)
-		return 0;
-	dev = (const struct net_device *)st->ptr;
-	rec = reserve(NG_RENAME);
-	if (rec) {
-		fill_device(rec, dev);
-		fill_saved_from(rec, st);
-		fill_to(rec, dev);
-		/* On failure the device kept its name: say which one was asked for. */
-		if (ret != 0)
-			__builtin_memcpy(rec->to_name, st->req_name, sizeof(rec->to_name));
-		rec->flags |= NG_F_RESULT;
-		rec->result = ret;
-		bpf_ringbuf_submit(rec, 0);
-	}
-	bpf_map_delete_elem(&calls, &key);
-	return 0;
-}
-
 /* ---- register ------------------------------------------------------------------- */
-
-static __always_inline int register_entry(const struct net_device *dev)
-{
-	struct call_key key = call_key(CALL_REGISTER);
-	struct call_state st = { .ptr = (__u64)dev };
-
-	bpf_map_update_elem(&calls, &key, &st, BPF_ANY);
-	return 0;
-}
 
 /* Read on return: only then are the name ("eth%d" expanded) and ifindex final. */
 static __always_inline int register_return(int ret)
@@ -425,6 +448,9 @@ static __always_inline int register_return(int ret)
 		if (rec) {
 			fill_device(rec, dev);
 			fill_to(rec, dev);
+			if (rec->cause != NG_CAUSE_NETNS_TEARDOWN &&
+			    on_bus(dev, window_device(CALL_BIND)))
+				rec->cause = NG_CAUSE_DRIVER_BIND;
 			rec->flags |= NG_F_RESULT;
 			bpf_ringbuf_submit(rec, 0);
 		}
@@ -435,7 +461,8 @@ static __always_inline int register_return(int ret)
 
 /* ---- unregister ------------------------------------------------------------------ */
 
-static __always_inline void emit_unregister(const struct net_device *dev)
+static __always_inline void emit_unregister(const struct net_device *dev,
+					    const struct unreg_why *why)
 {
 	struct ng_record *rec = reserve(NG_UNREGISTER);
 
@@ -443,9 +470,18 @@ static __always_inline void emit_unregister(const struct net_device *dev)
 		fill_device(rec, dev);
 		fill_from(rec, dev);
 		fill_dying(rec, dev_net(dev));
+		unregister_cause(rec, dev, why);
 		bpf_ringbuf_submit(rec, 0);
 	}
-	end_lifetime(dev);
+}
+
+static __always_inline int unregister_one(const struct net_device *dev)
+{
+	struct unreg_why why = {};
+
+	unregister_why(&why);
+	emit_unregister(dev, &why);
+	return 0;
 }
 
 /* The devices of one unregister batch are linked by dev->unreg_list. */
@@ -453,172 +489,117 @@ static __always_inline int unregister_many(const struct list_head *head)
 {
 	const struct list_head *pos = BPF_CORE_READ(head, next);
 	__u64 offset = bpf_core_field_offset(struct net_device, unreg_list);
+	struct unreg_why why = {};
 
+	unregister_why(&why);
 #pragma clang loop unroll(disable)
 	for (int i = 0; i < MAX_UNREG_DEVS; i++) {
 		if (!pos || pos == head)
 			break;
-		emit_unregister((const struct net_device *)((const char *)pos - offset));
+		emit_unregister((const struct net_device *)((const char *)pos - offset), &why);
 		pos = BPF_CORE_READ(pos, next);
 	}
 	return 0;
 }
 
-/* ---- kprobe / kretprobe family --------------------------------------------------- */
+/* ---- driver unbind / bind windows -------------------------------------------------- */
 
-SEC("kprobe")
-int BPF_KPROBE(kp_move, const struct net_device *dev, const struct net *net)
+static __always_inline int window_return(__u32 call)
 {
-	return move_entry(dev, net);
-}
+	struct call_key key = call_key(call);
 
-SEC("kretprobe")
-int BPF_KRETPROBE(krp_move, int ret)
-{
-	return move_return(ret);
-}
-
-SEC("kprobe")
-int BPF_KPROBE(kp_exit_batch, const struct list_head *net_list)
-{
-	return teardown_entry(net_list, 1);
-}
-
-SEC("kretprobe")
-int BPF_KRETPROBE(krp_exit_batch)
-{
-	return teardown_return();
-}
-
-SEC("kprobe")
-int BPF_KPROBE(kp_exit_net, const struct net *net)
-{
-	return teardown_entry(net, 0);
-}
-
-SEC("kretprobe")
-int BPF_KRETPROBE(krp_exit_net)
-{
-	return teardown_return();
-}
-
-SEC("kprobe")
-int BPF_KPROBE(kp_rename, const struct net_device *dev, const char *newname)
-{
-	return rename_entry(dev, newname);
-}
-
-SEC("kretprobe")
-int BPF_KRETPROBE(krp_rename, int ret)
-{
-	return rename_return(ret);
-}
-
-SEC("kprobe")
-int BPF_KPROBE(kp_register, const struct net_device *dev)
-{
-	return register_entry(dev);
-}
-
-SEC("kretprobe")
-int BPF_KRETPROBE(krp_register, int ret)
-{
-	return register_return(ret);
-}
-
-SEC("kprobe")
-int BPF_KPROBE(kp_unreg_many, const struct list_head *head)
-{
-	return unregister_many(head);
-}
-
-SEC("kprobe")
-int BPF_KPROBE(kp_unreg_queue, const struct net_device *dev)
-{
-	emit_unregister(dev);
+	bpf_map_delete_elem(&calls, &key);
 	return 0;
 }
 
-/* ---- fentry / fexit family ------------------------------------------------------- */
+/* ---- netdev notifications ----------------------------------------------------------- */
+
+static __always_inline int notify_entry(unsigned long val, const struct netdev_notifier_info *info)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct notify_stack fresh = {};
+	struct notify_stack *stack = bpf_map_lookup_elem(&notify, &id);
+	__u32 at;
+
+	if (!stack) {
+		bpf_map_update_elem(&notify, &id, &fresh, BPF_NOEXIST);
+		stack = bpf_map_lookup_elem(&notify, &id);
+		if (!stack)
+			return 0;
+	}
+	at = stack->depth;
+	stack->depth = at + 1;
+	if (at < NOTIFY_DEPTH) {
+		stack->val[at & (NOTIFY_DEPTH - 1)] = val;
+		stack->dev[at & (NOTIFY_DEPTH - 1)] = (__u64)BPF_CORE_READ(info, dev);
+	}
+	return 0;
+}
+
+static __always_inline int notify_return(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct notify_stack *stack = bpf_map_lookup_elem(&notify, &id);
+
+	if (!stack)
+		return 0;
+	if (stack->depth <= 1)
+		bpf_map_delete_elem(&notify, &id);
+	else
+		stack->depth -= 1;
+	return 0;
+}
+
+/* ---- the programs: one macro per shape writes the kprobe and the fentry twin ------- */
 
 /* fexit reads the return value with bpf_get_func_ret, so any candidate's arity works. */
-static __always_inline int func_ret(void *ctx)
+static __always_inline long func_ret(void *ctx)
 {
 	__u64 ret = 0;
 
 	bpf_get_func_ret(ctx, &ret);
-	return (int)ret;
+	return (long)ret;
 }
 
-SEC("fentry")
-int BPF_PROG(fe_move, const struct net_device *dev, const struct net *net)
-{
-	return move_entry(dev, net);
-}
+/* kp_NAME and fe_NAME: `body` sees the function's first arguments, typed as listed. */
+#define ENTRY(name, body, ...)                                                            \
+	SEC("kprobe") int BPF_KPROBE(kp_##name, ##__VA_ARGS__) { return body; }          \
+	SEC("fentry") int BPF_PROG(fe_##name, ##__VA_ARGS__) { return body; }
 
-SEC("fexit")
-int fx_move(__u64 *ctx)
-{
-	return move_return(func_ret(ctx));
-}
+/* krp_NAME and fx_NAME: `body` sees the function's return value as `int ret`. */
+#define RETURN_VALUE(name, body)                                                          \
+	SEC("kretprobe") int BPF_KRETPROBE(krp_##name, int ret) { return body; }          \
+	SEC("fexit") int fx_##name(__u64 *ctx) { int ret = (int)func_ret(ctx); return body; }
 
-SEC("fentry")
-int BPF_PROG(fe_exit_batch, const struct list_head *net_list)
-{
-	return teardown_entry(net_list, 1);
-}
+/* krp_NAME and fx_NAME for a function whose return value does not matter. */
+#define RETURN_VOID(name, body)                                                           \
+	SEC("kretprobe") int BPF_KRETPROBE(krp_##name) { return body; }                   \
+	SEC("fexit") int fx_##name(__u64 *ctx) { return body; }
 
-SEC("fexit")
-int fx_exit_batch(__u64 *ctx)
-{
-	return teardown_return();
-}
+ENTRY(move, move_entry(dev, net), const struct net_device *dev, const struct net *net)
+RETURN_VALUE(move, change_return(CALL_MOVE, NG_MOVE, ret))
 
-SEC("fentry")
-int BPF_PROG(fe_exit_net, const struct net *net)
-{
-	return teardown_entry(net, 0);
-}
+ENTRY(exit_batch, teardown_entry(net_list, 1), const struct list_head *net_list)
+RETURN_VOID(exit_batch, teardown_return())
 
-SEC("fexit")
-int fx_exit_net(__u64 *ctx)
-{
-	return teardown_return();
-}
+ENTRY(exit_net, teardown_entry(net, 0), const struct net *net)
+RETURN_VOID(exit_net, teardown_return())
 
-SEC("fentry")
-int BPF_PROG(fe_rename, const struct net_device *dev, const char *newname)
-{
-	return rename_entry(dev, newname);
-}
+ENTRY(rename, rename_entry(dev, newname), const struct net_device *dev, const char *newname)
+RETURN_VALUE(rename, change_return(CALL_RENAME, NG_RENAME, ret))
 
-SEC("fexit")
-int fx_rename(__u64 *ctx)
-{
-	return rename_return(func_ret(ctx));
-}
+ENTRY(register, remember(CALL_REGISTER, dev), const struct net_device *dev)
+RETURN_VALUE(register, register_return(ret))
 
-SEC("fentry")
-int BPF_PROG(fe_register, const struct net_device *dev)
-{
-	return register_entry(dev);
-}
+ENTRY(unreg_many, unregister_many(head), const struct list_head *head)
 
-SEC("fexit")
-int fx_register(__u64 *ctx)
-{
-	return register_return(func_ret(ctx));
-}
+ENTRY(unreg_queue, unregister_one(dev), const struct net_device *dev)
 
-SEC("fentry")
-int BPF_PROG(fe_unreg_many, const struct list_head *head)
-{
-	return unregister_many(head);
-}
+ENTRY(unbind, remember(CALL_UNBIND, dev), const struct device *dev)
+RETURN_VOID(unbind, window_return(CALL_UNBIND))
 
-SEC("fentry")
-int BPF_PROG(fe_unreg_queue, const struct net_device *dev)
-{
-	emit_unregister(dev);
-	return 0;
-}
+ENTRY(bind, remember(CALL_BIND, dev), const struct device *dev)
+RETURN_VOID(bind, window_return(CALL_BIND))
+
+ENTRY(notify, notify_entry(val, info), unsigned long val, const struct netdev_notifier_info *info)
+RETURN_VOID(notify, notify_return())

@@ -1,13 +1,16 @@
 //! The agent: one task per concern. The tracer's events update the ledger and wake the
 //! reconciler; the reconciler runs a restore pass on each wake-up and every interval; a watcher
 //! wakes it when netns bind mounts come and go; the API answers `status` and operations.
-//! SIGTERM/SIGINT (the caller's `shutdown`) saves the ledger and ends it.
+//! A stop request (SIGTERM/SIGINT, from the caller) lets the pass under way finish (at most
+//! [`PASS_GRACE`]), saves the ledger and ends it; a second one ends it at once (the journal
+//! already holds every change, so the disk stays consistent).
 
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +35,9 @@ const CONCURRENCY: usize = 64;
 /// How long the agent waits for a command that holds the ledger to finish.
 const LOCK_PATIENCE: Duration = Duration::from_secs(10);
 
+/// How long a stop request waits for the restore pass (or operation) under way.
+pub const PASS_GRACE: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
     pub ledger: LedgerOptions,
@@ -53,6 +59,8 @@ pub enum AgentError {
     Lock(#[from] LockError),
     #[error("{0}; the agent stops (exit 1) so that its service manager restarts it")]
     TaskEnded(String),
+    #[error("stopped at once by a second signal, without waiting for the pass under way or saving the document; the journal holds every change, and the next start replays it")]
+    StoppedAtOnce,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +123,8 @@ impl StateLock {
 
 struct Shared {
     ledger: Mutex<Ledger>,
+    /// Set by a stop request: no new pass starts.
+    stopping: AtomicBool,
     restorer: Restorer,
     last_events: std::sync::Mutex<LastEvents>,
     info: std::sync::Mutex<AgentInfo>,
@@ -146,10 +156,10 @@ impl Shared {
     }
 }
 
-/// Runs the agent until `shutdown` resolves.
+/// Runs the agent until a stop request arrives on `stop` (one message per signal).
 pub async fn run(
     options: AgentOptions,
-    shutdown: impl std::future::Future<Output = ()>,
+    mut stop: tokio::sync::mpsc::Receiver<()>,
 ) -> Result<(), AgentError> {
     let _lock = lock_ledger(&options).await?;
     // Before the ledger is opened (and perhaps rebuilt): an agent refused is one that
@@ -173,6 +183,7 @@ pub async fn run(
     let host_name = pool.host_name();
     let shared = Arc::new(Shared {
         ledger: Mutex::new(ledger),
+        stopping: Default::default(),
         restorer: Restorer::new(pool, CONCURRENCY),
         last_events: std::sync::Mutex::new(LastEvents::new(host_name)),
         info: std::sync::Mutex::new(AgentInfo {
@@ -182,6 +193,9 @@ pub async fn run(
             started: Utc::now(),
             passes: 0,
             events: 0,
+            state_dir: std::path::absolute(&options.ledger.dir).ok(),
+            host_netns: options.host_netns.clone(),
+            host_netns_inode: Some(host_inode),
         }),
         wake: Notify::new(),
     });
@@ -232,53 +246,83 @@ pub async fn run(
     let s = shared.clone();
     tasks.spawn(async move { watch_bind_mounts(&s.wake).await });
     let s = shared.clone();
-    tasks.spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let s = s.clone();
-            tokio::spawn(async move {
-                let answer = |request: Request| {
-                    let s = s.clone();
-                    async move {
-                        match request {
-                            Request::Status => {
-                                serde_json::to_value(s.status().await).unwrap_or_default()
-                            }
-                            Request::Operate { operation } => {
-                                serde_json::to_value(s.operate(&operation).await)
-                                    .unwrap_or_default()
-                            }
-                        }
-                    }
-                };
-                if let Err(e) = api::serve_connection(stream, answer).await {
-                    tracing::debug!("API connection: {e}");
+    let answer = move |request: Request| {
+        let s = s.clone();
+        async move {
+            match request {
+                Request::Status => serde_json::to_value(s.status().await).unwrap_or_default(),
+                Request::Operate { operation } => {
+                    serde_json::to_value(s.operate(&operation).await).unwrap_or_default()
                 }
-            });
+            }
         }
-    });
+    };
+    tasks.spawn(api::serve(listener, api::Limits::default(), answer));
 
     // Every task runs forever: one that ends (the tracer stopped, say) is a failure, so that
     // a service manager restarts the agent.
     let failed = tokio::select! {
-        _ = shutdown => {
-            tracing::info!("shutting down");
-            None
-        }
+        _ = stop.recv() => None,
         Some(ended) = tasks.join_next() => Some(match ended {
             Ok(()) => "an agent task stopped".to_string(),
             Err(e) => format!("an agent task failed: {e}"),
         }),
     };
+    if failed.is_none() {
+        tracing::info!("stopping: the pass under way may finish (at most {PASS_GRACE:?}); a second signal stops at once");
+        shared.stopping.store(true, Ordering::SeqCst);
+        match wait_for_pass(&shared.ledger, PASS_GRACE, stop.recv()).await {
+            Waited::Finished => {}
+            Waited::Overdue => {
+                tracing::warn!("the pass under way did not finish in {PASS_GRACE:?}; it is cut short (every change it made is journalled)")
+            }
+            Waited::Second => return stopped_at_once(&options.socket),
+        }
+    }
+    // Cuts whatever still runs at its next await: each change is journalled as it is made.
     tasks.shutdown().await;
-    let saved = shared.ledger.lock().await.save();
+    let saved = tokio::select! {
+        mut ledger = shared.ledger.lock() => ledger.save(),
+        _ = stop.recv() => return stopped_at_once(&options.socket),
+    };
     let _ = std::fs::remove_file(&options.socket);
     saved?;
     match failed {
         Some(why) => Err(AgentError::TaskEnded(why)),
-        None => Ok(()),
+        None => {
+            tracing::info!("ledger saved; stopped");
+            Ok(())
+        }
+    }
+}
+
+fn stopped_at_once(socket: &Path) -> Result<(), AgentError> {
+    let _ = std::fs::remove_file(socket);
+    Err(AgentError::StoppedAtOnce)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Waited {
+    /// The pass (or operation) holding the ledger is done.
+    Finished,
+    /// It still runs after the grace time.
+    Overdue,
+    /// Another stop request came first.
+    Second,
+}
+
+/// Waits until whoever holds `ledger` lets go, at most `grace`, unless `second` comes first.
+async fn wait_for_pass<T>(
+    ledger: &Mutex<T>,
+    grace: Duration,
+    second: impl std::future::Future,
+) -> Waited {
+    tokio::select! {
+        finished = tokio::time::timeout(grace, ledger.lock()) => match finished {
+            Ok(_) => Waited::Finished,
+            Err(_) => Waited::Overdue,
+        },
+        _ = second => Waited::Second,
     }
 }
 
@@ -306,6 +350,9 @@ async fn lock_ledger(options: &AgentOptions) -> Result<StateLock, LockError> {
 
 async fn reconcile(shared: &Shared) {
     let mut ledger = shared.ledger.lock().await;
+    if shared.stopping.load(Ordering::SeqCst) {
+        return;
+    }
     match shared.restorer.pass(&mut ledger).await {
         Ok(report) => {
             for item in report.broken() {
@@ -444,5 +491,56 @@ impl Inotify {
             }
             guard.clear_ready();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pass holding `lock` for `hold`.
+    async fn pass(lock: &Arc<Mutex<u32>>, hold: Duration) {
+        let lock = lock.clone();
+        let held = Arc::new(Notify::new());
+        let started = held.clone();
+        tokio::spawn(async move {
+            let mut guard = lock.lock().await;
+            started.notify_one();
+            tokio::time::sleep(hold).await;
+            *guard += 1;
+        });
+        held.notified().await;
+    }
+
+    #[tokio::test]
+    async fn a_stop_waits_for_the_pass_under_way() {
+        let lock = Arc::new(Mutex::new(0));
+        pass(&lock, Duration::from_millis(300)).await;
+        let waited = wait_for_pass(&lock, Duration::from_secs(10), std::future::pending::<()>());
+        assert_eq!(waited.await, Waited::Finished);
+        assert_eq!(*lock.lock().await, 1, "the pass finished first");
+    }
+
+    #[tokio::test]
+    async fn a_pass_past_the_grace_time_is_overdue() {
+        let lock = Arc::new(Mutex::new(0));
+        pass(&lock, Duration::from_secs(30)).await;
+        let started = Instant::now();
+        let waited = wait_for_pass(
+            &lock,
+            Duration::from_millis(200),
+            std::future::pending::<()>(),
+        );
+        assert_eq!(waited.await, Waited::Overdue);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_second_stop_does_not_wait() {
+        let lock = Arc::new(Mutex::new(0));
+        pass(&lock, Duration::from_secs(30)).await;
+        let second = tokio::time::sleep(Duration::from_millis(50));
+        let waited = wait_for_pass(&lock, Duration::from_secs(10), second);
+        assert_eq!(waited.await, Waited::Second);
     }
 }

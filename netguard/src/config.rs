@@ -1,14 +1,30 @@
-//! The agent's settings: an optional TOML file, overridden by command-line flags.
+//! The agent's settings: an optional TOML file, overridden by command-line flags, validated
+//! here once, with ranges, into [`Settings`]: a bad value is an error naming the flag or the
+//! file and key, and saying what to give instead; nothing is silently read as something else.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::ledger::{Exclusions, Mac};
+use crate::trace::BackendChoice;
+
 pub const DEFAULT_CONFIG: &str = "/etc/netguard/netguard.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/netguard";
 pub const DEFAULT_SOCKET: &str = "/run/netguard/netguard.sock";
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Seconds between restore passes: more often than this is a busy loop, less often than once
+/// a day is not guarding.
+pub const INTERVAL_RANGE: (f64, f64) = (0.1, 86_400.0);
+
+/// A Unix socket path fits `sockaddr_un.sun_path` (108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// The kernel's limit on an interface name (IFNAMSIZ less the NUL).
+const MAX_IFNAME: usize = 15;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -19,8 +35,30 @@ pub enum ConfigError {
     },
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("config {path}: interval must be a positive number of seconds, not {value}")]
-    Interval { path: PathBuf, value: f64 },
+    #[error("{setting} {value}: {expected}")]
+    Invalid {
+        /// `--interval`, or `config FILE: interval`.
+        setting: Setting,
+        value: String,
+        expected: String,
+    },
+}
+
+/// Where a value came from, as the error names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Setting {
+    Flag(&'static str),
+    Key { file: PathBuf, key: &'static str },
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // Flags spell the file's `state_dir` as `--state-dir`.
+            Setting::Flag(flag) => write!(f, "--{}", flag.replace('_', "-")),
+            Setting::Key { file, key } => write!(f, "config {}: {key}", file.display()),
+        }
+    }
 }
 
 /// The file's keys, every one optional; an unknown key is an error naming it.
@@ -54,20 +92,170 @@ impl FileConfig {
                 })
             }
         };
-        let config: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        FileConfig::parse(path, &text)
+    }
+
+    /// Parses the text of the file at `path` (named in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.into(),
             message: e.message().to_string(),
-        })?;
-        if let Some(value) = config.interval {
-            if !(value.is_finite() && value > 0.0) {
-                return Err(ConfigError::Interval {
-                    path: path.into(),
-                    value,
-                });
+        })
+    }
+}
+
+/// The agent's flags: the file's keys again, each given one overriding the file's (the
+/// `exclude` list adding to it).
+pub type Flags = FileConfig;
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub backend: BackendChoice,
+    pub host_netns: Option<PathBuf>,
+    pub interval: Duration,
+    pub exclude: Exclusions,
+}
+
+impl Settings {
+    /// Flags over the file `file` read from `path`, then defaults; every value checked.
+    pub fn resolve(file: FileConfig, path: &Path, flags: Flags) -> Result<Settings, ConfigError> {
+        let key = |key| Setting::Key {
+            file: path.into(),
+            key,
+        };
+        let backend = match pick(flags.backend, file.backend, "backend", path) {
+            Some((text, setting)) => text.parse().map_err(|_| ConfigError::Invalid {
+                setting,
+                value: text,
+                expected: "give auto, fentry, kprobe or netlink".into(),
+            })?,
+            None => BackendChoice::Auto,
+        };
+        let interval = match pick(flags.interval, file.interval, "interval", path) {
+            Some((secs, setting)) => seconds(setting, secs, INTERVAL_RANGE)?,
+            None => DEFAULT_INTERVAL,
+        };
+        let socket = match pick(flags.socket, file.socket, "socket", path) {
+            Some((socket, setting)) => socket_path(setting, socket)?,
+            None => DEFAULT_SOCKET.into(),
+        };
+        let state_dir = match pick(flags.state_dir, file.state_dir, "state_dir", path) {
+            Some((dir, setting)) if dir.as_os_str().is_empty() => {
+                return Err(ConfigError::Invalid {
+                    setting,
+                    value: "\"\"".into(),
+                    expected: "give the ledger's directory".into(),
+                })
+            }
+            Some((dir, _)) => dir,
+            None => DEFAULT_STATE_DIR.into(),
+        };
+        let mut exclude = Exclusions::default();
+        let listed = (file.exclude.into_iter().map(|item| (item, key("exclude")))).chain(
+            flags
+                .exclude
+                .into_iter()
+                .map(|item| (item, Setting::Flag("exclude"))),
+        );
+        for (item, setting) in listed {
+            match exclusion(setting, item)? {
+                Excluded::Mac(mac) => exclude.macs.push(mac),
+                Excluded::Name(name) => exclude.names.push(name),
             }
         }
-        Ok(config)
+        Ok(Settings {
+            state_dir,
+            socket,
+            backend,
+            host_netns: flags.host_netns.or(file.host_netns),
+            interval,
+            exclude,
+        })
     }
+}
+
+/// The flag's value, else the file's, with where it came from (for the error).
+fn pick<T>(
+    flag: Option<T>,
+    file: Option<T>,
+    name: &'static str,
+    path: &Path,
+) -> Option<(T, Setting)> {
+    flag.map(|v| (v, Setting::Flag(name))).or_else(|| {
+        file.map(|v| {
+            let key = Setting::Key {
+                file: path.into(),
+                key: name,
+            };
+            (v, key)
+        })
+    })
+}
+
+/// A number of seconds within `(min, max)` as a `Duration` (NaN, infinities, zero, negative
+/// and huge values refused: `Duration::from_secs_f64` would panic on some of them).
+pub fn seconds(
+    setting: Setting,
+    secs: f64,
+    (min, max): (f64, f64),
+) -> Result<Duration, ConfigError> {
+    if !(min..=max).contains(&secs) {
+        return Err(ConfigError::Invalid {
+            setting,
+            value: secs.to_string(),
+            expected: format!("give a number of seconds from {min} to {max}"),
+        });
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn socket_path(setting: Setting, path: PathBuf) -> Result<PathBuf, ConfigError> {
+    let len = path.as_os_str().len();
+    if len == 0 || len > MAX_SOCKET_PATH {
+        return Err(ConfigError::Invalid {
+            setting,
+            value: path.display().to_string(),
+            expected: format!(
+                "a Unix socket path has 1 to {MAX_SOCKET_PATH} bytes; give a shorter one"
+            ),
+        });
+    }
+    Ok(path)
+}
+
+enum Excluded {
+    Mac(Mac),
+    Name(String),
+}
+
+/// A MAC address, or else an interface name the kernel would accept. A name cannot contain
+/// `:`, so anything with one is meant as a MAC and must be a valid one.
+fn exclusion(setting: Setting, item: String) -> Result<Excluded, ConfigError> {
+    if item.contains(':') {
+        return item.parse().map(Excluded::Mac).map_err(|_| ConfigError::Invalid {
+            setting,
+            value: item,
+            expected: "not a MAC address: give six hex bytes like 52:54:00:12:34:56, or an interface name".into(),
+        });
+    }
+    let valid_name = !item.is_empty()
+        && item.len() <= MAX_IFNAME
+        && item != "."
+        && item != ".."
+        && !item
+            .chars()
+            .any(|c| c == '/' || c.is_whitespace() || c.is_control());
+    if !valid_name {
+        return Err(ConfigError::Invalid {
+            setting,
+            value: format!("{item:?}"),
+            expected: format!("give an interface name (1 to {MAX_IFNAME} bytes, no '/' or spaces) or a MAC address"),
+        });
+    }
+    Ok(Excluded::Name(item))
 }
 
 #[cfg(test)]
@@ -121,13 +309,118 @@ mod tests {
             .contains("/nonexistent/netguard.toml"));
     }
 
+    fn resolve(file: &str, flags: Flags) -> Result<Settings, ConfigError> {
+        let path = Path::new("/etc/ng.toml");
+        Settings::resolve(FileConfig::parse(path, file).unwrap(), path, flags)
+    }
+
+    /// The error for a file alone.
+    fn refused(file: &str) -> String {
+        resolve(file, Flags::default()).unwrap_err().to_string()
+    }
+
+    fn interval_flag(secs: f64) -> Flags {
+        Flags {
+            interval: Some(secs),
+            ..Flags::default()
+        }
+    }
+
     #[test]
-    fn zero_interval_is_refused() {
-        let path = write("zero", "interval = 0\n");
-        assert!(FileConfig::load(&path, true)
+    fn defaults_and_flags_over_the_file() {
+        let settings = resolve("", Flags::default()).unwrap();
+        assert_eq!(settings.interval, DEFAULT_INTERVAL);
+        assert_eq!(settings.socket, Path::new(DEFAULT_SOCKET));
+        assert_eq!(settings.backend, BackendChoice::Auto);
+        let settings = resolve("interval = 2\nbackend = \"kprobe\"\n", interval_flag(0.5)).unwrap();
+        assert_eq!(settings.interval, Duration::from_millis(500));
+        assert_eq!(
+            settings.backend,
+            BackendChoice::Only(crate::trace::BackendKind::Kprobe)
+        );
+    }
+
+    #[test]
+    fn an_interval_out_of_range_names_the_flag_or_the_key() {
+        for bad in [1e20, f64::NAN, f64::INFINITY, -1.0, 0.0, 0.01, 86_401.0] {
+            let err = resolve("", interval_flag(bad)).unwrap_err().to_string();
+            assert!(
+                err.starts_with("--interval ")
+                    && err.contains("give a number of seconds from 0.1 to 86400"),
+                "{bad}: {err}"
+            );
+        }
+        let err = refused("interval = 0\n");
+        assert!(
+            err.starts_with("config /etc/ng.toml: interval 0: give"),
+            "{err}"
+        );
+        let err = refused("interval = -3.5\n");
+        assert!(err.contains("interval -3.5"), "{err}");
+    }
+
+    #[test]
+    fn exclusions_are_macs_or_interface_names_nothing_else() {
+        let flags = Flags {
+            exclude: vec!["eth9".into(), "52:54:00:00:00:0a".into()],
+            ..Flags::default()
+        };
+        let settings = resolve("exclude = [\"uplink0\"]\n", flags).unwrap();
+        assert_eq!(settings.exclude.names, ["uplink0", "eth9"]);
+        assert_eq!(
+            settings.exclude.macs,
+            ["52:54:00:00:00:0a".parse().unwrap()]
+        );
+        let cases = [
+            ("52:54:00:zz:00:01", "not a MAC address"),
+            ("52:54:00:00:01", "not a MAC address"),
+            ("a-name-far-too-long", "give an interface name"),
+            ("", "give an interface name"),
+            ("eth 1", "give an interface name"),
+            ("../x", "give an interface name"),
+        ];
+        for (bad, says) in cases {
+            let flags = Flags {
+                exclude: vec![bad.into()],
+                ..Flags::default()
+            };
+            let err = resolve("", flags).unwrap_err().to_string();
+            assert!(
+                err.starts_with("--exclude ") && err.contains(says),
+                "{bad}: {err}"
+            );
+        }
+        let err = refused("exclude = [\"aa:bb\"]\n");
+        assert!(
+            err.starts_with("config /etc/ng.toml: exclude aa:bb: not a MAC"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn backend_and_socket_are_checked() {
+        let flags = Flags {
+            backend: Some("ebpf".into()),
+            ..Flags::default()
+        };
+        let err = resolve("", flags).unwrap_err().to_string();
+        assert_eq!(err, "--backend ebpf: give auto, fentry, kprobe or netlink");
+        let long = format!("/run/{}.sock", "x".repeat(120));
+        let err = resolve(&format!("socket = \"{long}\"\n"), Flags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("config /etc/ng.toml: socket /run/xxx")
+                && err.contains("1 to 107 bytes"),
+            "{err}"
+        );
+        let flags = Flags {
+            state_dir: Some(PathBuf::new()),
+            ..Flags::default()
+        };
+        assert!(resolve("", flags)
             .unwrap_err()
             .to_string()
-            .contains("interval must be a positive"));
-        std::fs::remove_file(path).unwrap();
+            .starts_with("--state-dir"));
     }
 }

@@ -44,7 +44,14 @@ pub enum Cause {
     Explicit,
     /// The kernel did it because a netns was being destroyed.
     NetnsTeardown,
-    /// The backend cannot tell.
+    /// A vlan/macvlan/ipvlan went because its lower device did (`parent` names it).
+    ParentGone,
+    /// A NIC went because its driver let go of its bus device: module unload, `unbind` in
+    /// sysfs, hot removal (`driver` and `bus_addr` name them).
+    DriverUnbind,
+    /// A NIC came because a driver bound its bus device (`driver`, `bus_addr`).
+    DriverBind,
+    /// The backend cannot tell (`why` says why).
     Unknown,
 }
 
@@ -53,6 +60,9 @@ impl Cause {
         match self {
             Cause::Explicit => "explicit",
             Cause::NetnsTeardown => "netns-teardown",
+            Cause::ParentGone => "parent-gone",
+            Cause::DriverUnbind => "driver-unbind",
+            Cause::DriverBind => "driver-bind",
             Cause::Unknown => "unknown",
         }
     }
@@ -137,6 +147,28 @@ impl fmt::Display for Actor {
     }
 }
 
+/// The lower device whose going took an upper one with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parent {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifindex: Option<u32>,
+    /// The parent's own device key, so a report can hang this event under the parent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceKey>,
+}
+
+impl fmt::Display for Parent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name.as_deref().unwrap_or("?"))?;
+        if let Some(ifindex) = self.ifindex {
+            write!(f, " ifindex {ifindex}")?;
+        }
+        Ok(())
+    }
+}
+
 /// One observed transition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -163,6 +195,19 @@ pub struct Event {
     pub result: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<Actor>,
+    /// For parent-gone: the lower device that went first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Parent>,
+    /// The bus device a NIC sits on, as the kernel names it (`0000:00:04.0` on PCI): the same
+    /// card keeps it across a driver reload, when its ifindex and device key change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus_addr: Option<String>,
+    /// The driver of that bus device (`e1000`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// For cause unknown: why the backend cannot tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 impl Event {
@@ -180,6 +225,34 @@ impl Event {
             netns_dying: None,
             result: None,
             by: None,
+            parent: None,
+            bus_addr: None,
+            driver: None,
+            why: None,
+        }
+    }
+
+    /// The cause with what it names: `parent-gone (parent eth1 ifindex 3)`,
+    /// `driver-unbind (driver e1000, bus 0000:00:04.0)`, `unknown (why)`.
+    pub fn cause_text(&self) -> String {
+        let cause = self.cause.as_str();
+        match self.cause {
+            Cause::ParentGone => match &self.parent {
+                Some(parent) => format!("{cause} (parent {parent})"),
+                None => cause.to_string(),
+            },
+            Cause::DriverUnbind | Cause::DriverBind => {
+                let driver = self.driver.as_deref().unwrap_or("?");
+                match &self.bus_addr {
+                    Some(bus) => format!("{cause} (driver {driver}, bus {bus})"),
+                    None => format!("{cause} (driver {driver})"),
+                }
+            }
+            Cause::Unknown => match &self.why {
+                Some(why) => format!("{cause} ({why})"),
+                None => cause.to_string(),
+            },
+            Cause::Explicit | Cause::NetnsTeardown => cause.to_string(),
         }
     }
 
@@ -235,12 +308,60 @@ mod tests {
             tgid: 57,
             comm: "kworker/u4:1".into(),
         });
+        ev.parent = Some(Parent {
+            name: Some("eth1".into()),
+            ifindex: Some(3),
+            device: Some(DeviceKey(7)),
+        });
+        ev.bus_addr = Some("0000:00:04.0".into());
+        ev.driver = Some("e1000".into());
+        ev.why = Some("test".into());
         let line = serde_json::to_string(&ev).unwrap();
         assert!(line.contains(r#""kind":"move""#), "{line}");
         assert!(line.contains(r#""cause":"netns-teardown""#), "{line}");
         assert!(line.contains(r#""device":"00000000deadbeef""#), "{line}");
+        assert!(
+            line.contains(r#""parent":{"name":"eth1","ifindex":3,"#),
+            "{line}"
+        );
         let back: Event = serde_json::from_str(&line).unwrap();
         assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn causes_are_kebab_case_everywhere() {
+        for (cause, text) in [
+            (Cause::ParentGone, "parent-gone"),
+            (Cause::DriverUnbind, "driver-unbind"),
+            (Cause::DriverBind, "driver-bind"),
+        ] {
+            assert_eq!(cause.as_str(), text);
+            assert_eq!(
+                serde_json::to_string(&cause).unwrap(),
+                format!("\"{text}\"")
+            );
+        }
+    }
+
+    #[test]
+    fn cause_text_names_parent_driver_and_why() {
+        let mut ev = Event::new(EventKind::Unregister, Cause::ParentGone);
+        ev.parent = Some(Parent {
+            name: Some("eth1".into()),
+            ifindex: Some(3),
+            device: None,
+        });
+        assert_eq!(ev.cause_text(), "parent-gone (parent eth1 ifindex 3)");
+        ev.cause = Cause::DriverUnbind;
+        ev.driver = Some("e1000".into());
+        ev.bus_addr = Some("0000:00:04.0".into());
+        assert_eq!(
+            ev.cause_text(),
+            "driver-unbind (driver e1000, bus 0000:00:04.0)"
+        );
+        let mut ev = Event::new(EventKind::Register, Cause::Unknown);
+        ev.why = Some("seen in a re-read".into());
+        assert_eq!(ev.cause_text(), "unknown (seen in a re-read)");
     }
 
     #[test]

@@ -40,6 +40,12 @@ pub fn inode_of(path: &Path) -> Result<u64, NetnsError> {
     Ok(meta.ino())
 }
 
+/// The inode of the netns standing in for the host: `host`, or else our own (init_net for
+/// the agent and the commands as they are run).
+pub fn host_inode(host: Option<&Path>) -> Result<u64, NetnsError> {
+    inode_of(host.unwrap_or(Path::new("/proc/self/ns/net")))
+}
+
 /// Opens a netns file, checking it really is a network namespace.
 pub fn open(path: &Path) -> Result<File, NetnsError> {
     let file = File::open(path).map_err(|source| NetnsError::Open {
@@ -104,13 +110,8 @@ impl Resolver {
     /// `host` is the netns standing in for the host (`None`: init_net, via `/proc/1/ns/net`).
     pub fn new(host: Option<&Path>) -> Result<Self, NetnsError> {
         let init_inode = inode_of(Path::new("/proc/1/ns/net")).ok();
-        let (host_inode, host_name) = match host {
-            Some(path) => (inode_of(path)?, path.display().to_string()),
-            None => (
-                inode_of(Path::new("/proc/self/ns/net"))?,
-                INIT_NET.to_string(),
-            ),
-        };
+        let host_inode = host_inode(host)?;
+        let host_name = host.map_or_else(|| INIT_NET.to_string(), |p| p.display().to_string());
         let resolver = Resolver {
             inner: Arc::new(Mutex::new(ResolverState {
                 host_inode,

@@ -1,6 +1,7 @@
 //! What `netguard status` shows: the agent (if one runs) and one row per guarded NIC or link.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -75,6 +76,15 @@ pub struct AgentInfo {
     pub started: DateTime<Utc>,
     pub passes: u64,
     pub events: u64,
+    /// Where it keeps its ledger (absolute), so that a command can tell it is the agent it
+    /// means; absent from agents older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+    /// Its `--host-netns` (`None`: init_net) and that netns's inode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_netns: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_netns_inode: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -394,6 +394,27 @@ fn unknown_config_key_is_named_with_its_file() {
         "{ran}"
     );
     assert!(!ng.socket.exists(), "the agent started anyway");
+
+    // Values out of range are refused before anything starts, naming the flag or the key.
+    std::fs::write(&config, "interval = -1\n").unwrap();
+    let config = config.to_str().unwrap();
+    for (args, says) in [
+        (
+            &["--interval", "1e20"][..],
+            "--interval 100000000000000000000: give a number of seconds from 0.1 to 86400",
+        ),
+        (&["--interval", "NaN"], "--interval NaN: give"),
+        (
+            &["--interval", "5", "--exclude", "52:54:00:zz:00:01"],
+            "--exclude 52:54:00:zz:00:01: not a MAC address",
+        ),
+        (&[], "interval -1: give a number of seconds"),
+    ] {
+        let ran = ng.run(&[&["agent", "--config", config][..], args].concat());
+        assert_eq!(ran.code(), Some(2), "{ran}");
+        assert!(one_line(&ran).contains(says), "{says}: {ran}");
+        assert!(!ng.socket.exists(), "the agent started anyway");
+    }
 }
 
 #[test]
@@ -433,6 +454,27 @@ fn bad_requests_to_a_running_agent_get_one_clear_line() {
         agent.pid(),
         "the first agent is still the one answering"
     );
+
+    // A command meant for another ledger never goes to this agent: exit 2, saying which
+    // agent answered and what differs.
+    let other = s.ng.state_dir.join("other");
+    let c = s.c_path();
+    for args in [&["learn", "--netns", c.as_str()][..], &["status"]] {
+        let ran = s.ng.with_state_dir(other.clone()).run(args);
+        assert_eq!(ran.code(), Some(2), "{ran}");
+        let line = one_line(&ran);
+        assert!(
+            line.contains(&format!(
+                "(pid {}) is not the one this command means",
+                agent.pid()
+            )) && line.contains(&format!(
+                "its ledger is in {}, this command's in {}",
+                s.ng.state_dir.display(),
+                other.display()
+            )),
+            "{ran}"
+        );
+    }
 
     // What is guarded can be forgotten.
     s.ng.run_ok(&["forget", "eth0"]);
@@ -519,4 +561,38 @@ fn imported_cni_checkpoint_is_guarded_and_its_link_rebuilt_from_it() {
         explain()
     );
     assert!(pings(w.pod(), "198.18.2.1"), "{}", explain());
+}
+
+#[test]
+fn a_learn_that_guards_nothing_says_so_and_fails() {
+    // A veth pair between two container netns: neither side is the host's, nothing to guard
+    // (the case of a command run against the wrong host netns).
+    let w = World::new("ln").with(&["a", "b"]);
+    let ng = Netguard::new(&w);
+    let (a, b) = (w.ns("a"), w.ns("b"));
+    a.ip(&[
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &b.path().display().to_string(),
+    ]);
+    let ran = ng.run(&["learn", "--netns", &a.path().display().to_string()]);
+    assert_eq!(ran.code(), Some(1), "{ran}");
+    assert!(
+        ran.stdout
+            .starts_with("guarding nothing: no link in the given netns could be guarded")
+            && ran.stdout.contains("skipped: "),
+        "{ran}"
+    );
+    // With an agent answering, the same.
+    let _agent = ng.start_agent();
+    let ran = ng.run(&["learn", "--netns", &a.path().display().to_string()]);
+    assert_eq!(ran.code(), Some(1), "{ran}");
+    assert!(ran.stdout.starts_with("guarding nothing"), "{ran}");
 }

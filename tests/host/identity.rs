@@ -194,9 +194,8 @@ async fn a_device_left_under_a_temporary_name_by_a_killed_run_is_put_back_at_sta
     let mac = up_veth(&w, "vf0", "vf0p");
     let before = looks(&w, "vf0");
     let (mut ledger, _) = start(&w);
-    ledger
-        .take_off([flight(&w, "ngtmp9.9", mac, "vf0")])
-        .unwrap();
+    ledger.take_off([flight(&w, "ngtmp9.9", mac, "vf0")]);
+    ledger.commit().unwrap();
     // The move happens, then the process dies: no save, no drop.
     w.host.ip(&[
         "link",
@@ -236,9 +235,8 @@ async fn a_stranger_under_a_temporary_name_is_left_alone() {
     let w = World::new("fs").with(&["c"]);
     let mac = up_veth(&w, "vf1", "vf1p");
     let (mut ledger, restorer) = start(&w);
-    ledger
-        .take_off([flight(&w, "ngtmp9.8", mac, "vf1")])
-        .unwrap();
+    ledger.take_off([flight(&w, "ngtmp9.8", mac, "vf1")]);
+    ledger.commit().unwrap();
     // Someone else's veth under that name in the container; ours never left.
     w.c().ip(&[
         "link", "add", "ngtmp9.8", "type", "veth", "peer", "name", "other8",
@@ -264,7 +262,8 @@ async fn a_move_that_failed_after_setting_the_device_down_is_put_back_up() {
     let mac = up_veth(&w, "vf2", "vf2p");
     let (mut ledger, restorer) = start(&w);
     let f = flight(&w, "ngtmp9.7", mac, "vf2");
-    ledger.take_off([f.clone()]).unwrap();
+    ledger.take_off([f.clone()]);
+    ledger.commit().unwrap();
     // Down for the move, then the move itself failed: it never left.
     w.host.ip(&["link", "set", "vf2", "down"]);
     let said = restorer.put_back(&f).await;
@@ -291,7 +290,8 @@ async fn a_link_created_under_a_temporary_name_and_never_finished_is_removed_at_
         identity,
         from: None,
     };
-    ledger.take_off([f]).unwrap();
+    ledger.take_off([f]);
+    ledger.commit().unwrap();
     w.host.ip(&[
         "link",
         "add",

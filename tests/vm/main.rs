@@ -4,6 +4,7 @@
 
 mod agent;
 mod bench;
+mod causes;
 mod moves;
 mod scenarios;
 

@@ -7,13 +7,13 @@ use netguard::event::{Cause, Event, EventKind};
 use netguard::trace::BackendKind;
 use netguard_tests::IP;
 
-use crate::moves;
 use crate::Trace;
+use crate::{causes, moves};
 
 /// TCG guests are slow, and netns cleanup runs in a kworker some time after `ip netns del`.
-const WAIT: Duration = Duration::from_secs(15);
+pub const WAIT: Duration = Duration::from_secs(15);
 
-type Outcome = Result<(), String>;
+pub type Outcome = Result<(), String>;
 
 pub async fn run_all(trace: &Trace, wanted: &dyn Fn(&str) -> bool) -> Vec<(&'static str, Outcome)> {
     let mut results = Vec::new();
@@ -31,6 +31,13 @@ pub async fn run_all(trace: &Trace, wanted: &dyn Fn(&str) -> bool) -> Vec<(&'sta
     }
     if wanted("rename") {
         results.push(("rename", rename(trace).await));
+        cleanup();
+    }
+    if wanted("driver-reload-causes") {
+        results.push((
+            "driver-reload-causes",
+            causes::driver_reload_causes(trace).await,
+        ));
         cleanup();
     }
     if wanted("1000-moves") {
@@ -56,7 +63,7 @@ pub fn ip(args: &[&str]) -> Outcome {
     Ok(())
 }
 
-fn netns_inode(name: &str) -> Result<u64, String> {
+pub fn netns_inode(name: &str) -> Result<u64, String> {
     netguard::netns::inode_of(std::path::Path::new(&format!("/run/netns/{name}")))
         .map_err(|e| e.to_string())
 }
@@ -102,7 +109,12 @@ pub fn cleanup() {
     }
 }
 
-fn expect<T: PartialEq + std::fmt::Debug>(what: &str, got: T, want: T, event: &Event) -> Outcome {
+pub fn expect<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    got: T,
+    want: T,
+    event: &Event,
+) -> Outcome {
     if got != want {
         return Err(format!(
             "{what}: got {got:?}, want {want:?} in {}",
@@ -112,11 +124,11 @@ fn expect<T: PartialEq + std::fmt::Debug>(what: &str, got: T, want: T, event: &E
     Ok(())
 }
 
-fn from_name(e: &Event) -> Option<&str> {
+pub fn from_name(e: &Event) -> Option<&str> {
     e.from.as_ref().and_then(|p| p.name.as_deref())
 }
 
-fn to_name(e: &Event) -> Option<&str> {
+pub fn to_name(e: &Event) -> Option<&str> {
     e.to.as_ref().and_then(|p| p.name.as_deref())
 }
 

@@ -10,11 +10,13 @@ use crate::Tally;
 
 /// Lowest first. See docs/architecture.md for what each layer does.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("vocabulary", &["event", "model", "config"]),
+    ("vocabulary", &["event", "model"]),
     ("netns identity", &["netns"]),
     ("netlink plumbing", &["rtnl"]),
     ("kernel view and event sources", &["inventory", "trace"]),
     ("capture and record", &["capture", "ledger"]),
+    // Turns the file and flags into the typed settings of the ledger and the tracer.
+    ("settings", &["config"]),
     ("plan, apply, verify", &["restore"]),
     ("display", &["status", "report", "recording"]),
     ("operations", &["control"]),

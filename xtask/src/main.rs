@@ -2,6 +2,7 @@
 //! need, the VM test bed and benchmarks live here rather than in scattered shell scripts.
 
 mod bench;
+mod fuzz;
 mod layers;
 mod setup;
 mod shell;
@@ -37,6 +38,11 @@ enum Task {
         #[command(flatten)]
         vm: vm::VmArgs,
     },
+    /// Fuzz every parser of outside input (libFuzzer, coverage-guided) for N seconds each.
+    Fuzz {
+        #[command(flatten)]
+        fuzz: fuzz::FuzzArgs,
+    },
     /// Build release binaries and run the benchmarks (as root, in namespaces they create, and
     /// in QEMU guests): one table, and the same as JSON in <target dir>/bench/latest.json.
     Bench {
@@ -54,6 +60,7 @@ fn main() -> ExitCode {
         Task::VmTest { vm } => setup::run()
             .and_then(|()| vm::run(&vm))
             .map(|t| t.exit_code()),
+        Task::Fuzz { fuzz } => fuzz::run(&fuzz),
         Task::Bench { bench } => bench::run(&bench),
     };
     match result {
@@ -111,6 +118,9 @@ fn test(vm_args: &vm::VmArgs) -> anyhow::Result<ExitCode> {
     );
     total.add(cargo_tests);
     total.add(layers::check()?);
+    let fuzzed = fuzz::fuzz(&fuzz::TARGETS, fuzz::SHORT_SECONDS)?;
+    println!("fuzz: {} passed, {} failed", fuzzed.passed, fuzzed.failed);
+    total.add(fuzzed);
     let vm = vm::run(vm_args)?;
     total.add(vm);
     println!("total: {} passed, {} failed", total.passed, total.failed);

@@ -4,9 +4,11 @@ use std::process::Command;
 
 use crate::shell;
 
-/// clang builds the BPF object; the rest builds and boots the VM test bed.
+/// clang builds the BPF object; g++ builds libFuzzer for the fuzz targets; the rest builds and
+/// boots the VM test bed.
 const PACKAGES: &[&str] = &[
     "clang-19",
+    "g++",
     "llvm-19",
     "libbpf-dev",
     "qemu-system-x86",

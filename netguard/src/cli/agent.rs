@@ -2,16 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use netguard::agent::{self, AgentOptions};
-use netguard::config::{
-    FileConfig, DEFAULT_CONFIG, DEFAULT_INTERVAL, DEFAULT_SOCKET, DEFAULT_STATE_DIR,
-};
-use netguard::ledger::{Exclusions, LedgerOptions, Mac};
-use netguard::trace::BackendChoice;
+use netguard::config::{FileConfig, Flags, Settings, DEFAULT_CONFIG};
+use netguard::ledger::LedgerOptions;
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Args)]
@@ -39,61 +35,47 @@ pub struct AgentArgs {
 
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     super::require_root()?;
-    let explicit = args.config.is_some();
-    let file = FileConfig::load(
-        args.config.as_deref().unwrap_or(DEFAULT_CONFIG.as_ref()),
-        explicit,
-    )?;
-    let backend: BackendChoice = args
-        .backend
-        .or(file.backend)
-        .as_deref()
-        .unwrap_or("auto")
-        .parse()?;
-    let interval = match args.interval.or(file.interval) {
-        Some(secs) if !(secs.is_finite() && secs > 0.0) => {
-            anyhow::bail!("--interval {secs}: give a positive number of seconds")
-        }
-        Some(secs) => Duration::from_secs_f64(secs),
-        None => DEFAULT_INTERVAL,
+    let path = args.config.as_deref().unwrap_or(DEFAULT_CONFIG.as_ref());
+    let file = FileConfig::load(path, args.config.is_some())?;
+    let flags = Flags {
+        state_dir: args.state_dir,
+        socket: args.socket,
+        backend: args.backend,
+        host_netns: args.host_netns,
+        interval: args.interval,
+        exclude: args.exclude,
     };
-    let mut exclude = Exclusions::default();
-    for item in file.exclude.iter().chain(&args.exclude) {
-        match item.parse::<Mac>() {
-            Ok(mac) => exclude.macs.push(mac),
-            Err(_) => exclude.names.push(item.clone()),
-        }
-    }
-    let mut ledger = LedgerOptions::new(
-        args.state_dir
-            .or(file.state_dir)
-            .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
-    );
-    ledger.exclude = exclude;
+    let settings = Settings::resolve(file, path, flags)?;
+    let mut ledger = LedgerOptions::new(settings.state_dir);
+    ledger.exclude = settings.exclude;
     let options = AgentOptions {
         ledger,
-        socket: args
-            .socket
-            .or(file.socket)
-            .unwrap_or_else(|| DEFAULT_SOCKET.into()),
-        backend,
-        host_netns: args.host_netns.or(file.host_netns),
-        interval,
+        socket: settings.socket,
+        backend: settings.backend,
+        host_netns: settings.host_netns,
+        interval: settings.interval,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = sigint.recv() => {}
-                _ = sigterm.recv() => {}
+        // One message per signal: the first stops the agent gracefully, a second at once.
+        let (stop, stops) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = sigint.recv() => {}
+                    _ = sigterm.recv() => {}
+                }
+                if stop.send(()).await.is_err() {
+                    return;
+                }
             }
-        };
-        match agent::run(options, shutdown).await {
+        });
+        match agent::run(options, stops).await {
             Ok(()) => Ok(ExitCode::SUCCESS),
-            // Not bad input: the agent ran and broke down.
-            Err(e @ agent::AgentError::TaskEnded(_)) => {
+            // Not bad input: the agent ran and broke down, or was told to stop at once.
+            Err(e @ (agent::AgentError::TaskEnded(_) | agent::AgentError::StoppedAtOnce)) => {
                 eprintln!("netguard: {e}");
                 Ok(ExitCode::FAILURE)
             }

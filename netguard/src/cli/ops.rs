@@ -30,6 +30,14 @@ pub struct Place {
 }
 
 impl Place {
+    /// The agent this command means.
+    pub fn meant(&self) -> api::Meant {
+        api::Meant {
+            state_dir: self.state_dir.clone(),
+            host_netns: self.host_netns.clone(),
+        }
+    }
+
     /// A restorer and the ledger, opened here because no agent runs; the lock keeps a
     /// concurrently started agent out until we are done.
     pub fn open_locally(&self) -> anyhow::Result<(StateLock, Ledger, Restorer)> {
@@ -49,8 +57,9 @@ pub fn run(place: &Place, operation: Operation, json: bool) -> anyhow::Result<Ex
     super::require_root()?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let reply = runtime.block_on(async {
-        match api::request::<Result<Reply, String>>(
+        match api::request_to::<Result<Reply, String>>(
             &place.socket,
+            &place.meant(),
             &Request::Operate {
                 operation: operation.clone(),
             },

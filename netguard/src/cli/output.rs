@@ -41,7 +41,7 @@ pub fn event_line(event: &Event) -> String {
             line += &format!("  {places}");
         }
     }
-    line += &format!("  cause {}", event.cause.as_str());
+    line += &format!("  cause {}", event.cause_text());
     if let Some(kind) = &event.link_kind {
         line += &format!("  kind {kind}");
     }
@@ -61,9 +61,13 @@ pub fn event_line(event: &Event) -> String {
 pub fn report(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let events = netguard::recording::read(path)?;
     let timelines = report::timelines(&events);
+    let cascades = report::cascades(&events);
     if json {
         for timeline in &timelines {
             println!("{}", serde_json::to_string(timeline)?);
+        }
+        for cascade in &cascades {
+            println!("{}", serde_json::json!({ "cascade": cascade }));
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -78,9 +82,20 @@ pub fn report(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         if let Some(mac) = &timeline.perm_addr {
             header += &format!("  perm {mac}");
         }
+        if let report::DeviceId::Card { bus_addr, .. } = &timeline.id {
+            header += &format!("  bus {bus_addr}");
+        }
         println!("{header}");
+        println!("  {}", timeline.path.join(" -> "));
         for event in &timeline.events {
             println!("  {}", event_line(event));
+        }
+        println!();
+    }
+    for cascade in &cascades {
+        println!("cascade");
+        for line in cascade.lines(&event_line) {
+            println!("  {line}");
         }
         println!();
     }

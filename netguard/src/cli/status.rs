@@ -13,7 +13,7 @@ pub fn run(place: &Place, json: bool) -> anyhow::Result<ExitCode> {
     super::require_root()?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let (status, no_agent) = runtime.block_on(async {
-        match api::request::<Status>(&place.socket, &Request::Status).await {
+        match api::request_to::<Status>(&place.socket, &place.meant(), &Request::Status).await {
             Ok(status) => Ok((status, None)),
             Err(no_agent @ ApiError::NoAgent { .. }) if !place.state_dir.exists() => {
                 // Looking must not create a ledger.

@@ -2,15 +2,18 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use netguard::config::{seconds, Setting};
 use netguard::recording::Recorder;
 use netguard::trace::{BackendChoice, TraceOptions, Tracer};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::output;
+
+/// From a millisecond to a year.
+const DURATION_RANGE: (f64, f64) = (0.001, 31_536_000.0);
 
 #[derive(Args)]
 pub struct TraceArgs {
@@ -34,12 +37,10 @@ pub struct TraceArgs {
 pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     // Everything that can be checked is checked before a probe is attached.
     let choice: BackendChoice = args.backend.parse()?;
-    let duration = match args.duration {
-        Some(secs) if !(secs.is_finite() && secs > 0.0) => {
-            anyhow::bail!("--duration {secs}: give a positive number of seconds")
-        }
-        other => other.map(Duration::from_secs_f64),
-    };
+    let duration = args
+        .duration
+        .map(|secs| seconds(Setting::Flag("duration"), secs, DURATION_RANGE))
+        .transpose()?;
     let mut recorder = args.record.as_deref().map(Recorder::open).transpose()?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {

@@ -17,6 +17,8 @@ use crate::rtnl::temporary_link_name;
 pub enum LendError {
     #[error(transparent)]
     Inventory(#[from] InventoryError),
+    #[error("{0}; the NIC was left where it is")]
+    Ledger(#[from] LedgerError),
     #[error("no interface {name} in {netns}")]
     NoSuchInterface { name: String, netns: String },
     #[error("{name} is a {kind} link: netguard lends physical NICs only (guard virtual links with `netguard learn`)")]
@@ -35,8 +37,6 @@ pub enum LendError {
         /// What became of the device: put back as it was, or why not.
         put_back: String,
     },
-    #[error("cannot record {name}'s move before it starts: {source}")]
-    Ledger { name: String, source: LedgerError },
     #[error("{name} in {netns} is not the NIC lent as it: {found}; nothing moved")]
     NotTheNic {
         name: String,
@@ -108,12 +108,9 @@ async fn relocate(
             up: link.up,
         }),
     };
-    ledger
-        .take_off([flight.clone()])
-        .map_err(|source| LendError::Ledger {
-            name: link.name.clone(),
-            source,
-        })?;
+    // On disk before the NIC gets the name.
+    ledger.take_off([flight.clone()]);
+    ledger.commit()?;
     let actions = moves(
         (&from.locator, &dev),
         &to.locator,
@@ -210,6 +207,7 @@ pub async fn lend(
         persistent,
     };
     ledger.set_nic_lend(&identity, Some(lend));
+    ledger.commit()?;
     let moved = relocate(
         restorer,
         ledger,

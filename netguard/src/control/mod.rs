@@ -98,14 +98,21 @@ pub async fn execute(
         Operation::Learn { netns } => {
             let locators: Vec<Locator> = netns.iter().map(|p| Locator::Path(p.clone())).collect();
             let learned = capture::learn(pool, ledger, &locators).await?;
-            let mut text = format!("guarding {} link(s)", learned.guarded.len());
+            // Guarding nothing is a failure to say, not a success with a zero in it.
+            let mut text = match learned.guarded.len() {
+                0 => "guarding nothing: no link in the given netns could be guarded".to_string(),
+                n => format!("guarding {n} link(s)"),
+            };
             for key in &learned.guarded {
                 text += &format!("\n  {key}");
             }
             for skipped in &learned.skipped {
                 text += &format!("\n  skipped: {skipped}");
             }
-            Reply::done(text, &learned)
+            Reply {
+                ok: !learned.guarded.is_empty(),
+                ..Reply::done(text, &learned)
+            }
         }
         Operation::ImportCni { path } => {
             let files = if path.is_dir() {

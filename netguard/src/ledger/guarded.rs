@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use super::journal::JournalEntry;
 use super::{
-    Flight, Ledger, LedgerError, Lend, LinkKey, LinkRecord, LinkSpec, LinkState, Locator, Mac,
-    NicIdentity, NicLocation, NicRecord, NicState,
+    Flight, Ledger, Lend, LinkKey, LinkRecord, LinkSpec, LinkState, Locator, Mac, NicIdentity,
+    NicLocation, NicRecord, NicState,
 };
 
 impl Ledger {
@@ -186,20 +186,15 @@ impl Ledger {
         }
     }
 
-    /// Records, durably (the journal fsynced once), that these devices are about to get a
-    /// temporary name: an error means they must not get it, as nothing would find them after
-    /// a crash.
-    pub fn take_off(
-        &mut self,
-        flights: impl IntoIterator<Item = Flight>,
-    ) -> Result<(), LedgerError> {
+    /// Records that these devices are about to get a temporary name. Durable once
+    /// [`commit`](Self::commit)ted, which must come before any of them gets it: nothing would
+    /// find them after a crash otherwise.
+    pub fn take_off(&mut self, flights: impl IntoIterator<Item = Flight>) {
         for flight in flights {
             let entry = JournalEntry::TakeOff { flight };
             entry.apply(&mut self.content);
-            self.dirty = true;
-            self.journal.append(entry)?;
+            self.append(entry);
         }
-        self.journal.sync()
     }
 
     /// The device under temporary name `name` in `netns` has landed or was put back.

@@ -5,6 +5,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -142,20 +143,68 @@ impl Journal {
     ) -> Result<Journal, LedgerError> {
         let path = dir.join(FILE_NAME);
         let file = open_append(&path)?;
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Ok(Journal {
+        let size = file
+            .metadata()
+            .map_err(|source| LedgerError::Io {
+                action: "stat",
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        let next_seq = last_seq
+            .checked_add(1)
+            .ok_or_else(|| LedgerError::SeqExhausted {
+                path: path.clone(),
+                seq: last_seq,
+            })?;
+        let mut journal = Journal {
             path,
             file,
             size,
             max_bytes,
             keep,
-            next_seq: last_seq + 1,
-        })
+            next_seq,
+        };
+        journal.close_torn_line()?;
+        Ok(journal)
+    }
+
+    /// A crash mid-write leaves a last line without its newline: end it, so that the next
+    /// entry starts a line of its own instead of being glued to the fragment (and skipped with
+    /// it on replay). The fragment stays, skipped as damaged.
+    fn close_torn_line(&mut self) -> Result<(), LedgerError> {
+        if self.size == 0 {
+            return Ok(());
+        }
+        let mut last = [0u8];
+        self.file
+            .read_exact_at(&mut last, self.size - 1)
+            .map_err(|source| LedgerError::Io {
+                action: "read the end of",
+                path: self.path.clone(),
+                source,
+            })?;
+        if last[0] == b'\n' {
+            return Ok(());
+        }
+        tracing::warn!(
+            "{}: the last line was torn by a crash; it is closed and skipped",
+            self.path.display()
+        );
+        self.write_line(b"\n")?;
+        self.sync()
     }
 
     /// Appends one line; returns its sequence number. One `write` per line, so a crash tears
     /// at most the last line (skipped on replay).
     pub fn append(&mut self, entry: JournalEntry) -> Result<u64, LedgerError> {
+        let after = self
+            .next_seq
+            .checked_add(1)
+            .ok_or_else(|| LedgerError::SeqExhausted {
+                path: self.path.clone(),
+                seq: self.next_seq,
+            })?;
         let line = JournalLine {
             seq: self.next_seq,
             time: Utc::now(),
@@ -166,16 +215,21 @@ impl Journal {
             source: e,
         })?;
         text.push(b'\n');
+        self.write_line(&text)?;
+        self.next_seq = after;
+        Ok(line.seq)
+    }
+
+    fn write_line(&mut self, bytes: &[u8]) -> Result<(), LedgerError> {
         self.file
-            .write_all(&text)
+            .write_all(bytes)
             .map_err(|source| LedgerError::Io {
                 action: "append to",
                 path: self.path.clone(),
                 source,
             })?;
-        self.size += text.len() as u64;
-        self.next_seq += 1;
-        Ok(line.seq)
+        self.size += bytes.len() as u64;
+        Ok(())
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -235,8 +289,10 @@ fn rotated(dir: &Path, n: usize) -> PathBuf {
     dir.join(format!("{FILE_NAME}.{n}"))
 }
 
+/// Opened for reading too: [`Journal::close_torn_line`] looks at the last byte.
 fn open_append(path: &Path) -> Result<File, LedgerError> {
     OpenOptions::new()
+        .read(true)
         .create(true)
         .append(true)
         .open(path)
@@ -413,6 +469,60 @@ mod tests {
         assert_eq!(rebuilt.journal_seq, 4);
         // Already folded in: nothing more.
         assert_eq!(replay_into(&mut rebuilt, &replay.lines), 0);
+    }
+
+    #[test]
+    fn an_entry_appended_after_a_torn_line_is_replayed() {
+        let dir = TempDir::new("torn");
+        let mut journal = Journal::open(dir.path(), 1 << 20, 3, 0).unwrap();
+        let note = |message: &str| JournalEntry::Note {
+            message: message.into(),
+        };
+        journal.append(note("before")).unwrap();
+        drop(journal);
+        // The crash: half a line, no newline.
+        let path = dir.path().join(FILE_NAME);
+        let mut raw = OpenOptions::new().append(true).open(&path).unwrap();
+        raw.write_all(br#"{"seq":2,"time":"2025-"#).unwrap();
+        drop(raw);
+
+        let replay = read_since(dir.path(), 0).unwrap();
+        let mut journal = Journal::open(dir.path(), 1 << 20, 3, replay.last_seq).unwrap();
+        assert_eq!(journal.append(note("after")).unwrap(), 2);
+        // Opening an intact journal adds nothing.
+        drop(journal);
+        let len = fs::metadata(&path).unwrap().len();
+        drop(Journal::open(dir.path(), 1 << 20, 3, 2).unwrap());
+        assert_eq!(fs::metadata(&path).unwrap().len(), len);
+
+        let replay = read_since(dir.path(), 0).unwrap();
+        let entries: Vec<_> = replay.lines.iter().map(|l| (l.seq, &l.entry)).collect();
+        assert_eq!(entries, [(1, &note("before")), (2, &note("after"))]);
+        assert_eq!(replay.skipped, 1, "the fragment alone is skipped");
+    }
+
+    #[test]
+    fn a_sequence_number_at_the_end_of_the_range_is_refused_not_a_panic() {
+        let dir = TempDir::new("seq-max");
+        let line = format!(
+            r#"{{"seq":{},"time":"2026-12-01T12:00:00Z","type":"note","message":"x"}}"#,
+            u64::MAX
+        );
+        fs::write(dir.path().join(FILE_NAME), line + "\n").unwrap();
+        let replay = read_since(dir.path(), 0).unwrap();
+        assert_eq!(replay.last_seq, u64::MAX);
+        let err = Journal::open(dir.path(), 1 << 20, 3, replay.last_seq)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("leaves no room"), "{err}");
+        let mut journal = Journal::open(dir.path(), 1 << 20, 3, u64::MAX - 1).unwrap();
+        let note = JournalEntry::Note {
+            message: "y".into(),
+        };
+        assert!(matches!(
+            journal.append(note),
+            Err(LedgerError::SeqExhausted { .. })
+        ));
     }
 
     #[test]

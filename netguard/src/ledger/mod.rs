@@ -3,8 +3,9 @@
 //!
 //! One JSON document (`state.json`, atomic writes, checksummed) plus an append-only journal
 //! (`journal.jsonl`, rotated by size). Every change goes to the journal at once; the document is
-//! written by [`Ledger::save`], once per pass, not per change. A document that cannot be read
-//! is moved aside untouched and the ledger is rebuilt from the journal.
+//! written by [`Ledger::save`], once per pass, not per change. A document that reads fine but
+//! is damaged is moved aside untouched and the ledger is rebuilt from the journal; one that
+//! cannot be read (an I/O error) stops the open, and stays where it is.
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +34,13 @@ pub enum LedgerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot read the ledger document {path}: {source}; it was left where it is (only a document that reads fine and fails its checksum or layout is moved aside): fix the disk or the path, then start again")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("journal {path}: sequence number {seq} leaves no room for another entry (a damaged or hand-edited line); move the journal files away to start from the document")]
+    SeqExhausted { path: PathBuf, seq: u64 },
     #[error("cannot encode ledger data for {path}: {source}")]
     Encode {
         path: PathBuf,
@@ -140,6 +148,8 @@ pub struct Ledger {
     content: LedgerContent,
     journal: Journal,
     dirty: bool,
+    /// A change since the last save or commit could not be journalled.
+    journal_failed: bool,
 }
 
 impl Ledger {
@@ -153,17 +163,19 @@ impl Ledger {
             source,
         })?;
         let path = options.dir.join(STATE_FILE);
-        let loaded = store::load(&path);
+        let loaded = store::load(&path)?;
         // A usable document already holds everything up to its `journal_seq`.
         let after = match &loaded {
-            Ok(Some(content)) => content.journal_seq,
+            store::Loaded::Good(content) => content.journal_seq,
             _ => 0,
         };
         let replay = journal::read_since(&options.dir, after)?;
         let (mut content, opened) = match loaded {
-            Ok(Some(content)) => (content, Opened::Loaded { replayed: 0 }),
-            Ok(None) if replay.lines.is_empty() => (LedgerContent::default(), Opened::Fresh),
-            Ok(None) => (
+            store::Loaded::Good(content) => (content, Opened::Loaded { replayed: 0 }),
+            store::Loaded::Absent if replay.lines.is_empty() => {
+                (LedgerContent::default(), Opened::Fresh)
+            }
+            store::Loaded::Absent => (
                 LedgerContent::default(),
                 Opened::Rebuilt {
                     file: path.clone(),
@@ -172,10 +184,7 @@ impl Ledger {
                     replayed: 0,
                 },
             ),
-            Err(problem @ store::DocProblem::Newer(_)) => {
-                return Err(LedgerError::Newer { path, problem })
-            }
-            Err(problem) => {
+            store::Loaded::Corrupt(problem) => {
                 let moved_to = Some(store::move_aside(&path)?);
                 let problem = problem.to_string();
                 (
@@ -214,6 +223,7 @@ impl Ledger {
         };
         let mut ledger = Ledger {
             dirty: replayed > 0,
+            journal_failed: false,
             options,
             content,
             journal,
@@ -249,7 +259,20 @@ impl Ledger {
         })?;
         store::write_atomic(&path, &bytes)?;
         self.dirty = false;
+        self.journal_failed = false;
         Ok(true)
+    }
+
+    /// Makes every change so far durable, for a kernel change about to rely on it (a NIC's
+    /// home name before it leaves, its state before a repair): fsyncs the journal, or, when a
+    /// change could not be journalled, writes the whole document. An error means the kernel
+    /// change must not be made: it would rest on a record that exists only in memory.
+    pub fn commit(&mut self) -> Result<(), LedgerError> {
+        if self.journal_failed {
+            self.save()?;
+            return Ok(());
+        }
+        self.journal.sync()
     }
 
     pub fn content(&self) -> &LedgerContent {
@@ -274,6 +297,7 @@ impl Ledger {
         self.dirty = true;
         if let Err(e) = self.journal.append(entry) {
             tracing::error!("{e}");
+            self.journal_failed = true;
             return;
         }
         if self.journal.needs_rotation() {

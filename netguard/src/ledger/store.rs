@@ -1,6 +1,11 @@
 //! The ledger document on disk: `{"version", "checksum", "ledger"}`, written atomically
 //! (temp file, fsync, rename, fsync the directory) so a crash leaves the old or the new
 //! document, never a mix.
+//!
+//! Reading tells three things apart: no document, a document that read fine but is damaged
+//! (moved aside by the caller, the ledger rebuilt from the journal), and a document that could
+//! not be read at all (an I/O error: said, and the file is left where it is, since the disk
+//! and not the document is what failed).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -16,11 +21,9 @@ use super::LedgerError;
 /// The document layout this build writes and reads.
 pub const VERSION: u64 = 2;
 
-/// Why a document could not be used.
+/// Why a document that was read could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum DocProblem {
-    #[error("cannot read it: {0}")]
-    Unreadable(std::io::Error),
     #[error("it is not valid JSON: {0}")]
     NotJson(serde_json::Error),
     #[error("it has no \"{0}\" field")]
@@ -88,12 +91,35 @@ pub fn decode(bytes: &[u8]) -> Result<LedgerContent, DocProblem> {
     serde_json::from_str(ledger.get()).map_err(DocProblem::Layout)
 }
 
-/// Reads the document; `Ok(None)` when there is none yet.
-pub fn load(path: &Path) -> Result<Option<LedgerContent>, DocProblem> {
-    match fs::read(path) {
-        Ok(bytes) => decode(&bytes).map(Some),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(DocProblem::Unreadable(e)),
+/// What [`load`] found.
+#[derive(Debug)]
+pub enum Loaded {
+    Absent,
+    Good(LedgerContent),
+    /// Read in full, but damaged or not a ledger: safe to move aside and rebuild.
+    Corrupt(DocProblem),
+}
+
+/// Reads the document. An I/O error and a document from a newer netguard are errors: neither
+/// says the document is bad, so neither may lead to it being moved or overwritten.
+pub fn load(path: &Path) -> Result<Loaded, LedgerError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Loaded::Absent),
+        Err(source) => {
+            return Err(LedgerError::Unreadable {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    match decode(&bytes) {
+        Ok(content) => Ok(Loaded::Good(content)),
+        Err(problem @ DocProblem::Newer(_)) => Err(LedgerError::Newer {
+            path: path.to_path_buf(),
+            problem,
+        }),
+        Err(problem) => Ok(Loaded::Corrupt(problem)),
     }
 }
 
@@ -210,7 +236,39 @@ mod tests {
         write_atomic(&path, b"two").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
         assert!(!tmp_path(&path).exists());
-        assert_eq!(load(&dir.path().join("absent.json")).unwrap(), None);
+        assert!(matches!(
+            load(&dir.path().join("absent.json")).unwrap(),
+            Loaded::Absent
+        ));
+    }
+
+    #[test]
+    fn only_a_document_read_in_full_can_be_corrupt() {
+        let dir = TempDir::new("load");
+        let path = dir.path().join("state.json");
+        fs::write(&path, b"{garbage").unwrap();
+        assert!(matches!(
+            load(&path).unwrap(),
+            Loaded::Corrupt(DocProblem::NotJson(_))
+        ));
+        // EISDIR on read: the same error class as EIO, deterministic as root.
+        fs::remove_file(&path).unwrap();
+        fs::create_dir(&path).unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(matches!(err, LedgerError::Unreadable { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("state.json") && text.contains("left where it is"),
+            "{text}"
+        );
+        // A document from a newer netguard is an error too, not damage.
+        fs::remove_dir(&path).unwrap();
+        fs::write(&path, br#"{"version": 9, "checksum": "x", "ledger": {}}"#).unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(
+            err.to_string().contains("newer netguard (layout version 9"),
+            "{err}"
+        );
     }
 
     #[test]

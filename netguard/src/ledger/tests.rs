@@ -108,31 +108,43 @@ fn corrupt_document_is_kept_aside_and_the_ledger_rebuilt() {
 }
 
 #[test]
-fn unreadable_document_is_moved_aside_too() {
+fn unreadable_document_is_an_error_and_stays_in_place() {
     let dir = TempDir::new("ledger-unreadable");
-    // A directory where the file should be cannot be read as a file.
-    std::fs::create_dir(dir.path().join(STATE_FILE)).unwrap();
-    let (_, opened) = open(dir.path());
-    assert!(
-        matches!(
-            opened,
-            Opened::Rebuilt {
-                moved_to: Some(_),
-                ..
-            }
-        ),
-        "{opened:?}"
-    );
+    let (mut ledger, _) = open(dir.path());
+    ledger.record_link(sample_content().links.into_values().next().unwrap().spec);
+    drop(ledger);
+    // A directory where the file should be: reading it fails with EISDIR, an I/O error like
+    // EIO, which says nothing about the document.
+    let state = dir.path().join(STATE_FILE);
+    std::fs::create_dir(&state).unwrap();
+    let err = Ledger::open(LedgerOptions::new(dir.path())).err().unwrap();
+    assert!(matches!(err, LedgerError::Unreadable { .. }), "{err:?}");
+    assert!(err.to_string().contains("left where it is"), "{err}");
+    assert!(state.is_dir(), "left in place");
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("corrupt")), "{names:?}");
 }
 
 #[test]
 fn newer_document_is_refused_not_overwritten() {
     let dir = TempDir::new("ledger-newer");
     let state = dir.path().join(STATE_FILE);
-    std::fs::write(&state, br#"{"version": 9, "checksum": "x", "ledger": {}}"#).unwrap();
+    let newer = br#"{"version": 9, "checksum": "x", "ledger": {}}"#;
+    std::fs::write(&state, newer).unwrap();
     let err = Ledger::open(LedgerOptions::new(dir.path())).err().unwrap();
-    assert!(err.to_string().contains("newer netguard"), "{err}");
-    assert!(state.exists());
+    let text = err.to_string();
+    assert!(
+        text.contains("newer netguard") && text.contains("will not overwrite"),
+        "{text}"
+    );
+    assert_eq!(std::fs::read(&state).unwrap(), newer, "untouched");
+    assert!(
+        !dir.path().join(journal::FILE_NAME).exists(),
+        "nothing journalled either"
+    );
 }
 
 #[test]
@@ -255,4 +267,44 @@ fn link_events_follow_renames_and_mark_teardown() {
     let mut other = Event::new(EventKind::Unregister, Cause::Explicit);
     other.from = place("veth123", 9, HOST);
     assert!(!ledger.observe(&other, HOST));
+}
+
+/// What `lend` records before the NIC leaves, committed; then the process dies (no save, no
+/// drop): the next open finds the home name and the lend.
+fn lend_then_kill(dir: &Path, journal_failed: bool) {
+    let (mut ledger, _) = open(dir);
+    ledger.journal_failed = journal_failed;
+    let nic = &sample_content().nics[0];
+    ledger.guard_nic(nic.identity.clone(), "eth2", true, None);
+    let lend = Lend {
+        netns: Locator::Path("/run/netns/box".into()),
+        name: "eth0".into(),
+        persistent: false,
+    };
+    ledger.set_nic_lend(&nic.identity, Some(lend.clone()));
+    ledger.commit().unwrap();
+    std::mem::forget(ledger);
+    let (ledger, _) = open(dir);
+    let found = ledger.find_nic(&nic.identity).expect("the NIC is on disk");
+    assert_eq!(
+        (found.home_name.as_str(), found.lent.as_ref()),
+        ("eth2", Some(&lend))
+    );
+}
+
+#[test]
+fn a_commit_before_a_kernel_change_survives_a_kill() {
+    let dir = TempDir::new("ledger-commit");
+    lend_then_kill(dir.path(), false);
+}
+
+#[test]
+fn a_commit_after_a_failed_append_writes_the_document() {
+    let dir = TempDir::new("ledger-commit-doc");
+    lend_then_kill(dir.path(), true);
+    let loaded = store::load(&dir.path().join(STATE_FILE)).unwrap();
+    assert!(
+        matches!(&loaded, store::Loaded::Good(c) if c.nics.len() == 1),
+        "{loaded:?}"
+    );
 }

@@ -32,6 +32,8 @@ pub use plan::{Item, Plan, Target, Verdict, World};
 pub enum RestoreError {
     #[error("cannot read the host netns: {0}")]
     Host(#[source] InventoryError),
+    #[error("{0}; nothing was repaired in this pass")]
+    Ledger(#[from] crate::ledger::LedgerError),
 }
 
 /// The result of one pass.
@@ -281,25 +283,25 @@ impl Restorer {
             ledger.see_host_nic(&identity, mac, up, location)
         };
         see_host_nics(see, world, host_netns.clone());
-        let mut plan = plan::plan(ledger.content(), world);
-        // Temporary names are on disk before any device gets one; items whose names could
-        // not be recorded wait for the next pass.
+        let plan = plan::plan(ledger.content(), world);
+        // Temporary names are on disk (the commit below) before any device gets one.
         let flights: Vec<Flight> = plan.actions().filter_map(Action::flight).collect();
-        if let Err(e) = ledger.take_off(flights.iter().cloned()) {
-            for item in &mut plan.items {
-                if item.actions.iter().any(|a| a.flight().is_some()) {
-                    item.verdict = Verdict::Waiting;
-                    item.reason = Some(format!("cannot record its temporary name: {e}"));
-                    item.actions.clear();
-                }
-            }
-        }
+        ledger.take_off(flights.iter().cloned());
         for item in &plan.items {
             if item.verdict == Verdict::Repair {
                 if let Target::Link { key, .. } = &item.target {
                     ledger.set_link_state(key, LinkState::Restoring, item.reason.clone());
                 }
             }
+        }
+        if plan
+            .items
+            .iter()
+            .any(|item| item.verdict == Verdict::Repair)
+        {
+            // Home names first seen in this pass, the states above and the temporary names
+            // are on disk before the kernel changes that rest on them.
+            ledger.commit()?;
         }
         let results = self.executor.apply(&plan).await;
         for flight in &flights {

@@ -211,8 +211,9 @@ impl Executor {
                 self.parent_up(&ctx, &lower).await?;
                 let msg =
                     LinkVlan::new(name, lower.ifindex, *id).protocol(vlan_protocol_to(*protocol));
+                let msg = with_mac_mtu(msg, mac, mtu);
                 let new = (netns, name.as_str(), "vlan", temp);
-                self.create_stacked(&ctx, msg, parent_netns, new, mac, mtu, seen)
+                self.create_stacked(&ctx, msg, parent_netns, new, mac, seen)
                     .await
             }
             Action::CreateMacvlan {
@@ -228,8 +229,9 @@ impl Executor {
                 let lower = ctx.resolve(parent_netns, parent, seen).await?;
                 self.parent_up(&ctx, &lower).await?;
                 let msg = LinkMacVlan::new(name, lower.ifindex, macvlan_mode_to(*mode));
+                let msg = with_mac_mtu(msg, mac, mtu);
                 let new = (netns, name.as_str(), "macvlan", temp);
-                self.create_stacked(&ctx, msg, parent_netns, new, mac, mtu, seen)
+                self.create_stacked(&ctx, msg, parent_netns, new, mac, seen)
                     .await
             }
             Action::AddAddress { netns, dev, addr } => {
@@ -277,8 +279,8 @@ impl Executor {
         }
     }
 
-    /// A vlan or macvlan (`new`: its netns, name, kind and temporary name): sent to the
-    /// parent's netns, created directly in `netns`.
+    /// A vlan or macvlan (`msg` with its MAC and MTU; `new`: its netns, name, kind and
+    /// temporary name): sent to the parent's netns, created directly in `netns`.
     async fn create_stacked<T>(
         &self,
         ctx: &Ctx<'_, impl Fn(String) -> ActionError>,
@@ -286,19 +288,11 @@ impl Executor {
         parent_netns: &Locator,
         (netns, name, kind, temp): (&Locator, &str, &str, &Option<String>),
         mac: &Option<Mac>,
-        mtu: &Option<u32>,
         seen: &mut Seen,
     ) -> Result<(), ActionError> {
         let target = self.conn(netns).await.map_err(ctx.fail)?;
         if netns == parent_netns {
-            ctx.created(
-                ctx.conn
-                    .handle()
-                    .link()
-                    .add(with_mac_mtu(msg, mac, mtu).build())
-                    .execute()
-                    .await,
-            )?;
+            ctx.created(ctx.conn.handle().link().add(msg.build()).execute().await)?;
         } else {
             // The kernel looks a new link's name up in the netns the request is sent to, so
             // a pod's `eth0` would collide with the host's: create it under a name of our
@@ -310,7 +304,7 @@ impl Executor {
                 ctx.conn
                     .handle()
                     .link()
-                    .add(with_mac_mtu(msg.name(temp.clone()), mac, mtu).build())
+                    .add(msg.name(temp.clone()).build())
                     .execute()
                     .await,
             )?;

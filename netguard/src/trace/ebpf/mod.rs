@@ -2,7 +2,7 @@
 //! fentry/fexit or kprobe/kretprobe programs, events read from a BPF ring buffer.
 
 mod probes;
-mod record;
+pub mod record;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -103,8 +103,16 @@ fn start_typed(mode: ProbeMode, resolver: Resolver) -> Result<Running, EbpfError
 
     let kallsyms = probes::kallsyms();
     for probe in PROBES {
-        let function = attach_probe(&mut ebpf, mode, probe, &btf, kallsyms.as_ref())?;
-        tracing::info!("{} probe: {}/{function}", probe.what, mode.entry_section());
+        match attach_probe(&mut ebpf, mode, probe, &btf, kallsyms.as_ref()) {
+            Ok(function) => {
+                tracing::info!("{} probe: {}/{function}", probe.what, mode.entry_section())
+            }
+            Err(err) if !probe.required => tracing::warn!(
+                "{} probe unavailable, its cause is reported as explicit: {err}",
+                probe.what
+            ),
+            Err(err) => return Err(err),
+        }
     }
 
     let dropped: PerCpuArray<MapData, u64> = take_map(&mut ebpf, "dropped")?;

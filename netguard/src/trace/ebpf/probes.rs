@@ -9,6 +9,9 @@ use super::ProbeMode;
 pub struct Probe {
     pub what: &'static str,
     pub candidates: &'static [Candidate],
+    /// Without it the tracer is blind to a kind of event; without an optional one, events
+    /// only carry a coarser cause (explicit instead of driver-unbind, ...).
+    pub required: bool,
 }
 
 /// A kernel function and the programs (`netguard.bpf.c`) written for its arguments.
@@ -28,8 +31,9 @@ const fn candidate(function: &'static str, program: &'static str, on_return: boo
     }
 }
 
-/// Every probe is required. The move probe comes first so that a kernel refusing all of
-/// them is reported with the most telling function.
+/// The move probe comes first so that a kernel refusing all of them is reported with the
+/// most telling function. The cause probes are windows: while a thread is inside one, what
+/// it unregisters or registers has that cause.
 pub const PROBES: &[Probe] = &[
     Probe {
         what: "netns move",
@@ -37,6 +41,7 @@ pub const PROBES: &[Probe] = &[
             candidate("__dev_change_net_namespace", "move", true),
             candidate("dev_change_net_namespace", "move", true),
         ],
+        required: true,
     },
     Probe {
         what: "netns teardown",
@@ -45,6 +50,7 @@ pub const PROBES: &[Probe] = &[
             candidate("default_device_exit_net", "exit_net", true),
             candidate("default_device_exit", "exit_net", true),
         ],
+        required: true,
     },
     Probe {
         what: "rename",
@@ -52,6 +58,7 @@ pub const PROBES: &[Probe] = &[
             candidate("netif_change_name", "rename", true),
             candidate("dev_change_name", "rename", true),
         ],
+        required: true,
     },
     Probe {
         what: "unregister",
@@ -60,10 +67,40 @@ pub const PROBES: &[Probe] = &[
             candidate("unregister_netdevice_many", "unreg_many", false),
             candidate("unregister_netdevice_queue", "unreg_queue", false),
         ],
+        required: true,
     },
     Probe {
         what: "register",
         candidates: &[candidate("register_netdevice", "register", true)],
+        required: true,
+    },
+    // The driver core's unbind, in vmlinux (so fentry works though drivers are modules): the
+    // driver's remove callback unregisters the NIC inside it. The PCI bus's remove callback
+    // stands in where the first is inlined.
+    Probe {
+        what: "driver unbind",
+        candidates: &[
+            candidate("device_release_driver_internal", "unbind", true),
+            candidate("pci_device_remove", "unbind", true),
+        ],
+        required: false,
+    },
+    // The driver's probe callback registers the NIC inside it.
+    Probe {
+        what: "driver bind",
+        candidates: &[
+            candidate("really_probe", "bind", true),
+            candidate("call_driver_probe", "bind", true),
+            candidate("pci_device_probe", "bind", true),
+        ],
+        required: false,
+    },
+    // vlan, macvlan, ipvlan unregister their uppers inside the lower device's
+    // NETDEV_UNREGISTER notification.
+    Probe {
+        what: "netdev notification",
+        candidates: &[candidate("call_netdevice_notifiers_info", "notify", true)],
+        required: false,
     },
 ];
 

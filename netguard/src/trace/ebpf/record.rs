@@ -5,7 +5,7 @@ use std::mem::{offset_of, size_of};
 
 use chrono::{DateTime, Utc};
 
-use crate::event::{format_mac, Actor, Cause, DeviceKey, Event, EventKind, Netns, Place};
+use crate::event::{format_mac, Actor, Cause, DeviceKey, Event, EventKind, Netns, Parent, Place};
 
 /// Mirror of `struct ng_record`; change both together.
 #[repr(C)]
@@ -30,10 +30,16 @@ pub struct RawRecord {
     pub to_name: [u8; 16],
     pub link_kind: [u8; 16],
     pub perm_addr: [u8; 32],
+    pub parent_key: u64,
+    pub parent_ifindex: u32,
+    pub pad2: u32,
+    pub parent_name: [u8; 16],
+    pub driver: [u8; 16],
+    pub bus_addr: [u8; 32],
 }
 
 /// Size of one record, as the C side asserts too.
-pub const RECORD_SIZE: usize = 160;
+pub const RECORD_SIZE: usize = 240;
 
 // The C compiler lays out event.h; these pin the Rust mirror to the same offsets.
 const _: () = {
@@ -52,6 +58,11 @@ const _: () = {
     assert!(offset_of!(RawRecord, to_name) == 96);
     assert!(offset_of!(RawRecord, link_kind) == 112);
     assert!(offset_of!(RawRecord, perm_addr) == 128);
+    assert!(offset_of!(RawRecord, parent_key) == 160);
+    assert!(offset_of!(RawRecord, parent_ifindex) == 168);
+    assert!(offset_of!(RawRecord, parent_name) == 176);
+    assert!(offset_of!(RawRecord, driver) == 192);
+    assert!(offset_of!(RawRecord, bus_addr) == 208);
 };
 
 /// `enum ng_kind`.
@@ -68,6 +79,9 @@ pub mod kind {
 pub mod cause {
     pub const EXPLICIT: u8 = 0;
     pub const NETNS_TEARDOWN: u8 = 1;
+    pub const PARENT_GONE: u8 = 2;
+    pub const DRIVER_UNBIND: u8 = 3;
+    pub const DRIVER_BIND: u8 = 4;
 }
 
 /// `enum ng_flags`.
@@ -78,6 +92,8 @@ pub mod flag {
     pub const RESULT: u32 = 1 << 3;
     pub const DYING_KNOWN: u32 = 1 << 4;
     pub const DYING: u32 = 1 << 5;
+    pub const PARENT: u32 = 1 << 6;
+    pub const BUS: u32 = 1 << 7;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -158,6 +174,9 @@ pub fn decode(
     let cause = match raw.cause {
         cause::EXPLICIT => Cause::Explicit,
         cause::NETNS_TEARDOWN => Cause::NetnsTeardown,
+        cause::PARENT_GONE => Cause::ParentGone,
+        cause::DRIVER_UNBIND => Cause::DriverUnbind,
+        cause::DRIVER_BIND => Cause::DriverBind,
         other => return Err(DecodeError::UnknownCause(other)),
     };
     let has = |f: u32| raw.flags & f != 0;
@@ -184,6 +203,17 @@ pub fn decode(
     }
     if has(flag::RESULT) {
         event.result = Some(raw.result);
+    }
+    if has(flag::PARENT) {
+        event.parent = Some(Parent {
+            name: c_string(&raw.parent_name),
+            ifindex: (raw.parent_ifindex != 0).then_some(raw.parent_ifindex),
+            device: Some(DeviceKey(raw.parent_key)),
+        });
+    }
+    if has(flag::BUS) {
+        event.bus_addr = c_string(&raw.bus_addr);
+        event.driver = c_string(&raw.driver);
     }
     event.by = Some(Actor {
         pid: raw.pid,
@@ -413,6 +443,40 @@ mod tests {
         assert_eq!(ev.kind, EventKind::Register);
         assert_eq!(ev.current_name(), Some("abcdefghijklmnop"));
         assert_eq!(ev.link_kind.as_deref(), Some("macvlan"));
+        assert_eq!((ev.bus_addr, ev.parent), (None, None));
+    }
+
+    #[test]
+    fn causes_parent_driver_and_bus_address_decode() {
+        let mut b = Bytes::new(kind::UNREGISTER, flag::DEVICE | flag::FROM | flag::PARENT);
+        b.put(60, &[cause::PARENT_GONE])
+            .put(80, b"eth1.9\0")
+            .u64(160, 0xfeed)
+            .u32(168, 3)
+            .put(176, b"eth1\0");
+        let ev = decode_at_odd_address(&b.0).unwrap();
+        assert_eq!(ev.cause, Cause::ParentGone);
+        assert_eq!(
+            ev.parent,
+            Some(Parent {
+                name: Some("eth1".into()),
+                ifindex: Some(3),
+                device: Some(DeviceKey(0xfeed)),
+            })
+        );
+        let mut b = Bytes::new(kind::UNREGISTER, flag::DEVICE | flag::FROM | flag::BUS);
+        b.put(60, &[cause::DRIVER_UNBIND])
+            .put(192, b"e1000\0")
+            .put(208, b"0000:00:04.0\0");
+        let ev = decode_at_odd_address(&b.0).unwrap();
+        assert_eq!(ev.cause, Cause::DriverUnbind);
+        assert_eq!(ev.driver.as_deref(), Some("e1000"));
+        assert_eq!(ev.bus_addr.as_deref(), Some("0000:00:04.0"));
+        assert_eq!(ev.parent, None);
+        let mut b = Bytes::new(kind::REGISTER, flag::DEVICE | flag::TO | flag::BUS);
+        b.put(60, &[cause::DRIVER_BIND]).put(208, b"0000:00:04.0\0");
+        let ev = decode_at_odd_address(&b.0).unwrap();
+        assert_eq!((ev.cause, ev.driver), (Cause::DriverBind, None));
     }
 
     #[test]
@@ -435,7 +499,7 @@ mod tests {
         assert_eq!(err, DecodeError::Short { len: 4 });
         assert!(
             err.to_string()
-                .contains("4 bytes is shorter than struct ng_record (160 bytes)"),
+                .contains("4 bytes is shorter than struct ng_record (240 bytes)"),
             "{err}"
         );
     }

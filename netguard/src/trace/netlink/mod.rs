@@ -9,6 +9,7 @@
 
 pub(crate) mod socket;
 mod track;
+mod uevent;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -27,6 +28,7 @@ use crate::netns::{self, NetnsError, Resolver};
 use crate::trace::{Running, TraceOptions};
 use socket::{Listener, Received, Requests};
 use track::{Tracker, UnknownNsid};
+use uevent::{DriverChange, Uevents};
 
 /// How often to look for namespaces created since (they send nothing until they have an nsid).
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
@@ -58,22 +60,23 @@ async fn start_listening(
     options: &TraceOptions,
     resolver: Resolver,
 ) -> Result<Running, NetlinkError> {
-    let runtime = tokio::runtime::Handle::current();
-    let open = move || {
-        let _context = runtime.enter();
-        socket::open()
-    };
-    let opened = match &options.host_netns {
-        Some(path) => netns::run_in(path, open)?,
-        None => open(),
-    };
+    let opened = in_host_netns(options, socket::open)?;
     let (listener, connection, mut requests) = opened.map_err(NetlinkError::Socket)?;
     let listener = Listener::new(listener).map_err(NetlinkError::Socket)?;
     let connection = AbortOnDrop(tokio::spawn(connection));
 
     let host = resolver.host_inode();
     let init = resolver.init_inode().unwrap_or(host);
-    let mut tracker = Tracker::new(resolver.clone(), host, init);
+    let mut tracker = Tracker::new(resolver.clone(), host, init, uevent::bound_driver);
+    // Uevents tell a driver's unbind/bind; without them the NICs' causes are only coarser.
+    let uevents = match in_host_netns(options, Uevents::open)? {
+        Ok(uevents) => Some(uevents),
+        Err(err) => {
+            tracing::warn!("cannot read uevents (NETLINK_KOBJECT_UEVENT): {err}; driver unbind/bind causes are unknown");
+            tracker.without_uevents(err.to_string());
+            None
+        }
+    };
     // The listener is subscribed already, so nothing falls between this dump and it.
     let links = requests
         .dump_links(None)
@@ -96,6 +99,7 @@ async fn start_listening(
         tracker,
         resolver,
         listener,
+        uevents,
         requests,
         events,
         dropped: dropped.clone(),
@@ -113,6 +117,23 @@ async fn start_listening(
     })
 }
 
+/// Runs `open` in the host netns (the stand-in's, for tests) with the runtime entered, so the
+/// sockets it opens live there and register with this runtime.
+fn in_host_netns<T: Send + 'static>(
+    options: &TraceOptions,
+    open: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NetnsError> {
+    let runtime = tokio::runtime::Handle::current();
+    let open = move || {
+        let _context = runtime.enter();
+        open()
+    };
+    match &options.host_netns {
+        Some(path) => netns::run_in(path, open),
+        None => Ok(open()),
+    }
+}
+
 /// Stops a task when the tracer is dropped.
 struct AbortOnDrop(JoinHandle<()>);
 
@@ -127,6 +148,7 @@ struct Driver {
     tracker: Tracker,
     resolver: Resolver,
     listener: Listener,
+    uevents: Option<Uevents>,
     requests: Requests,
     events: mpsc::Sender<Event>,
     dropped: Arc<AtomicU64>,
@@ -140,6 +162,7 @@ struct Driver {
 
 enum Wake {
     Received(std::io::Result<Received>),
+    Uevent(std::io::Result<DriverChange>),
     Rescan,
     Deadline,
 }
@@ -155,11 +178,22 @@ impl Driver {
             let deadline = self.tracker.next_deadline();
             let wake = tokio::select! {
                 received = self.listener.recv() => Wake::Received(received),
+                change = next_uevent(&mut self.uevents) => Wake::Uevent(change),
                 _ = rescan.tick() => Wake::Rescan,
                 _ = sleep_until(deadline) => Wake::Deadline,
             };
             let go_on = match wake {
                 Wake::Received(received) => self.received(received).await,
+                Wake::Uevent(Ok(change)) => {
+                    let events = self.tracker.on_driver_change(change, Instant::now());
+                    self.emit(events).await
+                }
+                Wake::Uevent(Err(err)) => {
+                    tracing::warn!("the uevent socket failed: {err}; driver unbind/bind causes are unknown from now on");
+                    self.uevents = None;
+                    self.tracker.without_uevents(err.to_string());
+                    true
+                }
                 Wake::Rescan => {
                     self.unresolved.clear();
                     self.discover().await
@@ -317,6 +351,13 @@ impl Driver {
             }
         }
         true
+    }
+}
+
+async fn next_uevent(uevents: &mut Option<Uevents>) -> std::io::Result<DriverChange> {
+    match uevents {
+        Some(uevents) => uevents.next().await,
+        None => std::future::pending().await,
     }
 }
 
