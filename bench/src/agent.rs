@@ -22,13 +22,9 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts `netguard agent` on `world` (with `--interval` seconds between idle passes when
-    /// given) and waits until it answers and every guarded link is whole.
-    pub async fn start(
-        netguard: &Path,
-        world: &World,
-        interval: Option<f64>,
-    ) -> anyhow::Result<Agent> {
+    /// Starts `netguard agent` on `world` (with the `extra` flags) and waits until it answers
+    /// and every guarded link is whole.
+    pub async fn start(netguard: &Path, world: &World, extra: &[&str]) -> anyhow::Result<Agent> {
         let socket = world.state_dir.join("agent.sock");
         let log = world.state_dir.join("agent.log");
         let mut cmd = Command::new(netguard);
@@ -37,10 +33,7 @@ impl Agent {
             .arg(&world.host_path)
             .arg("--state-dir")
             .arg(&world.state_dir);
-        cmd.arg("--socket").arg(&socket);
-        if let Some(secs) = interval {
-            cmd.arg("--interval").arg(secs.to_string());
-        }
+        cmd.arg("--socket").arg(&socket).args(extra);
         let stderr =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = cmd

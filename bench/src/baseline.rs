@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::world::{Container, World, BRIDGE, IFNAME, MTU};
+use crate::world::{Container, World, IFNAME, MTU};
 
 /// The script for every container of `world`, run with `sh -e`.
 pub fn script(world: &World) -> String {
@@ -28,7 +28,11 @@ pub fn script(world: &World) -> String {
             "ip -n {host} link add {host_side} address {host_mac} mtu {MTU} type veth peer name {IFNAME} address {mac} mtu {MTU} netns {netns}"
         );
         let _ = writeln!(s, "ip -n {host} link set {host_side} up");
-        let _ = writeln!(s, "ip -n {host} link set {host_side} master {BRIDGE}");
+        let _ = writeln!(
+            s,
+            "ip -n {host} link set {host_side} master {}",
+            c.bridge_name()
+        );
         let _ = writeln!(s, "ip -n {netns} addr add {addr} dev {IFNAME}");
         let _ = writeln!(s, "ip -n {netns} link set {IFNAME} up");
         for route in Container::routes() {

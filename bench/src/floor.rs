@@ -8,15 +8,22 @@ use netguard::inventory::NetnsConn;
 use netguard::rtnl::message::{route_message, veth_message};
 use rtnetlink::LinkUnspec;
 
-use crate::world::{Container, BRIDGE, IFNAME, MTU};
+use std::collections::HashMap;
+
+use crate::world::{Container, IFNAME, MTU};
 
 pub async fn restore(host: &NetnsConn, containers: &[Container]) -> anyhow::Result<()> {
-    // The lookups any restorer needs: the bridge once, each new eth0 once.
-    let bridge = host
-        .get_link_by_name(BRIDGE)
-        .await?
-        .context("no br0 in the host netns")?
-        .ifindex;
+    // The lookups any restorer needs: each bridge once, each new eth0 once.
+    let mut bridges: HashMap<usize, u32> = HashMap::new();
+    for c in containers {
+        if let std::collections::hash_map::Entry::Vacant(entry) = bridges.entry(c.bridge) {
+            let bridge = host
+                .get_link_by_name(&c.bridge_name())
+                .await?
+                .with_context(|| format!("no {} in the host netns", c.bridge_name()))?;
+            entry.insert(bridge.ifindex);
+        }
+    }
     let mut refused: Vec<String> = Vec::new();
     let mut note = |what: &str, c: &Container, result: Result<(), String>| {
         if let Err(e) = result {
@@ -48,7 +55,7 @@ pub async fn restore(host: &NetnsConn, containers: &[Container]) -> anyhow::Resu
             ),
         );
         let port = LinkUnspec::new_with_name(&c.host_side)
-            .controller(bridge)
+            .controller(bridges[&c.bridge])
             .build();
         note("set master", c, says(h.link().set(port).execute().await));
         let Some(eth) = conn.get_link_by_name(IFNAME).await? else {

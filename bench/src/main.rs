@@ -60,6 +60,9 @@ struct RunArgs {
     /// else in the current directory).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Guarded links (and netns) in the scale part.
+    #[arg(long, default_value_t = 1000)]
+    scale_links: usize,
     /// The netguard binary (default: the one next to this one).
     #[arg(long)]
     netguard: Option<PathBuf>,
@@ -210,7 +213,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         } else {
             (Duration::from_secs(30), 20)
         };
-        results.scale = Some(scale::run(&netguard, 1000, window, repeats).await?);
+        results.scale =
+            Some(scale::run(&netguard, &failed_log, args.scale_links, window, repeats).await?);
     }
     print!("{}", results.table());
     if let Some(path) = &args.json {

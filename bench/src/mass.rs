@@ -154,7 +154,7 @@ async fn agent_trial(
     failed_log: &Path,
     world: &World,
 ) -> anyhow::Result<Duration> {
-    let agent = Agent::start(netguard, world, None).await?;
+    let agent = Agent::start(netguard, world, &[]).await?;
     let watch = Watch::start(world).await?;
     let born = world.recreate_all(watch::subscribe)?;
     let since = Instant::now();

@@ -30,7 +30,7 @@ pub struct ReactionResult {
 pub async fn run(netguard: &Path, trials: usize) -> anyhow::Result<ReactionResult> {
     eprintln!("reaction latency: {trials} trials");
     let world = World::build(CONTAINERS).await?;
-    let agent = Agent::start(netguard, &world, None).await?;
+    let agent = Agent::start(netguard, &world, &[]).await?;
     let mut times = Vec::with_capacity(trials);
     for t in 0..WARM_UP + trials {
         let i = t % CONTAINERS;

@@ -163,6 +163,27 @@ impl Results {
                 ms(s.save.median),
                 ms(s.save.p99)
             );
+            let _ = writeln!(
+                t,
+                "{:<30}{:>12}{:>12}   (median, p99; {} KiB)",
+                "GET /metrics wall",
+                ms(s.scrape.median),
+                ms(s.scrape.p99),
+                s.scrape_bytes / 1024
+            );
+            let _ = writeln!(
+                t,
+                "{:<30}{:>12}   (mean of idle passes, the agent's own histogram)",
+                "agent reconcile pass wall",
+                ms(s.agent_pass_seconds)
+            );
+            let _ = writeln!(
+                t,
+                "{:<30}{:>12}   (RSS after: {:.1} MiB)",
+                format!("{} re-created -> all back", s.burst),
+                format!("{:.2} s", s.burst_back_seconds),
+                s.agent_rss_after_burst_bytes as f64 / 1048576.0
+            );
         }
         t
     }

@@ -180,7 +180,7 @@ impl Watch {
                 let seen = c.check(
                     &live[&pending[0]].inventory(),
                     &self.host.inventory(),
-                    world.bridge,
+                    world.bridges[c.bridge],
                 );
                 bail!(
                     "{} of {} links not back after {timeout:?}; first: {} ({})",
@@ -233,7 +233,11 @@ impl Watch {
             pending.retain(|i| {
                 !dirty.contains(i)
                     || world.containers[*i]
-                        .check(&live[i].inventory(), &host, world.bridge)
+                        .check(
+                            &live[i].inventory(),
+                            &host,
+                            world.bridges[world.containers[*i].bridge],
+                        )
                         .is_err()
             });
         }

@@ -1,5 +1,6 @@
-//! The benchmark's world: a netns standing in for the host, with bridge `br0`, and N
-//! "container" netns, each with a veth `eth0` whose host side `vb<i>` is a port of `br0`, one
+//! The benchmark's world: a netns standing in for the host, with bridges `br0`, `br1`..., and
+//! N "container" netns, each with a veth `eth0` whose host side `vb<i>` is a port of
+//! `br<i / PORTS_PER_BRIDGE>`, one
 //! address, a default route and a subnet route, all guarded in a ledger. Everything is made
 //! in namespaces the benchmark creates and removed when the [`World`] is dropped, also on
 //! error or Ctrl-C (the future holding it is dropped). Addresses come from 198.18.0.0/15.
@@ -18,7 +19,9 @@ use rtnetlink::LinkBridge;
 
 use crate::{floor, netns};
 
-pub const BRIDGE: &str = "br0";
+/// A Linux bridge takes at most 1,023 ports (`BR_MAX_PORTS`, port 0 reserved): containers
+/// are spread over as many bridges as it takes, this many each.
+pub const PORTS_PER_BRIDGE: usize = 1000;
 pub const IFNAME: &str = "eth0";
 pub const MTU: u32 = 1500;
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -39,6 +42,8 @@ pub struct Container {
     pub host_mac: Mac,
     pub mac: Mac,
     pub addr: IpNet,
+    /// Which of the world's bridges its host side is a port of.
+    pub bridge: usize,
 }
 
 impl Container {
@@ -49,6 +54,7 @@ impl Container {
             path: netns::path_of(&netns),
             netns,
             host_side: format!("vb{i}"),
+            bridge: i / PORTS_PER_BRIDGE,
             host_mac: Mac([0x02, 0x6e, 0x67, 0x00, hi, lo]),
             mac: Mac([0x02, 0x6e, 0x67, 0x01, hi, lo]),
             addr: IpNet::new(
@@ -66,6 +72,10 @@ impl Container {
 
     pub fn locator(&self) -> Locator {
         Locator::Path(self.path.clone())
+    }
+
+    pub fn bridge_name(&self) -> String {
+        bridge_name(self.bridge)
     }
 
     /// Its routes: default and the subnet route, both via the bridge's address.
@@ -111,7 +121,11 @@ impl Container {
             return fail(format!("{IFNAME} and {} are not peers", self.host_side));
         }
         if vb.master != Some(bridge) {
-            return fail(format!("{} is not a port of {BRIDGE}", self.host_side));
+            return fail(format!(
+                "{} is not a port of {}",
+                self.host_side,
+                self.bridge_name()
+            ));
         }
         if !inv.addresses_of(eth.ifindex).any(|a| a == self.addr) {
             return fail(format!("{IFNAME} lacks {}", self.addr));
@@ -124,6 +138,10 @@ impl Container {
             None => Ok(()),
         }
     }
+}
+
+pub fn bridge_name(k: usize) -> String {
+    format!("br{k}")
 }
 
 /// The containers of the world named `name`, without making anything.
@@ -140,7 +158,8 @@ pub struct World {
     /// Our connection to the host stand-in (never re-created, so holding it pins nothing
     /// that matters).
     host: Arc<NetnsConn>,
-    pub bridge: u32,
+    /// The bridges' ifindexes, `br0` first.
+    pub bridges: Vec<u32>,
 }
 
 impl World {
@@ -160,20 +179,27 @@ impl World {
         guard.paths.push(host_path.clone());
         let host = Arc::new(NetnsConn::open(Locator::Host, &host_path).await?);
         let handle = host.handle();
-        handle
-            .link()
-            .add(LinkBridge::new(BRIDGE).mtu(MTU).up().build())
-            .execute()
-            .await
-            .context("creating br0")?;
-        let bridge = host
-            .get_link_by_name(BRIDGE)
-            .await?
-            .context("br0 vanished")?
-            .ifindex;
+        let mut bridges = Vec::new();
+        for k in 0..n.div_ceil(PORTS_PER_BRIDGE).max(1) {
+            let name = bridge_name(k);
+            handle
+                .link()
+                .add(LinkBridge::new(&name).mtu(MTU).up().build())
+                .execute()
+                .await
+                .with_context(|| format!("creating {name}"))?;
+            let bridge = host
+                .get_link_by_name(&name)
+                .await?
+                .with_context(|| format!("{name} vanished"))?
+                .ifindex;
+            bridges.push(bridge);
+        }
+        // The gateway address lives on br0 only: the containers' routes name it, nothing
+        // has to answer it, and one address keeps one prefix route.
         handle
             .address()
-            .add(bridge, IpAddr::V4(GATEWAY), PREFIX)
+            .add(bridges[0], IpAddr::V4(GATEWAY), PREFIX)
             .execute()
             .await
             .context("addressing br0")?;
@@ -196,7 +222,7 @@ impl World {
             containers,
             state_dir,
             host,
-            bridge,
+            bridges,
         };
         guard.disarm();
         world.verify().await.context("the world just built")?;
@@ -286,7 +312,7 @@ impl World {
                         .dump()
                         .await
                         .map_err(|e| e.to_string())?;
-                    c.check(&inv, host, self.bridge)
+                    c.check(&inv, host, self.bridges[c.bridge])
                 }
             })
             .buffer_unordered(16)

@@ -7,6 +7,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -24,7 +25,9 @@ use crate::api::{self, ApiError, Request};
 use crate::control::{self, Operation};
 use crate::inventory::Pool;
 use crate::ledger::{Ledger, LedgerError, LedgerOptions};
+use crate::metrics::{Metrics, MetricsError};
 use crate::netns::BIND_MOUNT_DIRS;
+use crate::outcomes::Outcomes;
 use crate::restore::Restorer;
 use crate::status::{self, AgentInfo, LastEvents, Status};
 use crate::trace::{BackendChoice, TraceError, TraceOptions, Tracer};
@@ -45,6 +48,8 @@ pub struct AgentOptions {
     pub backend: BackendChoice,
     pub host_netns: Option<PathBuf>,
     pub interval: Duration,
+    /// Where to serve Prometheus metrics; `None`: nowhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +62,8 @@ pub enum AgentError {
     Api(#[from] ApiError),
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     #[error("{0}; the agent stops (exit 1) so that its service manager restarts it")]
     TaskEnded(String),
     #[error("stopped at once by a second signal, without waiting for the pass under way or saving the document; the journal holds every change, and the next start replays it")]
@@ -129,9 +136,21 @@ struct Shared {
     last_events: std::sync::Mutex<LastEvents>,
     info: std::sync::Mutex<AgentInfo>,
     wake: Notify,
+    /// When the earliest wake-up not yet taken by a pass happened (restore latency runs from it).
+    woken_at: std::sync::Mutex<Option<Instant>>,
+    outcomes: std::sync::Mutex<Outcomes>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Shared {
+    /// Wakes the reconciler for something that happened `at`.
+    fn wake_for(&self, at: Instant) {
+        let mut woken = self.woken_at.lock().unwrap_or_else(|p| p.into_inner());
+        *woken = Some(woken.map_or(at, |earlier| earlier.min(at)));
+        drop(woken);
+        self.wake.notify_one();
+    }
+
     async fn status(&self) -> Status {
         let ledger = self.ledger.lock().await;
         let rows = status::rows(
@@ -165,6 +184,12 @@ pub async fn run(
     // Before the ledger is opened (and perhaps rebuilt): an agent refused is one that
     // touched nothing.
     let listener = api::listen(&options.socket).await?;
+    let metrics = Arc::new(Metrics::new()?);
+    let serve_metrics = match options.metrics {
+        Some(addr) => Some(metrics.clone().serve(addr).await?),
+        None => None,
+    };
+    let metrics = serve_metrics.is_some().then_some(metrics);
     let (ledger, opened) = Ledger::open(options.ledger.clone())?;
     tracing::info!("{}: {opened}", options.ledger.dir.display());
     let mut tracer = Tracer::start(
@@ -181,6 +206,12 @@ pub async fn run(
     let host_inode = tracer.resolver.host_inode();
     let pool = Arc::new(Pool::new(options.host_netns.clone()));
     let host_name = pool.host_name();
+    if let Some(m) = &metrics {
+        m.backend_info
+            .with_label_values(&[tracer.backend.as_str()])
+            .set(1);
+    }
+    let outcomes = Outcomes::new(metrics.clone(), &status::ledger_rows(ledger.content()));
     let shared = Arc::new(Shared {
         ledger: Mutex::new(ledger),
         stopping: Default::default(),
@@ -198,6 +229,9 @@ pub async fn run(
             host_netns_inode: Some(host_inode),
         }),
         wake: Notify::new(),
+        woken_at: Default::default(),
+        outcomes: std::sync::Mutex::new(outcomes),
+        metrics,
     });
     {
         // Devices a killed run left under a temporary name go back where they came from
@@ -210,12 +244,30 @@ pub async fn run(
             }
         }
     }
-    shared.wake.notify_one();
+    shared.wake_for(Instant::now());
 
     let mut tasks = tokio::task::JoinSet::new();
     let s = shared.clone();
     tasks.spawn(async move {
-        while let Some(event) = tracer.next().await {
+        let backend = tracer.backend.as_str();
+        let mut dropped = 0;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let event = tokio::select! {
+                event = tracer.next() => event,
+                _ = tick.tick() => {
+                    let now = tracer.dropped();
+                    if let Some(m) = &s.metrics {
+                        m.tracer_dropped.with_label_values(&[backend]).inc_by(now.saturating_sub(dropped));
+                    }
+                    dropped = now;
+                    continue;
+                }
+            };
+            let Some(event) = event else { break };
+            if let Some(m) = &s.metrics {
+                m.tracer_events.with_label_values(&[backend, event.kind.as_str()]).inc();
+            }
             s.last_events
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -228,7 +280,9 @@ pub async fn run(
                     event.current_name()
                 );
             }
-            s.wake.notify_one();
+            // The event's own time: the kernel saw it before it was queued to us.
+            let age = (Utc::now() - event.time).to_std().unwrap_or_default();
+            s.wake_for(Instant::now().checked_sub(age).unwrap_or_else(Instant::now));
         }
         tracing::error!("the tracer stopped");
     });
@@ -244,7 +298,14 @@ pub async fn run(
         }
     });
     let s = shared.clone();
-    tasks.spawn(async move { watch_bind_mounts(&s.wake).await });
+    tasks.spawn(async move { watch_bind_mounts(&s).await });
+    if let Some(serve) = serve_metrics {
+        tasks.spawn(serve);
+    }
+    if let Some(period) = crate::notify::watchdog_period() {
+        let s = shared.clone();
+        tasks.spawn(async move { keep_watchdog_fed(&s, period).await });
+    }
     let s = shared.clone();
     let answer = move |request: Request| {
         let s = s.clone();
@@ -259,6 +320,14 @@ pub async fn run(
     };
     tasks.spawn(api::serve(listener, api::Limits::default(), answer));
 
+    crate::notify::ready(&format!(
+        "guarding with the {} backend",
+        shared
+            .info
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .backend
+    ));
     // Every task runs forever: one that ends (the tracer stopped, say) is a failure, so that
     // a service manager restarts the agent.
     let failed = tokio::select! {
@@ -268,6 +337,7 @@ pub async fn run(
             Err(e) => format!("an agent task failed: {e}"),
         }),
     };
+    crate::notify::stopping();
     if failed.is_none() {
         tracing::info!("stopping: the pass under way may finish (at most {PASS_GRACE:?}); a second signal stops at once");
         shared.stopping.store(true, Ordering::SeqCst);
@@ -348,13 +418,47 @@ async fn lock_ledger(options: &AgentOptions) -> Result<StateLock, LockError> {
     }
 }
 
+/// Tells the service manager the agent is alive as long as the ledger can be had within half a
+/// watchdog period: a reconciler stuck holding it (or a runtime that stopped) lets the
+/// watchdog fire and the agent be restarted.
+async fn keep_watchdog_fed(shared: &Shared, period: Duration) {
+    loop {
+        if tokio::time::timeout(period / 2, shared.ledger.lock())
+            .await
+            .is_ok()
+        {
+            crate::notify::watchdog();
+        }
+        tokio::time::sleep(period / 4).await;
+    }
+}
+
 async fn reconcile(shared: &Shared) {
     let mut ledger = shared.ledger.lock().await;
     if shared.stopping.load(Ordering::SeqCst) {
         return;
     }
+    let triggered = shared
+        .woken_at
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .unwrap_or_else(Instant::now);
+    let started = Instant::now();
     match shared.restorer.pass(&mut ledger).await {
         Ok(report) => {
+            if let Some(m) = &shared.metrics {
+                m.pass_duration.observe(started.elapsed().as_secs_f64());
+            }
+            shared
+                .outcomes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .after_pass(
+                    &report,
+                    &status::ledger_rows(ledger.content()),
+                    triggered.into_std(),
+                );
             for item in report.broken() {
                 tracing::warn!(
                     "{}: {:?}{}",
@@ -378,8 +482,16 @@ async fn reconcile(shared: &Shared) {
             Err(e) => tracing::warn!("lending again: {e}"),
         }
     }
-    if let Err(e) = ledger.save() {
-        tracing::error!("{e}");
+    let saving = Instant::now();
+    match ledger.save() {
+        Ok(true) => {
+            if let Some(m) = &shared.metrics {
+                m.ledger_save_duration
+                    .observe(saving.elapsed().as_secs_f64());
+            }
+        }
+        Ok(false) => {}
+        Err(e) => tracing::error!("{e}"),
     }
     shared.info.lock().unwrap_or_else(|p| p.into_inner()).passes += 1;
 }
@@ -389,7 +501,7 @@ async fn reconcile(shared: &Shared) {
 /// known path is a container restart to repair. A bind mount is made just after its file is
 /// created, so the reconciler is woken again a little later too ([`FOLLOW_UPS`]); inotify is
 /// read meanwhile, so the next container's restart is noticed at once.
-async fn watch_bind_mounts(wake: &Notify) {
+async fn watch_bind_mounts(shared: &Shared) {
     let inotify = match Inotify::new() {
         Ok(inotify) => inotify,
         Err(e) => {
@@ -398,8 +510,9 @@ async fn watch_bind_mounts(wake: &Notify) {
         }
     };
     let mut watched: Vec<PathBuf> = Vec::new();
-    // When to wake the reconciler again, earliest first.
+    // When to wake the reconciler again, earliest first, and when what they follow happened.
     let mut follow_ups: Vec<Instant> = Vec::new();
+    let mut seen_at = Instant::now();
     loop {
         for dir in BIND_MOUNT_DIRS {
             let Ok(real) = std::fs::canonicalize(dir) else {
@@ -418,8 +531,9 @@ async fn watch_bind_mounts(wake: &Notify) {
         tokio::select! {
             read = inotify.readable() => match read {
                 Ok(()) => {
-                    wake.notify_one();
                     let now = Instant::now();
+                    shared.wake_for(now);
+                    seen_at = now;
                     follow_ups = FOLLOW_UPS.iter().map(|delay| now + *delay).collect();
                 }
                 Err(e) => {
@@ -430,7 +544,7 @@ async fn watch_bind_mounts(wake: &Notify) {
             _ = tokio::time::sleep_until(next) => {
                 if !follow_ups.is_empty() {
                     follow_ups.remove(0);
-                    wake.notify_one();
+                    shared.wake_for(seen_at);
                 }
             }
         }

@@ -181,17 +181,22 @@ pub fn rows(ledger: &Ledger, last: &LastEvents) -> Vec<StatusEntry> {
         .collect()
 }
 
+/// Whether `row` is the status row of a restore target.
+pub fn is_row_of(target: &Target, row: &StatusRow) -> bool {
+    match target {
+        Target::Nic { home_name, .. } => row.kind == "nic" && *home_name == row.name,
+        Target::Link { key, .. } => {
+            row.kind != "nic" && key.name == row.name && key.netns.to_string() == row.netns
+        }
+    }
+}
+
 /// Rows from the ledger, each with what a dry-run plan says of it now.
 pub fn rows_with_plan(ledger: &Ledger, plan: &Plan) -> Vec<StatusEntry> {
     ledger_rows(ledger.content())
         .into_iter()
         .map(|row| {
-            let item = plan.items.iter().find(|item| match &item.target {
-                Target::Nic { home_name, .. } => row.kind == "nic" && *home_name == row.name,
-                Target::Link { key, .. } => {
-                    row.kind != "nic" && key.name == row.name && key.netns.to_string() == row.netns
-                }
-            });
+            let item = plan.items.iter().find(|item| is_row_of(&item.target, &row));
             let live = item.map(|i| match &i.reason {
                 Some(reason) => format!("{} ({reason})", i.verdict),
                 None => i.verdict.to_string(),

@@ -133,7 +133,7 @@ impl Netguard {
     }
 
     /// `netguard ARGS --state-dir .. --socket .. --host-netns ..`.
-    fn command(&self, args: &[&str]) -> Command {
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.bin);
         command
             .args(args)
@@ -198,13 +198,18 @@ impl Netguard {
     /// Starts `netguard agent --backend netlink --interval 1` and waits until it answers
     /// `status` itself.
     pub fn start_agent(&self) -> AgentProcess {
+        self.start_agent_with(&[])
+    }
+
+    /// [`Netguard::start_agent`] with more agent flags.
+    pub fn start_agent_with(&self, extra: &[&str]) -> AgentProcess {
         let log = File::options()
             .create(true)
             .append(true)
             .open(self.log_path())
             .expect("open the agent log");
         let child = self
-            .command(&["agent", "--backend", "netlink", "--interval", "1"])
+            .command(&[&["agent", "--backend", "netlink", "--interval", "1"], extra].concat())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("agent log"))
             .stderr(log)

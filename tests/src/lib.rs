@@ -3,6 +3,7 @@
 
 mod command;
 mod netns;
+pub mod ops;
 mod watch;
 mod world;
 

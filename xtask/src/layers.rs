@@ -13,13 +13,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("vocabulary", &["event", "model"]),
     ("netns identity", &["netns"]),
     ("netlink plumbing", &["rtnl"]),
+    ("service plumbing", &["metrics", "notify"]),
     ("kernel view and event sources", &["inventory", "trace"]),
     ("capture and record", &["capture", "ledger"]),
     // Turns the file and flags into the typed settings of the ledger and the tracer.
     ("settings", &["config"]),
     ("plan, apply, verify", &["restore"]),
     ("display", &["status", "report", "recording"]),
-    ("operations", &["control"]),
+    ("operations", &["control", "install", "outcomes"]),
     ("api", &["api"]),
     ("agent", &["agent"]),
 ];

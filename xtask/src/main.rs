@@ -4,6 +4,7 @@
 mod bench;
 mod fuzz;
 mod layers;
+mod package;
 mod setup;
 mod shell;
 mod vm;
@@ -49,6 +50,12 @@ enum Task {
         #[command(flatten)]
         bench: bench::BenchArgs,
     },
+    /// Build the Debian package (target/package/netguard_VERSION_amd64.deb) and check it
+    /// with lintian.
+    Package {
+        #[command(flatten)]
+        package: package::PackageArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +69,9 @@ fn main() -> ExitCode {
             .map(|t| t.exit_code()),
         Task::Fuzz { fuzz } => fuzz::run(&fuzz),
         Task::Bench { bench } => bench::run(&bench),
+        Task::Package { package } => setup::run()
+            .and_then(|()| package::run(&package))
+            .map(|_| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -15,8 +15,10 @@ pub struct AgentArgs {
     /// TOML config (absent is fine for the default path).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Where the ledger lives (default /var/lib/netguard).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// The socket `status` and the other commands talk to (default /run/netguard/netguard.sock).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// auto, fentry, kprobe or netlink.
@@ -31,6 +33,9 @@ pub struct AgentArgs {
     /// A NIC never guarded, by name or MAC (repeatable).
     #[arg(long, value_name = "NAME|MAC")]
     exclude: Vec<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9476); off unless given.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
@@ -54,6 +59,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         backend: settings.backend,
         host_netns: settings.host_netns,
         interval: settings.interval,
+        metrics: args.metrics,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {

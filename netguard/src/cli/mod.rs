@@ -1,6 +1,7 @@
 //! Command-line definitions and output; the work is done by the library.
 
 mod agent;
+mod install;
 mod ops;
 mod output;
 mod status;
@@ -10,7 +11,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use netguard::control::Operation;
 
 /// Exit code for bad input or an environment netguard cannot run in.
@@ -23,8 +24,17 @@ const EXIT_USAGE: u8 = 2;
     about = "Keeps container network interfaces from silently vanishing or losing their names"
 )]
 struct Cli {
+    /// How log lines look on stderr: text for people, json (one object per line) for collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -102,6 +112,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Install netguard into a container runtime (CNI plugin, OCI hooks).
+    #[command(subcommand)]
+    Install(install::Install),
+    /// Undo `install`.
+    #[command(subcommand)]
+    Uninstall(install::Uninstall),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (netguard.1, netguard-SUBCOMMAND.1) into DIR.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
 }
 
 /// The error and its causes on one line, each cause once (library errors already quote theirs).
@@ -133,15 +154,18 @@ pub fn main() -> ExitCode {
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| default_level.into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        // Fields at the top level, as `status --json` has them.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
         // No colour codes in a log file or the journal.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     let result = match cli.command {
         Command::Trace(args) => trace::run(args),
         Command::Agent(args) => agent::run(args),
@@ -176,6 +200,18 @@ pub fn main() -> ExitCode {
             place,
         } => ops::run(&place, Operation::Restore { dry_run }, json),
         Command::Report { file, json } => output::report(&file, json),
+        Command::Install(what) => install::install(what),
+        Command::Uninstall(what) => install::uninstall(what),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "netguard",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpages { dir } => manpages(&dir),
     };
     match result {
         Ok(code) => code,
@@ -184,4 +220,26 @@ pub fn main() -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+/// One page for the command and one per subcommand, as `man netguard-agent` finds them.
+fn manpages(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cli = Cli::command();
+    let mut pages = vec![(cli.get_name().to_string(), cli.clone())];
+    for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("netguard-{}", sub.get_name());
+        let bin = format!("netguard {}", sub.get_name());
+        pages.push((name.clone(), sub.clone().display_name(name).bin_name(bin)));
+    }
+    for (name, command) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(command)
+            .render(&mut out)
+            .with_context(|| format!("cannot render {name}.1"))?;
+        std::fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,114 @@
+//! `netguard install` / `netguard uninstall`: the CNI plugin and the OCI hooks.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use netguard::install::{self, Placement};
+
+/// Where the CNI conflists and plugins are.
+#[derive(Args)]
+pub struct CniPlaces {
+    /// A conflist (repeatable; default: every *.conflist in --conf-dir).
+    #[arg(long, value_name = "FILE")]
+    conflist: Vec<PathBuf>,
+    #[arg(long, value_name = "DIR", default_value = install::DEFAULT_CNI_CONF_DIR)]
+    conf_dir: PathBuf,
+    #[arg(long, value_name = "DIR", default_value = install::DEFAULT_CNI_BIN_DIR)]
+    bin_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum Install {
+    /// Add netguard at the end of CNI conflists' plugin chains (each backed up to
+    /// FILE.netguard-backup) and put the binary into the CNI bin dir as `netguard`.
+    Cni {
+        #[command(flatten)]
+        places: CniPlaces,
+        /// Copy the binary instead of linking it (from a container into the host's bin dir).
+        #[arg(long)]
+        copy: bool,
+    },
+    /// Write oci-hooks(5) files that run `netguard oci-hook` at createRuntime, poststart and
+    /// poststop of every container.
+    OciHooks {
+        #[arg(long, value_name = "DIR", default_value = install::DEFAULT_HOOKS_DIR)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum Uninstall {
+    /// Take netguard out of the conflists (default: every one in --conf-dir naming it), then
+    /// remove it from the CNI bin dir.
+    Cni {
+        #[command(flatten)]
+        places: CniPlaces,
+    },
+    /// Remove the OCI hook files `install oci-hooks` wrote.
+    OciHooks {
+        #[arg(long, value_name = "DIR", default_value = install::DEFAULT_HOOKS_DIR)]
+        dir: PathBuf,
+    },
+}
+
+/// The running binary, by its real path (what the plugin link and the hooks point at).
+fn this_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the netguard binary")?;
+    std::fs::canonicalize(&exe).with_context(|| format!("cannot resolve {}", exe.display()))
+}
+
+fn print(done: Vec<String>) -> anyhow::Result<ExitCode> {
+    for line in done {
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn install(what: Install) -> anyhow::Result<ExitCode> {
+    match what {
+        Install::Cni {
+            places:
+                CniPlaces {
+                    mut conflist,
+                    conf_dir,
+                    bin_dir,
+                },
+            copy,
+        } => {
+            if conflist.is_empty() {
+                conflist = install::conflists_in(&conf_dir)?;
+                if conflist.is_empty() {
+                    return Err(install::InstallError::NoConflist { dir: conf_dir }.into());
+                }
+            }
+            let placement = if copy {
+                Placement::Copy
+            } else {
+                Placement::Link
+            };
+            print(install::install_cni(
+                &conflist,
+                &bin_dir,
+                &this_binary()?,
+                placement,
+            )?)
+        }
+        Install::OciHooks { dir } => print(install::install_oci_hooks(&dir, &this_binary()?)?),
+    }
+}
+
+pub fn uninstall(what: Uninstall) -> anyhow::Result<ExitCode> {
+    match what {
+        Uninstall::Cni {
+            places:
+                CniPlaces {
+                    conflist,
+                    conf_dir,
+                    bin_dir,
+                },
+        } => print(install::uninstall_cni(&conflist, &conf_dir, &bin_dir)?),
+        Uninstall::OciHooks { dir } => print(install::uninstall_oci_hooks(&dir)?),
+    }
+}
