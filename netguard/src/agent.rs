@@ -256,6 +256,16 @@ pub async fn run(
     });
     if options.observe_only {
         tracing::warn!("observe-only: tracing and planning; nothing in the kernel will be changed");
+    } else {
+        // Devices a killed run left under a temporary name go back where they came from
+        // before anything else is planned.
+        let mut ledger = shared.ledger.lock().await;
+        for said in shared.restorer.land_flights(&mut ledger).await {
+            match said {
+                Ok(done) => tracing::info!("in flight at start: {done}"),
+                Err(why) => tracing::warn!("in flight at start: {why}"),
+            }
+        }
     }
     shared.wake_for(Instant::now());
 

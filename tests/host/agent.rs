@@ -305,7 +305,16 @@ fn restore_dry_run_changes_nothing_then_restore_repairs_or_says_why_not() {
     let planned = |what: Value| {
         actions
             .iter()
-            .any(|a| what.as_object().unwrap().iter().all(|(k, v)| &a[k] == v))
+            // An action names its device by identity: `dev` is matched by its name.
+            .any(|a| {
+                what.as_object()
+                    .unwrap()
+                    .iter()
+                    .all(|(k, v)| match k.as_str() {
+                        "dev" => &a[k]["name"] == v,
+                        _ => &a[k] == v,
+                    })
+            })
     };
     assert!(
         planned(json!({ "action": "set-master", "dev": "vh0", "master": "br0" })),

@@ -212,11 +212,12 @@ pub async fn run_all(
     backend: BackendKind,
     wanted: &dyn Fn(&str) -> bool,
 ) -> Vec<(&'static str, Outcome)> {
-    let scenarios: [(&'static str, Scenario); 6] = [
+    let scenarios: [(&'static str, Scenario); 7] = [
         ("agent-refund-home", |a| Box::pin(refund_home(a))),
         ("agent-two-refunds", |a| Box::pin(two_refunds(a))),
         ("agent-lend-reclaim", |a| Box::pin(lend_reclaim(a))),
         ("agent-persistent-lend", |a| Box::pin(persistent_lend(a))),
+        ("agent-reclaim-stranger", |a| Box::pin(reclaim_stranger(a))),
         ("agent-driver-reload", |a| Box::pin(driver_reload(a))),
         ("agent-cni-chain", |a| {
             Box::pin(crate::cni::chained_driver_reload(a))
@@ -358,6 +359,44 @@ async fn lend_reclaim(agent: &Agent) -> Outcome {
         return Err("eth0 still in c3 after reclaim".into());
     }
     bystanders.check()
+}
+
+/// eth2 lent as eth0; inside, eth0 renamed and a veth given the name eth0: `reclaim eth0`
+/// refuses, naming both, and moves nothing.
+async fn reclaim_stranger(agent: &Agent) -> Outcome {
+    ip(&["netns", "add", "c4"])?;
+    agent.netguard(&["lend", "eth2", "--netns", "/run/netns/c4", "--name", "eth0"])?;
+    ip(&["-n", "c4", "link", "set", "eth0", "down"])?;
+    ip(&["-n", "c4", "link", "set", "eth0", "name", "nic0"])?;
+    ip(&[
+        "-n", "c4", "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+    ])?;
+    let stranger = link(Some("c4"), "eth0").ok_or("no veth eth0 in c4")?;
+    let Err(why) = agent.netguard(&["reclaim", "eth0"]) else {
+        return Err("reclaim of a stranger under the lent name succeeded".into());
+    };
+    let mac = stranger["address"].as_str().unwrap_or("-");
+    for named in ["eth0", "nic0", "veth", mac, "52:54:00:12:34:58"] {
+        if !why.contains(named) {
+            return Err(format!("the refusal does not name {named}: {why}"));
+        }
+    }
+    let still = link(Some("c4"), "eth0").ok_or("the veth left c4")?;
+    if still["ifindex"] != stranger["ifindex"] || still["address"] != stranger["address"] {
+        return Err(format!("the stranger changed: {stranger} -> {still}"));
+    }
+    if link(None, "eth2").is_some() {
+        return Err("something came home as eth2".into());
+    }
+    let nic = link(Some("c4"), "nic0").ok_or("the NIC left c4")?;
+    if nic["address"] != "52:54:00:12:34:58" {
+        return Err(format!("nic0 in c4 is not eth2: {nic}"));
+    }
+    println!(
+        "NGVM INFO agent: reclaim of a stranger refused: {}",
+        why.trim()
+    );
+    Ok(())
 }
 
 /// A NIC lent with --persistent follows its container: home when the netns dies, lent again

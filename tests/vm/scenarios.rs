@@ -70,7 +70,7 @@ pub fn netns_inode(name: &str) -> Result<u64, String> {
 
 /// Puts the guest back as it booted: eth0..eth2 home under their names, no test netns.
 pub fn cleanup() {
-    for ns in ["c1", "c2", "c3", "p1", "p2", "p3", "p4"] {
+    for ns in ["c1", "c2", "c3", "c4", "p1", "p2", "p3", "p4"] {
         let _ = Command::new(IP)
             .args(["netns", "del", ns])
             .stderr(Stdio::null())

@@ -6,9 +6,11 @@
 use std::path::Path;
 
 use crate::inventory::{InventoryError, LiveLink, NetnsConn, Pool};
-use crate::ledger::{Ledger, LedgerError, Lend, NicLocation, NicState};
-use crate::model::{Locator, NicIdentity};
-use crate::restore::{Action, ActionError, Item, Outcome, Restorer, Target, Verdict};
+use crate::ledger::{Flight, Ledger, LedgerError, Lend, NicLocation, NicState, Origin};
+use crate::model::{DeviceIdentity, Locator, NicIdentity};
+use crate::restore::{
+    describe, Action, ActionError, Dev, Item, Outcome, Restorer, Target, Verdict,
+};
 use crate::rtnl::temporary_link_name;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,65 +29,92 @@ pub enum LendError {
     NotLent { name: String },
     #[error("home name {home} of {name} is held by another device in the host netns: rename that device first")]
     HomeTaken { name: String, home: String },
-    #[error("moving {name} failed: {source}")]
+    #[error("moving {name} failed: {source}; {put_back}")]
     Move {
         name: String,
         // Boxed: large and rare, and every Result here carries its size.
         source: Box<ActionError>,
+        /// What became of the device: put back as it was, or why not.
+        put_back: String,
+    },
+    #[error("{name} in {netns} is not the NIC lent as it: {found}; nothing moved")]
+    NotTheNic {
+        name: String,
+        netns: String,
+        /// The NIC's identity, the device found, and where the NIC is if it is there.
+        found: String,
     },
     #[error("{name} was moved to netns {netns} but is not found there")]
     Vanished { name: String, netns: String },
 }
 
-/// The actions that move `dev` (in `from`) to `to` under `final_name` without a name race:
-/// down, into `to` under `temp`, renamed there, and up again if `up`.
+/// The actions that move the NIC `dev` (in `from`) to `to` under `final_name` without a name
+/// race: down, into `to` under `temp`, renamed there, and up again if `up`. Each names the NIC
+/// by `dev`'s identity, checked by the executor on a fresh read before it acts.
 fn moves(
-    (from, dev): (&Locator, &str),
+    (from, dev): (&Locator, &Dev),
     to: &Locator,
     temp: String,
     final_name: &str,
     up: bool,
 ) -> Vec<Action> {
+    let there = |name: &str| Dev::expected(name, dev.identity.clone());
     let mut actions = vec![
         Action::SetDown {
             netns: from.clone(),
-            dev: dev.to_string(),
+            dev: dev.clone(),
         },
         Action::MoveTo {
             netns: from.clone(),
-            dev: dev.to_string(),
+            dev: dev.clone(),
             to_netns: to.clone(),
             name: temp.clone(),
         },
         Action::Rename {
             netns: to.clone(),
-            dev: temp,
+            dev: there(&temp),
             to: final_name.to_string(),
         },
     ];
     if up {
         actions.push(Action::SetUp {
             netns: to.clone(),
-            dev: final_name.to_string(),
+            dev: there(final_name),
         });
     }
     actions
 }
 
 /// Moves `link` (in `from`) to `to` under `final_name`: down, move under a temporary name,
-/// rename, up again if `up`. Returns the device as it is in `to`.
+/// rename, up again if `up`. The temporary name is on disk first; a move that fails is put
+/// back as it was (netns, name, admin state). Returns the device as it is in `to`.
 async fn relocate(
     restorer: &Restorer,
+    ledger: &mut Ledger,
     (identity, home_name): (&NicIdentity, &str),
     (from, link): (&NetnsConn, &LiveLink),
     to: &NetnsConn,
     final_name: &str,
     up: bool,
 ) -> Result<LiveLink, LendError> {
+    let dev = Dev::live(link, DeviceIdentity::Nic(identity.clone()));
+    let flight = Flight {
+        netns: to.locator.clone(),
+        name: temporary_link_name(),
+        identity: dev.identity.clone(),
+        from: Some(Origin {
+            netns: from.locator.clone(),
+            name: link.name.clone(),
+            up: link.up,
+        }),
+    };
+    // On disk before the NIC gets the name.
+    ledger.take_off([flight.clone()]);
+    ledger.commit()?;
     let actions = moves(
-        (&from.locator, &link.name),
+        (&from.locator, &dev),
         &to.locator,
-        temporary_link_name(),
+        flight.name.clone(),
         final_name,
         up,
     );
@@ -101,11 +130,18 @@ async fn relocate(
     };
     let result = restorer.carry_out(item).await;
     if let Some(error) = result.error {
+        let put_back = match restorer.put_back(&flight).await {
+            Ok(done) => done,
+            Err(why) => format!("not put back: {why}"),
+        };
+        ledger.landed(&flight.netns, &flight.name);
         return Err(LendError::Move {
             name: link.name.clone(),
             source: Box::new(error),
+            put_back,
         });
     }
+    ledger.landed(&flight.netns, &flight.name);
     debug_assert_eq!(result.outcome, Outcome::Moved);
     to.get_link_by_name(final_name)
         .await?
@@ -176,6 +212,7 @@ pub async fn lend(
     ledger.commit()?;
     let moved = relocate(
         restorer,
+        ledger,
         (&identity, iface),
         (&host, &link),
         &target,
@@ -237,8 +274,29 @@ pub async fn reclaim(
                 name: lend.name.clone(),
                 netns: lend.netns.to_string(),
             })?;
+    // Whatever holds the lent name now may be a stranger (the NIC renamed inside, another
+    // device given its name): only the NIC itself is brought home.
+    if !record.identity.matches(&link.nic_identity()) {
+        let inventory = there.dump().await?;
+        let nic = inventory
+            .nics()
+            .find(|(_, id)| record.identity.matches(id))
+            .map(|(l, _)| l);
+        return Err(LendError::NotTheNic {
+            name: lend.name.clone(),
+            netns: lend.netns.to_string(),
+            found: format!(
+                "it is {}, found {}{}",
+                record.identity,
+                describe(&link),
+                nic.map(|n| format!("; the NIC is there as {}", describe(n)))
+                    .unwrap_or_default()
+            ),
+        });
+    }
     let back = relocate(
         restorer,
+        ledger,
         (&record.identity, &record.home_name),
         (&there, &link),
         &host,
@@ -296,8 +354,18 @@ mod tests {
     #[test]
     fn a_lend_is_down_move_under_a_temporary_name_rename_up() {
         let c1 = Locator::Path("/run/netns/c1".into());
+        let nic = |name: &str| Dev {
+            name: name.into(),
+            ifindex: Some(3),
+            identity: DeviceIdentity::Nic(NicIdentity {
+                perm_mac: Some("52:54:00:12:34:58".parse().unwrap()),
+                bus: Some("0000:00:05.0".into()),
+                driver: None,
+            }),
+        };
+        let eth2 = nic("eth2");
         let lines: Vec<String> = moves(
-            (&Locator::Host, "eth2"),
+            (&Locator::Host, &eth2),
             &c1,
             "ngtmp7.0".into(),
             "eth0",
@@ -316,8 +384,9 @@ mod tests {
             ]
         );
         // A NIC that was down at home comes back down.
+        let eth0 = nic("eth0");
         let back = moves(
-            (&c1, "eth0"),
+            (&c1, &eth0),
             &Locator::Host,
             "ngtmp7.1".into(),
             "eth2",
@@ -325,5 +394,10 @@ mod tests {
         );
         assert_eq!(back.len(), 3);
         assert!(!back.iter().any(|a| matches!(a, Action::SetUp { .. })));
+        // After the move, the NIC is named by its identity alone: its ifindex may differ there.
+        let Action::Rename { dev, .. } = &back[2] else {
+            panic!("{back:?}")
+        };
+        assert_eq!((dev.ifindex, &dev.identity), (None, &eth0.identity));
     }
 }

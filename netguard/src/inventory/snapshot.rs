@@ -15,7 +15,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::AddressFamily;
 use serde::Serialize;
 
-use crate::model::{IpNet, Mac, MacvlanMode, NicIdentity, RouteSpec, VlanProtocol};
+use crate::model::{DeviceIdentity, IpNet, Mac, MacvlanMode, NicIdentity, RouteSpec, VlanProtocol};
 use crate::rtnl::message::macvlan_mode_from;
 
 /// One link as the kernel reports it.
@@ -49,6 +49,33 @@ impl LiveLink {
     /// A NIC: backed by a bus device, with no rtnl_link_ops kind.
     pub fn is_physical(&self) -> bool {
         self.kind.is_none() && self.bus.is_some()
+    }
+
+    /// What this device is, as a log line names it: a NIC's identity, or its kind and MAC.
+    pub fn identity(&self) -> DeviceIdentity {
+        match self.kind {
+            None => DeviceIdentity::Nic(self.nic_identity()),
+            Some(_) => self.virtual_identity(),
+        }
+    }
+
+    /// This device as a virtual link: its kind and MAC.
+    pub fn virtual_identity(&self) -> DeviceIdentity {
+        DeviceIdentity::Virtual {
+            kind: self.kind.clone().unwrap_or_else(|| "device".into()),
+            mac: self.mac,
+        }
+    }
+
+    /// Whether this device is the one `identity` describes.
+    pub fn is(&self, identity: &DeviceIdentity) -> bool {
+        match identity {
+            DeviceIdentity::Nic(id) => id.matches(&self.nic_identity()),
+            DeviceIdentity::Virtual { kind, mac } => {
+                self.kind.as_deref().unwrap_or("device") == kind
+                    && mac.is_none_or(|m| self.mac == Some(m))
+            }
+        }
     }
 
     /// The identity a guarded NIC is matched against. A device with neither a permanent

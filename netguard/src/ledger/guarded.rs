@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use super::journal::JournalEntry;
 use super::{
-    Ledger, Lend, LinkKey, LinkRecord, LinkSpec, LinkState, Locator, Mac, NicIdentity, NicLocation,
-    NicRecord, NicState,
+    Flight, Ledger, Lend, LinkKey, LinkRecord, LinkSpec, LinkState, Locator, Mac, NicIdentity,
+    NicLocation, NicRecord, NicState,
 };
 
 impl Ledger {
@@ -263,6 +263,34 @@ impl Ledger {
                 outcome: outcome.to_string(),
             }),
             Err(e) => tracing::error!("cannot journal the actions on {target}: {e}"),
+        }
+    }
+
+    /// Records that these devices are about to get a temporary name. Durable once
+    /// [`commit`](Self::commit)ted, which must come before any of them gets it: nothing would
+    /// find them after a crash otherwise.
+    pub fn take_off(&mut self, flights: impl IntoIterator<Item = Flight>) {
+        for flight in flights {
+            let entry = JournalEntry::TakeOff { flight };
+            entry.apply(&mut self.content);
+            self.append(entry);
+        }
+    }
+
+    /// The device under temporary name `name` in `netns` has landed or was put back.
+    pub fn landed(&mut self, netns: &Locator, name: &str) {
+        if self
+            .content
+            .flights
+            .iter()
+            .any(|f| (&f.netns, f.name.as_str()) == (netns, name))
+        {
+            let entry = JournalEntry::Landed {
+                netns: netns.clone(),
+                name: name.to_string(),
+            };
+            entry.apply(&mut self.content);
+            self.append(entry);
         }
     }
 }

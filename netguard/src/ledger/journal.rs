@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::LedgerError;
-use super::{LedgerContent, LinkKey, LinkRecord, NicIdentity, NicRecord};
+use super::{Flight, LedgerContent, LinkKey, LinkRecord, Locator, NicIdentity, NicRecord};
 use crate::event::Event;
 
 pub const FILE_NAME: &str = "journal.jsonl";
@@ -35,6 +35,15 @@ pub enum JournalEntry {
     },
     ForgetLink {
         key: LinkKey,
+    },
+    /// A device about to get a temporary name (fsynced before it does).
+    TakeOff {
+        flight: Flight,
+    },
+    /// The device that had temporary name `name` in `netns` has landed (or was put back).
+    Landed {
+        netns: Locator,
+        name: String,
     },
     /// A kernel event the ledger was told about.
     Event {
@@ -77,6 +86,17 @@ impl JournalEntry {
             }
             JournalEntry::ForgetLink { key } => {
                 content.links.remove(key);
+            }
+            JournalEntry::TakeOff { flight } => {
+                content
+                    .flights
+                    .retain(|f| (&f.netns, &f.name) != (&flight.netns, &flight.name));
+                content.flights.push(flight.clone());
+            }
+            JournalEntry::Landed { netns, name } => {
+                content
+                    .flights
+                    .retain(|f| (&f.netns, &f.name) != (netns, name));
             }
             JournalEntry::Event { .. }
             | JournalEntry::Actions { .. }

@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Netns;
-use crate::model::{kebab_display, LinkKey, LinkSpec, Locator, NicIdentity, Workload};
+use crate::model::{
+    kebab_display, DeviceIdentity, LinkKey, LinkSpec, Locator, NicIdentity, Workload,
+};
 
 /// Where a guarded NIC stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -145,6 +147,29 @@ pub struct LedgerContent {
     pub nics: Vec<NicRecord>,
     #[serde(default, with = "links_as_list")]
     pub links: BTreeMap<LinkKey, LinkRecord>,
+    /// Devices netguard is giving a temporary name: on disk before they get it, so an agent
+    /// killed mid-move finds them at start and puts them back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flights: Vec<Flight>,
+}
+
+/// A device about to carry a temporary (`ngtmp*`) name: where, under which name, what it is,
+/// and where it came from (name, netns, admin state) to be put back; `from: None` for one
+/// netguard creates under that name (undone by removing it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flight {
+    pub netns: Locator,
+    pub name: String,
+    pub identity: DeviceIdentity,
+    pub from: Option<Origin>,
+}
+
+/// Where a device in flight was before it left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub netns: Locator,
+    pub name: String,
+    pub up: bool,
 }
 
 /// Links are keyed in memory, listed on disk (JSON object keys must be strings).

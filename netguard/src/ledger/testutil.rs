@@ -119,6 +119,7 @@ pub fn sample_content() -> LedgerContent {
         .collect();
     LedgerContent {
         journal_seq: 0,
+        flights: vec![],
         nics: vec![NicRecord {
             identity: nic,
             home_name: "eth2".into(),

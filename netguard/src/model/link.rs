@@ -42,6 +42,27 @@ pub struct NicIdentity {
     pub driver: Option<String>,
 }
 
+/// What makes a device the one an action or a record is about: a name is only a label that
+/// anyone can give to another device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum DeviceIdentity {
+    /// A NIC: permanent MAC and bus address (and driver), as the ledger records it.
+    Nic(NicIdentity),
+    /// A virtual link: its kind and, when known, its MAC.
+    Virtual { kind: String, mac: Option<Mac> },
+}
+
+impl fmt::Display for DeviceIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceIdentity::Nic(id) => write!(f, "NIC {id}"),
+            DeviceIdentity::Virtual { kind, mac: Some(m) } => write!(f, "{kind} MAC {m}"),
+            DeviceIdentity::Virtual { kind, mac: None } => write!(f, "{kind}"),
+        }
+    }
+}
+
 impl NicIdentity {
     /// Whether a device seen live (`live`) is this NIC: the permanent MAC must match when we
     /// know it, bus and driver must match when both sides know them, and at least one of

@@ -5,55 +5,106 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::model::{IpNet, Locator, Mac, MacvlanMode, RouteSpec, VlanProtocol};
+use crate::inventory::LiveLink;
+use crate::ledger::Flight;
+use crate::model::{DeviceIdentity, IpNet, Locator, Mac, MacvlanMode, RouteSpec, VlanProtocol};
 
-/// One kernel change, on one device in one netns. Devices are named, not indexed: an ifindex
-/// is only known once a device exists, and names are what the ledger keeps.
+/// A live device as a log line or error names it: name, ifindex, identity.
+pub fn describe(link: &LiveLink) -> String {
+    format!(
+        "{} (ifindex {}, {})",
+        link.name,
+        link.ifindex,
+        link.identity()
+    )
+}
+
+/// The device an action changes, by identity: `apply` checks it on a fresh read right before
+/// the change and skips the action (conflict) if another device is found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Dev {
+    /// Its name where the action runs (the label `ip` would use).
+    pub name: String,
+    /// Its ifindex there when the plan saw it; `None` for a device that an earlier action of
+    /// the same item creates or moves, which `apply` then knows from its own read-back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ifindex: Option<u32>,
+    pub identity: DeviceIdentity,
+}
+
+impl Dev {
+    /// A device the plan saw live.
+    pub fn live(live: &LiveLink, identity: DeviceIdentity) -> Dev {
+        Dev {
+            name: live.name.clone(),
+            ifindex: Some(live.ifindex),
+            identity,
+        }
+    }
+
+    /// A device an earlier action of the same item brings about under `name`.
+    pub fn expected(name: &str, identity: DeviceIdentity) -> Dev {
+        Dev {
+            name: name.to_string(),
+            ifindex: None,
+            identity,
+        }
+    }
+}
+
+impl fmt::Display for Dev {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// One kernel change, on one device in one netns. An existing device is named by identity
+/// ([`Dev`]); a device to create by the name it will have.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum Action {
     SetUp {
         netns: Locator,
-        dev: String,
+        dev: Dev,
     },
     SetDown {
         netns: Locator,
-        dev: String,
+        dev: Dev,
     },
     Rename {
         netns: Locator,
-        dev: String,
+        dev: Dev,
         to: String,
     },
     SetMaster {
         netns: Locator,
-        dev: String,
+        dev: Dev,
         master: String,
     },
     SetMac {
         netns: Locator,
-        dev: String,
+        dev: Dev,
         mac: Mac,
     },
     SetMtu {
         netns: Locator,
-        dev: String,
+        dev: Dev,
         mtu: u32,
     },
     /// `dev` moved into `to_netns` under `name`: a name nobody there uses, as the device's
     /// own may be taken there until it arrives (lend, reclaim).
     MoveTo {
         netns: Locator,
-        dev: String,
+        dev: Dev,
         to_netns: Locator,
         name: String,
     },
     /// A veth pair whose host side's peer died with a replaced netns (the kernel would remove
-    /// it once the old netns is freed); removed so the pair can be re-created.
+    /// it once the old netns is freed); removed so the pair can be re-created. Only a veth
+    /// whose MAC netguard knows is ever deleted: `dev`'s identity carries it.
     DeleteStaleVeth {
         netns: Locator,
-        dev: String,
-        mac: Option<Mac>,
+        dev: Dev,
     },
     /// A veth pair: `name` in `netns`, `peer` created directly in `peer_netns` (IFLA_NET_NS_FD).
     CreateVeth {
@@ -69,32 +120,41 @@ pub enum Action {
     /// A vlan on `parent` (in `parent_netns`), created directly in `netns`.
     CreateVlan {
         parent_netns: Locator,
-        parent: String,
+        parent: Dev,
         netns: Locator,
         name: String,
         id: u16,
         protocol: VlanProtocol,
         mac: Option<Mac>,
         mtu: Option<u32>,
+        /// Its name in the parent's netns until it moves into `netns`, when that is another.
+        temp: Option<String>,
     },
     /// A macvlan on `parent` (in `parent_netns`), created directly in `netns`.
     CreateMacvlan {
         parent_netns: Locator,
-        parent: String,
+        parent: Dev,
         netns: Locator,
         name: String,
         mode: MacvlanMode,
         mac: Option<Mac>,
         mtu: Option<u32>,
+        /// Its name in the parent's netns until it moves into `netns`, when that is another.
+        temp: Option<String>,
+    },
+    /// A device netguard created under a temporary name and never finished: removed.
+    DeleteOurs {
+        netns: Locator,
+        dev: Dev,
     },
     AddAddress {
         netns: Locator,
-        dev: String,
+        dev: Dev,
         addr: IpNet,
     },
     AddRoute {
         netns: Locator,
-        dev: String,
+        dev: Dev,
         route: RouteSpec,
     },
 }
@@ -111,6 +171,7 @@ impl Action {
             | Action::SetMtu { netns, .. }
             | Action::MoveTo { netns, .. }
             | Action::DeleteStaleVeth { netns, .. }
+            | Action::DeleteOurs { netns, .. }
             | Action::CreateVeth { netns, .. }
             | Action::AddAddress { netns, .. }
             | Action::AddRoute { netns, .. } => netns,
@@ -130,12 +191,43 @@ impl Action {
             | Action::SetMtu { dev, .. }
             | Action::MoveTo { dev, .. }
             | Action::DeleteStaleVeth { dev, .. }
+            | Action::DeleteOurs { dev, .. }
             | Action::AddAddress { dev, .. }
-            | Action::AddRoute { dev, .. } => dev,
+            | Action::AddRoute { dev, .. } => &dev.name,
             Action::CreateVeth { name, .. }
             | Action::CreateVlan { name, .. }
             | Action::CreateMacvlan { name, .. } => name,
         }
+    }
+}
+
+impl Action {
+    /// The device this action gives a temporary name, to be in the ledger before it does.
+    pub fn flight(&self) -> Option<Flight> {
+        let (parent_netns, temp, kind, mac) = match self {
+            Action::CreateVlan {
+                parent_netns,
+                temp,
+                mac,
+                ..
+            } => (parent_netns, temp, "vlan", mac),
+            Action::CreateMacvlan {
+                parent_netns,
+                temp,
+                mac,
+                ..
+            } => (parent_netns, temp, "macvlan", mac),
+            _ => return None,
+        };
+        Some(Flight {
+            netns: parent_netns.clone(),
+            name: temp.clone()?,
+            identity: DeviceIdentity::Virtual {
+                kind: kind.into(),
+                mac: *mac,
+            },
+            from: None,
+        })
     }
 }
 
@@ -174,6 +266,9 @@ impl fmt::Display for Action {
                 f,
                 "ip link del {dev} (stale veth: its peer's netns was replaced)"
             ),
+            Action::DeleteOurs { dev, .. } => {
+                write!(f, "ip link del {dev} (left under a temporary name)")
+            }
             Action::CreateVeth {
                 name,
                 mac,
@@ -200,6 +295,7 @@ impl fmt::Display for Action {
                 protocol,
                 mac,
                 mtu,
+                ..
             } => write!(
                 f,
                 "ip link add link {parent} name {name}{}{}{} type vlan id {id} protocol {protocol}",
@@ -215,6 +311,7 @@ impl fmt::Display for Action {
                 mode,
                 mac,
                 mtu,
+                ..
             } => write!(
                 f,
                 "ip link add link {parent} name {name}{}{}{} type macvlan mode {mode}",
@@ -231,12 +328,20 @@ impl fmt::Display for Action {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::NicIdentity;
 
     #[test]
     fn a_move_reads_like_ip_link_set_netns() {
         let moving = Action::MoveTo {
             netns: Locator::Host,
-            dev: "eth2".into(),
+            dev: Dev::expected(
+                "eth2",
+                DeviceIdentity::Nic(NicIdentity {
+                    perm_mac: None,
+                    bus: Some("0000:00:05.0".into()),
+                    driver: None,
+                }),
+            ),
             to_netns: Locator::Path("/run/netns/c1".into()),
             name: "ngtmp1.0".into(),
         };

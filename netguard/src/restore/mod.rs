@@ -15,16 +15,17 @@ use futures::StreamExt;
 
 use crate::inventory::{Changed, Changes, InventoryError, NetnsConn, Pool, Pruned};
 use crate::ledger::{
-    KindSpec, Ledger, LedgerContent, LinkState, Locator, Mac, NicIdentity, NicLocation, NicRecord,
-    NicState, Parent,
+    Flight, KindSpec, Ledger, LedgerContent, LinkState, Locator, Mac, NicIdentity, NicLocation,
+    NicRecord, NicState, Parent,
 };
 
 pub mod action;
 pub mod apply;
 mod backoff;
+mod flight;
 pub mod plan;
 
-pub use action::Action;
+pub use action::{describe, Action, Dev};
 pub use apply::{ActionError, Executor, ItemResult, Outcome};
 pub use plan::{Item, Plan, Target, Verdict, World};
 
@@ -290,6 +291,9 @@ impl Restorer {
         see_host_nics(see, world, host_netns.clone());
         let mut plan = plan::plan(ledger.content(), world);
         self.hold_flapping(&mut plan);
+        // Temporary names are on disk (the commit below) before any device gets one.
+        let flights: Vec<Flight> = plan.actions().filter_map(Action::flight).collect();
+        ledger.take_off(flights.iter().cloned());
         for item in &plan.items {
             if item.verdict == Verdict::Repair {
                 if let Target::Link { key, .. } = &item.target {
@@ -302,11 +306,14 @@ impl Restorer {
             .iter()
             .any(|item| item.verdict == Verdict::Repair)
         {
-            // Home names first seen in this pass and the states above are on disk before
-            // the kernel changes that rest on them.
+            // Home names first seen in this pass, the states above and the temporary names
+            // are on disk before the kernel changes that rest on them.
             ledger.commit()?;
         }
         let results = self.executor.apply(&plan).await;
+        for flight in &flights {
+            ledger.landed(&flight.netns, &flight.name);
+        }
         let (flapping, next_due) = self.note_flaps(&plan, &results);
         for ((item, result), flapping) in plan.items.iter().zip(&results).zip(flapping) {
             record(ledger, item, result, world, &host_netns, flapping);

@@ -22,6 +22,9 @@ pub struct ActionError {
     pub netns: String,
     pub device: String,
     pub kernel: String,
+    /// Not the device the action is meant for: skipped, nothing changed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub conflict: bool,
 }
 
 /// How one plan item ended.
@@ -180,7 +183,11 @@ impl Executor {
                 }
                 Err(e) => {
                     tracing::warn!("{}: {e}", item.target);
-                    result.outcome = Outcome::Failed;
+                    result.outcome = if e.conflict {
+                        Outcome::Conflict
+                    } else {
+                        Outcome::Failed
+                    };
                     result.reason = Some(e.to_string());
                     result.error = Some(e);
                     break;

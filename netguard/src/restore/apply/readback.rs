@@ -4,7 +4,8 @@
 use rtnetlink::LinkUnspec;
 
 use crate::inventory::{LiveLink, NetnsConn};
-use crate::model::{Locator, Mac};
+use crate::model::{DeviceIdentity, Locator, Mac};
+use crate::restore::action::{describe, Dev};
 use crate::rtnl::message::{errno, kernel_says};
 
 use super::{ActionError, Builder, Seen};
@@ -47,25 +48,117 @@ impl<F: Fn(String) -> ActionError> Ctx<'_, F> {
             .ok_or_else(|| (self.fail)(format!("there is no device {name} in {netns}")))
     }
 
+    /// The device `dev` names, read fresh (one RTM_GETLINK by ifindex, or by name for a
+    /// device this item made) right before a change, or `None` if there is none. A device
+    /// that is not `dev` (another name at that ifindex, another identity under that name) is
+    /// a conflict: nothing is done to it.
+    pub(super) async fn resolve_opt(
+        &self,
+        netns: &Locator,
+        dev: &Dev,
+        seen: &mut Seen,
+    ) -> Result<Option<LiveLink>, ActionError> {
+        let key = (netns.clone(), dev.name.clone());
+        // This item's own last read-back of it (after our rename, MAC change or move).
+        let ours = seen
+            .get(&key)
+            .filter(|o| dev.ifindex.is_none_or(|i| i == o.ifindex))
+            .cloned();
+        let fresh = match ours.as_ref().map(|o| o.ifindex).or(dev.ifindex) {
+            Some(ifindex) => self.conn.get_link(ifindex).await,
+            None => self.conn.get_link_by_name(&dev.name).await,
+        }
+        .map_err(|e| (self.fail)(e.to_string()))?;
+        let Some(fresh) = fresh else {
+            seen.remove(&key);
+            return Ok(None);
+        };
+        let same = fresh.name == dev.name
+            && match (&dev.identity, &ours) {
+                // Our own MAC change is part of what it is now.
+                (DeviceIdentity::Virtual { .. }, Some(o)) => {
+                    fresh.kind == o.kind && fresh.mac == o.mac
+                }
+                (identity, _) => fresh.is(identity),
+            };
+        if !same {
+            return Err(self.conflict(netns, dev, Some(&fresh)).await);
+        }
+        seen.insert(key, fresh.clone());
+        Ok(Some(fresh))
+    }
+
+    /// [`Self::resolve_opt`], where a device that is gone is a conflict too.
+    pub(super) async fn resolve(
+        &self,
+        netns: &Locator,
+        dev: &Dev,
+        seen: &mut Seen,
+    ) -> Result<LiveLink, ActionError> {
+        match self.resolve_opt(netns, dev, seen).await? {
+            Some(link) => Ok(link),
+            None => Err(self.conflict(netns, dev, None).await),
+        }
+    }
+
+    /// What was found where `dev` was expected (`at`: at its ifindex), and whatever holds its
+    /// name now, named in one error: nothing is done to either.
+    async fn conflict(&self, netns: &Locator, dev: &Dev, at: Option<&LiveLink>) -> ActionError {
+        let holder = match self.conn.get_link_by_name(&dev.name).await {
+            Ok(holder) => holder.filter(|h| at.is_none_or(|a| a.ifindex != h.ifindex)),
+            Err(e) => return (self.fail)(e.to_string()),
+        };
+        let mut found: Vec<String> = at.into_iter().chain(&holder).map(describe).collect();
+        if found.is_empty() {
+            found.push("no such device".into());
+        }
+        let mut e = (self.fail)(format!(
+            "expected {} in {netns}, found {}: left alone",
+            expected(dev),
+            found.join(" and, under its name, ")
+        ));
+        e.conflict = true;
+        e
+    }
+
     /// Changes `dev` unless it already `holds`, then reads it back: it must hold now.
     pub(super) async fn set_link(
         &self,
         netns: &Locator,
-        dev: &str,
+        dev: &Dev,
         seen: &mut Seen,
         holds: impl Fn(&LiveLink) -> bool,
         change: impl FnOnce(Builder) -> Builder,
         otherwise: &str,
     ) -> Result<(), ActionError> {
-        let link = self.need(netns, dev, seen).await?;
+        let link = self.resolve(netns, dev, seen).await?;
         if !holds(&link) {
             let msg = change(LinkUnspec::new_with_index(link.ifindex)).build();
             self.kernel(self.conn.handle().link().set(msg).execute().await)?;
         }
         // A rename leaves nothing under the old name.
-        seen.remove(&(netns.clone(), dev.to_string()));
+        seen.remove(&(netns.clone(), dev.name.clone()));
         self.verify(netns, link.ifindex, seen, holds, otherwise)
             .await
+    }
+
+    /// Deletes device `ifindex` (gone already counts) and reads back that it is gone.
+    pub(super) async fn delete(&self, ifindex: u32) -> Result<(), ActionError> {
+        match self.conn.handle().link().del(ifindex).execute().await {
+            Err(e) if errno(&e) == Some(libc::ENODEV) => {}
+            other => self.kernel(other)?,
+        }
+        match self
+            .conn
+            .get_link(ifindex)
+            .await
+            .map_err(|e| (self.fail)(e.to_string()))?
+        {
+            None => Ok(()),
+            Some(_) => Err((self.fail)(
+                "still there after the kernel accepted the delete".into(),
+            )),
+        }
     }
 
     pub(super) fn kernel(&self, result: Result<(), rtnetlink::Error>) -> Result<(), ActionError> {
@@ -136,5 +229,13 @@ impl<F: Fn(String) -> ActionError> Ctx<'_, F> {
         }
         seen.insert((netns.clone(), name.to_string()), link.clone());
         Ok(link)
+    }
+}
+
+/// `dev` as the plan expected it: name, ifindex, identity.
+fn expected(dev: &Dev) -> String {
+    match dev.ifindex {
+        Some(i) => format!("{} (ifindex {i}, {})", dev.name, dev.identity),
+        None => format!("{} ({})", dev.name, dev.identity),
     }
 }

@@ -6,13 +6,11 @@ use std::time::{Duration, Instant};
 use rtnetlink::{LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVlan};
 
 use crate::inventory::{InventoryError, LiveLink, NetnsConn};
-use crate::model::{Locator, Mac};
+use crate::model::{DeviceIdentity, Locator, Mac};
 use crate::restore::action::Action;
 use crate::rtnl::message::{
-    errno, kernel_says, macvlan_mode_to, route_message, veth_message, vlan_protocol_to,
-    with_mac_mtu,
+    kernel_says, macvlan_mode_to, route_message, veth_message, vlan_protocol_to, with_mac_mtu,
 };
-use crate::rtnl::temporary_link_name;
 
 use super::readback::Ctx;
 use super::{ActionError, Builder, Executor, Masters, Seen};
@@ -30,6 +28,7 @@ impl Executor {
             netns: action.netns().to_string(),
             device: action.device().to_string(),
             kernel,
+            conflict: false,
         };
         let conn = self.conn(action.netns()).await.map_err(fail)?;
         let ctx = Ctx {
@@ -115,8 +114,8 @@ impl Executor {
                 to_netns,
                 name,
             } => {
-                let link = ctx.need(netns, dev, seen).await?;
-                seen.remove(&(netns.clone(), dev.clone()));
+                let link = ctx.resolve(netns, dev, seen).await?;
+                seen.remove(&(netns.clone(), dev.name.clone()));
                 let target = self.conn(to_netns).await.map_err(fail)?;
                 ctx.kernel(relocate(&conn, link.ifindex, &target, name).await)?;
                 let arrived = Ctx {
@@ -133,17 +132,22 @@ impl Executor {
                 }
                 Ok(())
             }
-            Action::DeleteStaleVeth { netns, dev, mac } => {
-                let Some(link) = ctx.get(netns, dev, seen).await? else {
+            Action::DeleteStaleVeth { netns, dev } => {
+                // A veth is deleted only when we know its MAC: without one, any veth that took
+                // the name would do.
+                if !matches!(&dev.identity, DeviceIdentity::Virtual { kind, mac: Some(_) } if kind == "veth")
+                {
+                    let mut e = fail(format!(
+                        "{dev} is not known by a veth MAC ({}): never deleted",
+                        dev.identity
+                    ));
+                    e.conflict = true;
+                    return Err(e);
+                }
+                let Some(link) = ctx.resolve_opt(netns, dev, seen).await? else {
                     return Ok(());
                 };
-                if link.kind.as_deref() != Some("veth") || (mac.is_some() && link.mac != *mac) {
-                    return Err(fail(format!(
-                        "{dev} is no longer the stale veth (kind {:?}, MAC {:?}): left alone",
-                        link.kind, link.mac
-                    )));
-                }
-                seen.remove(&(netns.clone(), dev.clone()));
+                seen.remove(&(netns.clone(), dev.name.clone()));
                 // The kernel removes the pair itself when it tears the replaced netns down, all
                 // dying netns in one batch: far cheaper than a delete of ours (each waits for
                 // RCU, holding RTNL). Only a netns that someone keeps alive never gets there.
@@ -153,20 +157,14 @@ impl Executor {
                 {
                     return Ok(());
                 }
-                match conn.handle().link().del(link.ifindex).execute().await {
-                    Err(e) if errno(&e) == Some(libc::ENODEV) => {}
-                    other => ctx.kernel(other)?,
-                }
-                match conn
-                    .get_link(link.ifindex)
-                    .await
-                    .map_err(|e| fail(e.to_string()))?
-                {
-                    None => Ok(()),
-                    Some(_) => Err(fail(
-                        "still there after the kernel accepted the delete".into(),
-                    )),
-                }
+                ctx.delete(link.ifindex).await
+            }
+            Action::DeleteOurs { netns, dev } => {
+                let Some(link) = ctx.resolve_opt(netns, dev, seen).await? else {
+                    return Ok(());
+                };
+                seen.remove(&(netns.clone(), dev.name.clone()));
+                ctx.delete(link.ifindex).await
             }
             Action::CreateVeth {
                 netns,
@@ -207,12 +205,15 @@ impl Executor {
                 protocol,
                 mac,
                 mtu,
+                temp,
             } => {
-                let lower = ctx.need(parent_netns, parent, seen).await?;
+                let lower = ctx.resolve(parent_netns, parent, seen).await?;
                 self.parent_up(&ctx, &lower).await?;
                 let msg =
                     LinkVlan::new(name, lower.ifindex, *id).protocol(vlan_protocol_to(*protocol));
-                self.create_stacked(&ctx, msg, parent_netns, netns, name, "vlan", mac, mtu, seen)
+                let msg = with_mac_mtu(msg, mac, mtu);
+                let new = (netns, name.as_str(), "vlan", temp);
+                self.create_stacked(&ctx, msg, parent_netns, new, mac, seen)
                     .await
             }
             Action::CreateMacvlan {
@@ -223,25 +224,18 @@ impl Executor {
                 mode,
                 mac,
                 mtu,
+                temp,
             } => {
-                let lower = ctx.need(parent_netns, parent, seen).await?;
+                let lower = ctx.resolve(parent_netns, parent, seen).await?;
                 self.parent_up(&ctx, &lower).await?;
                 let msg = LinkMacVlan::new(name, lower.ifindex, macvlan_mode_to(*mode));
-                self.create_stacked(
-                    &ctx,
-                    msg,
-                    parent_netns,
-                    netns,
-                    name,
-                    "macvlan",
-                    mac,
-                    mtu,
-                    seen,
-                )
-                .await
+                let msg = with_mac_mtu(msg, mac, mtu);
+                let new = (netns, name.as_str(), "macvlan", temp);
+                self.create_stacked(&ctx, msg, parent_netns, new, mac, seen)
+                    .await
             }
             Action::AddAddress { netns, dev, addr } => {
-                let link = ctx.need(netns, dev, seen).await?;
+                let link = ctx.resolve(netns, dev, seen).await?;
                 let added = conn
                     .handle()
                     .address()
@@ -262,7 +256,7 @@ impl Executor {
                 }
             }
             Action::AddRoute { netns, dev, route } => {
-                let link = ctx.need(netns, dev, seen).await?;
+                let link = ctx.resolve(netns, dev, seen).await?;
                 ctx.created(
                     conn.handle()
                         .route()
@@ -285,44 +279,36 @@ impl Executor {
         }
     }
 
-    /// A vlan or macvlan: sent to the parent's netns, created directly in `netns`.
-    #[allow(clippy::too_many_arguments)]
+    /// A vlan or macvlan (`msg` with its MAC and MTU; `new`: its netns, name, kind and
+    /// temporary name): sent to the parent's netns, created directly in `netns`.
     async fn create_stacked<T>(
         &self,
         ctx: &Ctx<'_, impl Fn(String) -> ActionError>,
         msg: LinkMessageBuilder<T>,
         parent_netns: &Locator,
-        netns: &Locator,
-        name: &str,
-        kind: &str,
+        (netns, name, kind, temp): (&Locator, &str, &str, &Option<String>),
         mac: &Option<Mac>,
-        mtu: &Option<u32>,
         seen: &mut Seen,
     ) -> Result<(), ActionError> {
         let target = self.conn(netns).await.map_err(ctx.fail)?;
         if netns == parent_netns {
-            ctx.created(
-                ctx.conn
-                    .handle()
-                    .link()
-                    .add(with_mac_mtu(msg, mac, mtu).build())
-                    .execute()
-                    .await,
-            )?;
+            ctx.created(ctx.conn.handle().link().add(msg.build()).execute().await)?;
         } else {
             // The kernel looks a new link's name up in the netns the request is sent to, so
             // a pod's `eth0` would collide with the host's: create it under a name of our
-            // own, then move it in under its real one.
-            let temp = temporary_link_name();
+            // own (in the ledger before it exists), then move it in under its real one.
+            let Some(temp) = temp else {
+                return Err((ctx.fail)("no temporary name was planned for it".into()));
+            };
             ctx.kernel(
                 ctx.conn
                     .handle()
                     .link()
-                    .add(with_mac_mtu(msg.name(temp.clone()), mac, mtu).build())
+                    .add(msg.name(temp.clone()).build())
                     .execute()
                     .await,
             )?;
-            let made = ctx.need(parent_netns, &temp, seen).await?;
+            let made = ctx.need(parent_netns, temp, seen).await?;
             seen.remove(&(parent_netns.clone(), temp.clone()));
             if let Err(e) = relocate(ctx.conn, made.ifindex, &target, name).await {
                 // Leave nothing of ours behind in the parent's netns.

@@ -6,7 +6,9 @@ use crate::ledger::{
 };
 
 use super::{Item, Target, Verdict, World};
-use crate::restore::action::Action;
+use crate::model::DeviceIdentity;
+use crate::restore::action::{Action, Dev};
+use crate::rtnl::temporary_link_name;
 
 pub(super) fn plan_link(record: &LinkRecord, ledger: &LedgerContent, world: &World) -> Item {
     let spec = &record.spec;
@@ -108,20 +110,32 @@ fn plan_veth(spec: &LinkSpec, peer: &VethPeer, inv: &NetnsInventory, world: &Wor
             if let Some(theirs) = theirs {
                 // Its peer died with the old netns, which may still be tearing down. Only a
                 // veth that is provably ours (same MAC when we know it) is removed.
-                let ours_by_mac = peer.mac.is_none_or(|m| theirs.mac == Some(m));
+                // Without a recorded MAC (a CNI-imported peer) nothing proves it ours: the
+                // kernel removes it with the old netns, and the pair is re-created then.
+                let ours_by_mac = peer.mac.is_some_and(|m| theirs.mac == Some(m));
                 if replaced.is_none() || theirs.kind.as_deref() != Some("veth") || !ours_by_mac {
+                    let known = if peer.mac.is_none() {
+                        " (no MAC on record for it)"
+                    } else {
+                        ""
+                    };
                     return Err((
                         Verdict::Conflict,
                         format!(
-                            "{} is missing from {} but {} exists in {}: not touching it",
+                            "{} is missing from {} but {} exists in {}{known}: not touching it",
                             spec.name, spec.netns, peer.name, peer.netns
                         ),
                     ));
                 }
                 actions.push(Action::DeleteStaleVeth {
                     netns: peer.netns.clone(),
-                    dev: peer.name.clone(),
-                    mac: theirs.mac,
+                    dev: Dev::live(
+                        theirs,
+                        DeviceIdentity::Virtual {
+                            kind: "veth".into(),
+                            mac: peer.mac,
+                        },
+                    ),
                 });
             }
             actions.push(Action::CreateVeth {
@@ -145,7 +159,7 @@ fn plan_veth(spec: &LinkSpec, peer: &VethPeer, inv: &NetnsInventory, world: &Wor
 /// MAC and MTU of a link that exists but drifted (re-created by someone else, say).
 fn fix_drift(
     netns: &Locator,
-    dev: &str,
+    dev: &Dev,
     mac: Option<Mac>,
     mtu: Option<u32>,
     live: Option<&LiveLink>,
@@ -155,16 +169,31 @@ fn fix_drift(
     if let Some(mac) = mac.filter(|m| live.mac != Some(*m)) {
         actions.push(Action::SetMac {
             netns: netns.clone(),
-            dev: dev.to_string(),
+            dev: dev.clone(),
             mac,
         });
     }
     if let Some(mtu) = mtu.filter(|m| live.mtu != Some(*m)) {
         actions.push(Action::SetMtu {
             netns: netns.clone(),
-            dev: dev.to_string(),
+            dev: dev.clone(),
             mtu,
         });
+    }
+}
+
+/// A guarded link as its actions name it: as seen live, or (`live: None`) as an earlier
+/// action of the item creates it, of `kind` with the MAC on record.
+fn device(name: &str, kind: &str, mac: Option<Mac>, live: Option<&LiveLink>) -> Dev {
+    match live {
+        Some(l) => Dev::live(l, l.virtual_identity()),
+        None => Dev::expected(
+            name,
+            DeviceIdentity::Virtual {
+                kind: kind.to_string(),
+                mac,
+            },
+        ),
     }
 }
 
@@ -175,8 +204,8 @@ fn configure_peer(
     bridge: Option<&LiveLink>,
     actions: &mut Vec<Action>,
 ) {
-    let dev = || peer.name.clone();
-    fix_drift(&peer.netns, &peer.name, peer.mac, peer.mtu, live, actions);
+    let dev = || device(&peer.name, "veth", peer.mac, live);
+    fix_drift(&peer.netns, &dev(), peer.mac, peer.mtu, live, actions);
     if peer.up && !live.is_some_and(|l| l.up) {
         actions.push(Action::SetUp {
             netns: peer.netns.clone(),
@@ -202,9 +231,9 @@ fn configure(
     live: Option<&LiveLink>,
     actions: &mut Vec<Action>,
 ) {
-    let dev = || spec.name.clone();
+    let dev = || device(&spec.name, spec.kind.name(), spec.mac, live);
     let netns = || spec.netns.clone();
-    fix_drift(&spec.netns, &spec.name, spec.mac, spec.mtu, live, actions);
+    fix_drift(&spec.netns, &dev(), spec.mac, spec.mtu, live, actions);
     let have: Vec<IpNet> = live
         .map(|l| inv.addresses_of(l.ifindex).collect())
         .unwrap_or_default();
@@ -264,15 +293,15 @@ fn plan_stacked(
     }
 
     // Gone: find the parent, by identity or by name, as it is now.
-    let (parent_netns, parent_name, after) = match parent {
+    let (parent_netns, parent, after) = match parent {
         Parent::Nic(identity) => {
-            let found = world
-                .host
-                .nics()
-                .find(|(_, id)| identity.matches(id))
-                .map(|(l, _)| l.name.clone());
+            let found = world.host.nics().find(|(_, id)| identity.matches(id));
             match found {
-                Some(name) => (Locator::Host, name, None),
+                Some((l, _)) => (
+                    Locator::Host,
+                    Dev::live(l, DeviceIdentity::Nic(identity.clone())),
+                    None,
+                ),
                 None => {
                     return Err((
                         Verdict::Waiting,
@@ -289,13 +318,18 @@ fn plan_stacked(
             let present = world
                 .inventory(netns)
                 .ok()
-                .and_then(|i| i.link_by_name(name))
-                .is_some();
-            match (present, ledger.links.contains_key(&key)) {
-                (true, _) => (netns.clone(), name.clone(), None),
-                // A guarded parent: re-created first, in the same pass.
-                (false, true) => (netns.clone(), name.clone(), Some(key)),
-                (false, false) => {
+                .and_then(|i| i.link_by_name(name));
+            match (present, ledger.links.get(&key)) {
+                (Some(l), _) => (netns.clone(), Dev::live(l, l.virtual_identity()), None),
+                // A guarded parent: re-created first, in the same pass, as recorded.
+                (None, Some(record)) => {
+                    let identity = DeviceIdentity::Virtual {
+                        kind: record.spec.kind.name().to_string(),
+                        mac: record.spec.mac,
+                    };
+                    (netns.clone(), Dev::expected(name, identity), Some(key))
+                }
+                (None, None) => {
                     return Err((
                         Verdict::Waiting,
                         format!("its parent {name} is not in {netns}"),
@@ -304,25 +338,29 @@ fn plan_stacked(
             }
         }
     };
+    // Created in the parent's netns, it takes a name of ours there before it moves in.
+    let temp = (parent_netns != spec.netns).then(temporary_link_name);
     let create = match &spec.kind {
         KindSpec::Vlan { id, protocol, .. } => Action::CreateVlan {
             parent_netns,
-            parent: parent_name,
+            parent: parent.clone(),
             netns: spec.netns.clone(),
             name: spec.name.clone(),
             id: *id,
             protocol: *protocol,
             mac: spec.mac,
             mtu: spec.mtu,
+            temp: temp.clone(),
         },
         KindSpec::Macvlan { mode, .. } => Action::CreateMacvlan {
             parent_netns,
-            parent: parent_name,
+            parent: parent.clone(),
             netns: spec.netns.clone(),
             name: spec.name.clone(),
             mode: *mode,
             mac: spec.mac,
             mtu: spec.mtu,
+            temp: temp.clone(),
         },
         KindSpec::Veth { .. } => unreachable!("veths are planned by plan_veth"),
     };

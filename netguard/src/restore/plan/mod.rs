@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use crate::inventory::{LiveLink, NetnsInventory};
 use crate::ledger::{LedgerContent, LinkKey, LinkState, Locator, NicIdentity, NicRecord, NicState};
-use crate::restore::action::Action;
+use crate::model::DeviceIdentity;
+use crate::restore::action::{Action, Dev};
 use link::plan_link;
 
 /// What the kernel says now: the host netns and every other netns a guarded link needs.
@@ -280,21 +281,29 @@ fn repair_nic(
         ),
     };
     let mut item = Item::new(target, Verdict::Repair, why);
+    // Every action names the NIC by the identity on record and the ifindex seen now.
+    let identity = DeviceIdentity::Nic(nic.identity.clone());
+    let here = Dev::live(live, identity.clone());
+    // The kernel refuses to rename a running device (EBUSY).
     if live.up {
         item.actions.push(Action::SetDown {
             netns: Locator::Host,
-            dev: live.name.clone(),
+            dev: here.clone(),
         });
     }
     item.actions.push(Action::Rename {
         netns: Locator::Host,
-        dev: live.name.clone(),
+        dev: here,
         to: nic.home_name.clone(),
     });
     if up {
         item.actions.push(Action::SetUp {
             netns: Locator::Host,
-            dev: nic.home_name.clone(),
+            dev: Dev {
+                name: nic.home_name.clone(),
+                ifindex: Some(live.ifindex),
+                identity,
+            },
         });
     }
     item

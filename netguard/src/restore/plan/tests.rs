@@ -2,7 +2,7 @@ use super::*;
 use crate::inventory::{LiveAddr, LiveRoute};
 use crate::ledger::testutil::sample_content;
 use crate::ledger::NicLocation;
-use crate::model::RouteSpec;
+use crate::model::{KindSpec, RouteSpec};
 
 const C1: u64 = 4026532118;
 
@@ -169,6 +169,34 @@ fn stale_host_side_of_a_replaced_netns_is_removed_only_if_provably_ours() {
     let plan2 = super::plan(&content, &world);
     assert_eq!(plan2.items[0].verdict, Verdict::Conflict, "{plan2}");
     assert!(plan2.items[0].actions.is_empty());
+}
+
+#[test]
+fn stale_host_side_without_a_recorded_mac_is_never_deleted() {
+    let mut content = sample_content();
+    veth_only(&mut content);
+    // A CNI-imported peer: no MAC on record.
+    for record in content.links.values_mut() {
+        if let KindSpec::Veth { peer } = &mut record.spec.kind {
+            peer.mac = None;
+        }
+    }
+    let mut world = healthy_veth_world();
+    world.netns.insert(
+        c1(),
+        NetnsInventory::new(C1 + 7, vec![live(1, "lo", None)], vec![], vec![]),
+    );
+    let plan = super::plan(&content, &world);
+    assert_eq!(plan.items[0].verdict, Verdict::Conflict, "{plan}");
+    assert!(plan.items[0].actions.is_empty(), "{plan}");
+    assert!(
+        plan.items[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("no MAC on record"),
+        "{plan}"
+    );
 }
 
 #[test]
