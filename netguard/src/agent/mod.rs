@@ -5,19 +5,13 @@
 //! [`PASS_GRACE`]), saves the ledger and ends it; a second one ends it at once (the journal
 //! already holds every change, so the disk stays consistent).
 
-use std::ffi::CString;
-use std::fs::File;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::io::unix::AsyncFd;
-use tokio::net::UnixStream;
 use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
 
@@ -26,11 +20,17 @@ use crate::control::{self, Operation};
 use crate::inventory::Pool;
 use crate::ledger::{Ledger, LedgerError, LedgerOptions};
 use crate::metrics::{Metrics, MetricsError};
-use crate::netns::BIND_MOUNT_DIRS;
 use crate::outcomes::Outcomes;
 use crate::restore::{Restorer, Verdict};
 use crate::status::{self, AgentInfo, LastEvents, Status};
 use crate::trace::{BackendChoice, TraceError, TraceOptions, Tracer};
+
+mod lock;
+mod watch;
+
+use lock::lock_ledger;
+pub use lock::{LockError, StateLock};
+use watch::watch_bind_mounts;
 
 /// Links repaired at once; the kernel serialises most of the work under RTNL anyway.
 const CONCURRENCY: usize = 64;
@@ -70,64 +70,6 @@ pub enum AgentError {
     TaskEnded(String),
     #[error("stopped at once by a second signal, without waiting for the pass under way or saving the document; the journal holds every change, and the next start replays it")]
     StoppedAtOnce,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum LockError {
-    #[error("cannot lock {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the ledger in {dir} is in use by another netguard (an agent, or a command still running); stop it or use another --state-dir")]
-    Busy { dir: PathBuf },
-}
-
-/// An exclusive hold on a ledger directory for as long as it lives: the agent holds it while it
-/// runs, a command holds it while it changes the ledger without an agent.
-pub struct StateLock(#[allow(dead_code, reason = "held for its flock")] File);
-
-impl StateLock {
-    /// Waits a little for a command that holds the lock to finish (a `status` run while the
-    /// agent starts, say); a holder that stays is another agent.
-    pub fn acquire(dir: &Path) -> Result<StateLock, LockError> {
-        const PATIENCE: Duration = Duration::from_secs(10);
-        let started = std::time::Instant::now();
-        loop {
-            match StateLock::try_acquire(dir) {
-                Err(LockError::Busy { .. }) if started.elapsed() < PATIENCE => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                locked => return locked,
-            }
-        }
-    }
-
-    /// One attempt: `Busy` if somebody holds it now.
-    pub fn try_acquire(dir: &Path) -> Result<StateLock, LockError> {
-        let path = dir.join("lock");
-        let io = |source| LockError::Io {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io)?;
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(StateLock(file));
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            Err(LockError::Busy { dir: dir.into() })
-        } else {
-            Err(io(err))
-        }
-    }
 }
 
 struct Shared {
@@ -423,28 +365,6 @@ async fn wait_for_pass<T>(
     }
 }
 
-/// The ledger's lock. A command working without an agent holds it for a moment: wait for it.
-/// Another agent holds it for good: refuse, at once if it answers on our socket.
-async fn lock_ledger(options: &AgentOptions) -> Result<StateLock, LockError> {
-    let deadline = tokio::time::Instant::now() + LOCK_PATIENCE;
-    let mut told = false;
-    loop {
-        match StateLock::try_acquire(&options.ledger.dir) {
-            Err(LockError::Busy { dir })
-                if tokio::time::Instant::now() < deadline
-                    && UnixStream::connect(&options.socket).await.is_err() =>
-            {
-                if !std::mem::replace(&mut told, true) {
-                    let dir = dir.display();
-                    tracing::info!("the ledger in {dir} is in use by a netguard command; waiting up to {LOCK_PATIENCE:?}");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            locked => return locked,
-        }
-    }
-}
-
 /// Tells the service manager the agent is alive as long as the ledger can be had within half a
 /// watchdog period: a reconciler stuck holding it (or a runtime that stopped) lets the
 /// watchdog fire and the agent be restarted.
@@ -564,118 +484,6 @@ fn log_plan(shared: &Shared, plan: &crate::restore::Plan) {
             tracing::info!("observe-only: everything guarded is as recorded");
         }
         *last = text;
-    }
-}
-
-/// Wakes the reconciler when a netns bind mount appears or goes. Dropping our connection to a
-/// deleted netns is what lets the kernel destroy it (and refund its NICs); a new netns at a
-/// known path is a container restart to repair. A bind mount is made just after its file is
-/// created, so the reconciler is woken again a little later too ([`FOLLOW_UPS`]); inotify is
-/// read meanwhile, so the next container's restart is noticed at once.
-async fn watch_bind_mounts(shared: &Shared) {
-    let inotify = match Inotify::new() {
-        Ok(inotify) => inotify,
-        Err(e) => {
-            tracing::warn!("cannot watch netns bind mounts ({e}); relying on the interval");
-            return std::future::pending().await;
-        }
-    };
-    let mut watched: Vec<PathBuf> = Vec::new();
-    // When to wake the reconciler again, earliest first, and when what they follow happened.
-    let mut follow_ups: Vec<Instant> = Vec::new();
-    let mut seen_at = Instant::now();
-    loop {
-        for dir in BIND_MOUNT_DIRS {
-            let Ok(real) = std::fs::canonicalize(dir) else {
-                continue;
-            };
-            if !watched.contains(&real) && inotify.watch(&real).is_ok() {
-                watched.push(real);
-            }
-        }
-        // At the latest in a second: directories that did not exist yet are looked for again
-        // (the first `ip netns add` makes one).
-        let next = follow_ups
-            .first()
-            .copied()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-        tokio::select! {
-            read = inotify.readable() => match read {
-                Ok(()) => {
-                    let now = Instant::now();
-                    shared.wake_for(now);
-                    seen_at = now;
-                    follow_ups = FOLLOW_UPS.iter().map(|delay| now + *delay).collect();
-                }
-                Err(e) => {
-                    tracing::warn!("watching netns bind mounts failed ({e}); relying on the interval");
-                    return std::future::pending().await;
-                }
-            },
-            _ = tokio::time::sleep_until(next) => {
-                if !follow_ups.is_empty() {
-                    follow_ups.remove(0);
-                    shared.wake_for(seen_at);
-                }
-            }
-        }
-    }
-}
-
-/// After a bind mount came or went, the reconciler looks again this much later: the mount
-/// follows its file's creation, and a deleted netns's teardown takes a while.
-const FOLLOW_UPS: [Duration; 3] = [
-    Duration::from_millis(50),
-    Duration::from_millis(250),
-    Duration::from_millis(1000),
-];
-
-struct Inotify(AsyncFd<OwnedFd>);
-
-impl Inotify {
-    fn new() -> std::io::Result<Inotify> {
-        // SAFETY: plain syscall; the fd is owned right away.
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor nobody else owns; the OwnedFd keeps it open for
-        // as long as the AsyncFd lives.
-        Ok(Inotify(unsafe {
-            AsyncFd::register(OwnedFd::from_raw_fd(fd))
-        }?))
-    }
-
-    fn watch(&self, dir: &Path) -> std::io::Result<()> {
-        let path = CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-        let mask = libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO;
-        // SAFETY: valid fd and NUL-terminated path.
-        if unsafe { libc::inotify_add_watch(self.0.as_raw_fd(), path.as_ptr(), mask) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Waits until something happened, and drains the queue (what happened does not matter).
-    async fn readable(&self) -> std::io::Result<()> {
-        loop {
-            let mut guard = self.0.readable().await?;
-            let mut buf = [0u8; 4096];
-            // SAFETY: reading into a buffer we own, within its length.
-            let n = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n > 0 {
-                while unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) }
-                    > 0
-                {}
-                guard.clear_ready();
-                return Ok(());
-            }
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::WouldBlock {
-                return Err(err);
-            }
-            guard.clear_ready();
-        }
     }
 }
 
