@@ -76,6 +76,9 @@ pub struct FileConfig {
     pub exclude: Vec<String>,
     /// Trace, plan and log; change nothing in the kernel.
     pub observe_only: Option<bool>,
+    /// libcni result cache directories to watch (default: libcni's and Multus's).
+    #[serde(default)]
+    pub cni_cache: Vec<PathBuf>,
 }
 
 impl FileConfig {
@@ -120,6 +123,8 @@ pub struct Settings {
     pub interval: Duration,
     pub exclude: Exclusions,
     pub observe_only: bool,
+    /// libcni result cache directories to watch.
+    pub cni_cache: Vec<PathBuf>,
 }
 
 impl Settings {
@@ -169,6 +174,12 @@ impl Settings {
                 Excluded::Name(name) => exclude.names.push(name),
             }
         }
+        let cni_cache = cni_caches(
+            &flags.cni_cache,
+            &file.cni_cache,
+            path,
+            flags.host_netns.is_some() || file.host_netns.is_some(),
+        )?;
         Ok(Settings {
             state_dir,
             socket,
@@ -177,8 +188,46 @@ impl Settings {
             interval,
             exclude,
             observe_only: flags.observe_only.or(file.observe_only).unwrap_or(false),
+            cni_cache,
         })
     }
+}
+
+/// libcni's result cache and Multus's.
+pub const DEFAULT_CNI_CACHES: &[&str] = &[
+    crate::capture::cni::RESULT_CACHE_DIR,
+    "/var/lib/cni/multus/results",
+];
+
+/// The cache directories given by flag, else in the file, else the defaults, except for an
+/// agent standing in a test netns for the host (`host_netns`): the host's cache belongs to
+/// its real netns, so it watches only what it is told.
+fn cni_caches(
+    flags: &[PathBuf],
+    file: &[PathBuf],
+    path: &Path,
+    stand_in: bool,
+) -> Result<Vec<PathBuf>, ConfigError> {
+    let (given, setting) = match (flags, file) {
+        ([], []) if stand_in => return Ok(Vec::new()),
+        ([], []) => return Ok(DEFAULT_CNI_CACHES.iter().map(PathBuf::from).collect()),
+        ([], file) => (
+            file,
+            Setting::Key {
+                file: path.into(),
+                key: "cni_cache",
+            },
+        ),
+        (flags, _) => (flags, Setting::Flag("cni_cache")),
+    };
+    if let Some(bad) = given.iter().find(|d| !d.is_absolute()) {
+        return Err(ConfigError::Invalid {
+            setting,
+            value: format!("{:?}", bad.display().to_string()),
+            expected: "give an absolute directory path".into(),
+        });
+    }
+    Ok(given.to_vec())
 }
 
 /// The flag's value, else the file's, with where it came from (for the error).
@@ -446,5 +495,40 @@ mod tests {
                 .observe_only
         );
         assert!(FileConfig::parse(Path::new("/etc/ng.toml"), "observe_only = 1\n").is_err());
+    }
+
+    #[test]
+    fn cni_caches_are_flags_else_the_file_else_the_defaults_unless_standing_in() {
+        let defaults = resolve("", Flags::default()).unwrap().cni_cache;
+        assert_eq!(
+            defaults,
+            DEFAULT_CNI_CACHES
+                .iter()
+                .map(PathBuf::from)
+                .collect::<Vec<_>>()
+        );
+        let file = "cni_cache = [\"/srv/cni\"]\n";
+        assert_eq!(
+            resolve(file, Flags::default()).unwrap().cni_cache,
+            [PathBuf::from("/srv/cni")]
+        );
+        let flags = Flags {
+            cni_cache: vec!["/a".into(), "/b".into()],
+            ..Flags::default()
+        };
+        assert_eq!(
+            resolve(file, flags).unwrap().cni_cache,
+            [PathBuf::from("/a"), "/b".into()]
+        );
+        let stand_in = Flags {
+            host_netns: Some("/run/netns/t".into()),
+            ..Flags::default()
+        };
+        assert!(resolve("", stand_in).unwrap().cni_cache.is_empty());
+        let err = refused("cni_cache = [\"relative\"]\n");
+        assert!(
+            err.contains("cni_cache") && err.contains("absolute"),
+            "{err}"
+        );
     }
 }

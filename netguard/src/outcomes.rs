@@ -159,6 +159,8 @@ mod tests {
             reason: None,
             since: chrono::Utc::now(),
             workload: None,
+            cannot_restore: Vec::new(),
+            history: Vec::new(),
         }
     }
 

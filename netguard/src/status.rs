@@ -34,6 +34,12 @@ pub struct StatusRow {
     /// Who a link belongs to (`None`: its netns path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<Workload>,
+    /// What netguard does not re-create for this link (tc qdiscs, sysctls, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cannot_restore: Vec<String>,
+    /// Earlier sandboxes of its pod, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<String>,
 }
 
 /// One row per guarded NIC and link.
@@ -51,6 +57,8 @@ pub fn ledger_rows(content: &LedgerContent) -> Vec<StatusRow> {
         reason: n.reason.clone(),
         since: n.since,
         workload: None,
+        cannot_restore: Vec::new(),
+        history: Vec::new(),
     });
     let links = content.links.values().map(|l| StatusRow {
         kind: l.spec.kind.name().to_string(),
@@ -62,6 +70,8 @@ pub fn ledger_rows(content: &LedgerContent) -> Vec<StatusRow> {
         reason: l.reason.clone(),
         since: l.since,
         workload: l.workload.clone(),
+        cannot_restore: l.cannot_restore.clone(),
+        history: l.history.clone(),
     });
     nics.chain(links).collect()
 }
@@ -247,6 +257,8 @@ mod tests {
             reason: None,
             since: Utc::now(),
             workload: None,
+            cannot_restore: Vec::new(),
+            history: Vec::new(),
         }
     }
 

@@ -25,9 +25,11 @@ use crate::restore::{Restorer, Verdict};
 use crate::status::{self, AgentInfo, LastEvents, Status};
 use crate::trace::{BackendChoice, TraceError, TraceOptions, Tracer};
 
+mod cni_cache;
 mod lock;
 mod watch;
 
+use cni_cache::watch_cni_caches;
 use lock::lock_ledger;
 pub use lock::{LockError, StateLock};
 use watch::watch_bind_mounts;
@@ -52,6 +54,8 @@ pub struct AgentOptions {
     pub observe_only: bool,
     /// Where to serve Prometheus metrics; `None`: nowhere.
     pub metrics: Option<SocketAddr>,
+    /// libcni result cache directories to follow (`--cni-cache`).
+    pub cni_caches: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -268,6 +272,9 @@ pub async fn run(
     });
     let s = shared.clone();
     tasks.spawn(async move { watch_bind_mounts(&s).await });
+    let s = shared.clone();
+    let caches = options.cni_caches.clone();
+    tasks.spawn(async move { watch_cni_caches(&s, caches).await });
     if let Some(serve) = serve_metrics {
         tasks.spawn(serve);
     }

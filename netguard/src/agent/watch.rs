@@ -35,7 +35,7 @@ pub(super) async fn watch_bind_mounts(shared: &Shared) {
             let Ok(real) = std::fs::canonicalize(dir) else {
                 continue;
             };
-            if !watched.contains(&real) && inotify.watch(&real).is_ok() {
+            if !watched.contains(&real) && inotify.watch(&real, COMINGS_AND_GOINGS).is_ok() {
                 watched.push(real);
             }
         }
@@ -76,10 +76,14 @@ const FOLLOW_UPS: [Duration; 3] = [
     Duration::from_millis(1000),
 ];
 
-struct Inotify(AsyncFd<OwnedFd>);
+/// Files appearing and going in a watched directory.
+pub(super) const COMINGS_AND_GOINGS: u32 =
+    libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO;
+
+pub(super) struct Inotify(AsyncFd<OwnedFd>);
 
 impl Inotify {
-    fn new() -> std::io::Result<Inotify> {
+    pub(super) fn new() -> std::io::Result<Inotify> {
         // SAFETY: plain syscall; the fd is owned right away.
         let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
         if fd < 0 {
@@ -92,9 +96,8 @@ impl Inotify {
         }?))
     }
 
-    fn watch(&self, dir: &Path) -> std::io::Result<()> {
+    pub(super) fn watch(&self, dir: &Path, mask: u32) -> std::io::Result<()> {
         let path = CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-        let mask = libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO;
         // SAFETY: valid fd and NUL-terminated path.
         if unsafe { libc::inotify_add_watch(self.0.as_raw_fd(), path.as_ptr(), mask) } < 0 {
             return Err(std::io::Error::last_os_error());
@@ -103,7 +106,7 @@ impl Inotify {
     }
 
     /// Waits until something happened, and drains the queue (what happened does not matter).
-    async fn readable(&self) -> std::io::Result<()> {
+    pub(super) async fn readable(&self) -> std::io::Result<()> {
         loop {
             let mut guard = self.0.readable().await?;
             let mut buf = [0u8; 4096];

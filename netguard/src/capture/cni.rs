@@ -14,10 +14,18 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::model::{IpNet, Mac, RouteSpec};
+
+/// Go's `[]byte` in JSON: standard base64, read with or without padding.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// Default directory of libcni's result cache.
 pub const RESULT_CACHE_DIR: &str = "/var/lib/cni/results";
@@ -49,6 +57,12 @@ pub struct Attachment {
     /// Result interfaces outside the pod (a veth's host side, a bridge).
     pub host_interfaces: Vec<String>,
     pub plugin: Option<PluginConfig>,
+    /// `K8S_POD_UID` from libcni's `cniArgs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// What the network's other plugins set up that netguard cannot re-create.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cannot_restore: Vec<String>,
 }
 
 /// The parts of a plugin config that say how the link was made.
@@ -120,6 +134,9 @@ struct CacheV1 {
     network_name: Option<String>,
     #[serde(default)]
     netns: Option<String>,
+    /// `CNI_ARGS` as key/value pairs.
+    #[serde(default)]
+    cni_args: Vec<(String, String)>,
     result: CniResult,
 }
 
@@ -157,15 +174,23 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Attachment, CniError> {
     if doc.get("kind").and_then(Value::as_str) == Some("cniCacheV1") {
         let cache: CacheV1 = serde_json::from_value(doc)
             .map_err(|e| bad(format!("not a libcni cache entry: {e}")))?;
-        let plugin = match &cache.config {
-            Some(b64) => Some(plugin_config(b64).map_err(bad)?).flatten(),
+        let config = match &cache.config {
+            Some(b64) => Some(decode_config(b64).map_err(bad)?),
             None => None,
         };
         let mut att =
             attachment(path, &cache.result, &cache.if_name, cache.netns.as_deref()).map_err(bad)?;
         att.container_id = cache.container_id;
         att.network = cache.network_name;
-        att.plugin = plugin;
+        att.pod_uid = cache
+            .cni_args
+            .into_iter()
+            .find(|(k, _)| k == "K8S_POD_UID")
+            .map(|(_, v)| v);
+        if let Some(config) = &config {
+            att.plugin = plugin_config(config);
+            att.cannot_restore = cannot_restore(config);
+        }
         Ok(att)
     } else {
         let cp: Checkpoint = serde_json::from_value(doc).map_err(|e| {
@@ -262,71 +287,85 @@ fn attachment(
         routes,
         host_interfaces,
         plugin: None,
+        pod_uid: None,
+        cannot_restore: Vec::new(),
     })
 }
 
 /// Plugin types that create the pod's link.
 const LINK_PLUGINS: &[&str] = &["macvlan", "vlan", "bridge", "ptp", "ipvlan", "host-device"];
 
-/// The link-making plugin's config from libcni's base64 `config` (a single config or a
-/// conflist); `None` when no plugin there makes links.
-fn plugin_config(b64: &str) -> Result<Option<PluginConfig>, String> {
-    let bytes = base64_decode(b64).ok_or("its \"config\" is not base64")?;
-    let conf: Value =
-        serde_json::from_slice(&bytes).map_err(|e| format!("its \"config\" is not JSON: {e}"))?;
-    let candidates: Vec<&Value> = match conf.get("plugins").and_then(Value::as_array) {
+/// libcni's base64 `config`: a single plugin's config or a whole conflist.
+fn decode_config(b64: &str) -> Result<Value, String> {
+    let bytes = BASE64
+        .decode(b64.trim())
+        .map_err(|e| format!("its \"config\" is not base64: {e}"))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("its \"config\" is not JSON: {e}"))
+}
+
+/// The plugins of a config: a conflist's list, or the single config itself.
+fn plugins(conf: &Value) -> Vec<&Value> {
+    match conf.get("plugins").and_then(Value::as_array) {
         Some(list) => list.iter().collect(),
-        None => vec![&conf],
-    };
-    let Some(plugin) = candidates.into_iter().find(|p| {
-        p.get("type")
-            .and_then(Value::as_str)
-            .is_some_and(|t| LINK_PLUGINS.contains(&t))
-    }) else {
-        return Ok(None);
-    };
+        None => vec![conf],
+    }
+}
+
+fn plugin_type(plugin: &Value) -> &str {
+    plugin.get("type").and_then(Value::as_str).unwrap_or("")
+}
+
+/// The link-making plugin's config; `None` when no plugin there makes links.
+fn plugin_config(conf: &Value) -> Option<PluginConfig> {
+    let plugin = plugins(conf)
+        .into_iter()
+        .find(|p| LINK_PLUGINS.contains(&plugin_type(p)))?;
     let text = |k: &str| plugin.get(k).and_then(Value::as_str).map(str::to_string);
     let num = |k: &str| plugin.get(k).and_then(Value::as_u64);
-    Ok(Some(PluginConfig {
+    Some(PluginConfig {
         kind: text("type").unwrap_or_default(),
         master: text("master"),
         mode: text("mode"),
         vlan_id: num("vlanId").and_then(|v| u16::try_from(v).ok()),
         bridge: text("bridge"),
         mtu: num("mtu").and_then(|v| u32::try_from(v).ok()),
-    }))
+    })
 }
 
-/// Standard base64 (Go's `[]byte` in JSON), padding optional.
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let digits: Vec<u8> = text.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
-    let digits = digits
-        .strip_suffix(b"==")
-        .or_else(|| digits.strip_suffix(b"="))
-        .unwrap_or(&digits);
-    if digits.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
-    for chunk in digits.chunks(4) {
-        let mut acc = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            acc |= value(*c)? << (18 - 6 * i);
-        }
-        let bytes = acc.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    Some(out)
+/// Plugins whose work netguard's snapshot holds (the link, its addresses and routes) or that
+/// keep their state outside the pod's link (iptables rules keyed by the pod's address).
+const RESTORABLE_PLUGINS: &[&str] = &["netguard", "portmap", "firewall", "loopback"];
+
+/// What the plugins of a network config set up that netguard does not re-create with the
+/// link: `bandwidth`'s tc qdiscs, `tuning`'s sysctls, and whatever a plugin it does not know
+/// did (ethtool settings, say). Shown in `status` for the link.
+pub fn cannot_restore(conf: &Value) -> Vec<String> {
+    plugins(conf)
+        .into_iter()
+        .filter_map(|p| {
+            let kind = plugin_type(p);
+            if LINK_PLUGINS.contains(&kind) || RESTORABLE_PLUGINS.contains(&kind) {
+                return None;
+            }
+            Some(match kind {
+                "bandwidth" => "tc qdiscs of the bandwidth plugin (rate limits)".to_string(),
+                "tuning" => {
+                    let sysctls: Vec<String> = p
+                        .get("sysctl")
+                        .and_then(Value::as_object)
+                        .map(|m| m.keys().cloned().collect())
+                        .unwrap_or_default();
+                    if sysctls.is_empty() {
+                        "settings of the tuning plugin".to_string()
+                    } else {
+                        format!("sysctls of the tuning plugin ({})", sysctls.join(", "))
+                    }
+                }
+                "" => "what a plugin without a type set up".to_string(),
+                other => format!("what the {other} plugin set up (ethtool or other settings)"),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -406,11 +445,44 @@ mod tests {
     }
 
     #[test]
-    fn base64_decodes_with_and_without_padding() {
-        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
-        assert_eq!(base64_decode("aGVsbG8").unwrap(), b"hello");
-        assert_eq!(base64_decode("YQ==").unwrap(), b"a");
-        assert_eq!(base64_decode("").unwrap(), b"");
-        assert!(base64_decode("a!==").is_none());
+    fn a_cache_entry_names_its_pod_and_what_its_plugins_did_beyond_the_link() {
+        let conflist = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "pods",
+            "plugins": [
+                { "type": "bridge", "bridge": "cni0" },
+                { "type": "tuning", "sysctl": { "net.ipv4.conf.eth0.arp_notify": "1" } },
+                { "type": "bandwidth", "ingressRate": 1000000, "ingressBurst": 100000 },
+                { "type": "portmap" },
+                { "type": "sriov-tuner" },
+                { "type": "netguard" }
+            ]
+        });
+        let b64 = BASE64.encode(conflist.to_string());
+        let doc = serde_json::json!({
+            "kind": "cniCacheV1", "containerId": "c1", "config": b64, "ifName": "eth0",
+            "networkName": "pods",
+            "cniArgs": [["IgnoreUnknown", "1"], ["K8S_POD_UID", "5f1c"]],
+            "result": { "interfaces": [{ "name": "eth0", "sandbox": "/run/netns/p" }] }
+        });
+        let att = parse(Path::new("/x/c"), doc.to_string().as_bytes()).unwrap();
+        assert_eq!(att.pod_uid.as_deref(), Some("5f1c"));
+        assert_eq!(
+            att.netns,
+            PathBuf::from("/run/netns/p"),
+            "from interfaces[].sandbox"
+        );
+        assert_eq!(
+            att.cannot_restore,
+            [
+                "sysctls of the tuning plugin (net.ipv4.conf.eth0.arp_notify)",
+                "tc qdiscs of the bandwidth plugin (rate limits)",
+                "what the sriov-tuner plugin set up (ethtool or other settings)",
+            ]
+        );
+        // A plain bridge network: nothing beyond what netguard records.
+        assert!(read(&data("cache-bridge-eth0"))
+            .unwrap()
+            .cannot_restore
+            .is_empty());
     }
 }

@@ -39,6 +39,10 @@ pub struct AgentArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9476); off unless given.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// A libcni result cache directory to watch for attachments (repeatable; default
+    /// /var/lib/cni/results and /var/lib/cni/multus/results, none with --host-netns).
+    #[arg(long, value_name = "DIR")]
+    cni_cache: Vec<PathBuf>,
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
@@ -54,6 +58,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         exclude: args.exclude,
         // Only a flag given overrides the file.
         observe_only: args.observe_only.then_some(true),
+        cni_cache: args.cni_cache,
     };
     let settings = Settings::resolve(file, path, flags)?;
     let mut ledger = LedgerOptions::new(settings.state_dir);
@@ -66,6 +71,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         interval: settings.interval,
         observe_only: settings.observe_only,
         metrics: args.metrics,
+        cni_caches: settings.cni_cache,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {

@@ -113,7 +113,24 @@ pub fn run(place: &Place, json: bool) -> anyhow::Result<ExitCode> {
         ]);
     }
     print_table(&table);
+    print_notes(&status);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Per link, what netguard does not re-create and its pod's earlier sandboxes.
+fn print_notes(status: &Status) {
+    for row in status.rows.iter().map(|e| &e.row) {
+        if row.cannot_restore.is_empty() && row.history.is_empty() {
+            continue;
+        }
+        println!("{} in {}:", row.name, row.netns);
+        for what in &row.cannot_restore {
+            println!("  not re-created by netguard: {what}");
+        }
+        for earlier in &row.history {
+            println!("  earlier: {earlier}");
+        }
+    }
 }
 
 fn age(seconds: i64) -> String {

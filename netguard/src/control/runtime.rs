@@ -30,6 +30,7 @@ pub async fn cni_add(
     })?;
     let workload = att.workload();
     let locator = Locator::Path(netns);
+    let history = earlier_sandboxes(ledger, &workload);
     ledger.release_where(
         |w| w.same(&workload) && w != &workload,
         "replaced by a new sandbox of the same pod",
@@ -48,6 +49,9 @@ pub async fn cni_add(
         ledger.record_link(spec);
         if in_pod {
             ledger.bind_link(&key, &workload);
+            if !history.is_empty() {
+                ledger.update_link(&key, |r| r.history = history.clone());
+            }
             ours = Some(key);
         }
     }
@@ -63,6 +67,44 @@ pub async fn cni_add(
             detail: serde_json::json!({ "skipped": learned.skipped }),
         },
     })
+}
+
+/// The history of the pod `workload` belongs to (a pod UID's earlier sandboxes, oldest
+/// first), with the sandboxes guarded now, which a new one replaces.
+fn earlier_sandboxes(ledger: &Ledger, workload: &Workload) -> Vec<String> {
+    let mut history: Vec<String> = Vec::new();
+    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ");
+    for record in ledger.links() {
+        let Some(
+            earlier @ Workload::CniAttachment {
+                container_id,
+                pod_uid: Some(_),
+                ..
+            },
+        ) = &record.workload
+        else {
+            continue;
+        };
+        if !earlier.same(workload) || earlier == workload {
+            continue;
+        }
+        for line in record.history.iter().cloned().chain([format!(
+            "sandbox {container_id} in {} until {now}",
+            record.spec.netns
+        )]) {
+            if !history.contains(&line) {
+                history.push(line);
+            }
+        }
+    }
+    history
+}
+
+/// What the libcni cache says cannot be re-created, on the attachment's links.
+pub fn note_cannot_restore(ledger: &mut Ledger, workload: &Workload, what: &[String]) {
+    for key in ledger.links_of(workload) {
+        ledger.update_link(&key, |r| r.cannot_restore = what.to_vec());
+    }
 }
 
 /// CNI DEL: the attachment is released (idempotent; its netns may be gone).

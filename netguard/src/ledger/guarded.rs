@@ -33,18 +33,16 @@ impl Ledger {
 
     /// Guards a link from now on (replacing any earlier spec under the same netns + name).
     pub fn record_link(&mut self, spec: LinkSpec) {
-        // A workload's link learned again stays that workload's.
-        let workload = self
-            .content
-            .links
-            .get(&spec.key())
-            .and_then(|r| r.workload.clone());
+        // A workload's link learned again stays that workload's, with what is known of it.
+        let old = self.content.links.get(&spec.key());
         let record = LinkRecord {
             spec,
             state: LinkState::Intact,
             reason: None,
             since: Utc::now(),
-            workload,
+            workload: old.and_then(|r| r.workload.clone()),
+            cannot_restore: old.map(|r| r.cannot_restore.clone()).unwrap_or_default(),
+            history: old.map(|r| r.history.clone()).unwrap_or_default(),
         };
         if self.content.links.get(&record.spec.key()).map(|r| &r.spec) == Some(&record.spec) {
             return;

@@ -1,6 +1,6 @@
 //! Folding the tracer's events in: home names as NICs leave, refunds, renames, links lost.
 
-use crate::event::{Event, EventKind, Place};
+use crate::event::{Cause, Event, EventKind, Place};
 
 use super::journal::JournalEntry;
 use super::{
@@ -222,6 +222,11 @@ impl Ledger {
             EventKind::Unregister | EventKind::Move => {
                 let keys = matching(&event.from);
                 for key in &keys {
+                    if let Some(why) = self.released_on_purpose(key, event) {
+                        tracing::info!("{key}: {why}");
+                        self.set_link_state(key, LinkState::Released, Some(why));
+                        continue;
+                    }
                     let why = if event.kind == EventKind::Move {
                         "moved out of its netns"
                     } else {
@@ -253,5 +258,24 @@ impl Ledger {
             }
             _ => false,
         }
+    }
+
+    /// Why a workload's link deleted by an explicit command (its netns and parent alive, else
+    /// the cause would be a teardown or parent-gone) is released rather than lost; `None` for
+    /// anything else, and for links without a workload, which are restored as ever.
+    fn released_on_purpose(&self, key: &LinkKey, event: &Event) -> Option<String> {
+        let record = self.content.links.get(key)?;
+        if event.kind != EventKind::Unregister
+            || event.cause != Cause::Explicit
+            || record.workload.is_none()
+        {
+            return None;
+        }
+        Some(match &event.by {
+            Some(actor) => format!("released: deleted by {actor}"),
+            None => "released: deleted by a command while its netns and parent lived \
+                     (this tracer backend cannot tell which)"
+                .to_string(),
+        })
     }
 }

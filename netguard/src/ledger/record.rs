@@ -54,6 +54,9 @@ pub enum LinkState {
     Dormant,
     /// Lost again soon after each restore: repairs back off.
     Flapping,
+    /// Deleted on purpose (an explicit delete of a workload's link while its netns and
+    /// parent live): never re-created; shown until its workload ends.
+    Released,
 }
 
 kebab_display!(NicState);
@@ -136,6 +139,12 @@ pub struct LinkRecord {
     /// before workloads, which therefore load unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<Workload>,
+    /// What was set up with it that netguard does not re-create (from the CNI config).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cannot_restore: Vec<String>,
+    /// Earlier sandboxes of its pod (`K8S_POD_UID`), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<String>,
 }
 
 /// Everything the ledger holds; `journal_seq` is the last journal entry folded in.

@@ -113,6 +113,8 @@ pub fn sample_content() -> LedgerContent {
                     reason: None,
                     since: Utc::now(),
                     workload: None,
+                    cannot_restore: Vec::new(),
+                    history: Vec::new(),
                 },
             )
         })

@@ -31,6 +31,23 @@ impl Ledger {
         self.put_link(record);
     }
 
+    /// Changes the record of `key` with `change`, journalled if it changed anything.
+    pub fn update_link(&mut self, key: &LinkKey, change: impl FnOnce(&mut LinkRecord)) {
+        let Some(record) = self.content.links.get(key) else {
+            return;
+        };
+        let mut new = record.clone();
+        change(&mut new);
+        if &new != record {
+            self.put_link(new);
+        }
+    }
+
+    /// The guarded links bound to exactly `workload`.
+    pub fn links_of(&self, workload: &Workload) -> Vec<LinkKey> {
+        self.keys_of(|w| w == workload)
+    }
+
     /// Releases (stops guarding, never re-creates) every link whose workload `pred` accepts;
     /// the keys released. A release is on purpose: nothing is restored afterwards.
     pub fn release_where(&mut self, pred: impl Fn(&Workload) -> bool, why: &str) -> Vec<LinkKey> {
@@ -63,7 +80,10 @@ impl Ledger {
     ) -> Vec<LinkKey> {
         let keys = self.keys_of(pred);
         for key in &keys {
-            self.set_link_state(key, LinkState::Dormant, Some(why.to_string()));
+            // Released on purpose stays released.
+            if self.content.links[key].state != LinkState::Released {
+                self.set_link_state(key, LinkState::Dormant, Some(why.to_string()));
+            }
         }
         keys
     }
@@ -83,6 +103,10 @@ impl Ledger {
                 continue;
             };
             self.append(JournalEntry::ForgetLink { key: key.clone() });
+            if old.state == LinkState::Released {
+                tracing::info!("{key} was released on purpose: not re-created in {netns}");
+                continue;
+            }
             let mut spec = old.spec;
             spec.netns = netns.clone();
             spec.netns_inode = Some(inode);
@@ -97,6 +121,8 @@ impl Ledger {
                 reason: Some(format!("{workload} started again in {netns}")),
                 since: Utc::now(),
                 workload: old.workload,
+                cannot_restore: old.cannot_restore,
+                history: old.history,
             };
             tracing::info!("{key} of {workload} moves to {}", record.spec.key());
             moved.push(record.spec.key());
@@ -186,5 +212,55 @@ mod tests {
             "the same link, in the new netns"
         );
         assert_eq!(record.workload, Some(container("c1")));
+    }
+
+    #[test]
+    fn a_workloads_link_deleted_on_purpose_is_released_and_stays_so() {
+        use crate::event::{Actor, Cause, Event, EventKind, Netns, Place};
+        let dir = TempDir::new("wl-explicit");
+        let (mut ledger, key, mut spec) = bound(&dir);
+        spec.netns_inode = Some(77);
+        ledger.record_link(spec.clone());
+        let deleted = |cause, by: Option<Actor>| {
+            let mut ev = Event::new(EventKind::Unregister, cause);
+            ev.from = Some(Place {
+                name: Some(spec.name.clone()),
+                ifindex: Some(3),
+                netns: Netns {
+                    inode: 77,
+                    names: vec![],
+                },
+            });
+            ev.by = by;
+            ev
+        };
+        // Lost with its parent: restored, not released.
+        ledger.observe(&deleted(Cause::ParentGone, None), 1);
+        assert_eq!(ledger.content().links[&key].state, LinkState::Missing);
+        let ip = Actor {
+            pid: 4242,
+            tgid: 4242,
+            comm: "ip".into(),
+        };
+        ledger.observe(&deleted(Cause::Explicit, Some(ip)), 1);
+        let record = &ledger.content().links[&key];
+        assert_eq!(
+            (record.state, record.reason.as_deref()),
+            (LinkState::Released, Some("released: deleted by ip[4242]"))
+        );
+        // Stopped and started again: still not re-created, and gone from the ledger.
+        ledger.set_dormant_where(|w| w == &container("c1"), "stopped");
+        assert_eq!(ledger.content().links[&key].state, LinkState::Released);
+        let new = Locator::Path("/run/netns/c1-again".into());
+        assert!(ledger
+            .reincarnate_where(|w| w == &container("c1"), &new, 78)
+            .is_empty());
+        assert!(!ledger.content().links.contains_key(&key));
+        // A link without a workload deleted the same way is lost, as ever (restored).
+        let (mut plain, _) =
+            Ledger::open(LedgerOptions::new(TempDir::new("wl-plain").path())).unwrap();
+        plain.record_link(spec.clone());
+        plain.observe(&deleted(Cause::Explicit, None), 1);
+        assert_eq!(plain.content().links[&key].state, LinkState::Missing);
     }
 }

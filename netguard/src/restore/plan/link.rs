@@ -20,6 +20,9 @@ pub(super) fn plan_link(record: &LinkRecord, ledger: &LedgerContent, world: &Wor
         Ok(inv) => inv,
         Err(why) => return Item::new(target, Verdict::Waiting, why),
     };
+    if unexplained(record, inv) {
+        return Item::new(target, Verdict::Waiting, UNEXPLAINED.to_string());
+    }
     let result = match &spec.kind {
         KindSpec::Veth { peer } => plan_veth(spec, peer, inv, world),
         KindSpec::Vlan { parent, .. } | KindSpec::Macvlan { parent, .. } => {
@@ -42,6 +45,31 @@ pub(super) fn plan_link(record: &LinkRecord, ledger: &LedgerContent, world: &Wor
             }
         }
         Err((verdict, why)) => Item::new(target, verdict, why),
+    }
+}
+
+/// Why a workload's link found gone before the tracer said why is not re-created yet.
+pub(crate) const UNEXPLAINED: &str = "gone; waiting to hear whether it was deleted on purpose";
+
+/// How long a workload's link may be gone unexplained before it is restored anyway: a
+/// backend holds a delete until it can tell its cause (the netlink one up to
+/// `PARENT_WAIT`, or a NIC's uevent wait); a delete on purpose releases it meanwhile.
+const UNEXPLAINED_WAIT: chrono::TimeDelta = chrono::TimeDelta::seconds(3);
+
+/// Whether `record` belongs to a workload, is gone from `inv`, and no event said why yet (it
+/// is still recorded as whole, or has waited less than [`UNEXPLAINED_WAIT`] for one).
+fn unexplained(record: &LinkRecord, inv: &NetnsInventory) -> bool {
+    use crate::ledger::LinkState;
+    if record.workload.is_none() || inv.link_by_name(&record.spec.name).is_some() {
+        return false;
+    }
+    match record.state {
+        LinkState::Intact | LinkState::Restored => true,
+        LinkState::Waiting => {
+            record.reason.as_deref() == Some(UNEXPLAINED)
+                && chrono::Utc::now() - record.since < UNEXPLAINED_WAIT
+        }
+        _ => false,
     }
 }
 

@@ -162,8 +162,9 @@ pub fn plan(ledger: &LedgerContent, world: &World) -> Plan {
     let links: Vec<Item> = ledger
         .links
         .values()
-        // A stopped container's links wait for its next start (its createRuntime hook).
-        .filter(|r| r.state != LinkState::Dormant)
+        // A stopped container's links wait for its next start (its createRuntime hook); a
+        // released one is never re-created.
+        .filter(|r| !matches!(r.state, LinkState::Dormant | LinkState::Released))
         .map(|r| plan_link(r, ledger, world))
         .collect();
     // A link that waits on a parent being re-created in this same pass is planned as if the
