@@ -2,10 +2,8 @@
 //! Debian's CNI plugins, each test in its own private podman world inside a test netns (see
 //! `netguard_tests::podman`). Addresses stay in 198.18.0.0/15.
 
-use std::path::PathBuf;
-
-use netguard_tests::cni::{Attachment, CniRunner};
-use netguard_tests::podman::{PodmanWorld, SYSTEM_CNI_DIR};
+use netguard_tests::cni::{plugin_dir, Attachment, CniRunner};
+use netguard_tests::podman::PodmanWorld;
 use netguard_tests::{netguard_bin, wait_until, Netguard, World};
 use serde_json::json;
 
@@ -104,18 +102,7 @@ fn chained_plugin_speaks_cni_and_fails_open() {
     let w = World::new("cnr").with(&["pod"]);
     let (host, pod, dir) = (&w.host, w.ns("pod"), &w.dir);
     let ng = Netguard::new(&w);
-    let plugins = dir.0.join("bin");
-    std::fs::create_dir(&plugins).unwrap();
-    for (name, target) in [
-        ("bridge", PathBuf::from(SYSTEM_CNI_DIR).join("bridge")),
-        (
-            "host-local",
-            PathBuf::from(SYSTEM_CNI_DIR).join("host-local"),
-        ),
-        ("netguard", netguard_bin()),
-    ] {
-        std::os::unix::fs::symlink(target, plugins.join(name)).unwrap();
-    }
+    let plugins = plugin_dir(&dir.0, &["bridge", "host-local", "netguard"]);
     let runner = CniRunner::new(vec![plugins]).in_netns(host.path());
     let conflist = |state_dir: &str| {
         json!({

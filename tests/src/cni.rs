@@ -1,13 +1,31 @@
 //! A small CNI runtime for tests, on the host and in the VM guest: runs a conflist's plugins
 //! as libcni does (the `CNI_*` environment, each plugin's config on stdin with the list's
 //! `name` and `cniVersion`, ADD in order passing `prevResult` along, DEL in reverse). It is
-//! also the only way here to send CNI 1.1's STATUS and GC, or a `K8S_POD_UID`.
+//! also the only way here to send CNI 1.1's STATUS and GC, or a `K8S_POD_UID`. Given a cache
+//! directory, it keeps a result cache there as libcni does (a `cniCacheV1` file per attachment
+//! written at ADD, removed at DEL).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use base64::Engine;
 use serde_json::Value;
+
+/// A `CNI_PATH` directory in `dir`: links to Debian's plugins `names`, and `netguard` (this
+/// build) when named.
+pub fn plugin_dir(dir: &Path, names: &[&str]) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("create the plugin directory");
+    for name in names {
+        let target = match *name {
+            "netguard" => crate::netguard_bin(),
+            system => Path::new(crate::podman::SYSTEM_CNI_DIR).join(system),
+        };
+        std::os::unix::fs::symlink(target, bin.join(name)).expect("link a CNI plugin");
+    }
+    bin
+}
 
 /// Who the plugins are called for.
 #[derive(Debug, Clone)]
@@ -48,6 +66,8 @@ pub struct CniRunner {
     pub plugin_dirs: Vec<PathBuf>,
     /// The netns plugins run in (a runtime's host netns); `None`: ours.
     pub host_netns: Option<PathBuf>,
+    /// Where to keep libcni's result cache; `None`: none kept.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl CniRunner {
@@ -55,7 +75,49 @@ impl CniRunner {
         CniRunner {
             plugin_dirs,
             host_netns: None,
+            cache_dir: None,
         }
+    }
+
+    /// Keeps libcni's result cache in `dir` (never the host's `/var/lib/cni`).
+    pub fn with_cache(mut self, dir: PathBuf) -> CniRunner {
+        self.cache_dir = Some(dir);
+        self
+    }
+
+    /// The cache file of `att` on `conflist`'s network, named as libcni names it.
+    pub fn cache_file(&self, conflist: &Value, att: &Attachment) -> Option<PathBuf> {
+        let network = conflist["name"].as_str().expect("conflist has a name");
+        let name = format!("{network}-{}-{}", att.container_id, att.ifname);
+        self.cache_dir.as_ref().map(|dir| dir.join(name))
+    }
+
+    /// Writes the cache entry libcni writes after a successful ADD: the whole conflist as
+    /// base64 `config`, `cniArgs` as pairs, and, as podman 4.3's libcni does, no `netns`
+    /// (the result's interfaces say where the sandbox is).
+    fn cache_add(&self, conflist: &Value, att: &Attachment, result: &Value) {
+        let Some(path) = self.cache_file(conflist, att) else {
+            return;
+        };
+        let args: Vec<Value> = att
+            .args
+            .iter()
+            .flat_map(|a| a.split(';'))
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| serde_json::json!([k, v]))
+            .collect();
+        let entry = serde_json::json!({
+            "kind": "cniCacheV1",
+            "containerId": att.container_id,
+            "config": base64::engine::general_purpose::STANDARD.encode(conflist.to_string()),
+            "ifName": att.ifname,
+            "networkName": conflist["name"],
+            "cniArgs": args,
+            "result": result,
+        });
+        std::fs::create_dir_all(path.parent().expect("a cache file has a directory"))
+            .expect("create the cache directory");
+        std::fs::write(&path, entry.to_string()).expect("write the cache file");
     }
 
     /// Plugins run inside `netns` (through `nsenter`): on the host, a test's stand-in.
@@ -163,7 +225,9 @@ impl CniRunner {
             }
             prev = Some(run.json());
         }
-        Ok(prev.unwrap_or(Value::Null))
+        let result = prev.unwrap_or(Value::Null);
+        self.cache_add(conflist, att, &result);
+        Ok(result)
     }
 
     /// DEL through the list in reverse, each with the ADD's result; stops at the first failure.
@@ -173,7 +237,12 @@ impl CniRunner {
         att: &Attachment,
         result: Option<&Value>,
     ) -> Result<(), PluginRun> {
-        self.each_reverse("DEL", conflist, Some(att), result)
+        self.each_reverse("DEL", conflist, Some(att), result)?;
+        // As libcni: the file goes at a successful DEL only.
+        if let Some(path) = self.cache_file(conflist, att) {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
     }
 
     /// CHECK through the list, each with the ADD's result.

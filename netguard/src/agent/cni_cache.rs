@@ -103,8 +103,10 @@ async fn sync(shared: &Shared, dirs: &[PathBuf], seen: &mut Seen) {
                 seen.bad.remove(&path);
                 entry
             }
+            // Created, not yet written: it comes back at its close.
+            Err(_) if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) => continue,
             Err(why) => {
-                // Half-written files come back at their close; a known attachment stays.
+                // A known attachment stays whatever its file says meanwhile.
                 if seen.bad.get(&path) != Some(&why) {
                     tracing::warn!("libcni cache: {why}");
                     seen.bad.insert(path, why);

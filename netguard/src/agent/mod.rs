@@ -37,6 +37,9 @@ use watch::watch_bind_mounts;
 /// Links repaired at once; the kernel serialises most of the work under RTNL anyway.
 const CONCURRENCY: usize = 64;
 
+/// How long a pod's released attachment stays listed for its next sandbox to take up.
+const RELEASED_PODS_KEPT: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+
 /// How long the agent waits for a command that holds the ledger to finish.
 const LOCK_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -395,6 +398,7 @@ async fn reconcile(shared: &Shared) -> Option<Duration> {
     }
     // `podman rm` of a stopped container runs no hook: its bundle going is the sign.
     ledger.release_removed_containers();
+    ledger.forget_released_before(Utc::now() - RELEASED_PODS_KEPT);
     if shared.observe_only {
         match shared.restorer.dry_run(&ledger).await {
             Ok(plan) => log_plan(shared, &plan),

@@ -107,12 +107,15 @@ pub fn note_cannot_restore(ledger: &mut Ledger, workload: &Workload, what: &[Str
     }
 }
 
-/// CNI DEL: the attachment is released (idempotent; its netns may be gone).
+/// CNI DEL: the attachment is released (idempotent; its netns may be gone). A pod's
+/// (`K8S_POD_UID`) stays listed as released for a while, so that its next sandbox continues
+/// its history.
 pub fn cni_del(ledger: &mut Ledger, att: &AttachmentRef) -> Reply {
-    let released = ledger.release_where(
-        |w| w.is_attachment(&att.network, &att.container_id, &att.ifname),
-        "CNI DEL",
-    );
+    let is_it = |w: &Workload| w.is_attachment(&att.network, &att.container_id, &att.ifname);
+    let released = match att.pod_uid {
+        Some(_) => ledger.mark_released_where(is_it, "CNI DEL"),
+        None => ledger.release_where(is_it, "CNI DEL"),
+    };
     Reply::done(
         format!("released {} link(s) of {att}", released.len()),
         &released,

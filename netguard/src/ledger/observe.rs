@@ -196,8 +196,10 @@ impl Ledger {
             self.content
                 .links
                 .values()
+                // A released link is history: whatever happens to its name is not about it.
                 .filter(|r| {
-                    in_netns(&r.spec, place.netns.inode)
+                    r.state != LinkState::Released
+                        && in_netns(&r.spec, place.netns.inode)
                         && place.name.as_deref() == Some(r.spec.name.as_str())
                 })
                 .map(|r| r.spec.key())
@@ -244,7 +246,9 @@ impl Ledger {
                     .content
                     .links
                     .values()
-                    .filter(|r| in_netns(&r.spec, from.netns.inode))
+                    .filter(|r| {
+                        r.state != LinkState::Released && in_netns(&r.spec, from.netns.inode)
+                    })
                     .map(|r| r.spec.key())
                     .collect();
                 for key in &keys {

@@ -62,6 +62,48 @@ impl Ledger {
         keys
     }
 
+    /// Releases every link whose workload `pred` accepts but keeps it listed, as released
+    /// (never re-created), until [`forget_released_before`](Self::forget_released_before).
+    pub fn mark_released_where(
+        &mut self,
+        pred: impl Fn(&Workload) -> bool,
+        why: &str,
+    ) -> Vec<LinkKey> {
+        let keys = self.keys_of(pred);
+        for key in &keys {
+            tracing::info!("released {key}: {why}");
+            self.set_link_state(key, LinkState::Released, Some(format!("released: {why}")));
+        }
+        keys
+    }
+
+    /// Forgets the pod attachments released before `cutoff`: a sandbox that long gone has
+    /// no successor coming.
+    pub fn forget_released_before(&mut self, cutoff: chrono::DateTime<Utc>) -> Vec<LinkKey> {
+        let stale: Vec<LinkKey> = self
+            .content
+            .links
+            .values()
+            .filter(|r| {
+                r.state == LinkState::Released
+                    && r.since < cutoff
+                    && matches!(
+                        r.workload,
+                        Some(Workload::CniAttachment {
+                            pod_uid: Some(_),
+                            ..
+                        })
+                    )
+            })
+            .map(|r| r.spec.key())
+            .collect();
+        for key in &stale {
+            self.content.links.remove(key);
+            self.append(JournalEntry::ForgetLink { key: key.clone() });
+        }
+        stale
+    }
+
     /// Releases the links of containers whose bundle is gone (removed while stopped, which runs
     /// no hook).
     pub fn release_removed_containers(&mut self) -> Vec<LinkKey> {
