@@ -206,6 +206,15 @@ network_config_dir = "{net}"
         })
     }
 
+    /// netguard's entry in a conflist, chained after the plugin that makes the link.
+    pub fn netguard_plugin(socket: &Path, state_dir: &Path) -> Value {
+        json!({
+            "type": "netguard",
+            "socket": socket.display().to_string(),
+            "stateDir": state_dir.display().to_string(),
+        })
+    }
+
     /// Hook definitions (oci-hooks(5)) that run `netguard oci-hook --stage S` against this
     /// agent at createRuntime, poststart and poststop.
     pub fn install_netguard_hooks(&self, socket: &Path, state_dir: &Path) {
