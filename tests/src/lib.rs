@@ -14,6 +14,6 @@ pub use bystander::Bystanders;
 pub use command::{
     netguard_bin, wait_until, wait_until_every, AgentProcess, Netguard, Ran, AGENT_TIMEOUT,
 };
-pub use netns::{dumps, has_addr, is_up, link, pings, TestDir, TestNetns, IP};
+pub use netns::{dumps, has_addr, ip_in, is_up, link, pings, TestDir, TestNetns, IP};
 pub use watch::{is_at, EventWatch, EVENT_TIMEOUT};
 pub use world::World;

@@ -21,6 +21,23 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// Runs `ip ARGS` inside the netns at `netns` (`/proc/PID/ns/net` of a container, say) through
+/// `nsenter`, panicking with its stderr on failure.
+pub fn ip_in(netns: &str, args: &[&str]) {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .arg(IP)
+        .args(args)
+        .output()
+        .expect("run nsenter");
+    assert!(
+        out.status.success(),
+        "ip {} in {netns}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A named netns (`/run/netns/NAME`) deleted on drop, even when the test panics.
 pub struct TestNetns {
     pub name: String,

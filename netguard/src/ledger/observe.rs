@@ -276,9 +276,9 @@ impl Ledger {
             return None;
         }
         Some(match &event.by {
-            Some(actor) => format!("released: deleted by {actor}"),
-            None => "released: deleted by a command while its netns and parent lived \
-                     (this tracer backend cannot tell which)"
+            Some(actor) => format!("deleted by {actor}"),
+            None => "deleted by a command while its netns and parent lived; \
+                     this tracer backend cannot tell which"
                 .to_string(),
         })
     }

@@ -69,10 +69,23 @@ impl Ledger {
         pred: impl Fn(&Workload) -> bool,
         why: &str,
     ) -> Vec<LinkKey> {
+        tracing::info!("releasing: {why}");
+        self.set_state_where(pred, LinkState::Released, why)
+    }
+
+    /// Sets the state of every link whose workload `pred` accepts, except one released on
+    /// purpose, which stays released; the keys `pred` accepted.
+    fn set_state_where(
+        &mut self,
+        pred: impl Fn(&Workload) -> bool,
+        state: LinkState,
+        why: &str,
+    ) -> Vec<LinkKey> {
         let keys = self.keys_of(pred);
         for key in &keys {
-            tracing::info!("released {key}: {why}");
-            self.set_link_state(key, LinkState::Released, Some(format!("released: {why}")));
+            if self.content.links[key].state != LinkState::Released {
+                self.set_link_state(key, state, Some(why.to_string()));
+            }
         }
         keys
     }
@@ -120,14 +133,7 @@ impl Ledger {
         pred: impl Fn(&Workload) -> bool,
         why: &str,
     ) -> Vec<LinkKey> {
-        let keys = self.keys_of(pred);
-        for key in &keys {
-            // Released on purpose stays released.
-            if self.content.links[key].state != LinkState::Released {
-                self.set_link_state(key, LinkState::Dormant, Some(why.to_string()));
-            }
-        }
-        keys
+        self.set_state_where(pred, LinkState::Dormant, why)
     }
 
     /// Moves the links of the workload `pred` accepts to its new netns (a container started
@@ -288,7 +294,7 @@ mod tests {
         let record = &ledger.content().links[&key];
         assert_eq!(
             (record.state, record.reason.as_deref()),
-            (LinkState::Released, Some("released: deleted by ip[4242]"))
+            (LinkState::Released, Some("deleted by ip[4242]"))
         );
         // Stopped and started again: still not re-created, and gone from the ledger.
         ledger.set_dormant_where(|w| w == &container("c1"), "stopped");
