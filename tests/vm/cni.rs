@@ -2,6 +2,8 @@
 //! eth0 is a `macvlan` over the host vlan eth1.5, pod p4's eth0 is a vlan on eth2 made by the
 //! `vlan` plugin inside the pod. No `learn`: the chained ADD is all netguard is told. A driver
 //! reload removes all of it; the agent brings both back with the same MAC, address and route.
+//! Then an operator deletes p3's eth0 inside its netns: released, never re-created, and
+//! `status` names who deleted it where the backend knows.
 
 use std::path::PathBuf;
 
@@ -136,6 +138,43 @@ pub async fn chained_driver_reload(agent: &Agent) -> Outcome {
             pod.netns
         );
         until(&what, || pod.is_back(mac)).await?;
+    }
+    deleted_on_purpose(agent, &macvlan).await
+}
+
+/// Scenario (e): `ip link del eth0` inside the pod -> released, not re-created.
+async fn deleted_on_purpose(agent: &Agent, pod: &ChainedPod) -> Outcome {
+    ip(&["-n", pod.netns, "link", "del", "eth0"])?;
+    let netns = format!("/run/netns/{}", pod.netns);
+    let row = || -> Result<Option<Value>, String> {
+        Ok(agent.status()?["rows"].as_array().and_then(|rows| {
+            rows.iter()
+                .find(|r| r["name"] == "eth0" && r["netns"].as_str() == Some(netns.as_str()))
+                .cloned()
+        }))
+    };
+    until(&format!("{}'s eth0 released", pod.netns), || {
+        row()
+            .ok()
+            .flatten()
+            .is_some_and(|r| r["state"] == "released")
+    })
+    .await?;
+    // Past the agent's wait for a cause, over several passes.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    if link(Some(pod.netns), "eth0").is_some() {
+        return Err(format!(
+            "{}'s eth0 was re-created after its deletion",
+            pod.netns
+        ));
+    }
+    let row = row()?.ok_or("the released eth0 left status")?;
+    let reason = row["reason"].as_str().unwrap_or_default();
+    // The eBPF backends see the deleting task; the netlink one says it cannot.
+    let named = agent.backend == netguard::trace::BackendKind::Netlink
+        || reason.starts_with("deleted by ip[");
+    if row["state"] != "released" || !reason.starts_with("deleted by ") || !named {
+        return Err(format!("status after the delete: {row}"));
     }
     Ok(())
 }

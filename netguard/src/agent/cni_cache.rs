@@ -11,7 +11,7 @@ use super::watch::{Inotify, COMINGS_AND_GOINGS};
 use super::Shared;
 use crate::capture::cni;
 use crate::control::runtime::{cni_add, cni_del, note_cannot_restore};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, LinkState};
 use crate::runtime::cni_plugin::AttachmentRef;
 
 /// What the cache held at the last look, by file.
@@ -119,7 +119,11 @@ async fn sync(shared: &Shared, dirs: &[PathBuf], seen: &mut Seen) {
         let netns = att.netns.as_deref().unwrap_or(Path::new(""));
         if crate::netns::open(netns).is_err() {
             let known = seen.attachments.remove(&path).is_some();
-            if known || !ledger.links_of(&workload).is_empty() {
+            let guarded = ledger
+                .links_of(&workload)
+                .iter()
+                .any(|key| ledger.content().links[key].state != LinkState::Released);
+            if known || guarded {
                 let why = format!(
                     "its netns {} is gone (the attachment is over)",
                     netns.display()
