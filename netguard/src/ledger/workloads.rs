@@ -311,4 +311,34 @@ mod tests {
         plain.observe(&deleted(Cause::Explicit, None), 1);
         assert_eq!(plain.content().links[&key].state, LinkState::Missing);
     }
+
+    #[test]
+    fn a_pods_released_attachment_is_listed_until_it_is_stale() {
+        let dir = TempDir::new("wl-pod");
+        let (mut ledger, key, _) = bound(&dir);
+        let pod = Workload::CniAttachment {
+            network: "n".into(),
+            container_id: "sandbox1".into(),
+            ifname: "eth0".into(),
+            pod_uid: Some("7d1e".into()),
+        };
+        ledger.bind_link(&key, &pod);
+        assert_eq!(
+            ledger.mark_released_where(|w| w == &pod, "CNI DEL"),
+            [key.clone()]
+        );
+        let record = &ledger.content().links[&key];
+        assert_eq!(
+            (record.state, record.reason.as_deref()),
+            (LinkState::Released, Some("CNI DEL"))
+        );
+        let since = record.since;
+        assert!(
+            ledger.forget_released_before(since).is_empty(),
+            "not stale yet"
+        );
+        let later = since + chrono::TimeDelta::seconds(1);
+        assert_eq!(ledger.forget_released_before(later), [key.clone()]);
+        assert!(!ledger.content().links.contains_key(&key));
+    }
 }
