@@ -325,7 +325,7 @@ mod tests {
         ledger.bind_link(&key, &pod);
         assert_eq!(
             ledger.mark_released_where(|w| w == &pod, "CNI DEL"),
-            [key.clone()]
+            std::slice::from_ref(&key)
         );
         let record = &ledger.content().links[&key];
         assert_eq!(
@@ -338,7 +338,10 @@ mod tests {
             "not stale yet"
         );
         let later = since + chrono::TimeDelta::seconds(1);
-        assert_eq!(ledger.forget_released_before(later), [key.clone()]);
+        assert_eq!(
+            ledger.forget_released_before(later),
+            std::slice::from_ref(&key)
+        );
         assert!(!ledger.content().links.contains_key(&key));
     }
 }
