@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 pub const DEFAULT_CNI_BIN_DIR: &str = "/opt/cni/bin";
 pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
-pub const DEFAULT_HOOKS_DIR: &str = "/usr/share/containers/oci/hooks.d";
+pub use crate::runtime::oci_hook::DEFAULT_HOOKS_DIR;
 
 /// The plugin type CNI runs as `<bin dir>/netguard`.
 const PLUGIN: &str = "netguard";
