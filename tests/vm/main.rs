@@ -8,6 +8,7 @@ mod bench;
 mod causes;
 mod cni;
 mod moves;
+mod oci;
 mod scenarios;
 
 use std::sync::{Arc, Mutex};
@@ -239,6 +240,9 @@ async fn main() {
             report.verdict(&format!("{backend}/{name}"), result);
         }
         for (name, result) in adopt::run_all(backend, &wanted).await {
+            report.verdict(&format!("{backend}/{name}"), result);
+        }
+        for (name, result) in oci::run_all(backend, &wanted).await {
             report.verdict(&format!("{backend}/{name}"), result);
         }
     }
