@@ -89,11 +89,11 @@ fn learn_and_lend_name_a_known_container_by_a_unique_prefix_of_its_id() {
     let unknown = ng.run(&["learn", "--container", "aaaa1111"]);
     assert_eq!(unknown.code(), Some(2), "{unknown}");
     assert!(
-        unknown.stderr.contains("netguard knows no container aaaa1111")
+        unknown
+            .stderr
+            .contains("netguard knows no container aaaa1111")
             && unknown.stderr.contains("`netguard install oci-hooks`")
-            && unknown
-                .stderr
-                .contains("/usr/share/containers/oci/hooks.d"),
+            && unknown.stderr.contains("/usr/share/containers/oci/hooks.d"),
         "{unknown}"
     );
     let unknown = ng.run(&["lend", "eth9", "--container", "aaaa1111"]);
@@ -109,7 +109,15 @@ fn learn_and_lend_name_a_known_container_by_a_unique_prefix_of_its_id() {
     }
     // A veth whose peer is inside container A, as a neutron-like tool attaches it.
     w.host.ip(&[
-        "link", "add", "vah", "type", "veth", "peer", "name", "eth1", "netns",
+        "link",
+        "add",
+        "vah",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth1",
+        "netns",
         &a.0.id().to_string(),
     ]);
 
@@ -156,5 +164,9 @@ fn learn_and_lend_name_a_known_container_by_a_unique_prefix_of_its_id() {
         "{stopped}"
     );
     let clash = ng.run(&["lend", "vah", "--container", "aaaa2", "--persistent"]);
-    assert_eq!(clash.code(), Some(2), "--persistent is for --netns: {clash}");
+    assert_eq!(
+        clash.code(),
+        Some(2),
+        "--persistent is for --netns: {clash}"
+    );
 }

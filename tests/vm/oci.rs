@@ -132,7 +132,9 @@ fn check_inside(agent: &Agent, container: &Container, when: &str) -> Outcome {
     let row = agent.row("eth2")?;
     let now = row["now"].as_str().unwrap_or_default();
     if row["state"] != "lent" || !now.starts_with(&format!("eth0 in {inode}")) {
-        return Err(format!("{when}: status says {row}, the container's netns is {inode}"));
+        return Err(format!(
+            "{when}: status says {row}, the container's netns is {inode}"
+        ));
     }
     Ok(())
 }
@@ -164,28 +166,33 @@ async fn relend_by_container(backend: BackendKind) -> Outcome {
     std::fs::create_dir_all(BUNDLE).map_err(|e| e.to_string())?;
     let agent = Agent::start_in(backend, &format!("/tmp/oci-{backend}"), true)?;
     let fail = |why: String| format!("{why}\n  agent log:\n{}", agent.log_tail());
-    let mut inodes = Vec::new();
+    let mut took = Vec::new();
     for start in 1..=3 {
         let container = Container::start()?;
-        let took = hook(&agent, "createRuntime", Some(container.pid())).map_err(fail)?;
+        let create = hook(&agent, "createRuntime", Some(container.pid())).map_err(fail)?;
         if start == 1 {
             agent
                 .netguard(&["lend", "eth2", "--container", &ID[..12], "--name", "eth0"])
                 .map_err(fail)?;
         }
-        let when = format!("start {start} (createRuntime took {took:?})");
+        let when = format!("start {start} (createRuntime took {create:?})");
         check_inside(&agent, &container, &when).map_err(fail)?;
-        inodes.push(container.netns_inode()?);
+        if start == 2 {
+            // What an operator sees (README, Install).
+            println!(
+                "oci-relend {backend}: status:\n{}",
+                agent.netguard(&["status"])?
+            );
+        }
         container.exit();
-        hook(&agent, "poststop", None).map_err(fail)?;
+        let stop = hook(&agent, "poststop", None).map_err(fail)?;
+        took.push((create, stop));
         check_home(&agent, &format!("stop {start}"))
             .await
             .map_err(fail)?;
     }
-    inodes.dedup();
-    if inodes.len() != 3 {
-        return Err(fail(format!("the three starts share a netns: {inodes:?}")));
-    }
+    // On the console for the record (hook times under TCG).
+    println!("oci-relend {backend}: createRuntime, poststop hook times {took:?}");
     // Removed: poststop with its bundle gone; the next container of that ID gets nothing.
     std::fs::remove_dir_all(BUNDLE).map_err(|e| e.to_string())?;
     hook(&agent, "poststop", None).map_err(fail)?;
