@@ -242,8 +242,10 @@ async fn main() {
         for (name, result) in adopt::run_all(backend, &wanted).await {
             report.verdict(&format!("{backend}/{name}"), result);
         }
-        for (name, result) in oci::run_all(backend, &wanted).await {
-            report.verdict(&format!("{backend}/{name}"), result);
+        if wanted("oci-relend") {
+            let result = oci::relend_by_container(backend).await;
+            report.verdict(&format!("{backend}/oci-relend"), result);
+            scenarios::cleanup();
         }
     }
     println!(
