@@ -205,21 +205,19 @@ pub fn main() -> ExitCode {
         Command::Learn {
             netns,
             container: Some(container),
+            ..
+        } if netns.len() > 1 => Err(anyhow::anyhow!(
+            "--container {container} takes at most one --netns: the container's"
+        )),
+        Command::Learn {
+            netns,
+            container: Some(container),
             place,
             json,
-        } => match <[PathBuf; 1]>::try_from(netns) {
-            Ok([netns]) => {
-                let netns = Some(netns);
-                ops::run(&place, Operation::LearnContainer { netns, container }, json)
-            }
-            Err(none) if none.is_empty() => {
-                let netns = None;
-                ops::run(&place, Operation::LearnContainer { netns, container }, json)
-            }
-            Err(_) => Err(anyhow::anyhow!(
-                "--container takes at most one --netns: the container's"
-            )),
-        },
+        } => {
+            let netns = netns.into_iter().next();
+            ops::run(&place, Operation::LearnContainer { netns, container }, json)
+        }
         Command::Learn {
             netns,
             container: None,
