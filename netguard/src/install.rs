@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 pub const DEFAULT_CNI_BIN_DIR: &str = "/opt/cni/bin";
 pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
-pub const DEFAULT_HOOKS_DIR: &str = "/usr/share/containers/oci/hooks.d";
+pub use crate::runtime::oci_hook::DEFAULT_HOOKS_DIR;
 
 /// The plugin type CNI runs as `<bin dir>/netguard`.
 const PLUGIN: &str = "netguard";
@@ -165,6 +165,10 @@ pub fn conflists_in(dir: &Path) -> Result<Vec<PathBuf>, InstallError> {
     Ok(found)
 }
 
+/// The runtime kills a hook past this (oci-hooks(5) `timeout`); netguard's own patience is
+/// shorter, so a container start never waits longer than this on netguard.
+const HOOK_TIMEOUT_SECS: u32 = 10;
+
 /// Writes one oci-hooks(5) file per stage into `dir`, each running `binary oci-hook --stage S`
 /// for every container.
 pub fn install_oci_hooks(dir: &Path, binary: &Path) -> Result<Vec<String>, InstallError> {
@@ -177,6 +181,7 @@ pub fn install_oci_hooks(dir: &Path, binary: &Path) -> Result<Vec<String>, Insta
             "hook": {
                 "path": binary,
                 "args": ["netguard", "oci-hook", "--stage", stage],
+                "timeout": HOOK_TIMEOUT_SECS,
             },
             "when": { "always": true },
             "stages": [stage],
@@ -395,6 +400,29 @@ mod tests {
             doc["hook"]["args"],
             json!(["netguard", "oci-hook", "--stage", "createRuntime"])
         );
+        assert_eq!(doc["hook"]["timeout"], 10);
+        // The package ships what `install oci-hooks` writes for /usr/bin/netguard.
+        for (stage, shipped) in [
+            (
+                "createruntime",
+                include_str!("../../deploy/oci-hooks/netguard-createruntime.json"),
+            ),
+            (
+                "poststart",
+                include_str!("../../deploy/oci-hooks/netguard-poststart.json"),
+            ),
+            (
+                "poststop",
+                include_str!("../../deploy/oci-hooks/netguard-poststop.json"),
+            ),
+        ] {
+            let written = std::fs::read_to_string(hooks.join(format!("netguard-{stage}.json")));
+            assert_eq!(
+                written.unwrap(),
+                shipped,
+                "deploy/oci-hooks/netguard-{stage}.json"
+            );
+        }
         assert_eq!(uninstall_oci_hooks(&hooks).unwrap().len(), 3);
         assert_eq!(std::fs::read_dir(&hooks).unwrap().count(), 0);
         std::fs::remove_dir_all(root).unwrap();

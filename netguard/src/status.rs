@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventKind};
-use crate::ledger::{Ledger, LedgerContent};
+use crate::ledger::{Ledger, LedgerContent, NicRecord, NicState};
 use crate::model::{Locator, Workload};
 use crate::restore::{Plan, Target};
 use crate::trace::{BackendKind, Unavailable};
@@ -42,23 +42,48 @@ pub struct StatusRow {
     pub history: Vec<String>,
 }
 
+/// The container a NIC is lent to by ID, and what that means for it now.
+fn lent_to_container(content: &LedgerContent, nic: &NicRecord) -> Option<(Workload, String)> {
+    let lend = nic.lent.as_ref()?;
+    let id = lend.container.as_ref()?;
+    let workload = match content.containers.iter().find(|c| &c.id == id) {
+        Some(container) => Workload::from(container),
+        None => Workload::Container {
+            runtime: "oci".into(),
+            id: id.clone(),
+            bundle: None,
+        },
+    };
+    let why = match nic.state {
+        NicState::Lent => format!("lent to {workload} as {}", lend.name),
+        _ => format!("lent to {workload} again at its next start"),
+    };
+    Some((workload, why))
+}
+
 /// One row per guarded NIC and link.
 pub fn ledger_rows(content: &LedgerContent) -> Vec<StatusRow> {
-    let nics = content.nics.iter().map(|n| StatusRow {
-        kind: "nic".to_string(),
-        mac: n.identity.perm_mac.map(|m| m.to_string()),
-        name: n.home_name.clone(),
-        netns: Locator::Host.to_string(),
-        now: n
-            .location
-            .as_ref()
-            .map(|l| format!("{} in {}", l.name, l.netns)),
-        state: n.state.to_string(),
-        reason: n.reason.clone(),
-        since: n.since,
-        workload: None,
-        cannot_restore: Vec::new(),
-        history: Vec::new(),
+    let nics = content.nics.iter().map(|n| {
+        let container = lent_to_container(content, n);
+        StatusRow {
+            kind: "nic".to_string(),
+            mac: n.identity.perm_mac.map(|m| m.to_string()),
+            name: n.home_name.clone(),
+            netns: Locator::Host.to_string(),
+            now: n
+                .location
+                .as_ref()
+                .map(|l| format!("{} in {}", l.name, l.netns)),
+            state: n.state.to_string(),
+            reason: n
+                .reason
+                .clone()
+                .or_else(|| container.as_ref().map(|c| c.1.clone())),
+            since: n.since,
+            workload: container.map(|c| c.0),
+            cannot_restore: Vec::new(),
+            history: Vec::new(),
+        }
     });
     let links = content.links.values().map(|l| StatusRow {
         kind: l.spec.kind.name().to_string(),
@@ -282,6 +307,37 @@ mod tests {
             "rename dev3 -> eth1 (explicit)"
         );
         assert_eq!(what(&row("/run/netns/c", "eth0")), None);
+    }
+
+    #[test]
+    fn a_nic_lent_by_container_id_names_the_container() {
+        let mut content = crate::ledger::testutil::sample_content();
+        let id = "d0c4e2f1a7b3d0c4e2f1a7b3d0c4e2f1a7b3d0c4e2f1a7b3d0c4e2f1a7b3d0c4";
+        content.nics[0].lent = Some(crate::ledger::Lend {
+            netns: Locator::Path("/proc/191/ns/net".into()),
+            name: "eth0".into(),
+            persistent: false,
+            container: Some(id.into()),
+        });
+        content.containers.push(crate::ledger::ContainerRecord {
+            runtime: "podman".into(),
+            id: id.into(),
+            bundle: "/b".into(),
+            incarnation: None,
+            since: Utc::now(),
+        });
+        content.nics[0].state = NicState::Lent;
+        let row = &ledger_rows(&content)[0];
+        assert_eq!(
+            row.reason.as_deref(),
+            Some("lent to podman container d0c4e2f1a7b3 as eth0")
+        );
+        assert!(matches!(&row.workload, Some(Workload::Container { id: i, .. }) if i == id));
+        content.nics[0].state = NicState::Restored;
+        assert_eq!(
+            ledger_rows(&content)[0].reason.as_deref(),
+            Some("lent to podman container d0c4e2f1a7b3 again at its next start")
+        );
     }
 
     #[test]

@@ -124,12 +124,46 @@ fn package_installs_into_a_throwaway_root_with_every_file_in_place() {
             "usr/share/netguard/kubernetes/netguard-daemonset.yaml",
             0o644,
         ),
+        (
+            "usr/share/containers/oci/hooks.d/netguard-createruntime.json",
+            0o644,
+        ),
+        (
+            "usr/share/containers/oci/hooks.d/netguard-poststart.json",
+            0o644,
+        ),
+        (
+            "usr/share/containers/oci/hooks.d/netguard-poststop.json",
+            0o644,
+        ),
     ];
     for (path, mode) in expect {
         let meta = std::fs::metadata(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
         assert_eq!(meta.permissions().mode() & 0o7777, mode, "{path}");
         assert_eq!((meta.uid(), meta.gid()), (0, 0), "{path}");
     }
+    // The hooks run the packaged binary, at the stage each is named for.
+    let hook: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.join("usr/share/containers/oci/hooks.d/netguard-createruntime.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(hook["hook"]["path"], "/usr/bin/netguard", "{hook}");
+    assert_eq!(
+        hook["stages"],
+        serde_json::json!(["createRuntime"]),
+        "{hook}"
+    );
+    // The CNI plugin: the binary linked into Debian's CNI bin dir, resolving inside the root.
+    let plugin = root.join("usr/lib/cni/netguard");
+    assert_eq!(
+        std::fs::read_link(&plugin).unwrap(),
+        Path::new("../../bin/netguard")
+    );
+    assert_eq!(
+        std::fs::canonicalize(&plugin).unwrap(),
+        std::fs::canonicalize(root.join("usr/bin/netguard")).unwrap()
+    );
     let (ok, depends) = run(Command::new("dpkg-deb")
         .args(["-f"])
         .arg(&deb)

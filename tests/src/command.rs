@@ -109,7 +109,7 @@ pub struct Netguard {
     bin: PathBuf,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
-    host_netns: PathBuf,
+    pub host_netns: PathBuf,
 }
 
 impl Netguard {

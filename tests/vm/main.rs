@@ -8,6 +8,7 @@ mod bench;
 mod causes;
 mod cni;
 mod moves;
+mod oci;
 mod scenarios;
 
 use std::sync::{Arc, Mutex};
@@ -240,6 +241,11 @@ async fn main() {
         }
         for (name, result) in adopt::run_all(backend, &wanted).await {
             report.verdict(&format!("{backend}/{name}"), result);
+        }
+        if wanted("oci-relend") {
+            let result = oci::relend_by_container(backend).await;
+            report.verdict(&format!("{backend}/oci-relend"), result);
+            scenarios::cleanup();
         }
     }
     println!(

@@ -41,7 +41,7 @@ const COMPLETIONS: [(&str, &str); 3] = [
 ];
 
 /// Repository files shipped as they are: (source, path in the package, mode).
-const SHIPPED: [(&str, &str, u32); 5] = [
+const SHIPPED: [(&str, &str, u32); 8] = [
     (
         "deploy/systemd/netguard.service",
         "lib/systemd/system/netguard.service",
@@ -67,7 +67,28 @@ const SHIPPED: [(&str, &str, u32); 5] = [
         "usr/share/netguard/kubernetes/netguard-daemonset.yaml",
         0o644,
     ),
+    // Where podman and CRI-O find hooks (oci-hooks(5)): every container is followed once the
+    // package is in.
+    (
+        "deploy/oci-hooks/netguard-createruntime.json",
+        "usr/share/containers/oci/hooks.d/netguard-createruntime.json",
+        0o644,
+    ),
+    (
+        "deploy/oci-hooks/netguard-poststart.json",
+        "usr/share/containers/oci/hooks.d/netguard-poststart.json",
+        0o644,
+    ),
+    (
+        "deploy/oci-hooks/netguard-poststop.json",
+        "usr/share/containers/oci/hooks.d/netguard-poststop.json",
+        0o644,
+    ),
 ];
+
+/// The CNI plugin: the binary linked as `netguard` into Debian's CNI bin dir (where
+/// containernetworking-plugins puts its plugins), relative as lintian wants.
+const CNI_PLUGIN_LINK: (&str, &str) = ("usr/lib/cni/netguard", "../../bin/netguard");
 
 pub fn run(args: &PackageArgs) -> anyhow::Result<PathBuf> {
     let root = shell::workspace_root();
@@ -103,6 +124,10 @@ pub fn run(args: &PackageArgs) -> anyhow::Result<PathBuf> {
         fs::copy(root.join(from), &to).with_context(|| format!("cannot copy {from}"))?;
         set_mode(&to, mode)?;
     }
+    let (link, target) = CNI_PLUGIN_LINK;
+    mkdir_for(&stage.join(link))?;
+    std::os::unix::fs::symlink(target, stage.join(link))
+        .with_context(|| format!("cannot link {link}"))?;
     let man = stage.join("usr/share/man/man1");
     shell::run(Command::new(&bin).arg("manpages").arg(&man))?;
     for page in fs::read_dir(&man)? {

@@ -122,6 +122,7 @@ impl Shared {
             && matches!(
                 operation,
                 Operation::Lend { .. }
+                    | Operation::LendContainer { .. }
                     | Operation::Reclaim { .. }
                     | Operation::Restore { dry_run: false }
             )

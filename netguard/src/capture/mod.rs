@@ -45,8 +45,11 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     /// Where IFLA_LINK of `link` points: (netns, device), or why it cannot be told.
     fn linked(&self, link: &LiveLink) -> Result<(Locator, &LiveLink), String> {
+        // The kernel leaves IFLA_LINK out when it equals the device's own ifindex, which a
+        // peer in another netns may well have (both 2 in two fresh netns).
         let index = link
             .link
+            .or(link.link_netnsid.map(|_| link.ifindex))
             .ok_or_else(|| format!("{} names no peer/parent", link.name))?;
         let (locator, inv) = match link.link_netnsid {
             None => (self.locator.clone(), self.inv),

@@ -55,10 +55,15 @@ enum Command {
     /// Guard the links of these netns (and their host sides) as they are now.
     Learn {
         /// A netns path (/run/netns/NAME, /proc/PID/ns/net); repeatable.
-        #[arg(long = "netns", value_name = "PATH", required = true)]
+        #[arg(
+            long = "netns",
+            value_name = "PATH",
+            required_unless_present = "container"
+        )]
         netns: Vec<PathBuf>,
-        /// The container (its full ID) whose netns this is: its links then follow it to its
-        /// next netns at each start (needs netguard's OCI hooks: `netguard install oci-hooks`).
+        /// The container (its ID or a unique prefix) whose links these are: they then follow it
+        /// to its next netns at each start. Its netns by default: the one it runs in. Needs
+        /// netguard's OCI hooks (`netguard install oci-hooks`) to have seen it start.
         #[arg(long, value_name = "ID")]
         container: Option<String>,
         #[command(flatten)]
@@ -69,8 +74,12 @@ enum Command {
     /// Lend a host NIC to a container netns, recording its home name first.
     Lend {
         iface: String,
-        #[arg(long, value_name = "PATH")]
-        netns: PathBuf,
+        #[arg(long, value_name = "PATH", required_unless_present = "container")]
+        netns: Option<PathBuf>,
+        /// A running container (its ID or a unique prefix; seen by netguard's OCI hooks): lent
+        /// into its netns now and again into its new netns at each start; home when it stops.
+        #[arg(long, value_name = "ID", conflicts_with_all = ["netns", "persistent"])]
+        container: Option<String>,
         /// Its name inside (default: the same).
         #[arg(long)]
         name: Option<String>,
@@ -196,14 +205,19 @@ pub fn main() -> ExitCode {
         Command::Learn {
             netns,
             container: Some(container),
+            ..
+        } if netns.len() > 1 => Err(anyhow::anyhow!(
+            "--container {container} takes at most one --netns: the container's"
+        )),
+        Command::Learn {
+            netns,
+            container: Some(container),
             place,
             json,
-        } => match <[PathBuf; 1]>::try_from(netns) {
-            Ok([netns]) => ops::run(&place, Operation::LearnContainer { netns, container }, json),
-            Err(_) => Err(anyhow::anyhow!(
-                "--container takes exactly one --netns: the container's"
-            )),
-        },
+        } => {
+            let netns = netns.into_iter().next();
+            ops::run(&place, Operation::LearnContainer { netns, container }, json)
+        }
         Command::Learn {
             netns,
             container: None,
@@ -214,19 +228,27 @@ pub fn main() -> ExitCode {
         Command::Lend {
             iface,
             netns,
+            container,
             name,
             persistent,
             place,
-        } => ops::run(
-            &place,
-            Operation::Lend {
-                iface,
-                netns,
-                name,
-                persistent,
-            },
-            false,
-        ),
+        } => {
+            // clap requires one of the two.
+            let operation = match (container, netns) {
+                (Some(container), _) => Operation::LendContainer {
+                    iface,
+                    container,
+                    name,
+                },
+                (None, netns) => Operation::Lend {
+                    iface,
+                    netns: netns.unwrap_or_default(),
+                    name,
+                    persistent,
+                },
+            };
+            ops::run(&place, operation, false)
+        }
         Command::Reclaim { iface, place } => ops::run(&place, Operation::Reclaim { iface }, false),
         Command::ImportCni { path, place } => {
             ops::run(&place, Operation::ImportCni { path }, false)

@@ -6,7 +6,9 @@
 use std::path::Path;
 
 use crate::inventory::{InventoryError, LiveLink, NetnsConn, Pool};
-use crate::ledger::{Flight, Ledger, LedgerError, Lend, NicLocation, NicState, Origin};
+use crate::ledger::{
+    ContainerRecord, Flight, Ledger, LedgerError, Lend, NicLocation, NicState, Origin, Workload,
+};
 use crate::model::{DeviceIdentity, Locator, NicIdentity};
 use crate::restore::{
     describe, Action, ActionError, Dev, Item, Outcome, Restorer, Target, Verdict,
@@ -162,12 +164,13 @@ fn host_location(pool: &Pool, host: &NetnsConn, link: &LiveLink) -> NicLocation 
     }
 }
 
-/// `netguard lend IFACE --netns PATH [--name NAME] [--persistent]`.
+/// `netguard lend IFACE --netns PATH [--name NAME] [--persistent]`; with `container`, the NIC
+/// is lent to that container (in its netns `netns`) and follows it to each new netns.
 pub async fn lend(
     restorer: &Restorer,
     ledger: &mut Ledger,
     iface: &str,
-    netns: &Path,
+    (netns, container): (&Path, Option<&ContainerRecord>),
     name: Option<&str>,
     persistent: bool,
 ) -> Result<String, LendError> {
@@ -207,6 +210,7 @@ pub async fn lend(
         netns: locator.clone(),
         name: name.into(),
         persistent,
+        container: container.map(|c| c.id.clone()),
     };
     ledger.set_nic_lend(&identity, Some(lend));
     ledger.commit()?;
@@ -228,14 +232,18 @@ pub async fn lend(
         name: moved.name.clone(),
         ifindex: Some(moved.ifindex),
     };
+    let to = match container {
+        Some(c) => format!("{} in {locator}", Workload::from(c)),
+        None => locator.to_string(),
+    };
     ledger.set_nic(
         &identity,
         NicState::Lent,
-        Some(format!("lent to {locator} as {name}")),
+        Some(format!("lent to {to} as {name}")),
         Some(there),
     );
     Ok(format!(
-        "{iface} lent to {locator} as {name}{}",
+        "{iface} lent to {to} as {name}{}",
         if persistent { " (persistent)" } else { "" }
     ))
 }
@@ -342,7 +350,8 @@ pub async fn relend_persistent(
         let Locator::Path(path) = &lend.netns else {
             continue;
         };
-        results.push(self::lend(restorer, ledger, &name, path, Some(&lend.name), true).await);
+        let to = (path.as_path(), None);
+        results.push(self::lend(restorer, ledger, &name, to, Some(&lend.name), true).await);
     }
     results
 }

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::capture::{self, cni, LearnError};
 use crate::inventory::InventoryError;
-use crate::ledger::{Ledger, LedgerError, Locator};
+use crate::ledger::{ContainerError, Ledger, LedgerError, Locator};
+pub mod container;
 pub mod lend;
 pub mod runtime;
 
@@ -51,11 +52,20 @@ pub enum Operation {
     Restore {
         dry_run: bool,
     },
-    /// Guard the links of a container's netns, bound to the container so that they follow it
-    /// to its next netns (its OCI hooks tell when).
+    /// Guard the links of a container's netns (default: the one it runs in), bound to the
+    /// container so that they follow it to its next netns (its OCI hooks tell when).
     LearnContainer {
-        netns: PathBuf,
+        #[serde(default)]
+        netns: Option<PathBuf>,
+        /// Its ID or a unique prefix of it.
         container: String,
+    },
+    /// Lend a NIC to a container (ID or unique prefix): into its netns now, and again into
+    /// each new netns it starts in.
+    LendContainer {
+        iface: String,
+        container: String,
+        name: Option<String>,
     },
     /// The chained CNI plugin's ADD: guard the attachment.
     CniAdd {
@@ -101,6 +111,8 @@ pub enum ControlError {
     Ambiguous { name: String, places: String },
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
     #[error("{what}: the runtime gave no netns")]
     NoNetns { what: String },
 }
@@ -209,8 +221,18 @@ pub async fn execute(
             name,
             persistent,
         } => {
+            let to = (netns.as_path(), None);
             let text =
-                lend::lend(restorer, ledger, iface, netns, name.as_deref(), *persistent).await?;
+                lend::lend(restorer, ledger, iface, to, name.as_deref(), *persistent).await?;
+            Reply::done(text.clone(), serde_json::json!({ "lent": text }))
+        }
+        Operation::LendContainer {
+            iface,
+            container,
+            name,
+        } => {
+            let text =
+                container::lend_to(restorer, ledger, iface, container, name.as_deref()).await?;
             Reply::done(text.clone(), serde_json::json!({ "lent": text }))
         }
         Operation::Reclaim { iface } => {
@@ -231,7 +253,7 @@ pub async fn execute(
             }
         }
         Operation::LearnContainer { netns, container } => {
-            runtime::learn_container(ledger, restorer, netns, container).await?
+            runtime::learn_container(ledger, restorer, netns.as_deref(), container).await?
         }
         Operation::CniAdd { attachment } => runtime::cni_add(ledger, restorer, attachment).await?,
         Operation::CniDel { attachment } => runtime::cni_del(ledger, attachment),

@@ -4,14 +4,16 @@
 
 use std::path::{Path, PathBuf};
 
+use chrono::Utc;
+
 use crate::capture;
-use crate::ledger::{Ledger, LinkSpec, Locator, Workload};
+use crate::ledger::{ContainerRecord, Incarnation, Ledger, LinkSpec, Locator, Workload};
 use crate::netns;
 use crate::restore::Restorer;
 use crate::runtime::cni_plugin::{AttachmentRef, GcAttachment};
 use crate::runtime::oci_hook::{ContainerEvent, Stage};
 
-use super::{ControlError, Reply};
+use super::{container, ControlError, Reply};
 
 /// Where runtimes bind-mount the netns they make (podman, containerd): a container's netns is
 /// named by its path there rather than by `/proc/PID/ns/net`, which outlives no restart.
@@ -147,9 +149,10 @@ pub fn cni_gc(ledger: &mut Ledger, network: &str, valid: &[GcAttachment]) -> Rep
     )
 }
 
-/// An OCI hook stage. createRuntime: the container's links move to its new netns and are
-/// created there now, before its process starts. poststop: they wait (dormant), or go with
-/// the container when its bundle is gone (removed).
+/// An OCI hook stage of a container. createRuntime: the container is known from now on in its
+/// new netns; its links move there and are created, and its lent NICs lent again, now, before
+/// its process starts. poststop: the links wait (dormant) and the lent NICs go home; or, when
+/// its bundle is gone (removed), the links are released and the container forgotten.
 pub async fn container(
     ledger: &mut Ledger,
     restorer: &Restorer,
@@ -161,7 +164,7 @@ pub async fn container(
         bundle: Some(event.bundle.clone()),
     };
     let is_it = |w: &Workload| w.same(&workload);
-    match event.stage {
+    let (text, followed) = match event.stage {
         Stage::CreateRuntime => {
             let Some(proc_netns) = event.netns() else {
                 return Err(ControlError::NoNetns {
@@ -170,69 +173,96 @@ pub async fn container(
             };
             let inode = netns::inode_of(&proc_netns)?;
             let path = named_netns(inode).unwrap_or(proc_netns);
-            let locator = Locator::Path(path);
+            let locator = Locator::Path(path.clone());
+            let incarnation = Incarnation {
+                netns: path,
+                inode,
+                since: Utc::now(),
+            };
+            let record = ContainerRecord {
+                runtime: event.runtime.clone(),
+                id: event.id.clone(),
+                bundle: event.bundle.clone(),
+                incarnation: Some(incarnation.clone()),
+                since: incarnation.since,
+            };
+            ledger.container_started(
+                &record.runtime,
+                &record.id,
+                record.bundle.clone(),
+                incarnation,
+            );
             let moved = ledger.reincarnate_where(is_it, &locator, inode);
-            if moved.is_empty() {
-                return Ok(Reply::done(
-                    format!("nothing guarded for {workload}"),
-                    &moved,
-                ));
-            }
             // The hook tells the runtime and the bundle: kept for when the container goes.
             for key in &moved {
                 ledger.bind_link(key, &workload);
             }
-            let report = restorer.pass(ledger).await?;
-            let ok = report.broken().next().is_none();
-            Ok(Reply {
-                ok,
-                text: format!("{workload} in {locator}:\n{report}"),
-                detail: serde_json::to_value(&report).unwrap_or_default(),
-            })
+            let followed =
+                container::at_start(restorer, ledger, &record, !moved.is_empty()).await?;
+            (format!("{workload} in {locator}"), followed)
         }
-        Stage::Poststart => Ok(Reply::done(String::new(), serde_json::Value::Null)),
+        Stage::Poststart => return Ok(Reply::done(String::new(), serde_json::Value::Null)),
         Stage::Poststop if event.bundle.exists() => {
             let dormant = ledger.set_dormant_where(is_it, "the container is stopped");
             for key in &dormant {
                 ledger.bind_link(key, &workload);
             }
-            Ok(Reply::done(
-                format!(
-                    "{} link(s) of {workload} wait for its next start",
-                    dormant.len()
-                ),
-                &dormant,
-            ))
+            ledger.container_stopped(&event.runtime, &event.id, event.bundle.clone());
+            let followed = container::at_stop(restorer, ledger, &event.id).await?;
+            let text = format!(
+                "{} link(s) of {workload} wait for its next start",
+                dormant.len()
+            );
+            (text, followed)
         }
         Stage::Poststop => {
             let released =
                 ledger.release_where(is_it, "the container is removed (its bundle is gone)");
-            Ok(Reply::done(
-                format!("released {} link(s) of {workload}", released.len()),
-                &released,
-            ))
+            let followed = container::at_stop(restorer, ledger, &event.id).await?;
+            ledger.forget_container(&event.id);
+            let text = format!(
+                "released {} link(s) of {workload}, forgotten",
+                released.len()
+            );
+            (text, followed)
         }
+    };
+    let mut lines = vec![text];
+    lines.extend(followed.lines);
+    let ok = followed.ok
+        && followed
+            .report
+            .as_ref()
+            .is_none_or(|r| r.broken().next().is_none());
+    if let Some(report) = &followed.report {
+        lines.push(report.to_string());
     }
+    Ok(Reply {
+        ok,
+        text: lines.join("\n"),
+        detail: serde_json::to_value(&followed.report).unwrap_or_default(),
+    })
 }
 
-/// `learn --netns PATH --container ID`: the links of that netns, bound to the container so they
-/// follow it to its next netns.
+/// `learn --container ID [--netns PATH]`: the links of the container's netns (by default the
+/// one it runs in now), bound to it so they follow it to its next netns. The container must be
+/// one netguard knows (from its hooks); a unique prefix of its ID names it.
 pub async fn learn_container(
     ledger: &mut Ledger,
     restorer: &Restorer,
-    netns: &Path,
+    netns: Option<&Path>,
     container: &str,
 ) -> Result<Reply, ControlError> {
-    let locator = Locator::Path(netns.to_path_buf());
+    let netns = match netns {
+        Some(path) => path.to_path_buf(),
+        None => ledger.running_container(container)?.1.netns.clone(),
+    };
+    let workload = Workload::from(ledger.container(container)?);
+    let locator = Locator::Path(netns);
     let mut specs: Vec<LinkSpec> = Vec::new();
     let learned =
         capture::learn(restorer.pool(), &mut specs, std::slice::from_ref(&locator)).await?;
-    let workload = Workload::Container {
-        runtime: "oci".into(),
-        id: container.to_string(),
-        bundle: None,
-    };
-    let mut text = format!("guarding for {workload}:");
+    let mut text = format!("guarding for {workload} in {locator}:");
     for spec in specs {
         let key = spec.key();
         let in_container = spec.netns == locator;

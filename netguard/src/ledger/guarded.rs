@@ -227,6 +227,11 @@ impl Ledger {
         });
     }
 
+    /// Says in `status` why a NIC is not where it should be (a hook's lend that failed).
+    pub fn note_nic_reason(&mut self, identity: &NicIdentity, why: &str) {
+        self.update_nic(identity, |rec| rec.reason = Some(why.to_string()));
+    }
+
     /// Records (or, with `None`, clears) a lend of the NIC with `identity`.
     pub fn set_nic_lend(&mut self, identity: &NicIdentity, lend: Option<Lend>) {
         self.update_nic(identity, |rec| rec.lent = lend);

@@ -12,7 +12,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::LedgerError;
-use super::{Flight, LedgerContent, LinkKey, LinkRecord, Locator, NicIdentity, NicRecord};
+use super::{
+    ContainerRecord, Flight, LedgerContent, LinkKey, LinkRecord, Locator, NicIdentity, NicRecord,
+};
 use crate::event::Event;
 
 pub const FILE_NAME: &str = "journal.jsonl";
@@ -44,6 +46,12 @@ pub enum JournalEntry {
     Landed {
         netns: Locator,
         name: String,
+    },
+    PutContainer {
+        container: ContainerRecord,
+    },
+    ForgetContainer {
+        id: String,
     },
     /// A kernel event the ledger was told about.
     Event {
@@ -98,6 +106,11 @@ impl JournalEntry {
                     .flights
                     .retain(|f| (&f.netns, &f.name) != (netns, name));
             }
+            JournalEntry::PutContainer { container } => {
+                content.containers.retain(|c| c.id != container.id);
+                content.containers.push(container.clone());
+            }
+            JournalEntry::ForgetContainer { id } => content.containers.retain(|c| &c.id != id),
             JournalEntry::Event { .. }
             | JournalEntry::Actions { .. }
             | JournalEntry::Action { .. }

@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
+mod containers;
 mod guarded;
 pub mod journal;
 mod observe;
@@ -21,6 +22,7 @@ mod workloads;
 use journal::{Journal, JournalEntry};
 // Re-exported: the records are written in the vocabulary's types.
 pub use crate::model::*;
+pub use containers::ContainerError;
 pub use record::*;
 
 /// Where the ledger lives unless told otherwise.

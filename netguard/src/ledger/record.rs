@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Netns;
 use crate::model::{
-    kebab_display, DeviceIdentity, LinkKey, LinkSpec, Locator, NicIdentity, Workload,
+    kebab_display, DeviceIdentity, Incarnation, LinkKey, LinkSpec, Locator, NicIdentity, Workload,
 };
 
 /// Where a guarded NIC stands.
@@ -100,6 +100,21 @@ pub struct Lend {
     pub name: String,
     /// Lend it again when the container's netns is re-created at the same locator.
     pub persistent: bool,
+    /// Lent to this container (its full ID): lent again into its new netns at each start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
+/// A container netguard knows from its OCI hooks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub runtime: String,
+    pub id: String,
+    pub bundle: std::path::PathBuf,
+    /// Its netns while it runs; `None` once stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<Incarnation>,
+    pub since: DateTime<Utc>,
 }
 
 impl NicRecord {
@@ -160,6 +175,9 @@ pub struct LedgerContent {
     /// killed mid-move finds them at start and puts them back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flights: Vec<Flight>,
+    /// Containers seen by the OCI hooks (absent from ledgers written before them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerRecord>,
 }
 
 /// A device about to carry a temporary (`ngtmp*`) name: where, under which name, what it is,

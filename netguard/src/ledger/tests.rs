@@ -354,6 +354,7 @@ fn lend_then_kill(dir: &Path, journal_failed: bool) {
         netns: Locator::Path("/run/netns/box".into()),
         name: "eth0".into(),
         persistent: false,
+        container: None,
     };
     ledger.set_nic_lend(&nic.identity, Some(lend.clone()));
     ledger.commit().unwrap();

@@ -122,6 +122,7 @@ pub fn sample_content() -> LedgerContent {
     LedgerContent {
         journal_seq: 0,
         flights: vec![],
+        containers: vec![],
         nics: vec![NicRecord {
             identity: nic,
             home_name: "eth2".into(),

@@ -118,8 +118,9 @@ impl Ledger {
     }
 
     /// Releases the links of containers whose bundle is gone (removed while stopped, which runs
-    /// no hook).
+    /// no hook), and forgets those containers.
     pub fn release_removed_containers(&mut self) -> Vec<LinkKey> {
+        self.forget_removed_containers();
         self.release_where(
             |w| matches!(w, Workload::Container { bundle: Some(b), .. } if !b.exists()),
             "the container is removed (its bundle is gone)",

@@ -9,6 +9,10 @@ use std::str::FromStr;
 
 use oci_spec::runtime::State;
 
+/// Where podman and CRI-O look for hook files by default (oci-hooks(5)), and where the
+/// package puts netguard's.
+pub const DEFAULT_HOOKS_DIR: &str = "/usr/share/containers/oci/hooks.d";
+
 /// The hook stages netguard acts at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -504,6 +504,7 @@ fn nic_is_renamed_home_only_after_being_away() {
         netns: c1(),
         name: "eth0".into(),
         persistent: false,
+        container: None,
     });
     let plan = plan_host(&content, back("eth0", 4), vec![]);
     assert_eq!(plan.items[0].verdict, Verdict::Repair, "{plan}");
