@@ -274,6 +274,26 @@ impl AgentProcess {
         self.terminate()
     }
 
+    /// SIGTERM, without waiting.
+    pub fn sigterm(&self) {
+        // SAFETY: kill(2) on our own child, which is not reaped yet.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+    }
+
+    /// How it exited, if it did within `patience`.
+    pub fn exited_within(&mut self, patience: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Ok(Some(exit)) = self.child.try_wait() {
+                return Some(exit);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL: it gets no chance to clean up.
     pub fn kill9(mut self) {
         let _ = self.child.kill();
@@ -284,14 +304,9 @@ impl AgentProcess {
         if let Ok(Some(exit)) = self.child.try_wait() {
             return exit;
         }
-        // SAFETY: kill(2) on our own child, which is not reaped yet.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(exit)) = self.child.try_wait() {
-                return exit;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        self.sigterm();
+        if let Some(exit) = self.exited_within(Duration::from_secs(5)) {
+            return exit;
         }
         let _ = self.child.kill();
         self.child.wait().expect("wait for the killed agent")

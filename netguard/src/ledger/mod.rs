@@ -18,6 +18,7 @@ pub mod store;
 pub(crate) mod testutil;
 mod workloads;
 
+use crate::blocking::off_runtime;
 use journal::{Journal, JournalEntry};
 // Re-exported: the records are written in the vocabulary's types.
 pub use crate::model::*;
@@ -252,6 +253,10 @@ impl Ledger {
         if !self.dirty {
             return Ok(false);
         }
+        off_runtime(|| self.write_document())
+    }
+
+    fn write_document(&mut self) -> Result<bool, LedgerError> {
         self.journal.sync()?;
         self.content.journal_seq = self.journal.last_seq();
         let path = self.options.dir.join(STATE_FILE);
@@ -274,7 +279,7 @@ impl Ledger {
             self.save()?;
             return Ok(());
         }
-        self.journal.sync()
+        off_runtime(|| self.journal.sync())
     }
 
     pub fn content(&self) -> &LedgerContent {
@@ -297,6 +302,10 @@ impl Ledger {
     /// in-memory ledger has the change and the next [`save`](Self::save) makes it durable.
     fn append(&mut self, entry: JournalEntry) {
         self.dirty = true;
+        off_runtime(|| self.append_now(entry))
+    }
+
+    fn append_now(&mut self, entry: JournalEntry) {
         if let Err(e) = self.journal.append(entry) {
             tracing::error!("{e}");
             self.journal_failed = true;
