@@ -167,13 +167,13 @@ impl Ledger {
         let path = options.dir.join(STATE_FILE);
         let loaded = store::load(&path)?;
         // A usable document already holds everything up to its `journal_seq`.
-        let after = match &loaded {
-            store::Loaded::Good(content) => content.journal_seq,
-            _ => 0,
+        let (after, layout) = match &loaded {
+            store::Loaded::Good(content, layout) => (content.journal_seq, *layout),
+            _ => (0, store::VERSION),
         };
         let replay = journal::read_since(&options.dir, after)?;
         let (mut content, opened) = match loaded {
-            store::Loaded::Good(content) => (content, Opened::Loaded { replayed: 0 }),
+            store::Loaded::Good(content, _) => (content, Opened::Loaded { replayed: 0 }),
             store::Loaded::Absent if replay.lines.is_empty() => {
                 (LedgerContent::default(), Opened::Fresh)
             }
@@ -224,7 +224,7 @@ impl Ledger {
             Opened::Fresh => Opened::Fresh,
         };
         let mut ledger = Ledger {
-            dirty: replayed > 0,
+            dirty: replayed > 0 || layout < store::VERSION,
             journal_failed: false,
             options,
             content,
@@ -240,6 +240,18 @@ impl Ledger {
                 ledger.save()?;
             }
             _ => tracing::info!("{}: {opened}", path.display()),
+        }
+        if layout < store::VERSION {
+            // Written at once, so that an older netguard refuses it from now on rather than
+            // loading it and dropping what it does not know.
+            let kept = store::keep_older(&path, layout)?;
+            ledger.save()?;
+            tracing::info!(
+                "{}: layout {layout} migrated to layout {}; the document as it was is kept as {}",
+                path.display(),
+                store::VERSION,
+                kept.display()
+            );
         }
         Ok((ledger, opened))
     }
@@ -320,5 +332,7 @@ impl Ledger {
     }
 }
 
+#[cfg(test)]
+mod migration;
 #[cfg(test)]
 mod tests;
