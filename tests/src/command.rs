@@ -14,10 +14,12 @@ use crate::{TestNetns, World, IP};
 
 /// The workspace's `netguard` binary, built first (a no-op when up to date) so that a test
 /// never runs a stale one: `cargo test -p netguard-tests` alone does not build it. Built once
-/// per test process: tests run in parallel and would queue on cargo's lock.
+/// per test process: tests run in parallel and would queue on cargo's lock. `NETGUARD_BIN`
+/// names another one (the benchmarks' release build).
 pub fn netguard_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(build_netguard).clone()
+    BIN.get_or_init(|| std::env::var_os("NETGUARD_BIN").map_or_else(build_netguard, PathBuf::from))
+        .clone()
 }
 
 fn build_netguard() -> PathBuf {

@@ -130,6 +130,10 @@ impl Shared {
         rows
     }
 
+    fn info(&self) -> AgentInfo {
+        self.info.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Never waits for a pass: while one runs, the rows from before it, with the events seen
     /// since (the tracer notes them at once).
     async fn status(&self) -> Status {
@@ -142,7 +146,7 @@ impl Shared {
             &self.last_events.lock().unwrap_or_else(|p| p.into_inner()),
         );
         Status {
-            agent: Some(self.info.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            agent: Some(self.info()),
             rows,
         }
     }
@@ -321,6 +325,7 @@ pub async fn run(
         async move {
             match request {
                 Request::Status => serde_json::to_value(s.status().await).unwrap_or_default(),
+                Request::Agent => serde_json::to_value(s.info()).unwrap_or_default(),
                 Request::Operate { operation } => {
                     serde_json::to_value(s.operate(&operation).await).unwrap_or_default()
                 }
