@@ -171,10 +171,13 @@ impl Shared {
         let reply = control::execute(operation, &mut ledger, &self.restorer)
             .await
             .map_err(|e| e.to_string());
-        self.keep_rows(&ledger);
         drop(ledger);
         // Whatever changed may need a pass (a lend pins nothing the reconciler should keep).
-        self.wake.notify_one();
+        // Not after a runtime's: a pass then would hold the ledger while the container's
+        // next hook waits for it, and has nothing to repair.
+        if !operation.from_a_runtime() {
+            self.wake.notify_one();
+        }
         reply
     }
 }

@@ -78,8 +78,9 @@ pub enum Operation {
 
 impl Operation {
     /// Sent by a container runtime (the CNI plugin, an OCI hook), which waits for the answer
-    /// before the container goes on.
-    fn from_a_runtime(&self) -> bool {
+    /// before the container goes on. Such an operation leaves nothing for a restore pass to
+    /// repair (a createRuntime that re-attaches runs its own).
+    pub fn from_a_runtime(&self) -> bool {
         matches!(
             self,
             Operation::CniAdd { .. }
