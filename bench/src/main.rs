@@ -7,6 +7,7 @@ mod baseline;
 mod floor;
 mod mass;
 mod netns;
+mod podman;
 mod reaction;
 mod report;
 mod scale;
@@ -73,6 +74,8 @@ enum Part {
     Mass,
     Reaction,
     Scale,
+    /// What netguard adds to a podman container start and to the CNI ADD of its chain.
+    Podman,
 }
 
 #[derive(Subcommand)]
@@ -215,6 +218,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         results.scale =
             Some(scale::run(&netguard, &failed_log, args.scale_links, window, repeats).await?);
+    }
+    if wants(Part::Podman) {
+        let starts = if args.quick { 10 } else { 50 };
+        let netguard = netguard.clone();
+        results.podman =
+            Some(tokio::task::spawn_blocking(move || podman::run(&netguard, starts)).await??);
     }
     print!("{}", results.table());
     if let Some(path) = &args.json {

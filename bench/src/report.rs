@@ -5,6 +5,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::mass::{Contender, MassResult};
+use crate::podman::PodmanCost;
 use crate::reaction::ReactionResult;
 use crate::scale::ScaleResult;
 
@@ -46,6 +47,7 @@ pub struct Results {
     pub mass_restore: Vec<MassResult>,
     pub reaction: Option<ReactionResult>,
     pub scale: Option<ScaleResult>,
+    pub podman: Option<PodmanCost>,
 }
 
 impl Results {
@@ -56,6 +58,7 @@ impl Results {
             mass_restore: vec![],
             reaction: None,
             scale: None,
+            podman: None,
         }
     }
 
@@ -184,6 +187,9 @@ impl Results {
                 format!("{:.2} s", s.burst_back_seconds),
                 s.agent_rss_after_burst_bytes as f64 / 1048576.0
             );
+        }
+        if let Some(p) = &self.podman {
+            t.push_str(&p.table());
         }
         t
     }

@@ -121,7 +121,7 @@ impl Watch {
     /// Subscribes in the host stand-in, then reads its current state (a notification that
     /// crosses the dump is applied twice, which changes nothing).
     pub async fn start(world: &World) -> anyhow::Result<Watch> {
-        let socket = netguard::netns::run_in(&world.host_path, subscribe)??;
+        let socket = netguard::netns::run_in(&world.host_path, subscribe).await??;
         let (sender, events) = mpsc::unbounded_channel();
         let mut tasks = JoinSet::new();
         forward(&mut tasks, socket, Source::Host, sender.clone());

@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufRead
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
-use crate::status::{AgentInfo, Status};
+use crate::status::AgentInfo;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -55,6 +55,9 @@ pub enum ApiError {
 pub enum Request {
     /// Answered with a [`crate::status::Status`].
     Status,
+    /// Answered with the agent's [`AgentInfo`] alone: who it is, asked before each operation
+    /// (a CNI ADD, a hook) without the cost of every status row.
+    Agent,
     /// Answered with `Result<Reply, String>`.
     Operate {
         operation: crate::control::Operation,
@@ -284,15 +287,13 @@ pub async fn request_to<R: DeserializeOwned>(
     request: &Request,
 ) -> Result<R, ApiError> {
     let mut conn = Connection::open(path).await?;
-    let status: Status = conn.ask(&Request::Status).await?;
-    if let Some(agent) = &status.agent {
-        if let Some(differs) = meant.differs(agent) {
-            return Err(ApiError::OtherAgent {
-                path: path.into(),
-                pid: agent.pid,
-                differs,
-            });
-        }
+    let agent: AgentInfo = conn.ask(&Request::Agent).await?;
+    if let Some(differs) = meant.differs(&agent) {
+        return Err(ApiError::OtherAgent {
+            path: path.into(),
+            pid: agent.pid,
+            differs,
+        });
     }
     conn.ask(request).await
 }
@@ -345,6 +346,7 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::status::Status;
 
     async fn echo(request: Request) -> serde_json::Value {
         serde_json::json!({ "got": request })
@@ -495,6 +497,7 @@ mod tests {
                         rows: vec![],
                     })
                     .unwrap(),
+                    Request::Agent => serde_json::to_value(info).unwrap(),
                     Request::Operate { .. } => {
                         counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         serde_json::json!({ "Ok": null })

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod api;
+mod blocking;
 pub mod capture;
 pub mod config;
 pub mod control;

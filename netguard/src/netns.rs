@@ -27,6 +27,11 @@ pub enum NetnsError {
     },
     #[error("{path} is not a network namespace (expected an nsfs file such as /run/netns/NAME or /proc/PID/ns/net)")]
     NotNetns { path: PathBuf },
+    #[error("opening netns {path} did not finish in {waited:?} (is it a FIFO, or on a filesystem that hangs?); that netns is skipped for now")]
+    OpenHangs {
+        path: PathBuf,
+        waited: std::time::Duration,
+    },
     #[error("the thread that entered netns {path} died")]
     ThreadDied { path: PathBuf },
 }
@@ -77,18 +82,21 @@ pub fn enter(file: &File, path: &Path) -> Result<(), NetnsError> {
 
 /// Runs `f` on a new OS thread that first entered the netns at `path`, and returns its
 /// result. Sockets created by `f` stay bound to that netns after the thread ends.
-pub fn run_in<T: Send + 'static>(
+/// The caller awaits the thread's answer instead of joining it.
+pub async fn run_in<T: Send + 'static>(
     path: &Path,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, NetnsError> {
-    let file = open(path)?;
     let owned = path.to_path_buf();
+    let (reply, done) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        enter(&file, &owned)?;
-        Ok(f())
-    })
-    .join()
-    .map_err(|_| NetnsError::ThreadDied { path: path.into() })?
+        let _ = reply.send(open(&owned).and_then(|file| {
+            enter(&file, &owned)?;
+            Ok(f())
+        }));
+    });
+    done.await
+        .map_err(|_| NetnsError::ThreadDied { path: path.into() })?
 }
 
 /// Knows, for each netns inode seen, the names it can be found by. Names are kept after the

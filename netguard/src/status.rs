@@ -209,10 +209,9 @@ fn describe(event: &Event) -> String {
     format!("{} {names} ({})", event.kind.as_str(), event.cause.as_str())
 }
 
-/// Rows from the ledger, with the last events an agent saw.
-pub fn rows(ledger: &Ledger, last: &LastEvents) -> Vec<StatusEntry> {
-    ledger_rows(ledger.content())
-        .into_iter()
+/// Ledger rows, each with the last event an agent saw about it.
+pub fn with_last_events(rows: Vec<StatusRow>, last: &LastEvents) -> Vec<StatusEntry> {
+    rows.into_iter()
         .map(|row| StatusEntry {
             last_event: last.for_row(&row),
             row,

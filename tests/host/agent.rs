@@ -505,7 +505,7 @@ fn agent_started_while_a_command_holds_the_ledger_waits_for_it() {
     let s = Setup::new("lk");
     s.learn();
     // What `netguard status` or `restore` hold while they work without an agent.
-    let held = StateLock::acquire(&s.ng.state_dir).unwrap();
+    let held = StateLock::try_acquire(&s.ng.state_dir).unwrap();
     let release = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(500));
         drop(held);

@@ -14,10 +14,12 @@ use crate::{TestNetns, World, IP};
 
 /// The workspace's `netguard` binary, built first (a no-op when up to date) so that a test
 /// never runs a stale one: `cargo test -p netguard-tests` alone does not build it. Built once
-/// per test process: tests run in parallel and would queue on cargo's lock.
+/// per test process: tests run in parallel and would queue on cargo's lock. `NETGUARD_BIN`
+/// names another one (the benchmarks' release build).
 pub fn netguard_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(build_netguard).clone()
+    BIN.get_or_init(|| std::env::var_os("NETGUARD_BIN").map_or_else(build_netguard, PathBuf::from))
+        .clone()
 }
 
 fn build_netguard() -> PathBuf {
@@ -274,6 +276,26 @@ impl AgentProcess {
         self.terminate()
     }
 
+    /// SIGTERM, without waiting.
+    pub fn sigterm(&self) {
+        // SAFETY: kill(2) on our own child, which is not reaped yet.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+    }
+
+    /// How it exited, if it did within `patience`.
+    pub fn exited_within(&mut self, patience: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Ok(Some(exit)) = self.child.try_wait() {
+                return Some(exit);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL: it gets no chance to clean up.
     pub fn kill9(mut self) {
         let _ = self.child.kill();
@@ -284,14 +306,9 @@ impl AgentProcess {
         if let Ok(Some(exit)) = self.child.try_wait() {
             return exit;
         }
-        // SAFETY: kill(2) on our own child, which is not reaped yet.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(exit)) = self.child.try_wait() {
-                return exit;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        self.sigterm();
+        if let Some(exit) = self.exited_within(Duration::from_secs(5)) {
+            return exit;
         }
         let _ = self.child.kill();
         self.child.wait().expect("wait for the killed agent")

@@ -50,10 +50,17 @@ impl TestNetns {
     /// [`World`](crate::World), which checks first that they can.
     pub(crate) fn new(tag: &str) -> TestNetns {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("ngt{}-{tag}{n}", std::process::id());
-        ip(&["netns", "add", &name]);
-        ip(&["-n", &name, "link", "set", "lo", "up"]);
-        TestNetns { name }
+        let ns = TestNetns {
+            name: format!("ngt{}-{tag}{n}", std::process::id()),
+        };
+        ns.add();
+        ns
+    }
+
+    /// `ip netns add` under its name (again, after [`delete`](Self::delete)), `lo` up.
+    pub fn add(&self) {
+        ip(&["netns", "add", &self.name]);
+        ip(&["-n", &self.name, "link", "set", "lo", "up"]);
     }
 
     pub fn path(&self) -> PathBuf {
@@ -98,9 +105,8 @@ impl TestNetns {
     /// Deletes the netns and creates a new one at the same path (a container reboot): every
     /// device in the old one goes with it.
     pub fn recreate(&self) {
-        ip(&["netns", "del", &self.name]);
-        ip(&["netns", "add", &self.name]);
-        ip(&["-n", &self.name, "link", "set", "lo", "up"]);
+        self.delete();
+        self.add();
     }
 
     /// `ping -c1 -W1 ADDR` from inside this netns.

@@ -34,10 +34,16 @@ impl World {
     /// This world with container netns of these names.
     pub fn with(mut self, names: &[&str]) -> World {
         for name in names {
-            let ns = TestNetns::new(&format!("{}{name}", self.tag));
-            self.containers.push((name.to_string(), ns));
+            self.add(name);
         }
         self
+    }
+
+    /// Adds the container netns `name` to this world.
+    pub fn add(&mut self, name: &str) -> &TestNetns {
+        let ns = TestNetns::new(&format!("{}{name}", self.tag));
+        self.containers.push((name.to_string(), ns));
+        &self.containers[self.containers.len() - 1].1
     }
 
     /// The container netns `name`.

@@ -8,12 +8,13 @@ use futures::TryStreamExt;
 use rtnetlink::{Handle, LinkUnspec};
 
 /// A handle whose socket lives in the netns at `path`.
-fn handle_in(path: &Path) -> Result<Handle, String> {
+async fn handle_in(path: &Path) -> Result<Handle, String> {
     let runtime = tokio::runtime::Handle::current();
     let (connection, handle, _) = netguard::netns::run_in(path, move || {
         let _guard = runtime.enter();
         rtnetlink::new_connection()
     })
+    .await
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("cannot open rtnetlink in {}: {e}", path.display()))?;
     tokio::spawn(connection);
@@ -22,8 +23,8 @@ fn handle_in(path: &Path) -> Result<Handle, String> {
 
 /// Moves `name` from the host to `netns` and back until `count` moves were made.
 pub async fn back_and_forth(name: &str, netns: &str, count: usize) -> Result<Duration, String> {
-    let host = handle_in(Path::new("/proc/self/ns/net"))?;
-    let guest = handle_in(Path::new(netns))?;
+    let host = handle_in(Path::new("/proc/self/ns/net")).await?;
+    let guest = handle_in(Path::new(netns)).await?;
     let there = netguard::netns::open(Path::new(netns)).map_err(|e| e.to_string())?;
     let home = netguard::netns::open(Path::new("/proc/self/ns/net")).map_err(|e| e.to_string())?;
     let link = host

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick] [--only host|vm] [--kernel ..]`: the host benchmarks
+//! `cargo xtask bench [--quick] [--only host|vm|podman] [--kernel ..]`: the host benchmarks
 //! (`netguard-bench`, in network namespaces it creates and removes) and the VM benchmarks (in
 //! QEMU guests with Debian's kernels and e1000 NICs), one table for both, and the same results
 //! in `<target dir>/bench/latest.json` (the VM part under `vm`).
@@ -15,6 +15,8 @@ use crate::{setup, shell};
 pub enum Part {
     Host,
     Vm,
+    /// Only the host's podman start / CNI ADD cost (also part of `host`).
+    Podman,
 }
 
 #[derive(Debug, Args)]
@@ -36,8 +38,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let json_path = shell::target_dir().join("bench/latest.json");
     let mut table = String::new();
     let mut json = serde_json::json!({});
-    if wants(Part::Host) {
-        table.push_str(&host(args.quick)?);
+    if wants(Part::Host) || args.only == Some(Part::Podman) {
+        let parts: &[&str] = match args.only {
+            Some(Part::Podman) => &["--parts", "podman"],
+            _ => &[],
+        };
+        table.push_str(&host(args.quick, parts)?);
         let text = std::fs::read(&json_path)
             .with_context(|| format!("the host bench wrote no {}", json_path.display()))?;
         json = serde_json::from_slice(&text)
@@ -66,11 +72,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `netguard-bench` (it writes the JSON), passing its progress through and returning its
 /// table, which goes at the head of the combined one.
-fn host(quick: bool) -> anyhow::Result<String> {
+fn host(quick: bool, parts: &[&str]) -> anyhow::Result<String> {
     shell::build_release(&["netguard", "netguard-bench"])?;
     let target = shell::target_dir();
     let mut bench = Command::new(target.join("release/netguard-bench"));
     bench.arg("--json").arg(target.join("bench/latest.json"));
+    bench.args(parts);
     if quick {
         bench.arg("--quick");
     }

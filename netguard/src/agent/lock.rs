@@ -27,13 +27,13 @@ pub struct StateLock(#[allow(dead_code, reason = "held for its flock")] File);
 impl StateLock {
     /// Waits a little for a command that holds the lock to finish (a `status` run while the
     /// agent starts, say); a holder that stays is another agent.
-    pub fn acquire(dir: &Path) -> Result<StateLock, LockError> {
+    pub async fn acquire(dir: &Path) -> Result<StateLock, LockError> {
         const PATIENCE: Duration = Duration::from_secs(10);
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         loop {
             match StateLock::try_acquire(dir) {
                 Err(LockError::Busy { .. }) if started.elapsed() < PATIENCE => {
-                    std::thread::sleep(Duration::from_millis(50))
+                    tokio::time::sleep(Duration::from_millis(50)).await
                 }
                 locked => return locked,
             }

@@ -17,12 +17,13 @@ use tokio::time::Instant;
 
 use crate::api::{self, ApiError, Request};
 use crate::control::{self, Operation};
+use crate::event::Event;
 use crate::inventory::Pool;
 use crate::ledger::{Ledger, LedgerError, LedgerOptions};
 use crate::metrics::{Metrics, MetricsError};
 use crate::outcomes::Outcomes;
 use crate::restore::{Restorer, Verdict};
-use crate::status::{self, AgentInfo, LastEvents, Status};
+use crate::status::{self, AgentInfo, LastEvents, Status, StatusRow};
 use crate::trace::{BackendChoice, TraceError, TraceOptions, Tracer};
 
 mod cni_cache;
@@ -81,6 +82,11 @@ pub enum AgentError {
 
 struct Shared {
     ledger: Mutex<Ledger>,
+    /// Events the tracer saw while the ledger was held (by a pass, say), in order: whoever
+    /// holds the ledger next folds them in. The tracer never waits for a pass.
+    unfolded: std::sync::Mutex<Vec<Event>>,
+    /// The ledger's status rows when it was last free: what `status` shows while a pass runs.
+    rows: std::sync::Mutex<Vec<StatusRow>>,
     /// Set by a stop request: no new pass starts.
     stopping: AtomicBool,
     restorer: Restorer,
@@ -94,6 +100,8 @@ struct Shared {
     woken_at: std::sync::Mutex<Option<Instant>>,
     outcomes: std::sync::Mutex<Outcomes>,
     metrics: Option<Arc<Metrics>>,
+    /// The host netns (init_net or its stand-in).
+    host_inode: u64,
 }
 
 impl Shared {
@@ -105,14 +113,47 @@ impl Shared {
         self.wake.notify_one();
     }
 
+    /// Folds in the events the tracer queued; `true` if one concerned a guarded device.
+    fn fold_events(&self, ledger: &mut Ledger, host_inode: u64) -> bool {
+        let events = std::mem::take(&mut *self.unfolded.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut guarded = false;
+        for event in &events {
+            if ledger.observe(event, host_inode) {
+                tracing::debug!(
+                    "event about a guarded device: {:?} {:?}",
+                    event.kind,
+                    event.current_name()
+                );
+                guarded = true;
+            }
+        }
+        guarded
+    }
+
+    /// Keeps the rows `status` shows while the ledger is busy.
+    fn keep_rows(&self, ledger: &Ledger) -> Vec<StatusRow> {
+        let rows = status::ledger_rows(ledger.content());
+        *self.rows.lock().unwrap_or_else(|p| p.into_inner()) = rows.clone();
+        rows
+    }
+
+    fn info(&self) -> AgentInfo {
+        self.info.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Never waits for a pass: while one runs, the rows from before it, with the events seen
+    /// since (the tracer notes them at once).
     async fn status(&self) -> Status {
-        let ledger = self.ledger.lock().await;
-        let rows = status::rows(
-            &ledger,
+        let rows = match self.ledger.try_lock() {
+            Ok(ledger) => self.keep_rows(&ledger),
+            Err(_) => self.rows.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        };
+        let rows = status::with_last_events(
+            rows,
             &self.last_events.lock().unwrap_or_else(|p| p.into_inner()),
         );
         Status {
-            agent: Some(self.info.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            agent: Some(self.info()),
             rows,
         }
     }
@@ -134,12 +175,17 @@ impl Shared {
             );
         }
         let mut ledger = self.ledger.lock().await;
+        self.fold_events(&mut ledger, self.host_inode);
         let reply = control::execute(operation, &mut ledger, &self.restorer)
             .await
             .map_err(|e| e.to_string());
         drop(ledger);
         // Whatever changed may need a pass (a lend pins nothing the reconciler should keep).
-        self.wake.notify_one();
+        // Not after a runtime's: a pass then would hold the ledger while the container's
+        // next hook waits for it, and has nothing to repair.
+        if !operation.from_a_runtime() {
+            self.wake.notify_one();
+        }
         reply
     }
 }
@@ -182,6 +228,9 @@ pub async fn run(
     }
     let outcomes = Outcomes::new(metrics.clone(), &status::ledger_rows(ledger.content()));
     let shared = Arc::new(Shared {
+        unfolded: Default::default(),
+        rows: std::sync::Mutex::new(status::ledger_rows(ledger.content())),
+        host_inode,
         ledger: Mutex::new(ledger),
         stopping: Default::default(),
         restorer: Restorer::new(pool, CONCURRENCY),
@@ -246,15 +295,13 @@ pub async fn run(
                 .unwrap_or_else(|p| p.into_inner())
                 .note(&event);
             s.info.lock().unwrap_or_else(|p| p.into_inner()).events += 1;
-            if s.ledger.lock().await.observe(&event, host_inode) {
-                tracing::debug!(
-                    "event about a guarded device: {:?} {:?}",
-                    event.kind,
-                    event.current_name()
-                );
-            }
             // The event's own time: the kernel saw it before it was queued to us.
             let age = (Utc::now() - event.time).to_std().unwrap_or_default();
+            s.unfolded.lock().unwrap_or_else(|p| p.into_inner()).push(event);
+            // A pass holding the ledger folds it in when it is done; the tracer goes on.
+            if let Ok(mut ledger) = s.ledger.try_lock() {
+                s.fold_events(&mut ledger, host_inode);
+            }
             s.wake_for(Instant::now().checked_sub(age).unwrap_or_else(Instant::now));
         }
         tracing::error!("the tracer stopped");
@@ -292,6 +339,7 @@ pub async fn run(
         async move {
             match request {
                 Request::Status => serde_json::to_value(s.status().await).unwrap_or_default(),
+                Request::Agent => serde_json::to_value(s.info()).unwrap_or_default(),
                 Request::Operate { operation } => {
                     serde_json::to_value(s.operate(&operation).await).unwrap_or_default()
                 }
@@ -332,7 +380,10 @@ pub async fn run(
     // Cuts whatever still runs at its next await: each change is journalled as it is made.
     tasks.shutdown().await;
     let saved = tokio::select! {
-        mut ledger = shared.ledger.lock() => ledger.save(),
+        mut ledger = shared.ledger.lock() => {
+            shared.fold_events(&mut ledger, host_inode);
+            ledger.save()
+        }
         _ = stop.recv() => return stopped_at_once(&options.socket),
     };
     let _ = std::fs::remove_file(&options.socket);
@@ -397,6 +448,7 @@ async fn reconcile(shared: &Shared) -> Option<Duration> {
     if shared.stopping.load(Ordering::SeqCst) {
         return None;
     }
+    shared.fold_events(&mut ledger, shared.host_inode);
     // `podman rm` of a stopped container runs no hook: its bundle going is the sign.
     ledger.release_removed_containers();
     ledger.forget_released_before(Utc::now() - RELEASED_PODS_KEPT);
@@ -454,6 +506,9 @@ async fn reconcile(shared: &Shared) -> Option<Duration> {
             Err(e) => tracing::warn!("lending again: {e}"),
         }
     }
+    // What the tracer saw during the pass: the next pass acts on it (it woke the reconciler).
+    shared.fold_events(&mut ledger, shared.host_inode);
+    shared.keep_rows(&ledger);
     let saving = Instant::now();
     match ledger.save() {
         Ok(true) => {

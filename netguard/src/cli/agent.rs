@@ -74,7 +74,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         cni_caches: settings.cni_cache,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let ended = runtime.block_on(async move {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         // One message per signal: the first stops the agent gracefully, a second at once.
@@ -99,5 +99,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             }
             Err(e) => Err(e.into()),
         }
-    })
+    });
+    // Not waiting for blocking threads: one may hang in an open (a netns path on a stuck
+    // filesystem) and would keep a stopped agent from exiting. What is on disk is complete.
+    runtime.shutdown_background();
+    ended
 }

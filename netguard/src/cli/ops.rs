@@ -40,8 +40,8 @@ impl Place {
 
     /// A restorer and the ledger, opened here because no agent runs; the lock keeps a
     /// concurrently started agent out until we are done.
-    pub fn open_locally(&self) -> anyhow::Result<(StateLock, Ledger, Restorer)> {
-        let lock = StateLock::acquire(&self.state_dir)?;
+    pub async fn open_locally(&self) -> anyhow::Result<(StateLock, Ledger, Restorer)> {
+        let lock = StateLock::acquire(&self.state_dir).await?;
         let (ledger, opened) = Ledger::open(LedgerOptions::new(&self.state_dir))?;
         if matches!(opened, netguard::ledger::Opened::Rebuilt { .. }) {
             eprintln!("netguard: {opened}");
@@ -82,7 +82,7 @@ pub async fn submit(place: &Place, operation: &Operation) -> anyhow::Result<Repl
     {
         Ok(answer) => answer.map_err(anyhow::Error::msg),
         Err(ApiError::NoAgent { .. }) => {
-            let (_lock, mut ledger, restorer) = place.open_locally()?;
+            let (_lock, mut ledger, restorer) = place.open_locally().await?;
             Ok(control::execute(operation, &mut ledger, &restorer).await?)
         }
         Err(e) => Err(e.into()),

@@ -26,7 +26,7 @@ pub fn run(place: &Place, json: bool) -> anyhow::Result<ExitCode> {
                 ))
             }
             Err(no_agent @ ApiError::NoAgent { .. }) => {
-                let (_lock, ledger, restorer) = place.open_locally()?;
+                let (_lock, ledger, restorer) = place.open_locally().await?;
                 let plan = restorer.dry_run(&ledger).await?;
                 Ok::<_, anyhow::Error>((
                     Status {

@@ -86,6 +86,21 @@ pub enum Operation {
     },
 }
 
+impl Operation {
+    /// Sent by a container runtime (the CNI plugin, an OCI hook), which waits for the answer
+    /// before the container goes on. Such an operation leaves nothing for a restore pass to
+    /// repair (a createRuntime that re-attaches runs its own).
+    pub fn from_a_runtime(&self) -> bool {
+        matches!(
+            self,
+            Operation::CniAdd { .. }
+                | Operation::CniDel { .. }
+                | Operation::CniGc { .. }
+                | Operation::Container { .. }
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error(transparent)]
@@ -260,7 +275,13 @@ pub async fn execute(
         Operation::CniGc { network, valid } => runtime::cni_gc(ledger, network, valid),
         Operation::Container { event } => runtime::container(ledger, restorer, event).await?,
     };
-    ledger.save()?;
+    if operation.from_a_runtime() {
+        // A container start waits on this: the journal, fsynced, makes the change durable;
+        // the document is written by the agent's next pass (or replayed at the next open).
+        ledger.commit()?;
+    } else {
+        ledger.save()?;
+    }
     Ok(reply)
 }
 

@@ -19,6 +19,7 @@ pub mod store;
 pub(crate) mod testutil;
 mod workloads;
 
+use crate::blocking::off_runtime;
 use journal::{Journal, JournalEntry};
 // Re-exported: the records are written in the vocabulary's types.
 pub use crate::model::*;
@@ -168,13 +169,13 @@ impl Ledger {
         let path = options.dir.join(STATE_FILE);
         let loaded = store::load(&path)?;
         // A usable document already holds everything up to its `journal_seq`.
-        let after = match &loaded {
-            store::Loaded::Good(content) => content.journal_seq,
-            _ => 0,
+        let (after, layout) = match &loaded {
+            store::Loaded::Good(content, layout) => (content.journal_seq, *layout),
+            _ => (0, store::VERSION),
         };
         let replay = journal::read_since(&options.dir, after)?;
         let (mut content, opened) = match loaded {
-            store::Loaded::Good(content) => (content, Opened::Loaded { replayed: 0 }),
+            store::Loaded::Good(content, _) => (content, Opened::Loaded { replayed: 0 }),
             store::Loaded::Absent if replay.lines.is_empty() => {
                 (LedgerContent::default(), Opened::Fresh)
             }
@@ -225,7 +226,7 @@ impl Ledger {
             Opened::Fresh => Opened::Fresh,
         };
         let mut ledger = Ledger {
-            dirty: replayed > 0,
+            dirty: replayed > 0 || layout < store::VERSION,
             journal_failed: false,
             options,
             content,
@@ -242,6 +243,18 @@ impl Ledger {
             }
             _ => tracing::info!("{}: {opened}", path.display()),
         }
+        if layout < store::VERSION {
+            // Written at once, so that an older netguard refuses it from now on rather than
+            // loading it and dropping what it does not know.
+            let kept = store::keep_older(&path, layout)?;
+            ledger.save()?;
+            tracing::info!(
+                "{}: layout {layout} migrated to layout {}; the document as it was is kept as {}",
+                path.display(),
+                store::VERSION,
+                kept.display()
+            );
+        }
         Ok((ledger, opened))
     }
 
@@ -254,6 +267,10 @@ impl Ledger {
         if !self.dirty {
             return Ok(false);
         }
+        off_runtime(|| self.write_document())
+    }
+
+    fn write_document(&mut self) -> Result<bool, LedgerError> {
         self.journal.sync()?;
         self.content.journal_seq = self.journal.last_seq();
         let path = self.options.dir.join(STATE_FILE);
@@ -276,7 +293,7 @@ impl Ledger {
             self.save()?;
             return Ok(());
         }
-        self.journal.sync()
+        off_runtime(|| self.journal.sync())
     }
 
     pub fn content(&self) -> &LedgerContent {
@@ -299,6 +316,10 @@ impl Ledger {
     /// in-memory ledger has the change and the next [`save`](Self::save) makes it durable.
     fn append(&mut self, entry: JournalEntry) {
         self.dirty = true;
+        off_runtime(|| self.append_now(entry))
+    }
+
+    fn append_now(&mut self, entry: JournalEntry) {
         if let Err(e) = self.journal.append(entry) {
             tracing::error!("{e}");
             self.journal_failed = true;
@@ -313,5 +334,7 @@ impl Ledger {
     }
 }
 
+#[cfg(test)]
+mod migration;
 #[cfg(test)]
 mod tests;

@@ -18,8 +18,15 @@ use serde_json::Value;
 use super::LedgerContent;
 use super::LedgerError;
 
-/// The document layout this build writes and reads.
-pub const VERSION: u64 = 2;
+/// The document layout this build writes. It reads every earlier one, and refuses a later one.
+///
+/// - 1: the checksum sums the content re-serialised (sorted keys).
+/// - 2: the checksum sums the content as written.
+/// - 3: links carry their workload, NICs an unknown admin state, the ledger its devices in
+///   flight (c493b68 wrote 2). Layout 2 reads as 3 unchanged (every new field has a default);
+///   the number changed so that an older netguard refuses a document with these fields
+///   instead of loading it and dropping them at its next save.
+pub const VERSION: u64 = 3;
 
 /// Why a document that was read could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +81,11 @@ struct RawDoc<'a> {
 }
 
 pub fn decode(bytes: &[u8]) -> Result<LedgerContent, DocProblem> {
+    decode_with_layout(bytes).map(|(content, _)| content)
+}
+
+/// The content, and the layout version the document was written in.
+fn decode_with_layout(bytes: &[u8]) -> Result<(LedgerContent, u64), DocProblem> {
     let doc: RawDoc = serde_json::from_slice(bytes).map_err(DocProblem::NotJson)?;
     let version = doc.version.ok_or(DocProblem::MissingField("version"))?;
     if version > VERSION {
@@ -88,14 +100,16 @@ pub fn decode(bytes: &[u8]) -> Result<LedgerContent, DocProblem> {
     if found != computed {
         return Err(DocProblem::Checksum { found, computed });
     }
-    serde_json::from_str(ledger.get()).map_err(DocProblem::Layout)
+    let content = serde_json::from_str(ledger.get()).map_err(DocProblem::Layout)?;
+    Ok((content, version))
 }
 
 /// What [`load`] found.
 #[derive(Debug)]
 pub enum Loaded {
     Absent,
-    Good(LedgerContent),
+    /// Usable, and the layout it was written in (earlier ones are migrated by reading them).
+    Good(LedgerContent, u64),
     /// Read in full, but damaged or not a ledger: safe to move aside and rebuild.
     Corrupt(DocProblem),
 }
@@ -113,8 +127,8 @@ pub fn load(path: &Path) -> Result<Loaded, LedgerError> {
             })
         }
     };
-    match decode(&bytes) {
-        Ok(content) => Ok(Loaded::Good(content)),
+    match decode_with_layout(&bytes) {
+        Ok((content, layout)) => Ok(Loaded::Good(content, layout)),
         Err(problem @ DocProblem::Newer(_)) => Err(LedgerError::Newer {
             path: path.to_path_buf(),
             problem,
@@ -165,6 +179,20 @@ fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Keeps a copy of a document in an earlier layout, before it is rewritten in this one, as
+/// `NAME.layout-<N>` (a netguard that reads only that layout can be put back with it).
+pub fn keep_older(path: &Path, layout: u64) -> Result<PathBuf, LedgerError> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".layout-{layout}"));
+    let kept = path.with_file_name(name);
+    let bytes = fs::read(path).map_err(|source| LedgerError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    write_atomic(&kept, &bytes)?;
+    Ok(kept)
+}
+
 /// Moves a bad document aside, untouched, as `NAME.corrupt-<UTC time>`; returns where to.
 pub fn move_aside(path: &Path) -> Result<PathBuf, LedgerError> {
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
@@ -203,7 +231,7 @@ mod tests {
             DocProblem::NotJson(_)
         ));
 
-        let newer = text.replacen("\"version\": 2", "\"version\": 7", 1);
+        let newer = text.replacen(&format!("\"version\": {VERSION}"), "\"version\": 7", 1);
         assert!(matches!(
             decode(newer.as_bytes()).unwrap_err(),
             DocProblem::Newer(7)

@@ -379,7 +379,7 @@ fn a_commit_after_a_failed_append_writes_the_document() {
     lend_then_kill(dir.path(), true);
     let loaded = store::load(&dir.path().join(STATE_FILE)).unwrap();
     assert!(
-        matches!(&loaded, store::Loaded::Good(c) if c.nics.len() == 1),
+        matches!(&loaded, store::Loaded::Good(c, _) if c.nics.len() == 1),
         "{loaded:?}"
     );
 }

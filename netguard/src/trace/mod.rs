@@ -126,7 +126,13 @@ impl Tracer {
         if unsafe { libc::geteuid() } != 0 {
             return Err(TraceError::NotRoot);
         }
-        let resolver = Resolver::new(options.host_netns.as_deref())?;
+        // Its first /proc scan, on a blocking thread.
+        let host = options.host_netns.clone();
+        let resolver = tokio::task::spawn_blocking(move || Resolver::new(host.as_deref()))
+            .await
+            .map_err(|_| crate::netns::NetnsError::ThreadDied {
+                path: PathBuf::from("/proc"),
+            })??;
         let candidates: Vec<BackendKind> = match choice {
             BackendChoice::Auto => BackendKind::ALL.to_vec(),
             BackendChoice::Only(kind) => vec![kind],

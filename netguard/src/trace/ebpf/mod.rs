@@ -418,7 +418,8 @@ async fn read_events(
     clock: WallClock,
     resolver: Resolver,
 ) {
-    let mut name_netns = |inode| resolver.describe_fresh(inode);
+    // An unknown netns means a /proc scan: off the runtime.
+    let mut name_netns = |inode| crate::blocking::off_runtime(|| resolver.describe_fresh(inode));
     loop {
         let mut guard = match ring.readable_mut().await {
             Ok(guard) => guard,

@@ -60,7 +60,7 @@ async fn start_listening(
     options: &TraceOptions,
     resolver: Resolver,
 ) -> Result<Running, NetlinkError> {
-    let opened = in_host_netns(options, socket::open)?;
+    let opened = in_host_netns(options, socket::open).await?;
     let (listener, connection, mut requests) = opened.map_err(NetlinkError::Socket)?;
     let listener = Listener::new(listener).map_err(NetlinkError::Socket)?;
     let connection = AbortOnDrop(tokio::spawn(connection));
@@ -69,7 +69,7 @@ async fn start_listening(
     let init = resolver.init_inode().unwrap_or(host);
     let mut tracker = Tracker::new(resolver.clone(), host, init, uevent::bound_driver);
     // Uevents tell a driver's unbind/bind; without them the NICs' causes are only coarser.
-    let uevents = match in_host_netns(options, Uevents::open)? {
+    let uevents = match in_host_netns(options, Uevents::open).await? {
         Ok(uevents) => Some(uevents),
         Err(err) => {
             tracing::warn!("cannot read uevents (NETLINK_KOBJECT_UEVENT): {err}; driver unbind/bind causes are unknown");
@@ -119,7 +119,7 @@ async fn start_listening(
 
 /// Runs `open` in the host netns (the stand-in's, for tests) with the runtime entered, so the
 /// sockets it opens live there and register with this runtime.
-fn in_host_netns<T: Send + 'static>(
+async fn in_host_netns<T: Send + 'static>(
     options: &TraceOptions,
     open: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, NetnsError> {
@@ -129,7 +129,7 @@ fn in_host_netns<T: Send + 'static>(
         open()
     };
     match &options.host_netns {
-        Some(path) => netns::run_in(path, open),
+        Some(path) => netns::run_in(path, open).await,
         None => Ok(open()),
     }
 }

@@ -1,0 +1,188 @@
+//! What netguard adds to a container start: podman (runc, the CNI backend, Debian's plugins),
+//! each world in a netns of its own with its own storage, run root, CNI config and hooks dirs
+//! (the host tests' `PodmanWorld`). One world starts a container on `bridge` + `host-local`
+//! alone; the other the same chain with netguard after it, its OCI hooks and an agent. Starts
+//! alternate between the two (each container is stopped, untimed, between its starts), and so
+//! do the CNI ADDs of the two chains run by hand into a netns of their own.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use netguard_tests::cni::{Attachment, CniRunner};
+use netguard_tests::podman::{PodmanWorld, IMAGE};
+use netguard_tests::{AgentProcess, Netguard};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::stats::Samples;
+
+/// Starts and ADDs before the timed ones (image layers, plugin binaries into the page cache).
+const WARM_UP: usize = 3;
+
+#[derive(Debug, Serialize)]
+pub struct PodmanCost {
+    /// Timed container starts per side.
+    pub starts: usize,
+    /// `podman start`, seconds: without netguard, and with it chained + hooks + agent.
+    pub start_plain: Samples,
+    pub start_guarded: Samples,
+    /// The CNI ADD of the chain, seconds.
+    pub add_plain: Samples,
+    pub add_guarded: Samples,
+}
+
+impl PodmanCost {
+    /// The table's section.
+    pub fn table(&self) -> String {
+        let line = |what: &str, plain: &Samples, guarded: &Samples| {
+            format!(
+                "{what:<30}{:>10.1}{:>10.1}{:>10.1}{:>10.1}{:>10.3}x{:>+9.1}%\n",
+                plain.median * 1e3,
+                plain.p99 * 1e3,
+                guarded.median * 1e3,
+                guarded.p99 * 1e3,
+                guarded.median / plain.median,
+                (guarded.median - plain.median) / plain.median * 100.0,
+            )
+        };
+        format!(
+            "\n7. Cost: podman start and CNI ADD without / with netguard (ms, {} each, alternating)\n\
+             {:<30}{:>10}{:>10}{:>10}{:>10}{:>11}{:>10}\n{}{}",
+            self.starts,
+            "",
+            "p50",
+            "p99",
+            "ng p50",
+            "ng p99",
+            "ratio",
+            "added",
+            line("podman start", &self.start_plain, &self.start_guarded),
+            line("CNI ADD of the chain", &self.add_plain, &self.add_guarded),
+        )
+    }
+}
+
+/// One side: a podman world, its network and its stopped container.
+struct Side {
+    world: PodmanWorld,
+    conflist: Value,
+    /// Keeps the agent of the guarded side running until the side is dropped.
+    _agent: Option<AgentProcess>,
+}
+
+impl Side {
+    fn new(tag: &str, subnet: &str, guarded: bool) -> anyhow::Result<Side> {
+        let mut world = PodmanWorld::new(tag);
+        let network = world.network_name("br");
+        let mut plugins = vec![world.bridge_plugin(&format!("{tag}br"), subnet)];
+        let agent = if guarded {
+            let ng = Netguard::new(&world.world);
+            let agent = ng.start_agent();
+            world.install_netguard_hooks(&ng.socket, &ng.state_dir);
+            plugins.push(json!({
+                "type": "netguard",
+                "socket": ng.socket,
+                "stateDir": ng.state_dir,
+            }));
+            Some(agent)
+        } else {
+            None
+        };
+        world.add_network(&network, plugins);
+        world.podman_ok(&[
+            "create", "--name", "c", "--network", &network, IMAGE, "sleep", "100000",
+        ]);
+        let conflist = serde_json::from_slice(&std::fs::read(
+            world.path("net").join(format!("{network}.conflist")),
+        )?)?;
+        Ok(Side {
+            world,
+            conflist,
+            _agent: agent,
+        })
+    }
+
+    /// One `podman start` (timed), then a stop (not timed).
+    fn start(&self) -> anyhow::Result<Duration> {
+        let began = Instant::now();
+        let out = self.world.podman(&["start", "c"]);
+        let took = began.elapsed();
+        if !out.status.success() {
+            bail!(
+                "podman start: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        self.world.podman_ok(&["stop", "--time", "0", "c"]);
+        Ok(took)
+    }
+
+    /// One ADD of the chain into `pod` (timed), then its DEL (not timed).
+    fn add(&self, runner: &CniRunner, pod: &Path, n: usize) -> anyhow::Result<Duration> {
+        let att = Attachment {
+            container_id: format!("ngbench{n}"),
+            netns: Some(pod.to_path_buf()),
+            ifname: "eth0".into(),
+            args: None,
+        };
+        let began = Instant::now();
+        let result = runner
+            .add(&self.conflist, &att)
+            .map_err(|run| anyhow::anyhow!("CNI ADD: {}", run.stderr))?;
+        let took = began.elapsed();
+        runner
+            .del(&self.conflist, &att, Some(&result))
+            .map_err(|run| anyhow::anyhow!("CNI DEL: {}", run.stderr))?;
+        Ok(took)
+    }
+
+    fn runner(&self) -> CniRunner {
+        CniRunner::new(vec![self.world.path("cni")]).in_netns(self.world.host().path())
+    }
+}
+
+/// Runs the comparison with `starts` timed starts and ADDs per side.
+pub fn run(netguard: &Path, starts: usize) -> anyhow::Result<PodmanCost> {
+    // The host tests' helpers run this netguard (the release build), not a debug one.
+    let netguard = std::fs::canonicalize(netguard)
+        .with_context(|| format!("no netguard binary at {}", netguard.display()))?;
+    std::env::set_var("NETGUARD_BIN", netguard);
+    let mut plain = Side::new("pp", "198.18.40.0/24", false).context("the world without netguard")?;
+    let mut guarded = Side::new("pg", "198.18.41.0/24", true).context("the world with netguard")?;
+    let pods = [
+        plain.world.world.add("pod").path(),
+        guarded.world.world.add("pod").path(),
+    ];
+    let sides = [&plain, &guarded];
+    let mut times: [Vec<Duration>; 2] = Default::default();
+    for i in 0..WARM_UP + starts {
+        // Alternating which goes first, so neither always follows the other.
+        for k in [i % 2, 1 - i % 2] {
+            let took = sides[k].start()?;
+            if i >= WARM_UP {
+                times[k].push(took);
+            }
+        }
+    }
+    let [start_plain, start_guarded] = times.map(|t| Samples::of(&t));
+
+    let runners = [plain.runner(), guarded.runner()];
+    let mut times: [Vec<Duration>; 2] = Default::default();
+    for i in 0..WARM_UP + starts {
+        for k in [i % 2, 1 - i % 2] {
+            let took = sides[k].add(&runners[k], &pods[k], i)?;
+            if i >= WARM_UP {
+                times[k].push(took);
+            }
+        }
+    }
+    let [add_plain, add_guarded] = times.map(|t| Samples::of(&t));
+    Ok(PodmanCost {
+        starts,
+        start_plain,
+        start_guarded,
+        add_plain,
+        add_guarded,
+    })
+}
