@@ -40,6 +40,13 @@ impl World {
         self
     }
 
+    /// Adds a container netns `name` to this world now (e.g. after a tracer started).
+    pub fn add(&mut self, name: &str) -> &TestNetns {
+        let ns = TestNetns::new(&format!("{}{name}", self.tag));
+        self.containers.push((name.to_string(), ns));
+        &self.containers.last().expect("just pushed").1
+    }
+
     /// The container netns `name`.
     pub fn ns(&self, name: &str) -> &TestNetns {
         self.containers
