@@ -15,17 +15,22 @@ use crate::netns::BIND_MOUNT_DIRS;
 pub const CHANGES: u32 =
     libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO;
 
-/// What one read told: the paths created (or moved in) in the watched directories, and
-/// whether the kernel's queue overflowed (then anything may have been missed).
+/// What one read told: the paths created (or moved in) in the watched directories, those
+/// changed in any way (deleted and moved out too), and whether the kernel's queue overflowed
+/// (then anything may have been missed).
 #[derive(Debug, Default)]
 pub struct Notices {
     pub created: Vec<PathBuf>,
+    pub changed: Vec<PathBuf>,
     pub overflow: bool,
 }
 
 pub struct Inotify {
     fd: AsyncFd<OwnedFd>,
     dirs: HashMap<i32, PathBuf>,
+    /// Each of [`BIND_MOUNT_DIRS`] watched, and the real directory it is (`/var/run/netns`
+    /// is `/run/netns` on most systems).
+    aliases: Vec<(PathBuf, PathBuf)>,
 }
 
 impl Inotify {
@@ -41,6 +46,7 @@ impl Inotify {
         Ok(Inotify {
             fd,
             dirs: HashMap::new(),
+            aliases: Vec::new(),
         })
     }
 
@@ -63,16 +69,46 @@ impl Inotify {
     /// Watches those of [`BIND_MOUNT_DIRS`] that exist and are not watched yet (`/var/run`
     /// is usually a link to `/run`: each real directory once). Call it again to pick up a
     /// directory made since (the first `ip netns add` makes `/run/netns`).
-    pub fn watch_bind_mount_dirs(&mut self) {
+    /// Returns whether a directory was added.
+    pub fn watch_bind_mount_dirs(&mut self) -> bool {
+        let mut added = false;
         for dir in BIND_MOUNT_DIRS {
+            if self
+                .aliases
+                .iter()
+                .any(|(alias, _)| alias == Path::new(dir))
+            {
+                continue;
+            }
             if let Ok(real) = std::fs::canonicalize(dir) {
                 if !self.watches(&real) {
                     if let Err(e) = self.watch(&real, CHANGES) {
                         tracing::debug!("cannot watch {}: {e}", real.display());
+                        continue;
                     }
                 }
+                self.aliases.push((PathBuf::from(dir), real));
+                added = true;
             }
         }
+        added
+    }
+
+    /// The bind-mount directories watched, by the names a ledger may know them by.
+    pub fn bind_mount_dirs(&self) -> impl Iterator<Item = &Path> {
+        self.aliases.iter().map(|(alias, _)| alias.as_path())
+    }
+
+    /// `path` (in a watched directory) under each name its directory is known by.
+    pub fn aliases_of(&self, path: &Path) -> Vec<PathBuf> {
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Vec::new();
+        };
+        self.aliases
+            .iter()
+            .filter(|(_, real)| real == dir)
+            .map(|(alias, _)| alias.join(name))
+            .collect()
     }
 
     /// Waits until something happened, then reads all that is queued.
@@ -119,10 +155,12 @@ impl Inotify {
             let name = &name[..name.iter().position(|b| *b == 0).unwrap_or(name.len())];
             if event.mask & libc::IN_Q_OVERFLOW != 0 {
                 notices.overflow = true;
-            } else if event.mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0 {
-                if let Some(dir) = self.dirs.get(&event.wd) {
-                    notices.created.push(dir.join(OsStr::from_bytes(name)));
+            } else if let Some(dir) = self.dirs.get(&event.wd) {
+                let path = dir.join(OsStr::from_bytes(name));
+                if event.mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0 {
+                    notices.created.push(path.clone());
                 }
+                notices.changed.push(path);
             }
             bytes = &bytes[end..];
         }
@@ -149,6 +187,7 @@ mod tests {
         let notices = inotify.read().await.unwrap();
         std::fs::remove_dir(&dir).unwrap();
         assert_eq!(notices.created, vec![dir.join("ns1")]);
+        assert_eq!(notices.changed, vec![dir.join("ns1"), dir.join("ns1")]);
         assert!(!notices.overflow);
     }
 }

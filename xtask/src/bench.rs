@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick] [--only host|vm] [--kernel ..]`: the host benchmarks
+//! `cargo xtask bench [--quick] [--only host|vm|scale] [--links N] [--kernel ..]`: the host benchmarks
 //! (`netguard-bench`, in network namespaces it creates and removes) and the VM benchmarks (in
 //! QEMU guests with Debian's kernels and e1000 NICs), one table for both, and the same results
 //! in `<target dir>/bench/latest.json` (the VM part under `vm`).
@@ -15,6 +15,8 @@ use crate::{setup, shell};
 pub enum Part {
     Host,
     Vm,
+    /// The host part's scale benchmark alone (`--links` sets its size).
+    Scale,
 }
 
 #[derive(Debug, Args)]
@@ -28,6 +30,9 @@ pub struct BenchArgs {
     /// Which Debian kernel series the VM part boots.
     #[arg(long, value_enum, default_value = "all")]
     kernel: KernelChoice,
+    /// Guarded links (and netns) of the scale benchmark, e.g. 10000.
+    #[arg(long, default_value_t = 1000)]
+    links: usize,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
@@ -36,8 +41,18 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let json_path = shell::target_dir().join("bench/latest.json");
     let mut table = String::new();
     let mut json = serde_json::json!({});
-    if wants(Part::Host) {
-        table.push_str(&host(args.quick)?);
+    let host_args: Option<Vec<String>> = match args.only {
+        Some(Part::Scale) => Some(vec![
+            "--parts".into(),
+            "scale".into(),
+            "--scale-links".into(),
+            args.links.to_string(),
+        ]),
+        Some(Part::Vm) => None,
+        _ => Some(vec!["--scale-links".into(), args.links.to_string()]),
+    };
+    if let Some(host_args) = host_args {
+        table.push_str(&host(args.quick, &host_args)?);
         let text = std::fs::read(&json_path)
             .with_context(|| format!("the host bench wrote no {}", json_path.display()))?;
         json = serde_json::from_slice(&text)
@@ -66,11 +81,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `netguard-bench` (it writes the JSON), passing its progress through and returning its
 /// table, which goes at the head of the combined one.
-fn host(quick: bool) -> anyhow::Result<String> {
+fn host(quick: bool, args: &[String]) -> anyhow::Result<String> {
     shell::build_release(&["netguard", "netguard-bench"])?;
     let target = shell::target_dir();
     let mut bench = Command::new(target.join("release/netguard-bench"));
-    bench.arg("--json").arg(target.join("bench/latest.json"));
+    bench.arg("--json").arg(target.join("bench/latest.json")).args(args);
     if quick {
         bench.arg("--quick");
     }

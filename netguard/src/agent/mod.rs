@@ -17,8 +17,9 @@ use tokio::time::Instant;
 
 use crate::api::{self, ApiError, Request};
 use crate::control::{self, Operation};
+use crate::event::Event;
 use crate::inventory::Pool;
-use crate::ledger::{Ledger, LedgerError, LedgerOptions};
+use crate::ledger::{Ledger, LedgerContent, LedgerError, LedgerOptions, Locator};
 use crate::metrics::{Metrics, MetricsError};
 use crate::outcomes::Outcomes;
 use crate::restore::{Restorer, Verdict};
@@ -238,12 +239,19 @@ pub async fn run(
                 .unwrap_or_else(|p| p.into_inner())
                 .note(&event);
             s.info.lock().unwrap_or_else(|p| p.into_inner()).events += 1;
-            if s.ledger.lock().await.observe(&event, host_inode) {
+            let mut ledger = s.ledger.lock().await;
+            let guarded = ledger.observe(&event, host_inode);
+            if guarded {
                 tracing::debug!(
                     "event about a guarded device: {:?} {:?}",
                     event.kind,
                     event.current_name()
                 );
+            }
+            let calls_for_pass = guarded || concerns_us(ledger.content(), &event, host_inode);
+            drop(ledger);
+            if !calls_for_pass {
+                continue;
             }
             // The event's own time: the kernel saw it before it was queued to us.
             let age = (Utc::now() - event.time).to_std().unwrap_or_default();
@@ -378,6 +386,20 @@ async fn keep_watchdog_fed(shared: &Shared, period: Duration) {
         }
         tokio::time::sleep(period / 4).await;
     }
+}
+
+/// Whether an event may call for a pass though it is about no guarded device: it happened in
+/// the host netns (a NIC coming, a parent going) or in a netns a guarded link lives in. Other
+/// users' namespaces coming and going are no reason to wake (a pass over 10,000 links costs
+/// tens of ms); the interval looks at everything anyway.
+fn concerns_us(ledger: &LedgerContent, event: &Event, host_inode: u64) -> bool {
+    [&event.from, &event.to].into_iter().flatten().any(|place| {
+        place.netns.inode == host_inode
+            || ledger.links.keys().any(|key| match &key.netns {
+                Locator::Path(path) => place.netns.names.iter().any(|n| Path::new(n) == path),
+                Locator::Host => false,
+            })
+    })
 }
 
 /// One pass (or, observe-only, one plan logged); when a held-back repair is due.

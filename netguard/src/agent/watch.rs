@@ -1,12 +1,14 @@
 //! Watching the netns bind-mount directories, so that a container's netns coming or going
 //! wakes the reconciler at once.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::Shared;
 use crate::inotify::Inotify;
+use crate::ledger::Locator;
 
 /// Wakes the reconciler when a netns bind mount appears or goes. Dropping our connection to a
 /// deleted netns is what lets the kernel destroy it (and refund its NICs); a new netns at a
@@ -25,7 +27,10 @@ pub(super) async fn watch_bind_mounts(shared: &Shared) {
     let mut follow_ups: Vec<Instant> = Vec::new();
     let mut seen_at = Instant::now();
     loop {
-        inotify.watch_bind_mount_dirs();
+        if inotify.watch_bind_mount_dirs() {
+            let dirs = inotify.bind_mount_dirs().map(Path::to_path_buf);
+            shared.restorer.mounts().watching(dirs);
+        }
         // At the latest in a second: directories that did not exist yet are looked for again
         // (the first `ip netns add` makes one).
         let next = follow_ups
@@ -34,11 +39,20 @@ pub(super) async fn watch_bind_mounts(shared: &Shared) {
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         tokio::select! {
             read = inotify.read() => match read {
-                Ok(_) => {
-                    let now = Instant::now();
-                    shared.wake_for(now);
-                    seen_at = now;
-                    follow_ups = FOLLOW_UPS.iter().map(|delay| now + *delay).collect();
+                Ok(notices) => {
+                    let changed: Vec<PathBuf> = notices
+                        .changed
+                        .iter()
+                        .flat_map(|path| inotify.aliases_of(path))
+                        .collect();
+                    let wanted = notices.overflow || concerns_guarded(shared, &changed);
+                    shared.restorer.mounts().heard(changed, notices.overflow);
+                    if wanted {
+                        let now = Instant::now();
+                        shared.wake_for(now);
+                        seen_at = now;
+                        follow_ups = FOLLOW_UPS.iter().map(|delay| now + *delay).collect();
+                    }
                 }
                 Err(e) => {
                     tracing::warn!("watching netns bind mounts failed ({e}); relying on the interval");
@@ -53,6 +67,19 @@ pub(super) async fn watch_bind_mounts(shared: &Shared) {
             }
         }
     }
+}
+
+/// Whether a guarded link lives at one of `paths` (other users' namespaces coming and going
+/// are no reason for a pass). While a pass holds the ledger, assumed so.
+fn concerns_guarded(shared: &Shared, paths: &[PathBuf]) -> bool {
+    let Ok(ledger) = shared.ledger.try_lock() else {
+        return true;
+    };
+    ledger
+        .content()
+        .links
+        .keys()
+        .any(|key| matches!(&key.netns, Locator::Path(p) if paths.contains(p)))
 }
 
 /// After a bind mount came or went, the reconciler looks again this much later: the mount

@@ -246,10 +246,12 @@ impl Driver {
                 }
                 Wake::Announced => self.look_at_announced().await,
                 Wake::Dirs => {
-                    if let Some(mounts) = &mut self.mounts {
-                        mounts.watch_bind_mount_dirs();
-                    }
-                    true
+                    // A directory just made may hold a netns made before we watched it.
+                    let added = self
+                        .mounts
+                        .as_mut()
+                        .is_some_and(Inotify::watch_bind_mount_dirs);
+                    !added || self.discover().await
                 }
                 Wake::Rescan => {
                     self.unresolved.clear();
