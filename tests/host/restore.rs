@@ -379,18 +379,8 @@ async fn a_bounded_pool_learns_more_netns_than_it_keeps_open() {
     // kernel: the bridge takes ifindex 2.
     w.host.ip(&["link", "add", "br0", "type", "bridge"]);
     for (i, ns) in w.containers().enumerate() {
-        w.host.ip(&[
-            "link",
-            "add",
-            &format!("pb{i}"),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &ns.name,
-        ]);
+        let veth = format!("link add pb{i} type veth peer name eth0 netns {}", ns.name);
+        w.host.ip(&veth.split(' ').collect::<Vec<_>>());
     }
     let (mut ledger, _) = Ledger::open(LedgerOptions::new(w.dir.0.clone())).expect("open ledger");
     let pool = Pool::bounded(Some(w.host.path()), 2);

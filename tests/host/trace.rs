@@ -65,7 +65,10 @@ async fn a_netns_made_after_the_start_is_watched_at_once() {
     watch.also(late);
     late.ip(&["link", "add", "l0", "type", "veth", "peer", "name", "l1"]);
     let register = watch
-        .expect("register of l0 in the new netns", registered("l0", late.inode()))
+        .expect(
+            "register of l0 in the new netns",
+            registered("l0", late.inode()),
+        )
         .await;
     assert_eq!(register.link_kind.as_deref(), Some("veth"));
 }
