@@ -85,7 +85,10 @@ fn host(quick: bool, args: &[String]) -> anyhow::Result<String> {
     shell::build_release(&["netguard", "netguard-bench"])?;
     let target = shell::target_dir();
     let mut bench = Command::new(target.join("release/netguard-bench"));
-    bench.arg("--json").arg(target.join("bench/latest.json")).args(args);
+    bench
+        .arg("--json")
+        .arg(target.join("bench/latest.json"))
+        .args(args);
     if quick {
         bench.arg("--quick");
     }
