@@ -98,6 +98,11 @@ pub async fn run(
         let out = Command::new(netguard)
             .args(["status", "--json", "--socket"])
             .arg(agent.socket())
+            // `status` checks that the agent answering is the one for this ledger and host.
+            .arg("--state-dir")
+            .arg(&world.state_dir)
+            .arg("--host-netns")
+            .arg(&world.host_path)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)

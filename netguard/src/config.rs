@@ -3,6 +3,7 @@
 //! file and key, and saying what to give instead; nothing is silently read as something else.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -79,6 +80,8 @@ pub struct FileConfig {
     /// libcni result cache directories to watch (default: libcni's and Multus's).
     #[serde(default)]
     pub cni_cache: Vec<PathBuf>,
+    /// Serve Prometheus metrics at this address and port (`127.0.0.1:9476`).
+    pub metrics: Option<String>,
 }
 
 impl FileConfig {
@@ -125,6 +128,7 @@ pub struct Settings {
     pub observe_only: bool,
     /// libcni result cache directories to watch.
     pub cni_cache: Vec<PathBuf>,
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -161,6 +165,14 @@ impl Settings {
             Some((dir, _)) => dir,
             None => DEFAULT_STATE_DIR.into(),
         };
+        let metrics = match pick(flags.metrics, file.metrics, "metrics", path) {
+            Some((text, setting)) => Some(text.parse().map_err(|_| ConfigError::Invalid {
+                setting,
+                value: text,
+                expected: "give an address and a port, e.g. 127.0.0.1:9476 or [::1]:9476".into(),
+            })?),
+            None => None,
+        };
         let mut exclude = Exclusions::default();
         let listed = (file.exclude.into_iter().map(|item| (item, key("exclude")))).chain(
             flags
@@ -189,6 +201,7 @@ impl Settings {
             exclude,
             observe_only: flags.observe_only.or(file.observe_only).unwrap_or(false),
             cni_cache,
+            metrics,
         })
     }
 }
@@ -530,5 +543,24 @@ mod tests {
             err.contains("cni_cache") && err.contains("absolute"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn metrics_comes_from_the_flag_or_the_file_and_is_checked() {
+        assert_eq!(resolve("", Flags::default()).unwrap().metrics, None);
+        let from_file = resolve("metrics = \"127.0.0.1:9476\"\n", Flags::default()).unwrap();
+        assert_eq!(from_file.metrics, Some("127.0.0.1:9476".parse().unwrap()));
+        let flag = Flags {
+            metrics: Some("[::1]:9100".into()),
+            ..Flags::default()
+        };
+        let settings = resolve("metrics = \"127.0.0.1:9476\"\n", flag).unwrap();
+        assert_eq!(settings.metrics, Some("[::1]:9100".parse().unwrap()));
+        assert_eq!(
+            refused("metrics = \"localhost\"\n"),
+            "config /etc/ng.toml: metrics localhost: give an address and a port, e.g. 127.0.0.1:9476 or [::1]:9476"
+        );
+        assert!(refused("metrics = \"127.0.0.1:99999\"\n").contains("metrics 127.0.0.1:99999"));
+        assert!(FileConfig::parse(Path::new("/etc/ng.toml"), "metrics = 9476\n").is_err());
     }
 }

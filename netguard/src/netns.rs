@@ -150,18 +150,15 @@ impl Resolver {
         let mut live = BTreeMap::new();
         let mut state = self.lock();
         for (inode, paths) in &found {
-            let entry = state.names.entry(*inode).or_default();
-            for p in paths {
-                let name = p.display().to_string();
-                if !entry.contains(&name) {
-                    entry.push(name);
-                }
-            }
-            // Bind mounts name a netns better than a process that may be gone soon.
-            entry.sort_by_key(|n| (n.starts_with("/proc/"), n.clone()));
+            state.name(*inode, paths);
             live.insert(*inode, paths[0].clone());
         }
         live
+    }
+
+    /// Notes one more path the netns with this inode is found by (a bind mount just seen).
+    pub fn note(&self, inode: u64, path: &Path) {
+        self.lock().name(inode, &[path.to_path_buf()]);
     }
 
     /// Describes a netns inode with the names it was last found by.
@@ -208,6 +205,20 @@ impl Resolver {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl ResolverState {
+    fn name(&mut self, inode: u64, paths: &[PathBuf]) {
+        let entry = self.names.entry(inode).or_default();
+        for p in paths {
+            let name = p.display().to_string();
+            if !entry.contains(&name) {
+                entry.push(name);
+            }
+        }
+        // Bind mounts name a netns better than a process that may be gone soon.
+        entry.sort_by(|a, b| (a.starts_with("/proc/"), a).cmp(&(b.starts_with("/proc/"), b)));
     }
 }
 

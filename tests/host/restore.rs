@@ -371,3 +371,29 @@ async fn corrupt_state_file_is_kept_aside_and_the_ledger_rebuilt() {
         "{report}"
     );
 }
+
+#[tokio::test]
+async fn a_bounded_pool_learns_more_netns_than_it_keeps_open() {
+    let w = World::new("pb").with(&["a", "b", "c"]);
+    // A peer with the container end's own ifindex (2) would be left out of IFLA_LINK by the
+    // kernel: the bridge takes ifindex 2.
+    w.host.ip(&["link", "add", "br0", "type", "bridge"]);
+    for (i, ns) in w.containers().enumerate() {
+        let veth = format!("link add pb{i} type veth peer name eth0 netns {}", ns.name);
+        w.host.ip(&veth.split(' ').collect::<Vec<_>>());
+    }
+    let (mut ledger, _) = Ledger::open(LedgerOptions::new(w.dir.0.clone())).expect("open ledger");
+    let pool = Pool::bounded(Some(w.host.path()), 2);
+    let netns: Vec<Locator> = w.containers().map(|ns| Locator::Path(ns.path())).collect();
+    let learned = learn(&pool, &mut ledger, &netns)
+        .await
+        .expect("learn three netns through a pool of two");
+    for ns in w.containers() {
+        let key = LinkKey {
+            netns: Locator::Path(ns.path()),
+            name: "eth0".into(),
+        };
+        assert!(learned.guarded.contains(&key), "{key:?} not in {learned:?}");
+    }
+    assert_eq!(pool.open_count(), 3, "the host's and the two last used");
+}

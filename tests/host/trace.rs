@@ -56,6 +56,24 @@ async fn a_move_between_namespaces_is_one_event_with_the_key_of_its_register() {
 }
 
 #[tokio::test]
+async fn a_netns_made_after_the_start_is_watched_at_once() {
+    let mut w = World::new("late");
+    let mut watch = EventWatch::start(NETLINK, &w).await;
+    // Nothing in it reaches the host: only looking at the new bind mount finds it (the full
+    // rescan of every netns runs only every 30 s).
+    let late = w.add("n");
+    watch.also(late);
+    late.ip(&["link", "add", "l0", "type", "veth", "peer", "name", "l1"]);
+    let register = watch
+        .expect(
+            "register of l0 in the new netns",
+            registered("l0", late.inode()),
+        )
+        .await;
+    assert_eq!(register.link_kind.as_deref(), Some("veth"));
+}
+
+#[tokio::test]
 async fn a_rename_inside_a_netns_says_old_and_new_name() {
     let w = World::new("rn").with(&["a"]);
     let a = w.ns("a");

@@ -35,6 +35,11 @@ impl EventWatch {
         }
     }
 
+    /// Counts events about `netns` (made after the start) as ours too.
+    pub fn also(&mut self, netns: &crate::TestNetns) {
+        self.ours.push(netns.inode());
+    }
+
     /// The next event about our namespaces that `wanted` accepts; panics after
     /// [`EVENT_TIMEOUT`] with `what` and every event seen about them.
     pub async fn expect(&mut self, what: &str, wanted: impl Fn(&Event) -> bool) -> Event {

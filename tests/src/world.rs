@@ -39,11 +39,11 @@ impl World {
         self
     }
 
-    /// Adds the container netns `name` to this world.
+    /// Adds a container netns `name` to this world now (e.g. after a tracer started).
     pub fn add(&mut self, name: &str) -> &TestNetns {
         let ns = TestNetns::new(&format!("{}{name}", self.tag));
         self.containers.push((name.to_string(), ns));
-        &self.containers[self.containers.len() - 1].1
+        &self.containers.last().expect("just pushed").1
     }
 
     /// The container netns `name`.

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick] [--only host|vm|podman] [--kernel ..]`: the host benchmarks
+//! `cargo xtask bench [--quick] [--only host|vm|podman|scale] [--links N] [--kernel ..]`: the host benchmarks
 //! (`netguard-bench`, in network namespaces it creates and removes) and the VM benchmarks (in
 //! QEMU guests with Debian's kernels and e1000 NICs), one table for both, and the same results
 //! in `<target dir>/bench/latest.json` (the VM part under `vm`).
@@ -17,6 +17,8 @@ pub enum Part {
     Vm,
     /// Only the host's podman start / CNI ADD cost (also part of `host`).
     Podman,
+    /// The host part's scale benchmark alone (`--links` sets its size).
+    Scale,
 }
 
 #[derive(Debug, Args)]
@@ -30,6 +32,9 @@ pub struct BenchArgs {
     /// Which Debian kernel series the VM part boots.
     #[arg(long, value_enum, default_value = "all")]
     kernel: KernelChoice,
+    /// Guarded links (and netns) of the scale benchmark, e.g. 10000.
+    #[arg(long, default_value_t = 1000)]
+    links: usize,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
@@ -38,12 +43,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let json_path = shell::target_dir().join("bench/latest.json");
     let mut table = String::new();
     let mut json = serde_json::json!({});
-    if wants(Part::Host) || args.only == Some(Part::Podman) {
-        let parts: &[&str] = match args.only {
-            Some(Part::Podman) => &["--parts", "podman"],
-            _ => &[],
-        };
-        table.push_str(&host(args.quick, parts)?);
+    let links = args.links.to_string();
+    let host_args: Option<Vec<&str>> = match args.only {
+        Some(Part::Scale) => Some(vec!["--parts", "scale", "--scale-links", &links]),
+        Some(Part::Podman) => Some(vec!["--parts", "podman"]),
+        Some(Part::Vm) => None,
+        Some(Part::Host) | None => Some(vec!["--scale-links", &links]),
+    };
+    if let Some(host_args) = host_args {
+        table.push_str(&host(args.quick, &host_args)?);
         let text = std::fs::read(&json_path)
             .with_context(|| format!("the host bench wrote no {}", json_path.display()))?;
         json = serde_json::from_slice(&text)
@@ -72,12 +80,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `netguard-bench` (it writes the JSON), passing its progress through and returning its
 /// table, which goes at the head of the combined one.
-fn host(quick: bool, parts: &[&str]) -> anyhow::Result<String> {
+fn host(quick: bool, args: &[&str]) -> anyhow::Result<String> {
     shell::build_release(&["netguard", "netguard-bench"])?;
     let target = shell::target_dir();
     let mut bench = Command::new(target.join("release/netguard-bench"));
-    bench.arg("--json").arg(target.join("bench/latest.json"));
-    bench.args(parts);
+    bench
+        .arg("--json")
+        .arg(target.join("bench/latest.json"))
+        .args(args);
     if quick {
         bench.arg("--quick");
     }

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::watch::{Inotify, COMINGS_AND_GOINGS};
 use super::Shared;
 use crate::capture::cni;
+use crate::inotify::{Inotify, CHANGES};
 use crate::control::runtime::{cni_add, cni_del, note_cannot_restore};
 use crate::ledger::{Ledger, LinkState};
 use crate::runtime::cni_plugin::AttachmentRef;
@@ -28,7 +28,7 @@ pub(super) async fn watch_cni_caches(shared: &Shared, dirs: Vec<PathBuf>) {
     if dirs.is_empty() {
         return std::future::pending().await;
     }
-    let inotify = match Inotify::new() {
+    let mut inotify = match Inotify::new() {
         Ok(inotify) => inotify,
         Err(e) => {
             tracing::warn!(
@@ -47,7 +47,7 @@ pub(super) async fn watch_cni_caches(shared: &Shared, dirs: Vec<PathBuf>) {
                 continue;
             }
             // A file is read once written whole (libcni writes it in place).
-            match inotify.watch(dir, COMINGS_AND_GOINGS | libc::IN_CLOSE_WRITE) {
+            match inotify.watch(dir, CHANGES | libc::IN_CLOSE_WRITE) {
                 Ok(()) => {
                     tracing::info!("watching libcni's cache in {}", dir.display());
                     watched.push(dir.clone());
@@ -60,8 +60,8 @@ pub(super) async fn watch_cni_caches(shared: &Shared, dirs: Vec<PathBuf>) {
             sync(shared, &watched, &mut seen).await;
         }
         tokio::select! {
-            read = inotify.readable() => match read {
-                Ok(()) => sync(shared, &watched, &mut seen).await,
+            read = inotify.read() => match read {
+                Ok(_) => sync(shared, &watched, &mut seen).await,
                 Err(e) => {
                     tracing::warn!("watching libcni's cache failed ({e}); its changes are not followed any more");
                     return std::future::pending().await;

@@ -19,7 +19,7 @@ use crate::api::{self, ApiError, Request};
 use crate::control::{self, Operation};
 use crate::event::Event;
 use crate::inventory::Pool;
-use crate::ledger::{Ledger, LedgerError, LedgerOptions};
+use crate::ledger::{Ledger, LedgerContent, LedgerError, LedgerOptions, Locator};
 use crate::metrics::{Metrics, MetricsError};
 use crate::outcomes::Outcomes;
 use crate::restore::{Restorer, Verdict};
@@ -113,21 +113,23 @@ impl Shared {
         self.wake.notify_one();
     }
 
-    /// Folds in the events the tracer queued; `true` if one concerned a guarded device.
+    /// Folds in the events the tracer queued; `true` if one calls for a pass (about a guarded
+    /// device, the host netns, or a netns a guarded link lives in).
     fn fold_events(&self, ledger: &mut Ledger, host_inode: u64) -> bool {
         let events = std::mem::take(&mut *self.unfolded.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut guarded = false;
+        let mut calls_for_pass = false;
         for event in &events {
-            if ledger.observe(event, host_inode) {
+            let guarded = ledger.observe(event, host_inode);
+            if guarded {
                 tracing::debug!(
                     "event about a guarded device: {:?} {:?}",
                     event.kind,
                     event.current_name()
                 );
-                guarded = true;
             }
+            calls_for_pass |= guarded || concerns_us(ledger.content(), event, host_inode);
         }
-        guarded
+        calls_for_pass
     }
 
     /// Keeps the rows `status` shows while the ledger is busy.
@@ -298,9 +300,14 @@ pub async fn run(
             // The event's own time: the kernel saw it before it was queued to us.
             let age = (Utc::now() - event.time).to_std().unwrap_or_default();
             s.unfolded.lock().unwrap_or_else(|p| p.into_inner()).push(event);
-            // A pass holding the ledger folds it in when it is done; the tracer goes on.
-            if let Ok(mut ledger) = s.ledger.try_lock() {
-                s.fold_events(&mut ledger, host_inode);
+            let calls_for_pass = match s.ledger.try_lock() {
+                Ok(mut ledger) => s.fold_events(&mut ledger, host_inode),
+                // A pass holds the ledger and folds the event in when it is done; the tracer
+                // goes on, and a pass follows in case the event concerns us.
+                Err(_) => true,
+            };
+            if !calls_for_pass {
+                continue;
             }
             s.wake_for(Instant::now().checked_sub(age).unwrap_or_else(Instant::now));
         }
@@ -440,6 +447,20 @@ async fn keep_watchdog_fed(shared: &Shared, period: Duration) {
         }
         tokio::time::sleep(period / 4).await;
     }
+}
+
+/// Whether an event may call for a pass though it is about no guarded device: it happened in
+/// the host netns (a NIC coming, a parent going) or in a netns a guarded link lives in. Other
+/// users' namespaces coming and going are no reason to wake (a pass over 10,000 links costs
+/// tens of ms); the interval looks at everything anyway.
+fn concerns_us(ledger: &LedgerContent, event: &Event, host_inode: u64) -> bool {
+    [&event.from, &event.to].into_iter().flatten().any(|place| {
+        place.netns.inode == host_inode
+            || ledger.links.keys().any(|key| match &key.netns {
+                Locator::Path(path) => place.netns.names.iter().any(|n| Path::new(n) == path),
+                Locator::Host => false,
+            })
+    })
 }
 
 /// One pass (or, observe-only, one plan logged); when a held-back repair is due.

@@ -36,7 +36,8 @@ pub struct AgentArgs {
     /// Trace, plan and log what would be done, and change nothing (a first rollout).
     #[arg(long)]
     observe_only: bool,
-    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9476); off unless given.
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9476); off unless given
+    /// here or as `metrics` in the config file.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
     /// A libcni result cache directory to watch for attachments (repeatable; default
@@ -59,6 +60,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         // Only a flag given overrides the file.
         observe_only: args.observe_only.then_some(true),
         cni_cache: args.cni_cache,
+        metrics: args.metrics.map(|addr| addr.to_string()),
     };
     let settings = Settings::resolve(file, path, flags)?;
     let mut ledger = LedgerOptions::new(settings.state_dir);
@@ -70,7 +72,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         host_netns: settings.host_netns,
         interval: settings.interval,
         observe_only: settings.observe_only,
-        metrics: args.metrics,
+        metrics: settings.metrics,
         cni_caches: settings.cni_cache,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

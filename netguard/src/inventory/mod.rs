@@ -6,7 +6,8 @@
 //! request. Lookups go through the [`NetnsInventory`] already dumped (by index or name), never
 //! a dump per lookup. A held socket pins its netns (and the devices in it), so connections
 //! live for one pass: [`Pool::release`] drops all but the host's after it, and
-//! [`Pool::prune`] drops any whose netns is no longer found at its locator.
+//! [`Pool::prune`] drops any whose netns is no longer found at its locator. A pool keeps at
+//! most [`MAX_OPEN`] of them (a fleet host's netns outnumber a process's fds).
 
 use crate::netns::NetnsError;
 
@@ -36,7 +37,7 @@ mod snapshot;
 
 pub use changes::{Changed, Changes};
 pub use conn::NetnsConn;
-pub use pool::{Pool, Pruned};
+pub use pool::{Pool, Pruned, MAX_OPEN};
 pub use snapshot::{
     parse_addr, parse_link, parse_route, LiveAddr, LiveLink, LiveRoute, NetnsInventory,
 };

@@ -1,4 +1,4 @@
-//! One connection per netns, opened once and reused for a pass.
+//! One connection per netns, opened once and reused for a pass, a bounded number of them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,10 +12,57 @@ use super::InventoryError;
 
 const OWN_NETNS: &str = "/proc/self/ns/net";
 
-/// A connection per netns, opened once and reused.
+/// Connections to other netns kept open at most: each holds two fds (its socket and the
+/// netns), and a fleet host has more netns than a process may have fds (10,000 netns against
+/// a 20,000 hard limit here). Beyond it the least recently used one is let go: opening it
+/// again costs about a millisecond.
+pub const MAX_OPEN: usize = 256;
+
+/// A connection per netns, opened once and reused, at most [`MAX_OPEN`] besides the host's.
 pub struct Pool {
     host: PathBuf,
-    conns: Mutex<HashMap<Locator, Arc<NetnsConn>>>,
+    max_open: usize,
+    conns: Mutex<Conns>,
+}
+
+/// The open connections, each with when it was last handed out (a use counter).
+#[derive(Default)]
+struct Conns {
+    open: HashMap<Locator, (Arc<NetnsConn>, u64)>,
+    uses: u64,
+}
+
+impl Conns {
+    fn get(&mut self, locator: &Locator) -> Option<Arc<NetnsConn>> {
+        self.uses += 1;
+        let uses = self.uses;
+        self.open.get_mut(locator).map(|(conn, used)| {
+            *used = uses;
+            conn.clone()
+        })
+    }
+
+    /// Keeps `conn`, letting go of the least recently used other netns beyond the bound. A
+    /// task still holding an evicted connection keeps it until it is done.
+    fn insert(&mut self, conn: Arc<NetnsConn>, max_open: usize) -> Arc<NetnsConn> {
+        self.uses += 1;
+        let others = self.open.len() - usize::from(self.open.contains_key(&Locator::Host));
+        if conn.locator != Locator::Host && others >= max_open {
+            let oldest = self
+                .open
+                .iter()
+                .filter(|(locator, _)| **locator != Locator::Host)
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(locator, _)| locator.clone());
+            if let Some(oldest) = oldest {
+                tracing::trace!("letting go of the rtnetlink connection to {oldest}");
+                self.open.remove(&oldest);
+            }
+        }
+        self.open
+            .insert(conn.locator.clone(), (conn.clone(), self.uses));
+        conn
+    }
 }
 
 /// A connection [`Pool::prune`] dropped, and why.
@@ -30,9 +77,15 @@ pub struct Pruned {
 impl Pool {
     /// `host`: the netns standing in for the host (`None`: our own, i.e. init_net).
     pub fn new(host: Option<PathBuf>) -> Pool {
+        Pool::bounded(host, MAX_OPEN)
+    }
+
+    /// A pool keeping at most `max_open` connections besides the host's.
+    pub fn bounded(host: Option<PathBuf>, max_open: usize) -> Pool {
         Pool {
             host: host.unwrap_or_else(|| PathBuf::from(OWN_NETNS)),
-            conns: Mutex::new(HashMap::new()),
+            max_open: max_open.max(1),
+            conns: Mutex::new(Conns::default()),
         }
     }
 
@@ -60,11 +113,15 @@ impl Pool {
     /// The connection to the netns at `locator`, opened on first use.
     pub async fn get(&self, locator: &Locator) -> Result<Arc<NetnsConn>, InventoryError> {
         if let Some(conn) = self.lock().get(locator) {
-            return Ok(conn.clone());
+            return Ok(conn);
         }
         let conn = Arc::new(NetnsConn::open(locator.clone(), self.path_of(locator)).await?);
         // Two tasks may race to open the same netns: keep the first, drop ours.
-        Ok(self.lock().entry(locator.clone()).or_insert(conn).clone())
+        let mut conns = self.lock();
+        match conns.get(locator) {
+            Some(kept) => Ok(kept),
+            None => Ok(conns.insert(conn, self.max_open)),
+        }
     }
 
     /// Keeps a connection opened elsewhere (until [`release`](Self::release)), unless one to
@@ -75,7 +132,7 @@ impl Pool {
             .get(&conn.locator)
             .is_none_or(|kept| kept.inode != conn.inode)
         {
-            conns.insert(conn.locator.clone(), Arc::new(conn));
+            conns.insert(Arc::new(conn), self.max_open);
         }
     }
 
@@ -88,7 +145,7 @@ impl Pool {
     pub fn prune(&self) -> Vec<Pruned> {
         let mut conns = self.lock();
         let mut pruned = Vec::new();
-        conns.retain(|locator, conn| {
+        conns.open.retain(|locator, (conn, _)| {
             let now = netns::inode_of(match locator {
                 Locator::Host => &self.host,
                 Locator::Path(p) => p,
@@ -115,10 +172,17 @@ impl Pool {
     /// with it the devices a container restart should have destroyed: nothing between passes
     /// may hold one.
     pub fn release(&self) {
-        self.lock().retain(|locator, _| *locator == Locator::Host);
+        self.lock()
+            .open
+            .retain(|locator, _| *locator == Locator::Host);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Locator, Arc<NetnsConn>>> {
+    /// How many connections are open now, the host's included.
+    pub fn open_count(&self) -> usize {
+        self.lock().open.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conns> {
         self.conns
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

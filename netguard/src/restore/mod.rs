@@ -23,10 +23,12 @@ pub mod action;
 pub mod apply;
 mod backoff;
 mod flight;
+mod mounts;
 pub mod plan;
 
 pub use action::{describe, Action, Dev};
 pub use apply::{ActionError, Executor, ItemResult, Outcome};
+pub use mounts::MountNotices;
 pub use plan::{Item, Plan, Target, Verdict, World};
 
 #[derive(Debug, thiserror::Error)]
@@ -80,13 +82,15 @@ pub struct Restorer {
     executor: Executor,
     known: tokio::sync::Mutex<Known>,
     flaps: std::sync::Mutex<backoff::Flaps>,
+    /// What the agent's bind-mount watch said (see [`MountNotices`]).
+    mounts: std::sync::Mutex<MountNotices>,
 }
 
 /// The kernel's view kept from pass to pass, read again only where it may have changed: a
 /// netns the kernel announced a change in (link, address or route), one mounted anew at its
 /// path, one whose last pass left something not whole; everything when notifications were
 /// lost, and every [`READ_ALL_EVERY`] regardless. A pass on an idle host then reads nothing
-/// but one `stat` per netns.
+/// but one `stat` per netns, and none for a path the agent's bind-mount watch vouches for.
 #[derive(Default)]
 struct Known {
     world: World,
@@ -127,11 +131,17 @@ impl Restorer {
             pool,
             known: Default::default(),
             flaps: Default::default(),
+            mounts: Default::default(),
         }
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
+    }
+
+    /// Where the bind-mount watch tells what changed (the agent's watcher writes to it).
+    pub fn mounts(&self) -> std::sync::MutexGuard<'_, MountNotices> {
+        self.mounts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Brings the kept view of the host netns and of every netns the ledger's links need up
@@ -143,6 +153,7 @@ impl Restorer {
     ) -> Result<(tokio::sync::MutexGuard<'_, Known>, Vec<Pruned>, usize), RestoreError> {
         let mut known = self.known.lock().await;
         let pruned = self.pool.prune();
+        let mounts = self.mounts().take();
         let host = self.pool.host().await.map_err(RestoreError::Host)?;
         // Listening before reading: whatever changes during the reads is announced after.
         if known.changes.is_none() {
@@ -194,7 +205,8 @@ impl Restorer {
                 };
                 announced
                     || again.contains(*locator)
-                    || self.pool.inode_at(locator) != Some(inv.inode)
+                    || (mounts.may_have_moved(locator)
+                        && self.pool.inode_at(locator) != Some(inv.inode))
             })
             .cloned()
             .collect();
