@@ -12,7 +12,11 @@ use crate::Tally;
 const LAYERS: &[(&str, &[&str])] = &[
     ("vocabulary", &["event", "model"]),
     ("what runtimes say (CNI, OCI hooks)", &["runtime"]),
+    // Blocking work taken off the async runtime's workers.
+    ("blocking", &["blocking"]),
     ("netns identity", &["netns"]),
+    // Bind-mount directories (and libcni's cache) heard of through inotify.
+    ("directory watch", &["inotify"]),
     ("netlink plumbing", &["rtnl"]),
     ("service plumbing", &["metrics", "notify"]),
     ("kernel view and event sources", &["inventory", "trace"]),
