@@ -91,7 +91,14 @@ impl Side {
         };
         world.add_network(&network, plugins);
         world.podman_ok(&[
-            "create", "--name", "c", "--network", &network, IMAGE, "sleep", "100000",
+            "create",
+            "--name",
+            "c",
+            "--network",
+            &network,
+            IMAGE,
+            "sleep",
+            "100000",
         ]);
         let conflist = serde_json::from_slice(&std::fs::read(
             world.path("net").join(format!("{network}.conflist")),
@@ -148,7 +155,8 @@ pub fn run(netguard: &Path, starts: usize) -> anyhow::Result<PodmanCost> {
     let netguard = std::fs::canonicalize(netguard)
         .with_context(|| format!("no netguard binary at {}", netguard.display()))?;
     std::env::set_var("NETGUARD_BIN", netguard);
-    let mut plain = Side::new("pp", "198.18.40.0/24", false).context("the world without netguard")?;
+    let mut plain =
+        Side::new("pp", "198.18.40.0/24", false).context("the world without netguard")?;
     let mut guarded = Side::new("pg", "198.18.41.0/24", true).context("the world with netguard")?;
     let pods = [
         plain.world.world.add("pod").path(),

@@ -170,3 +170,62 @@ fn learn_and_lend_name_a_known_container_by_a_unique_prefix_of_its_id() {
         "--persistent is for --netns: {clash}"
     );
 }
+
+/// `--observe-only` holds for a container's start too: the createRuntime hook records the new
+/// netns, and the veth it would re-create there is only planned and said.
+#[test]
+fn an_observe_only_agent_re_attaches_nothing_at_a_container_start() {
+    let w = World::new("ocio");
+    let ng = Netguard::new(&w);
+    let bundle = w.dir.0.join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    let agent = ng.start_agent();
+    let first = Container::start();
+    hook(&ng, "createRuntime", A, Some(first.0.id()), &bundle);
+    let pid = first.0.id().to_string();
+    w.host.ip(&[
+        "link", "add", "vah", "type", "veth", "peer", "name", "eth1", "netns", &pid,
+    ]);
+    ng.run_ok(&["learn", "--container", "aaaa1"]);
+    assert!(agent.stop().success());
+    // The container stops (its netns and the veth with it) and starts again, now under an
+    // agent that only observes.
+    drop(first);
+    hook(&ng, "poststop", A, None, &bundle);
+    let _agent = ng.start_agent_with(&["--observe-only"]);
+    let again = Container::start();
+    let said = hook(&ng, "createRuntime", A, Some(again.0.id()), &bundle);
+
+    let inside = Command::new("nsenter")
+        .arg(format!("--net={}", again.netns()))
+        .args(["ip", "-o", "link"])
+        .output()
+        .unwrap();
+    let inside = String::from_utf8_lossy(&inside.stdout);
+    assert!(
+        !inside.contains("eth1"),
+        "re-created while observing: {inside}\n{said}"
+    );
+    assert!(
+        !w.host.ip_out(&["-o", "link"]).contains("vah"),
+        "host side re-created while observing\n{said}"
+    );
+    let status = ng.status_json();
+    let eth1 = status["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "eth1")
+        .unwrap_or_else(|| panic!("eth1 no longer guarded: {status}"));
+    assert_eq!(
+        eth1["netns"],
+        again.netns().as_str(),
+        "follows the new netns: {eth1}"
+    );
+    assert!(
+        eth1["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("observe-only: not done")),
+        "status says why: {eth1}\n{said}"
+    );
+}

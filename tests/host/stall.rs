@@ -25,7 +25,15 @@ impl Stalled {
         let w = World::bridged(tag).with(&["d"]);
         // A second container, whose eth0 (a veth to the host's vd0) is learned too.
         w.host.ip(&[
-            "link", "add", "vd0", "type", "veth", "peer", "name", "eth0", "netns",
+            "link",
+            "add",
+            "vd0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
             &w.ns("d").name,
         ]);
         let ng = Netguard::new(&w);
@@ -110,7 +118,9 @@ fn events_are_recorded_while_a_pass_is_stuck() {
             let now = s.ng.status_json();
             let last = eth0_row(&now, d)["last_event"]["what"].clone();
             now["agent"]["events"].as_u64() > Some(events)
-                && last.as_str().is_some_and(|w| w.starts_with("unregister eth0"))
+                && last
+                    .as_str()
+                    .is_some_and(|w| w.starts_with("unregister eth0"))
         },
         || s.ng.log(),
     );
@@ -120,7 +130,10 @@ fn events_are_recorded_while_a_pass_is_stuck() {
         Some(passes),
         "the pass was still stuck when the event showed: {now}"
     );
-    eprintln!("event shown by status {:?} after it happened, pass stuck", asked.elapsed());
+    eprintln!(
+        "event shown by status {:?} after it happened, pass stuck",
+        asked.elapsed()
+    );
 
     s.unstall();
     wait_until(

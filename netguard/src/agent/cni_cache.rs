@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::Shared;
 use crate::capture::cni;
-use crate::inotify::{Inotify, CHANGES};
 use crate::control::runtime::{cni_add, cni_del, note_cannot_restore};
+use crate::inotify::{Inotify, CHANGES};
 use crate::ledger::{Ledger, LinkState};
 use crate::runtime::cni_plugin::AttachmentRef;
 

@@ -235,7 +235,11 @@ pub async fn run(
         host_inode,
         ledger: Mutex::new(ledger),
         stopping: Default::default(),
-        restorer: Restorer::new(pool, CONCURRENCY),
+        restorer: if options.observe_only {
+            Restorer::observing(pool, CONCURRENCY)
+        } else {
+            Restorer::new(pool, CONCURRENCY)
+        },
         last_events: std::sync::Mutex::new(LastEvents::new(host_name)),
         info: std::sync::Mutex::new(AgentInfo {
             pid: std::process::id(),

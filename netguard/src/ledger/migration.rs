@@ -46,7 +46,11 @@ fn a_ledger_written_by_c493b68_opens_migrates_and_keeps_every_link() {
     assert!(String::from_utf8_lossy(&original).contains("\"version\": 2"));
     let dir = copy_of_fixture("migrate");
     let (ledger, opened) = Ledger::open(LedgerOptions::new(dir.path())).unwrap();
-    assert_eq!(opened, Opened::Loaded { replayed: 8 }, "the newer journal lines count");
+    assert_eq!(
+        opened,
+        Opened::Loaded { replayed: 8 },
+        "the newer journal lines count"
+    );
 
     let expected = last_records_in_journal();
     assert_eq!(expected.len(), 2);
@@ -61,7 +65,10 @@ fn a_ledger_written_by_c493b68_opens_migrates_and_keeps_every_link() {
         assert_eq!(serde_json::to_value(&found.spec).unwrap(), old["spec"]);
         assert_eq!(serde_json::to_value(found.state).unwrap(), old["state"]);
         assert_eq!(serde_json::to_value(found.since).unwrap(), old["since"]);
-        assert_eq!(found.workload, None, "a plain netns path, as before workloads");
+        assert_eq!(
+            found.workload, None,
+            "a plain netns path, as before workloads"
+        );
     }
     assert_eq!(ledger.content().journal_seq, 10);
 
@@ -103,7 +110,9 @@ fn a_newer_layout_is_refused_and_left_untouched() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert!(
-        !files.iter().any(|f| f.contains("corrupt") || f.contains("layout-")),
+        !files
+            .iter()
+            .any(|f| f.contains("corrupt") || f.contains("layout-")),
         "nothing moved aside or copied: {files:?}"
     );
 }

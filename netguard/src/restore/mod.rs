@@ -126,8 +126,17 @@ fn give_back_memory() {
 impl Restorer {
     /// Links are repaired up to `concurrency` at a time.
     pub fn new(pool: Arc<Pool>, concurrency: usize) -> Restorer {
+        Restorer::with_executor(Executor::new(pool.clone(), concurrency, false), pool)
+    }
+
+    /// A restorer that plans and logs every change and makes none (`agent --observe-only`).
+    pub fn observing(pool: Arc<Pool>, concurrency: usize) -> Restorer {
+        Restorer::with_executor(Executor::new(pool.clone(), concurrency, true), pool)
+    }
+
+    fn with_executor(executor: Executor, pool: Arc<Pool>) -> Restorer {
         Restorer {
-            executor: Executor::new(pool.clone(), concurrency),
+            executor,
             pool,
             known: Default::default(),
             flaps: Default::default(),

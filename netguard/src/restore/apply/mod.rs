@@ -81,13 +81,21 @@ type Masters = std::sync::Mutex<HashMap<(Locator, String), LiveLink>>;
 pub struct Executor {
     pool: Arc<Pool>,
     concurrency: usize,
+    /// `agent --observe-only`: every change is logged as what would be done, none is made.
+    /// Here, in the one place that changes the kernel, so no path (a pass, a hook's re-lend)
+    /// can go around it.
+    observe_only: bool,
 }
 
+/// Why an item was not carried out under `--observe-only`.
+pub const OBSERVE_ONLY: &str = "observe-only: not done";
+
 impl Executor {
-    pub fn new(pool: Arc<Pool>, concurrency: usize) -> Executor {
+    pub fn new(pool: Arc<Pool>, concurrency: usize, observe_only: bool) -> Executor {
         Executor {
             pool,
             concurrency: concurrency.max(1),
+            observe_only,
         }
     }
 
@@ -172,6 +180,13 @@ impl Executor {
         };
         let mut result = ItemResult::unapplied(item, outcome, item.reason.clone());
         if !matches!(item.verdict, Verdict::Repair | Verdict::Move) {
+            return result;
+        }
+        if self.observe_only {
+            let would: Vec<String> = item.actions.iter().map(ToString::to_string).collect();
+            tracing::info!("{}: {OBSERVE_ONLY}: {}", item.target, would.join("; "));
+            result.outcome = Outcome::Waiting;
+            result.reason = Some(format!("{OBSERVE_ONLY}: {}", would.join("; ")));
             return result;
         }
         let mut seen = Seen::new();
