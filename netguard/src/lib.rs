@@ -10,6 +10,7 @@ pub mod capture;
 pub mod config;
 pub mod control;
 pub mod event;
+pub mod fault;
 pub mod install;
 pub mod inventory;
 pub mod ledger;

@@ -32,6 +32,19 @@ impl Agent {
     /// An agent on the ledger in `state_dir` (emptied first if `fresh`), eth0 excluded (the
     /// bystander NIC); its log is appended to.
     pub fn start_in(backend: BackendKind, state_dir: &str, fresh: bool) -> Result<Agent, String> {
+        let agent = Agent::spawn(backend, state_dir, fresh, None)?;
+        agent.answering()?;
+        Ok(agent)
+    }
+
+    /// [`Agent::start_in`] without waiting for it to answer, with a kill point armed if
+    /// `fault` names one (`NETGUARD_FAULT`, see `netguard::fault`).
+    pub fn spawn(
+        backend: BackendKind,
+        state_dir: &str,
+        fresh: bool,
+        fault: Option<&str>,
+    ) -> Result<Agent, String> {
         let state_dir = state_dir.to_string();
         let socket = format!("{state_dir}.sock");
         let log = format!("{state_dir}.log");
@@ -43,7 +56,11 @@ impl Agent {
             .append(true)
             .open(&log)
             .map_err(|e| e.to_string())?;
-        let child = Command::new(NETGUARD)
+        let mut command = Command::new(NETGUARD);
+        if let Some(fault) = fault {
+            command.env("NETGUARD_FAULT", fault);
+        }
+        let child = command
             .args(["agent", "--backend", backend.as_str(), "--interval", "1"])
             .args(["--exclude", EXCLUDED_MAC])
             .args(["--state-dir", &state_dir, "--socket", &socket])
@@ -51,24 +68,42 @@ impl Agent {
             .stderr(log_file)
             .spawn()
             .map_err(|e| format!("cannot start the agent: {e}"))?;
-        let agent = Agent {
+        Ok(Agent {
             backend,
             child,
             state_dir,
             socket,
             log,
-        };
+        })
+    }
+
+    /// Waits until the agent answers `status`.
+    pub fn answering(&self) -> Outcome {
         let started = Instant::now();
-        while agent.status().is_err() {
+        while self.status().is_err() {
             if started.elapsed() > WAIT {
                 return Err(format!(
                     "the agent never answered; its log:\n{}",
-                    agent.log_tail()
+                    self.log_tail()
                 ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Ok(agent)
+        Ok(())
+    }
+
+    /// How the agent ended, if it has (within `within`).
+    pub async fn ended(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if start.elapsed() > within {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// `netguard ARGS` against this agent.
@@ -478,7 +513,7 @@ impl Pod {
     }
 
     /// Its macvlan is there with its MAC, address and default route.
-    fn is_back(&self) -> bool {
+    pub fn is_back(&self) -> bool {
         link(Some(self.netns), "eth0")
             .is_some_and(|l| l["address"] == self.mac && has_address(&l, self.addr, 24))
             && has_default_route(self.netns, "eth0", self.gateway)

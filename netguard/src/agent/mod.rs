@@ -397,6 +397,7 @@ async fn reconcile(shared: &Shared) -> Option<Duration> {
         return None;
     }
     let mut next_due = None;
+    let mut changed = false;
     let triggered = shared
         .woken_at
         .lock()
@@ -431,6 +432,7 @@ async fn reconcile(shared: &Shared) -> Option<Duration> {
                 );
             }
             for item in report.results.iter().filter(|r| !r.applied.is_empty()) {
+                changed = true;
                 tracing::info!("{}: {:?} in {:?}", item.target, item.outcome, report.took);
             }
         }
@@ -441,6 +443,9 @@ async fn reconcile(shared: &Shared) -> Option<Duration> {
             Ok(text) => tracing::info!("{text} again"),
             Err(e) => tracing::warn!("lending again: {e}"),
         }
+    }
+    if changed {
+        crate::fault::point("before-save");
     }
     let saving = Instant::now();
     match ledger.save() {

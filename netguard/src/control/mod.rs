@@ -238,6 +238,7 @@ pub async fn execute(
         Operation::CniGc { network, valid } => runtime::cni_gc(ledger, network, valid),
         Operation::Container { event } => runtime::container(ledger, restorer, event).await?,
     };
+    crate::fault::point("before-save");
     ledger.save()?;
     Ok(reply)
 }

@@ -309,6 +309,7 @@ impl Restorer {
             // Home names first seen in this pass, the states above and the temporary names
             // are on disk before the kernel changes that rest on them.
             ledger.commit()?;
+            crate::fault::point("journalled");
         }
         let results = self.executor.apply(&plan).await;
         for flight in &flights {

@@ -180,6 +180,7 @@ impl Executor {
                 Ok(()) => {
                     tracing::info!("{}: {action}", item.target);
                     result.applied.push(action.clone());
+                    crate::fault::point("action");
                 }
                 Err(e) => {
                     tracing::warn!("{}: {e}", item.target);
