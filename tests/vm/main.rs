@@ -9,6 +9,7 @@ mod causes;
 mod cni;
 mod faults;
 mod moves;
+mod pods;
 mod scenarios;
 
 use std::sync::{Arc, Mutex};

@@ -185,7 +185,11 @@ fn plan_nic(nic: &NicRecord, host: &NetnsInventory) -> Item {
         .filter(|l| l.kind.is_none() && nic.identity.matches(&l.nic_identity()))
         .collect();
     let live = match found.as_slice() {
-        [] if nic.state == NicState::Lent => return Item::new(target, Verdict::Lent, None),
+        // Lent by netguard counts even before the lend recorded where the NIC went (an agent
+        // killed in between).
+        [] if nic.state == NicState::Lent || nic.lent.is_some() => {
+            return Item::new(target, Verdict::Lent, None)
+        }
         [] => return Item::new(target, Verdict::Lost, "not in the host netns".to_string()),
         [one] => *one,
         many => {

@@ -451,6 +451,15 @@ fn home_name_held_by_another_device_is_a_conflict_with_no_action() {
     content.nics[0].state = NicState::Lent;
     let plan = super::plan(&content, &World::default());
     assert_eq!(plan.items[0].verdict, Verdict::Lent);
+    // Nor one netguard lent whose lend was not recorded as done (an agent killed in between).
+    content.nics[0].state = NicState::Home;
+    content.nics[0].lent = Some(crate::ledger::Lend {
+        netns: c1(),
+        name: "eth0".into(),
+        persistent: false,
+    });
+    let plan = super::plan(&content, &World::default());
+    assert_eq!(plan.items[0].verdict, Verdict::Lent);
 }
 
 #[test]
