@@ -84,10 +84,11 @@ fn eth1_up() -> bool {
 async fn scene(kind: Kind) -> Outcome {
     let dir = state_dir(kind);
     let _ = std::fs::remove_file(format!("{dir}.log"));
+    // Up before A first sees it, so that up is what A records as its state at home.
+    ip(&["link", "set", "eth1", "up"])?;
     let a = Agent::start_in(BACKEND, &dir, true)?;
     match kind {
         Kind::Refund => {
-            ip(&["link", "set", "eth1", "up"])?;
             until("A records eth1 up at home", || {
                 a.row("eth1").is_ok_and(|r| r["state"] == "home")
             })
@@ -106,7 +107,6 @@ async fn scene(kind: Kind) -> Outcome {
             .await?;
         }
         Kind::Lend => {
-            ip(&["link", "set", "eth1", "up"])?;
             until("A records eth1 up at home", || {
                 a.row("eth1").is_ok_and(|r| r["state"] == "home")
             })
