@@ -11,6 +11,7 @@ pub mod capture;
 pub mod config;
 pub mod control;
 pub mod event;
+pub mod fault;
 pub mod inotify;
 pub mod install;
 pub mod inventory;

@@ -10,6 +10,9 @@ use serde_json::Value;
 
 use crate::scenarios::{cleanup, ip};
 
+use crate::pods::{guard_cni_pod, CNI_POD};
+pub use crate::pods::{guard_vlan_pod, Pod, VLAN_POD};
+
 pub type Outcome = Result<(), String>;
 
 const NETGUARD: &str = "/bin/netguard";
@@ -32,6 +35,19 @@ impl Agent {
     /// An agent on the ledger in `state_dir` (emptied first if `fresh`), eth0 excluded (the
     /// bystander NIC); its log is appended to.
     pub fn start_in(backend: BackendKind, state_dir: &str, fresh: bool) -> Result<Agent, String> {
+        let agent = Agent::spawn(backend, state_dir, fresh, None)?;
+        agent.answering()?;
+        Ok(agent)
+    }
+
+    /// [`Agent::start_in`] without waiting for it to answer, with a kill point armed if
+    /// `fault` names one (`NETGUARD_FAULT`, see `netguard::fault`).
+    pub fn spawn(
+        backend: BackendKind,
+        state_dir: &str,
+        fresh: bool,
+        fault: Option<&str>,
+    ) -> Result<Agent, String> {
         let state_dir = state_dir.to_string();
         let socket = format!("{state_dir}.sock");
         let log = format!("{state_dir}.log");
@@ -43,7 +59,11 @@ impl Agent {
             .append(true)
             .open(&log)
             .map_err(|e| e.to_string())?;
-        let child = Command::new(NETGUARD)
+        let mut command = Command::new(NETGUARD);
+        if let Some(fault) = fault {
+            command.env("NETGUARD_FAULT", fault);
+        }
+        let child = command
             .args(["agent", "--backend", backend.as_str(), "--interval", "1"])
             .args(["--exclude", EXCLUDED_MAC])
             .args(["--state-dir", &state_dir, "--socket", &socket])
@@ -51,24 +71,42 @@ impl Agent {
             .stderr(log_file)
             .spawn()
             .map_err(|e| format!("cannot start the agent: {e}"))?;
-        let agent = Agent {
+        Ok(Agent {
             backend,
             child,
             state_dir,
             socket,
             log,
-        };
+        })
+    }
+
+    /// Waits until the agent answers `status`.
+    pub fn answering(&self) -> Outcome {
         let started = Instant::now();
-        while agent.status().is_err() {
+        while self.status().is_err() {
             if started.elapsed() > WAIT {
                 return Err(format!(
                     "the agent never answered; its log:\n{}",
-                    agent.log_tail()
+                    self.log_tail()
                 ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Ok(agent)
+        Ok(())
+    }
+
+    /// How the agent ended, if it has (within `within`).
+    pub async fn ended(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if start.elapsed() > within {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// `netguard ARGS` against this agent.
@@ -427,103 +465,6 @@ async fn persistent_lend(agent: &Agent) -> Outcome {
         took.as_millis()
     );
     agent.netguard(&["reclaim", "eth0"])?;
-    Ok(())
-}
-
-/// A pod's macvlan as the driver-reload scenarios set it up: `eth0` in `/run/netns/{netns}`.
-pub struct Pod {
-    pub netns: &'static str,
-    pub mac: &'static str,
-    pub addr: &'static str,
-    pub gateway: &'static str,
-}
-
-/// Over vlan eth1.3, learned from the live pod netns.
-pub const VLAN_POD: Pod = Pod {
-    netns: "p1",
-    mac: "02:00:00:00:03:02",
-    addr: "198.18.3.2",
-    gateway: "198.18.3.1",
-};
-
-/// Over eth2, imported from a CNI checkpoint.
-const CNI_POD: Pod = Pod {
-    netns: "p2",
-    mac: "02:00:00:00:04:02",
-    addr: "198.18.4.2",
-    gateway: "198.18.4.1",
-};
-
-impl Pod {
-    /// Creates the pod netns and its macvlan (made in init_net as `temp` over `parent`, moved
-    /// in, renamed eth0) with its MAC, address /24 and default route.
-    fn create(&self, parent: &str, temp: &str) -> Outcome {
-        let ns = self.netns;
-        let addr = format!("{}/24", self.addr);
-        for step in [
-            &["netns", "add", ns][..],
-            &[
-                "link", "add", "link", parent, "name", temp, "type", "macvlan", "mode", "bridge",
-            ],
-            &["link", "set", temp, "netns", ns],
-            &[
-                "-n", ns, "link", "set", temp, "name", "eth0", "address", self.mac, "up",
-            ],
-            &["-n", ns, "addr", "add", &addr, "dev", "eth0"],
-            &["-n", ns, "route", "add", "default", "via", self.gateway],
-        ] {
-            ip(step)?;
-        }
-        Ok(())
-    }
-
-    /// Its macvlan is there with its MAC, address and default route.
-    fn is_back(&self) -> bool {
-        link(Some(self.netns), "eth0")
-            .is_some_and(|l| l["address"] == self.mac && has_address(&l, self.addr, 24))
-            && has_default_route(self.netns, "eth0", self.gateway)
-    }
-
-    fn inode(&self) -> Option<u64> {
-        netguard::netns::inode_of(std::path::Path::new(&format!("/run/netns/{}", self.netns))).ok()
-    }
-}
-
-/// vlan eth1.3 (up) with [`VLAN_POD`]'s macvlan over it, learned by the agent.
-pub fn guard_vlan_pod(agent: &Agent) -> Outcome {
-    for step in [
-        &["link", "set", "eth1", "up"][..],
-        &[
-            "link", "add", "link", "eth1", "name", "eth1.3", "type", "vlan", "id", "3",
-        ],
-        &["link", "set", "eth1.3", "up"],
-    ] {
-        ip(step)?;
-    }
-    VLAN_POD.create("eth1.3", "mvp1")?;
-    let learned = agent.netguard(&["learn", "--netns", "/run/netns/p1"])?;
-    if !learned.contains("eth0 in /run/netns/p1") {
-        return Err(format!("learn said: {learned}"));
-    }
-    Ok(())
-}
-
-/// [`CNI_POD`]'s macvlan over eth2 (up), made known to the agent by importing the checkpoint
-/// format of field report 001.
-fn guard_cni_pod(agent: &Agent) -> Outcome {
-    ip(&["link", "set", "eth2", "up"])?;
-    CNI_POD.create("eth2", "mvp2")?;
-    let checkpoint = serde_json::json!({
-        "netns": "/run/netns/p2", "podname": "pod-p2", "sandbox": "p2sandbox", "ifname": "eth0",
-        "result": {
-            "interfaces": [{ "name": "eth0", "mac": CNI_POD.mac, "sandbox": "/run/netns/p2" }],
-            "ips": [{ "version": "4", "interface": 0, "address": format!("{}/24", CNI_POD.addr), "gateway": CNI_POD.gateway }],
-            "routes": [{ "dst": "0.0.0.0/0", "gw": CNI_POD.gateway }],
-            "dns": {}
-        }
-    });
-    std::fs::write("/tmp/checkpoint-p2", checkpoint.to_string()).map_err(|e| e.to_string())?;
-    agent.netguard(&["import-cni", "/tmp/checkpoint-p2"])?;
     Ok(())
 }
 

@@ -12,8 +12,8 @@ use crate::Tally;
 const LAYERS: &[(&str, &[&str])] = &[
     ("vocabulary", &["event", "model"]),
     ("what runtimes say (CNI, OCI hooks)", &["runtime"]),
-    // Blocking work taken off the async runtime's workers.
-    ("blocking", &["blocking"]),
+    // Blocking work taken off the async runtime's workers; test-only kill points.
+    ("blocking, fault points", &["blocking", "fault"]),
     ("netns identity", &["netns"]),
     // Bind-mount directories (and libcni's cache) heard of through inotify.
     ("directory watch", &["inotify"]),

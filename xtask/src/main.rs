@@ -39,6 +39,12 @@ enum Task {
         #[command(flatten)]
         vm: vm::VmArgs,
     },
+    /// Kill the agent at each step of a refund, a lend and a driver-reload repair in the
+    /// guests, restart it, and check every run converges.
+    Faults {
+        #[command(flatten)]
+        faults: vm::faults::FaultArgs,
+    },
     /// Fuzz every parser of outside input (libFuzzer, coverage-guided) for N seconds each.
     Fuzz {
         #[command(flatten)]
@@ -66,6 +72,9 @@ fn main() -> ExitCode {
         Task::Test { vm } => test(&vm),
         Task::VmTest { vm } => setup::run()
             .and_then(|()| vm::run(&vm))
+            .map(|t| t.exit_code()),
+        Task::Faults { faults } => setup::run()
+            .and_then(|()| vm::faults::run(&faults))
             .map(|t| t.exit_code()),
         Task::Fuzz { fuzz } => fuzz::run(&fuzz),
         Task::Bench { bench } => bench::run(&bench),

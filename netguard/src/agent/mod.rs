@@ -486,6 +486,7 @@ async fn reconcile(shared: &Shared) -> Option<Duration> {
         return None;
     }
     let mut next_due = None;
+    let mut changed = false;
     let triggered = shared
         .woken_at
         .lock()
@@ -520,6 +521,7 @@ async fn reconcile(shared: &Shared) -> Option<Duration> {
                 );
             }
             for item in report.results.iter().filter(|r| !r.applied.is_empty()) {
+                changed = true;
                 tracing::info!("{}: {:?} in {:?}", item.target, item.outcome, report.took);
             }
         }
@@ -534,6 +536,9 @@ async fn reconcile(shared: &Shared) -> Option<Duration> {
     // What the tracer saw during the pass: the next pass acts on it (it woke the reconciler).
     shared.fold_events(&mut ledger, shared.host_inode);
     shared.keep_rows(&ledger);
+    if changed {
+        crate::fault::point("before-save");
+    }
     let saving = Instant::now();
     match ledger.save() {
         Ok(true) => {

@@ -113,6 +113,7 @@ async fn relocate(
     // On disk before the NIC gets the name.
     ledger.take_off([flight.clone()]);
     ledger.commit()?;
+    crate::fault::point("journalled");
     let actions = moves(
         (&from.locator, &dev),
         &to.locator,
@@ -214,6 +215,7 @@ pub async fn lend(
     };
     ledger.set_nic_lend(&identity, Some(lend));
     ledger.commit()?;
+    crate::fault::point("journalled");
     let moved = relocate(
         restorer,
         ledger,

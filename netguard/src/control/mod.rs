@@ -275,6 +275,7 @@ pub async fn execute(
         Operation::CniGc { network, valid } => runtime::cni_gc(ledger, network, valid),
         Operation::Container { event } => runtime::container(ledger, restorer, event).await?,
     };
+    crate::fault::point("before-save");
     if operation.from_a_runtime() {
         // A container start waits on this: the journal, fsynced, makes the change durable;
         // the document is written by the agent's next pass (or replayed at the next open).

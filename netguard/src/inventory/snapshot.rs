@@ -70,7 +70,8 @@ impl LiveLink {
     /// Whether this device is the one `identity` describes.
     pub fn is(&self, identity: &DeviceIdentity) -> bool {
         match identity {
-            DeviceIdentity::Nic(id) => id.matches(&self.nic_identity()),
+            // A vlan may carry its NIC's permanent MAC: a link with a kind is never a NIC.
+            DeviceIdentity::Nic(id) => self.kind.is_none() && id.matches(&self.nic_identity()),
             DeviceIdentity::Virtual { kind, mac } => {
                 self.kind.as_deref().unwrap_or("device") == kind
                     && mac.is_none_or(|m| self.mac == Some(m))

@@ -2,6 +2,7 @@
 //! it got that name. One that a failed move or a killed agent left in flight is put back as it
 //! was (netns, name, admin state), after checking it is the device recorded.
 
+use crate::inventory::NetnsConn;
 use crate::ledger::{Flight, Ledger, LinkKey, Locator};
 use crate::model::DeviceIdentity;
 
@@ -55,8 +56,12 @@ impl Restorer {
                     .await
                     .map_err(|e| e.to_string())?
                     .filter(|l| l.is(identity));
-                if at_origin.as_ref().is_none_or(|l| l.up == from.up) {
-                    return Ok(format!("nothing under {name} in {netns}: nothing to put back"));
+                match at_origin {
+                    Some(l) if l.up == from.up => {
+                        return Ok(format!("nothing under {name} in {netns}: nothing to put back"))
+                    }
+                    Some(_) => {}
+                    None => return self.finish_state(&conn, flight, from.up).await,
                 }
             }
         }
@@ -66,16 +71,7 @@ impl Restorer {
             });
         };
         let back = Dev::expected(&from.name, identity.clone());
-        actions.push(match from.up {
-            true => Action::SetUp {
-                netns: from.netns.clone(),
-                dev: back,
-            },
-            false => Action::SetDown {
-                netns: from.netns.clone(),
-                dev: back,
-            },
-        });
+        actions.push(admin_state(&from.netns, back, from.up));
         self.carry(actions, identity, &from.netns, &from.name)
             .await?;
         Ok(format!(
@@ -83,6 +79,43 @@ impl Restorer {
             from.name,
             from.netns,
             if from.up { "up" } else { "down" }
+        ))
+    }
+
+    /// A device neither under its temporary name nor at its origin finished its move and was
+    /// renamed where it went (an agent killed before it set the admin state back): found by
+    /// identity in the flight's netns, it gets the admin state it had at its origin.
+    async fn finish_state(
+        &self,
+        conn: &NetnsConn,
+        flight: &Flight,
+        up: bool,
+    ) -> Result<String, String> {
+        let Flight {
+            netns,
+            name,
+            identity,
+            ..
+        } = flight;
+        let links = conn.dump().await.map_err(|e| e.to_string())?.links;
+        let Some(moved) = links.into_iter().find(|l| l.is(identity)) else {
+            return Ok(format!(
+                "nothing under {name} in {netns}: nothing to put back"
+            ));
+        };
+        if moved.up == up {
+            return Ok(format!(
+                "{name} in {netns} had become {}: nothing to finish",
+                moved.name
+            ));
+        }
+        let action = admin_state(netns, Dev::live(&moved, identity.clone()), up);
+        self.carry(vec![action], identity, netns, &moved.name)
+            .await?;
+        Ok(format!(
+            "{name} in {netns} had become {}, set {} as it was before its move",
+            moved.name,
+            if up { "up" } else { "down" }
         ))
     }
 
@@ -132,5 +165,14 @@ impl Restorer {
             ledger.landed(&flight.netns, &flight.name);
         }
         said
+    }
+}
+
+/// The action that sets `dev` in `netns` up or down.
+fn admin_state(netns: &Locator, dev: Dev, up: bool) -> Action {
+    let netns = netns.clone();
+    match up {
+        true => Action::SetUp { netns, dev },
+        false => Action::SetDown { netns, dev },
     }
 }

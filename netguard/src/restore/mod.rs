@@ -126,12 +126,12 @@ fn give_back_memory() {
 impl Restorer {
     /// Links are repaired up to `concurrency` at a time.
     pub fn new(pool: Arc<Pool>, concurrency: usize) -> Restorer {
-        Restorer::with_executor(Executor::new(pool.clone(), concurrency, false), pool)
+        Restorer::with_executor(Executor::new(pool.clone(), concurrency), pool)
     }
 
     /// A restorer that plans and logs every change and makes none (`agent --observe-only`).
     pub fn observing(pool: Arc<Pool>, concurrency: usize) -> Restorer {
-        Restorer::with_executor(Executor::new(pool.clone(), concurrency, true), pool)
+        Restorer::with_executor(Executor::new(pool.clone(), concurrency).observing(), pool)
     }
 
     fn with_executor(executor: Executor, pool: Arc<Pool>) -> Restorer {
@@ -330,6 +330,7 @@ impl Restorer {
             // Home names first seen in this pass, the states above and the temporary names
             // are on disk before the kernel changes that rest on them.
             ledger.commit()?;
+            crate::fault::point("journalled");
         }
         let results = self.executor.apply(&plan).await;
         for flight in &flights {

@@ -11,3 +11,8 @@ pub fn temporary_link_name() -> String {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1000;
     format!("ngtmp{}.{n}", std::process::id() % 10_000)
 }
+
+/// Whether `name` is one [`temporary_link_name`] gives.
+pub fn is_temporary_link_name(name: &str) -> bool {
+    name.starts_with("ngtmp")
+}

@@ -2,6 +2,7 @@
 //! the in-guest suite (`tests/vm`) and reading its verdicts from the serial console.
 
 pub mod bench;
+pub mod faults;
 mod initramfs;
 mod kernel;
 mod qemu;
@@ -56,8 +57,23 @@ fn vm_dir() -> PathBuf {
 /// The suite's guest: three NICs (eth0 stays home, two get lent out at once).
 const SUITE_NICS: usize = 3;
 
+/// Builds what the guest runs: the agent with its kill points (`fault-points`, for the fault
+/// runs; a release or package build never has them) and the in-guest suite.
+fn build_suite() -> anyhow::Result<()> {
+    shell::cargo(&[
+        "build",
+        "-p",
+        "netguard",
+        "-p",
+        "netguard-tests",
+        "--bins",
+        "--features",
+        "netguard/fault-points",
+    ])
+}
+
 pub fn run(args: &VmArgs) -> anyhow::Result<Tally> {
-    shell::cargo(&["build", "-p", "netguard", "-p", "netguard-tests", "--bins"])?;
+    build_suite()?;
     let mut suite_args = vec!["--backends".to_string(), args.backends.clone()];
     if let Some(filter) = &args.filter {
         suite_args.extend(["--filter".to_string(), filter.clone()]);

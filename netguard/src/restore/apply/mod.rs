@@ -91,11 +91,19 @@ pub struct Executor {
 pub const OBSERVE_ONLY: &str = "observe-only: not done";
 
 impl Executor {
-    pub fn new(pool: Arc<Pool>, concurrency: usize, observe_only: bool) -> Executor {
+    pub fn new(pool: Arc<Pool>, concurrency: usize) -> Executor {
         Executor {
             pool,
             concurrency: concurrency.max(1),
-            observe_only,
+            observe_only: false,
+        }
+    }
+
+    /// This executor only says what it would do.
+    pub fn observing(self) -> Executor {
+        Executor {
+            observe_only: true,
+            ..self
         }
     }
 
@@ -195,6 +203,7 @@ impl Executor {
                 Ok(()) => {
                     tracing::info!("{}: {action}", item.target);
                     result.applied.push(action.clone());
+                    crate::fault::point("action");
                 }
                 Err(e) => {
                     tracing::warn!("{}: {e}", item.target);

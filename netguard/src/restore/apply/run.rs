@@ -118,6 +118,9 @@ impl Executor {
                 seen.remove(&(netns.clone(), dev.name.clone()));
                 let target = self.conn(to_netns).await.map_err(fail)?;
                 ctx.kernel(relocate(&conn, link.ifindex, &target, name).await)?;
+                if crate::rtnl::is_temporary_link_name(name) {
+                    crate::fault::point("temp-named");
+                }
                 let arrived = Ctx {
                     conn: &target,
                     fail: &fail,
@@ -309,6 +312,7 @@ impl Executor {
                     .await,
             )?;
             let made = ctx.need(parent_netns, temp, seen).await?;
+            crate::fault::point("temp-named");
             seen.remove(&(parent_netns.clone(), temp.clone()));
             if let Err(e) = relocate(ctx.conn, made.ifindex, &target, name).await {
                 // Leave nothing of ours behind in the parent's netns.

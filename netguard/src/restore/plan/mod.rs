@@ -181,13 +181,16 @@ fn plan_nic(nic: &NicRecord, host: &NetnsInventory) -> Item {
     let found: Vec<&LiveLink> = host
         .links
         .iter()
-        // A vlan or macvlan inherits its NIC's bus address: it is not the NIC.
-        .filter(|l| {
-            !(l.kind.is_some() && l.bus.is_some()) && nic.identity.matches(&l.nic_identity())
-        })
+        // A link with a kind is never the NIC: a vlan or macvlan may inherit its NIC's bus
+        // address, and a vlan its permanent MAC (6.12 reports it).
+        .filter(|l| l.kind.is_none() && nic.identity.matches(&l.nic_identity()))
         .collect();
     let live = match found.as_slice() {
-        [] if nic.state == NicState::Lent => return Item::new(target, Verdict::Lent, None),
+        // Lent by netguard counts even before the lend recorded where the NIC went (an agent
+        // killed in between).
+        [] if nic.state == NicState::Lent || nic.lent.is_some() => {
+            return Item::new(target, Verdict::Lent, None)
+        }
         [] => return Item::new(target, Verdict::Lost, "not in the host netns".to_string()),
         [one] => *one,
         many => {
@@ -200,6 +203,17 @@ fn plan_nic(nic: &NicRecord, host: &NetnsInventory) -> Item {
         }
     };
     if live.name == nic.home_name {
+        // Home under its name but down, though it was up at home and is on record as away:
+        // a repair stopped after the rename (an agent killed there) is finished.
+        if nic.up == Some(true) && !live.up && seen_away(nic) {
+            let why = format!("home as {} but down, as a repair left it", live.name);
+            let mut item = Item::new(target, Verdict::Repair, why);
+            item.actions.push(Action::SetUp {
+                netns: Locator::Host,
+                dev: Dev::live(live, DeviceIdentity::Nic(nic.identity.clone())),
+            });
+            return item;
+        }
         return Item::new(target, Verdict::Intact, None);
     }
     if let Some(why) = came_back(nic, live) {
@@ -221,7 +235,7 @@ fn came_back(nic: &NicRecord, live: &LiveLink) -> Option<String> {
     if nic.lent.is_some() {
         return Some(format!("lent with netguard, back as {}", live.name));
     }
-    if !matches!(nic.state, NicState::Home | NicState::Restored) {
+    if seen_away(nic) {
         return Some(format!(
             "{} when last seen, back as {}",
             nic.state, live.name
@@ -238,6 +252,11 @@ fn came_back(nic: &NicRecord, live: &LiveLink) -> Option<String> {
         )),
         _ => None,
     }
+}
+
+/// Whether the ledger last saw the NIC away from home (lent, refunded, lost, being restored).
+fn seen_away(nic: &NicRecord) -> bool {
+    !matches!(nic.state, NicState::Home | NicState::Restored)
 }
 
 /// The name the kernel gives a device whose name is taken where it arrives: `dev` + digits.

@@ -451,6 +451,52 @@ fn home_name_held_by_another_device_is_a_conflict_with_no_action() {
     content.nics[0].state = NicState::Lent;
     let plan = super::plan(&content, &World::default());
     assert_eq!(plan.items[0].verdict, Verdict::Lent);
+    // Nor one netguard lent whose lend was not recorded as done (an agent killed in between).
+    content.nics[0].state = NicState::Home;
+    content.nics[0].lent = Some(crate::ledger::Lend {
+        netns: c1(),
+        name: "eth0".into(),
+        persistent: false,
+        container: None,
+    });
+    let plan = super::plan(&content, &World::default());
+    assert_eq!(plan.items[0].verdict, Verdict::Lent);
+}
+
+#[test]
+fn a_repair_stopped_after_the_rename_is_finished() {
+    let mut content = sample_content();
+    nic_only(&mut content);
+    content.nics[0].up = Some(true);
+    let mut eth2 = nic(4, "eth2", "52:54:00:12:34:56");
+    eth2.up = false;
+    // Refunded when last seen, home under its name now, but down: set up.
+    content.nics[0].state = NicState::Refunded;
+    let plan = plan_host(&content, vec![live(1, "lo", None), eth2.clone()], vec![]);
+    let actions: Vec<String> = plan.items[0]
+        .actions
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    assert_eq!(plan.items[0].verdict, Verdict::Repair, "{plan}");
+    assert_eq!(actions, vec!["[host] ip link set eth2 up"]);
+    // Seen at home (an admin set it down there): left alone.
+    content.nics[0].state = NicState::Restored;
+    let plan = plan_host(&content, vec![live(1, "lo", None), eth2], vec![]);
+    assert_eq!(plan.items[0].verdict, Verdict::Intact, "{plan}");
+}
+
+#[test]
+fn a_vlan_carrying_its_nics_permanent_mac_is_not_the_nic() {
+    let mut content = sample_content();
+    nic_only(&mut content);
+    let eth2 = nic(4, "eth2", "52:54:00:12:34:56");
+    // As 6.12 shows a vlan over it: the NIC's permanent MAC, no bus address.
+    let mut vlan = live(5, "eth2.3", Some("vlan"));
+    vlan.perm_mac = eth2.perm_mac;
+    vlan.mac = eth2.mac;
+    let plan = plan_host(&content, vec![live(1, "lo", None), eth2, vlan], vec![]);
+    assert_eq!(plan.items[0].verdict, Verdict::Intact, "{plan}");
 }
 
 fn plan_host(content: &LedgerContent, links: Vec<LiveLink>, addresses: Vec<LiveAddr>) -> Plan {
