@@ -51,6 +51,15 @@ impl LiveLink {
         self.kind.is_none() && self.bus.is_some()
     }
 
+    /// A link stacked on a NIC (vlan, macvlan, ipvlan and their taps) may report its NIC's bus
+    /// address or permanent MAC (a vlan does on 6.12): it is never that NIC.
+    pub fn may_pass_for_its_nic(&self) -> bool {
+        const STACKED: [&str; 5] = ["vlan", "macvlan", "macvtap", "ipvlan", "ipvtap"];
+        self.kind
+            .as_deref()
+            .is_some_and(|kind| STACKED.contains(&kind) || self.bus.is_some())
+    }
+
     /// What this device is, as a log line names it: a NIC's identity, or its kind and MAC.
     pub fn identity(&self) -> DeviceIdentity {
         match self.kind {
@@ -70,8 +79,9 @@ impl LiveLink {
     /// Whether this device is the one `identity` describes.
     pub fn is(&self, identity: &DeviceIdentity) -> bool {
         match identity {
-            // A vlan may carry its NIC's permanent MAC: a link with a kind is never a NIC.
-            DeviceIdentity::Nic(id) => self.kind.is_none() && id.matches(&self.nic_identity()),
+            DeviceIdentity::Nic(id) => {
+                !self.may_pass_for_its_nic() && id.matches(&self.nic_identity())
+            }
             DeviceIdentity::Virtual { kind, mac } => {
                 self.kind.as_deref().unwrap_or("device") == kind
                     && mac.is_none_or(|m| self.mac == Some(m))

@@ -181,9 +181,7 @@ fn plan_nic(nic: &NicRecord, host: &NetnsInventory) -> Item {
     let found: Vec<&LiveLink> = host
         .links
         .iter()
-        // A link with a kind is never the NIC: a vlan or macvlan may inherit its NIC's bus
-        // address, and a vlan its permanent MAC (6.12 reports it).
-        .filter(|l| l.kind.is_none() && nic.identity.matches(&l.nic_identity()))
+        .filter(|l| !l.may_pass_for_its_nic() && nic.identity.matches(&l.nic_identity()))
         .collect();
     let live = match found.as_slice() {
         // Lent by netguard counts even before the lend recorded where the NIC went (an agent
