@@ -36,13 +36,47 @@ pub enum NetnsError {
     ThreadDied { path: PathBuf },
 }
 
-/// nsfs inode of the netns a path (bind mount or `/proc/PID/ns/net`) refers to.
+/// nsfs inode of the netns a path (bind mount or `/proc/PID/ns/net`) refers to. By stat(2)
+/// alone, and only for a namespace file: what else sits where a bind mount is expected (a
+/// file not mounted yet, a FIFO whose open(2) would block) is no netns.
 pub fn inode_of(path: &Path) -> Result<u64, NetnsError> {
     let meta = std::fs::metadata(path).map_err(|source| NetnsError::Open {
         path: path.into(),
         source,
     })?;
+    if nsfs_dev().is_some_and(|dev| meta.dev() != dev) {
+        return Err(NetnsError::NotNetns { path: path.into() });
+    }
     Ok(meta.ino())
+}
+
+/// The device of the kernel's namespace filesystem (`None`: it could not be told).
+fn nsfs_dev() -> Option<u64> {
+    static DEV: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *DEV.get_or_init(|| {
+        std::fs::metadata("/proc/self/ns/net")
+            .ok()
+            .map(|meta| meta.dev())
+    })
+}
+
+/// How long opening a netns file may take before it is given up on for now.
+const OPEN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens a netns file on a blocking thread: an open can hang (a FIFO or a file on a stuck
+/// filesystem where a runtime's bind mount should be), and must not take a runtime worker
+/// with it. One that hangs past [`OPEN_PATIENCE`] is an error; its thread is left to finish.
+pub async fn open_off_runtime(path: &Path) -> Result<File, NetnsError> {
+    let owned = path.to_path_buf();
+    let opening = tokio::task::spawn_blocking(move || open(&owned));
+    match tokio::time::timeout(OPEN_PATIENCE, opening).await {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(_)) => Err(NetnsError::ThreadDied { path: path.into() }),
+        Err(_) => Err(NetnsError::OpenHangs {
+            path: path.into(),
+            waited: OPEN_PATIENCE,
+        }),
+    }
 }
 
 /// The inode of the netns standing in for the host: `host`, or else our own (init_net for

@@ -264,31 +264,12 @@ async fn open_mounted(path: &Path) -> Result<File, NetnsError> {
     const MOUNT_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
     let deadline = tokio::time::Instant::now() + MOUNT_GRACE;
     loop {
-        match open_off_runtime(path).await {
+        match netns::open_off_runtime(path).await {
             Err(NetnsError::NotNetns { .. }) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
             opened => return opened,
         }
-    }
-}
-
-/// How long opening a netns file may take before the pass gives up on that netns.
-const OPEN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Opens a netns file on a blocking thread: an open can hang (a FIFO or a file on a stuck
-/// filesystem where a runtime's bind mount should be), and must not take a runtime worker
-/// with it. One that hangs past [`OPEN_PATIENCE`] is an error; its thread is left to finish.
-async fn open_off_runtime(path: &Path) -> Result<File, NetnsError> {
-    let owned = path.to_path_buf();
-    let opening = tokio::task::spawn_blocking(move || netns::open(&owned));
-    match tokio::time::timeout(OPEN_PATIENCE, opening).await {
-        Ok(Ok(opened)) => opened,
-        Ok(Err(_)) => Err(NetnsError::ThreadDied { path: path.into() }),
-        Err(_) => Err(NetnsError::OpenHangs {
-            path: path.into(),
-            waited: OPEN_PATIENCE,
-        }),
     }
 }
 

@@ -18,7 +18,6 @@ mod track;
 mod uevent;
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -412,8 +411,8 @@ impl Driver {
         let mut events = Vec::new();
         let paths: Vec<(PathBuf, Instant)> = self.announced.drain().collect();
         for (path, since) in paths {
-            let inode = match netns::open(&path).map(|file| file.metadata()) {
-                Ok(Ok(meta)) => meta.ino(),
+            let inode = match netns::inode_of(&path) {
+                Ok(inode) => inode,
                 Err(NetnsError::Open { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound =>
                 {
@@ -455,7 +454,7 @@ impl Driver {
     async fn watch(&mut self, path: &Path) -> Result<(i32, Vec<LinkMessage>), NetlinkError> {
         // Open only as long as the kernel needs the fd: a held fd would keep the netns alive.
         let nsid = {
-            let file = netns::open(path)?;
+            let file = netns::open_off_runtime(path).await?;
             self.requests
                 .nsid_assigned(&file)
                 .await
