@@ -77,6 +77,18 @@ fn hook(ng: &Netguard, stage: &str, id: &str, pid: Option<u32>, bundle: &Path) -
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The status row of the guarded `eth1`.
+fn eth1_row(ng: &Netguard) -> serde_json::Value {
+    let status = ng.status_json();
+    status["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "eth1")
+        .cloned()
+        .unwrap_or_else(|| panic!("eth1 not guarded: {status}"))
+}
+
 #[test]
 fn learn_and_lend_name_a_known_container_by_a_unique_prefix_of_its_id() {
     let w = World::new("oci");
@@ -134,13 +146,7 @@ fn learn_and_lend_name_a_known_container_by_a_unique_prefix_of_its_id() {
         learned.stdout.contains("podman container aaaa1111aaaa"),
         "{learned}"
     );
-    let status = ng.status_json();
-    let eth1 = status["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "eth1")
-        .unwrap_or_else(|| panic!("eth1 not guarded: {status}\n{learned}"));
+    let eth1 = eth1_row(&ng);
     assert_eq!(eth1["netns"], a.netns().as_str(), "{eth1}");
     assert_eq!(eth1["workload"]["id"], A, "bound by its full ID: {eth1}");
     assert_eq!(eth1["workload"]["runtime"], "podman", "{eth1}");
@@ -210,13 +216,7 @@ fn an_observe_only_agent_re_attaches_nothing_at_a_container_start() {
         !w.host.ip_out(&["-o", "link"]).contains("vah"),
         "host side re-created while observing\n{said}"
     );
-    let status = ng.status_json();
-    let eth1 = status["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "eth1")
-        .unwrap_or_else(|| panic!("eth1 no longer guarded: {status}"));
+    let eth1 = eth1_row(&ng);
     assert_eq!(
         eth1["netns"],
         again.netns().as_str(),
