@@ -19,20 +19,22 @@ use crate::api::{self, ApiError, Request};
 use crate::control::{self, Operation};
 use crate::event::Event;
 use crate::inventory::Pool;
-use crate::ledger::{Ledger, LedgerContent, LedgerError, LedgerOptions, Locator};
+use crate::ledger::{Ledger, LedgerError, LedgerOptions};
 use crate::metrics::{Metrics, MetricsError};
 use crate::outcomes::Outcomes;
-use crate::restore::{Restorer, Verdict};
+use crate::restore::Restorer;
 use crate::status::{self, AgentInfo, LastEvents, Status, StatusRow};
 use crate::trace::{BackendChoice, TraceError, TraceOptions, Tracer};
 
 mod cni_cache;
 mod lock;
+mod pass;
 mod watch;
 
 use cni_cache::watch_cni_caches;
 use lock::lock_ledger;
 pub use lock::{LockError, StateLock};
+use pass::{concerns_us, reconcile};
 use watch::watch_bind_mounts;
 
 /// Links repaired at once; the kernel serialises most of the work under RTNL anyway.
@@ -450,137 +452,6 @@ async fn keep_watchdog_fed(shared: &Shared, period: Duration) {
             crate::notify::watchdog();
         }
         tokio::time::sleep(period / 4).await;
-    }
-}
-
-/// Whether an event may call for a pass though it is about no guarded device: it happened in
-/// the host netns (a NIC coming, a parent going) or in a netns a guarded link lives in. Other
-/// users' namespaces coming and going are no reason to wake (a pass over 10,000 links costs
-/// tens of ms); the interval looks at everything anyway.
-fn concerns_us(ledger: &LedgerContent, event: &Event, host_inode: u64) -> bool {
-    [&event.from, &event.to].into_iter().flatten().any(|place| {
-        place.netns.inode == host_inode
-            || ledger.links.keys().any(|key| match &key.netns {
-                Locator::Path(path) => place.netns.names.iter().any(|n| Path::new(n) == path),
-                Locator::Host => false,
-            })
-    })
-}
-
-/// One pass (or, observe-only, one plan logged); when a held-back repair is due.
-async fn reconcile(shared: &Shared) -> Option<Duration> {
-    let mut ledger = shared.ledger.lock().await;
-    if shared.stopping.load(Ordering::SeqCst) {
-        return None;
-    }
-    shared.fold_events(&mut ledger, shared.host_inode);
-    // `podman rm` of a stopped container runs no hook: its bundle going is the sign.
-    ledger.release_removed_containers();
-    ledger.forget_released_before(Utc::now() - RELEASED_PODS_KEPT);
-    if shared.observe_only {
-        match shared.restorer.dry_run(&ledger).await {
-            Ok(plan) => log_plan(shared, &plan),
-            Err(e) => tracing::error!("planning: {e}"),
-        }
-        shared.info.lock().unwrap_or_else(|p| p.into_inner()).passes += 1;
-        return None;
-    }
-    let mut next_due = None;
-    let mut changed = false;
-    let triggered = shared
-        .woken_at
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-        .unwrap_or_else(Instant::now);
-    let started = Instant::now();
-    match shared.restorer.pass(&mut ledger).await {
-        Ok(report) => {
-            next_due = report.next_due;
-            if let Some(m) = &shared.metrics {
-                m.pass_duration.observe(started.elapsed().as_secs_f64());
-            }
-            shared
-                .outcomes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .after_pass(
-                    &report,
-                    &status::ledger_rows(ledger.content()),
-                    triggered.into_std(),
-                );
-            for item in report.broken() {
-                tracing::warn!(
-                    "{}: {:?}{}",
-                    item.target,
-                    item.outcome,
-                    item.reason
-                        .as_ref()
-                        .map(|r| format!(" ({r})"))
-                        .unwrap_or_default()
-                );
-            }
-            for item in report.results.iter().filter(|r| !r.applied.is_empty()) {
-                changed = true;
-                tracing::info!("{}: {:?} in {:?}", item.target, item.outcome, report.took);
-            }
-        }
-        Err(e) => tracing::error!("restore pass: {e}"),
-    }
-    for relent in control::lend::relend_persistent(&shared.restorer, &mut ledger).await {
-        match relent {
-            Ok(text) => tracing::info!("{text} again"),
-            Err(e) => tracing::warn!("lending again: {e}"),
-        }
-    }
-    // What the tracer saw during the pass: the next pass acts on it (it woke the reconciler).
-    shared.fold_events(&mut ledger, shared.host_inode);
-    shared.keep_rows(&ledger);
-    if changed {
-        crate::fault::point("before-save");
-    }
-    let saving = Instant::now();
-    match ledger.save() {
-        Ok(true) => {
-            if let Some(m) = &shared.metrics {
-                m.ledger_save_duration
-                    .observe(saving.elapsed().as_secs_f64());
-            }
-        }
-        Ok(false) => {}
-        Err(e) => tracing::error!("{e}"),
-    }
-    shared.info.lock().unwrap_or_else(|p| p.into_inner()).passes += 1;
-    next_due
-}
-
-/// Observe-only: what a pass would do, logged when it differs from the last plan logged.
-fn log_plan(shared: &Shared, plan: &crate::restore::Plan) {
-    let todo: Vec<String> = plan
-        .items
-        .iter()
-        .filter(|i| !matches!(i.verdict, Verdict::Intact | Verdict::Lent))
-        .map(|i| {
-            let mut text = format!("{}: would {}", i.target, i.verdict);
-            if let Some(reason) = &i.reason {
-                text += &format!(" ({reason})");
-            }
-            for action in &i.actions {
-                text += &format!("; {action}");
-            }
-            text
-        })
-        .collect();
-    let text = todo.join("\n");
-    let mut last = shared.last_plan.lock().unwrap_or_else(|p| p.into_inner());
-    if *last != text {
-        for line in &todo {
-            tracing::warn!("observe-only, nothing changed: {line}");
-        }
-        if todo.is_empty() {
-            tracing::info!("observe-only: everything guarded is as recorded");
-        }
-        *last = text;
     }
 }
 
