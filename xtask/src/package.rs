@@ -75,11 +75,6 @@ const SHIPPED: [(&str, &str, u32); 8] = [
         0o644,
     ),
     (
-        "deploy/oci-hooks/netguard-poststart.json",
-        "usr/share/containers/oci/hooks.d/netguard-poststart.json",
-        0o644,
-    ),
-    (
         "deploy/oci-hooks/netguard-poststop.json",
         "usr/share/containers/oci/hooks.d/netguard-poststop.json",
         0o644,
