@@ -41,7 +41,7 @@ const COMPLETIONS: [(&str, &str); 3] = [
 ];
 
 /// Repository files shipped as they are: (source, path in the package, mode).
-const SHIPPED: [(&str, &str, u32); 8] = [
+const SHIPPED: [(&str, &str, u32); 7] = [
     (
         "deploy/systemd/netguard.service",
         "lib/systemd/system/netguard.service",
