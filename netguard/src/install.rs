@@ -17,7 +17,10 @@ pub use crate::runtime::oci_hook::DEFAULT_HOOKS_DIR;
 const PLUGIN: &str = "netguard";
 
 /// The hook stages netguard follows a container through, as oci-hooks(5) spells them.
-pub const HOOK_STAGES: [&str; 3] = ["createRuntime", "poststart", "poststop"];
+pub const HOOK_STAGES: [&str; 2] = ["createRuntime", "poststop"];
+/// Stages earlier versions installed a hook for: poststart did nothing but cost every start a
+/// process (docs/benchmarks.md section 7), so its file is removed at install and uninstall.
+const RETIRED_STAGES: [&str; 1] = ["poststart"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -190,12 +193,18 @@ pub fn install_oci_hooks(dir: &Path, binary: &Path) -> Result<Vec<String>, Insta
         write_atomic(&path, text.as_bytes(), 0o644)?;
         done.push(format!("{} written", path.display()));
     }
+    done.extend(remove_hooks(dir, &RETIRED_STAGES)?);
     Ok(done)
 }
 
 pub fn uninstall_oci_hooks(dir: &Path) -> Result<Vec<String>, InstallError> {
+    remove_hooks(dir, &[HOOK_STAGES.as_slice(), &RETIRED_STAGES].concat())
+}
+
+/// Removes the hook files of `stages` that are there.
+fn remove_hooks(dir: &Path, stages: &[&str]) -> Result<Vec<String>, InstallError> {
     let mut done = Vec::new();
-    for stage in HOOK_STAGES {
+    for stage in stages {
         let path = hook_file(dir, stage);
         match std::fs::remove_file(&path) {
             Ok(()) => done.push(format!("{} removed", path.display())),
@@ -390,7 +399,11 @@ mod tests {
     fn oci_hooks_are_one_file_per_stage_and_go_again() {
         let (root, _, _) = dirs();
         let hooks = root.join("hooks.d");
+        // An earlier version's poststart hook goes at the next install.
+        std::fs::create_dir_all(&hooks).unwrap();
+        std::fs::write(hooks.join("netguard-poststart.json"), "{}").unwrap();
         install_oci_hooks(&hooks, Path::new("/usr/bin/netguard")).unwrap();
+        assert!(!hooks.join("netguard-poststart.json").exists());
         let text = std::fs::read_to_string(hooks.join("netguard-createruntime.json")).unwrap();
         let doc: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(doc["version"], "1.0.0");
@@ -408,10 +421,6 @@ mod tests {
                 include_str!("../../deploy/oci-hooks/netguard-createruntime.json"),
             ),
             (
-                "poststart",
-                include_str!("../../deploy/oci-hooks/netguard-poststart.json"),
-            ),
-            (
                 "poststop",
                 include_str!("../../deploy/oci-hooks/netguard-poststop.json"),
             ),
@@ -423,7 +432,7 @@ mod tests {
                 "deploy/oci-hooks/netguard-{stage}.json"
             );
         }
-        assert_eq!(uninstall_oci_hooks(&hooks).unwrap().len(), 3);
+        assert_eq!(uninstall_oci_hooks(&hooks).unwrap().len(), 2);
         assert_eq!(std::fs::read_dir(&hooks).unwrap().count(), 0);
         std::fs::remove_dir_all(root).unwrap();
     }

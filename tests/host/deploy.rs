@@ -129,10 +129,6 @@ fn package_installs_into_a_throwaway_root_with_every_file_in_place() {
             0o644,
         ),
         (
-            "usr/share/containers/oci/hooks.d/netguard-poststart.json",
-            0o644,
-        ),
-        (
             "usr/share/containers/oci/hooks.d/netguard-poststop.json",
             0o644,
         ),
@@ -251,7 +247,7 @@ fn install_cni_and_oci_hooks_and_uninstall_leave_nothing_naming_a_gone_plugin() 
 
     let (ok, out) = ng(&["install", "oci-hooks", "--dir", hooks.to_str().unwrap()]);
     assert!(ok, "{out}");
-    for stage in ["createRuntime", "poststart", "poststop"] {
+    for stage in netguard::install::HOOK_STAGES {
         let file = hooks.join(format!("netguard-{}.json", stage.to_lowercase()));
         let hook: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         assert_eq!(hook["version"], "1.0.0");

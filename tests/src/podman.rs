@@ -216,9 +216,9 @@ network_config_dir = "{net}"
     }
 
     /// Hook definitions (oci-hooks(5)) that run `netguard oci-hook --stage S` against this
-    /// agent at createRuntime, poststart and poststop.
+    /// agent at the stages netguard installs hooks for.
     pub fn install_netguard_hooks(&self, socket: &Path, state_dir: &Path) {
-        for stage in ["createRuntime", "poststart", "poststop"] {
+        for stage in netguard::install::HOOK_STAGES {
             let hook = json!({
                 "version": "1.0.0",
                 "hook": {

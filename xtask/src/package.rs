@@ -41,7 +41,7 @@ const COMPLETIONS: [(&str, &str); 3] = [
 ];
 
 /// Repository files shipped as they are: (source, path in the package, mode).
-const SHIPPED: [(&str, &str, u32); 8] = [
+const SHIPPED: [(&str, &str, u32); 7] = [
     (
         "deploy/systemd/netguard.service",
         "lib/systemd/system/netguard.service",
@@ -72,11 +72,6 @@ const SHIPPED: [(&str, &str, u32); 8] = [
     (
         "deploy/oci-hooks/netguard-createruntime.json",
         "usr/share/containers/oci/hooks.d/netguard-createruntime.json",
-        0o644,
-    ),
-    (
-        "deploy/oci-hooks/netguard-poststart.json",
-        "usr/share/containers/oci/hooks.d/netguard-poststart.json",
         0o644,
     ),
     (

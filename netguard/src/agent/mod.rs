@@ -178,12 +178,20 @@ impl Shared {
                     .to_string(),
             );
         }
+        let asked = Instant::now();
         let mut ledger = self.ledger.lock().await;
+        let waited = asked.elapsed();
         self.fold_events(&mut ledger, self.host_inode);
         let reply = control::execute(operation, &mut ledger, &self.restorer)
             .await
             .map_err(|e| e.to_string());
         drop(ledger);
+        // What a runtime's start pays for netguard: the wait for the ledger and the work.
+        tracing::debug!(
+            "{}: waited {waited:?} for the ledger, done in {:?}",
+            operation.name(),
+            asked.elapsed() - waited
+        );
         // Whatever changed may need a pass (a lend pins nothing the reconciler should keep).
         // Not after a runtime's: a pass then would hold the ledger while the container's
         // next hook waits for it, and has nothing to repair.

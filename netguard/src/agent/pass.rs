@@ -113,6 +113,7 @@ pub(super) async fn reconcile(shared: &Shared) -> Option<Duration> {
         Err(e) => tracing::error!("{e}"),
     }
     shared.info.lock().unwrap_or_else(|p| p.into_inner()).passes += 1;
+    tracing::debug!("the pass held the ledger for {:?}", started.elapsed());
     next_due
 }
 

@@ -87,6 +87,19 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// A short name for logs (a hook's with its stage).
+    pub fn name(&self) -> String {
+        match self {
+            Operation::Container { event } => format!("hook {:?} of {}", event.stage, event.id),
+            Operation::CniAdd { attachment } => format!("CNI ADD of {attachment}"),
+            Operation::CniDel { attachment } => format!("CNI DEL of {attachment}"),
+            other => serde_json::to_value(other)
+                .ok()
+                .and_then(|v| v["operation"].as_str().map(String::from))
+                .unwrap_or_default(),
+        }
+    }
+
     /// Sent by a container runtime (the CNI plugin, an OCI hook), which waits for the answer
     /// before the container goes on. Such an operation leaves nothing for a restore pass to
     /// repair (a createRuntime that re-attaches runs its own).
