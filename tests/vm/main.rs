@@ -259,6 +259,11 @@ async fn main() {
             let result = scenarios::cli_record_report(backend).await;
             report.verdict(&format!("{backend}/cli-record-report"), result);
         }
+        // The 6.1 guest, ~3x slower under TCG, runs the agent scenarios with its first backend
+        // only (its trace scenarios prove each backend); the 6.12 guest runs them with each.
+        if i > 0 && faults::slow_guest() {
+            continue;
+        }
         for (name, result) in agent::run_all(backend, &wanted).await {
             report.verdict(&format!("{backend}/{name}"), result);
         }
