@@ -137,6 +137,36 @@ impl Agent {
         Ok(status)
     }
 
+    /// Stops guarding every link (NICs stay: the cleanup renames them home). Scenarios share
+    /// one agent; without this it re-creates what the last scenario guarded while the cleanup
+    /// deletes it, and the next scenario starts against a busy agent.
+    pub fn forget_links(&self) -> Outcome {
+        let status = self.status()?;
+        let mut links: Vec<(String, Option<String>)> = status["rows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["kind"] != "nic")
+            .filter_map(|r| {
+                let netns = r["netns"].as_str()?;
+                Some((
+                    r["name"].as_str()?.to_string(),
+                    (netns != "host").then(|| netns.to_string()),
+                ))
+            })
+            .collect();
+        // A host link is named without its netns: forget the pods' first, so its name is unique.
+        links.sort_by_key(|(_, netns)| netns.is_none());
+        for (name, netns) in &links {
+            let mut args = vec!["forget", name.as_str()];
+            if let Some(netns) = netns {
+                args.extend(["--netns", netns.as_str()]);
+            }
+            self.netguard(&args)?;
+        }
+        Ok(())
+    }
+
     /// The status row of a guarded NIC or link by name.
     pub fn row(&self, name: &str) -> Result<Value, String> {
         let status = self.status()?;
@@ -278,6 +308,9 @@ pub async fn run_all(
             .await
             .map_err(|why| format!("{why}\n  agent log:\n{}", agent.log_tail()));
         results.push((name, outcome));
+        if let Err(why) = agent.forget_links() {
+            results.push(("agent-forget-links", Err(why)));
+        }
         cleanup();
     }
     // The agent would restore what the last cleanup removes: stop it first, then clean again.
