@@ -1,6 +1,7 @@
 //! `netguard` run as a chained CNI plugin (CNI_COMMAND is set): the protocol is the
 //! library's; here is netguard's side of it, through the agent or under the ledger's lock.
 
+use std::cell::OnceCell;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,22 +56,31 @@ fn place_of(stdin: &[u8]) -> Place {
 /// netguard's side: operations on the ledger, by the agent if one answers.
 struct Side {
     place: Place,
-    /// Why there is none: every command then fails open.
-    runtime: Result<tokio::runtime::Runtime, String>,
+    /// Built at the first command that talks to the agent: every container start runs
+    /// `VERSION`, which needs none. Why there is none: every command then fails open.
+    runtime: OnceCell<Result<tokio::runtime::Runtime, String>>,
 }
 
 impl Side {
     fn new(place: Place) -> Side {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the async runtime: {e}"));
-        Side { place, runtime }
+        Side {
+            place,
+            runtime: OnceCell::new(),
+        }
     }
 
     /// Runs `work` for at most [`AGENT_PATIENCE`].
     fn block_on<T>(&self, work: impl std::future::Future<Output = T>) -> Result<T, String> {
-        let runtime = self.runtime.as_ref().map_err(Clone::clone)?;
+        let runtime = self
+            .runtime
+            .get_or_init(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("cannot start the async runtime: {e}"))
+            })
+            .as_ref()
+            .map_err(Clone::clone)?;
         runtime
             .block_on(async { tokio::time::timeout(AGENT_PATIENCE, work).await })
             .map_err(|_| format!("netguard gave no answer within {AGENT_PATIENCE:?}"))
