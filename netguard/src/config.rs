@@ -440,6 +440,25 @@ mod tests {
     }
 
     #[test]
+    fn the_full_pass_period_is_checked_like_the_interval() {
+        let settings = resolve("", Flags::default()).unwrap();
+        assert_eq!(settings.full_pass_every, DEFAULT_FULL_PASS_EVERY);
+        let flags = Flags {
+            full_pass_every: Some(3.0),
+            ..Flags::default()
+        };
+        let settings = resolve("full_pass_every = 60\n", flags).unwrap();
+        assert_eq!(settings.full_pass_every, Duration::from_secs(3));
+        let settings = resolve("full_pass_every = 60\n", Flags::default()).unwrap();
+        assert_eq!(settings.full_pass_every, Duration::from_secs(60));
+        let err = refused("full_pass_every = 0\n");
+        assert!(
+            err.starts_with("config /etc/ng.toml: full_pass_every 0: give a number of seconds"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn exclusions_are_macs_or_interface_names_nothing_else() {
         let flags = Flags {
             exclude: vec!["eth9".into(), "52:54:00:00:00:0a".into()],
