@@ -208,7 +208,12 @@ impl Restorer {
             netns: stale.iter().cloned().collect(),
         };
         let host = &host;
-        let guarded = &guarded_names(ledger);
+        // Only for what is read (an idle pass reads nothing).
+        let guarded = &if stale.is_empty() {
+            HashMap::new()
+        } else {
+            guarded_names(ledger)
+        };
         let reads = futures::stream::iter(stale)
             .map(|locator: Locator| async move {
                 let path = self.pool.path_of(&locator).to_path_buf();
