@@ -81,7 +81,10 @@ fn a_netns_swapped_without_a_word_is_repaired_by_the_full_pass() {
 
     // Declared after the world: unmounted before it drops.
     let _stacked = Stacked::on(&c, w.ns("spare"));
-    assert!(!pings(w.c(), "198.18.1.1"), "the spare netns has no eth0 yet");
+    assert!(
+        !pings(w.c(), "198.18.1.1"),
+        "the spare netns has no eth0 yet"
+    );
     let took = wait_until(
         "the netns now at the container's path pings the bridge through a new eth0",
         || pings(w.c(), "198.18.1.1"),

@@ -169,7 +169,11 @@ impl NetnsInventory {
         links.shrink_to_fit();
         addresses.shrink_to_fit();
         routes.shrink_to_fit();
-        let mapped = if links.len() > SCANNED { &links[..] } else { &[] };
+        let mapped = if links.len() > SCANNED {
+            &links[..]
+        } else {
+            &[]
+        };
         let by_index = mapped
             .iter()
             .enumerate()

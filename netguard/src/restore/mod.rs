@@ -27,8 +27,8 @@ pub use action::{describe, Action, Dev};
 pub use apply::{ActionError, Executor, ItemResult, Outcome};
 pub use mounts::MountNotices;
 pub use plan::{Item, Plan, Target, Verdict, World};
-pub use survey::DEFAULT_FULL_PASS_EVERY;
 use survey::Known;
+pub use survey::DEFAULT_FULL_PASS_EVERY;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -139,7 +139,6 @@ impl Restorer {
     pub fn mounts(&self) -> std::sync::MutexGuard<'_, MountNotices> {
         self.mounts.lock().unwrap_or_else(|p| p.into_inner())
     }
-
 
     /// Applies one item planned outside a pass (lend, reclaim), every action read back like
     /// a pass's.
@@ -305,7 +304,6 @@ impl Restorer {
         }
     }
 }
-
 
 /// Every physical NIC in the host netns, as `see(identity, mac, up, location)`.
 fn see_host_nics(

@@ -130,7 +130,13 @@ fn netns_of(record: &LinkRecord) -> [&Locator; 2] {
 fn on_a_nic(record: &LinkRecord) -> bool {
     matches!(
         &record.spec.kind,
-        KindSpec::Vlan { parent: Parent::Nic(_), .. } | KindSpec::Macvlan { parent: Parent::Nic(_), .. }
+        KindSpec::Vlan {
+            parent: Parent::Nic(_),
+            ..
+        } | KindSpec::Macvlan {
+            parent: Parent::Nic(_),
+            ..
+        }
     )
 }
 
@@ -326,25 +332,46 @@ mod tests {
             .map(|i| result(i, Outcome::Intact))
             .collect();
         let mut known = Known::default();
-        assert!(known.needs_planning(veth, &quiet(), 7), "nothing planned yet");
+        assert!(
+            known.needs_planning(veth, &quiet(), 7),
+            "nothing planned yet"
+        );
 
         known.settle(&plan, &whole, |_| false, 7);
-        assert!(!known.needs_planning(veth, &quiet(), 7), "whole, nothing new");
-        assert!(known.needs_planning(on_nic, &quiet(), 7), "on a NIC: always");
-        assert!(known.needs_planning(veth, &quiet(), 8), "the ledger changed");
+        assert!(
+            !known.needs_planning(veth, &quiet(), 7),
+            "whole, nothing new"
+        );
+        assert!(
+            known.needs_planning(on_nic, &quiet(), 7),
+            "on a NIC: always"
+        );
+        assert!(
+            known.needs_planning(veth, &quiet(), 8),
+            "the ledger changed"
+        );
         let own = Fresh {
             netns: HashSet::from([veth.spec.netns.clone()]),
             ..quiet()
         };
-        assert!(known.needs_planning(veth, &own, 7), "its netns was read again");
+        assert!(
+            known.needs_planning(veth, &own, 7),
+            "its netns was read again"
+        );
         let host = Fresh {
             host: true,
             ..quiet()
         };
-        assert!(known.needs_planning(veth, &host, 7), "its peer's netns was read");
+        assert!(
+            known.needs_planning(veth, &host, 7),
+            "its peer's netns was read"
+        );
 
         known.settle(&plan, &whole, |_| true, 7);
-        assert!(known.needs_planning(veth, &quiet(), 7), "a back-off follows it");
+        assert!(
+            known.needs_planning(veth, &quiet(), 7),
+            "a back-off follows it"
+        );
 
         let restored: Vec<ItemResult> = plan
             .items
@@ -356,6 +383,9 @@ mod tests {
 
         known.settle(&plan, &whole, |_| false, 7);
         known.plan_all_next();
-        assert!(known.needs_planning(veth, &quiet(), 7), "a dry run read meanwhile");
+        assert!(
+            known.needs_planning(veth, &quiet(), 7),
+            "a dry run read meanwhile"
+        );
     }
 }
