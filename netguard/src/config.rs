@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::ledger::{Exclusions, Mac};
+pub use crate::restore::DEFAULT_FULL_PASS_EVERY;
 use crate::trace::BackendChoice;
 
 pub const DEFAULT_CONFIG: &str = "/etc/netguard/netguard.toml";
@@ -72,6 +73,8 @@ pub struct FileConfig {
     pub host_netns: Option<PathBuf>,
     /// Seconds between reconcile passes.
     pub interval: Option<f64>,
+    /// Seconds between full passes (everything read and planned, announced or not).
+    pub full_pass_every: Option<f64>,
     /// Interface names or MAC addresses never guarded.
     #[serde(default)]
     pub exclude: Vec<String>,
@@ -124,6 +127,7 @@ pub struct Settings {
     pub backend: BackendChoice,
     pub host_netns: Option<PathBuf>,
     pub interval: Duration,
+    pub full_pass_every: Duration,
     pub exclude: Exclusions,
     pub observe_only: bool,
     /// libcni result cache directories to watch.
@@ -149,6 +153,15 @@ impl Settings {
         let interval = match pick(flags.interval, file.interval, "interval", path) {
             Some((secs, setting)) => seconds(setting, secs, INTERVAL_RANGE)?,
             None => DEFAULT_INTERVAL,
+        };
+        let full_pass_every = match pick(
+            flags.full_pass_every,
+            file.full_pass_every,
+            "full_pass_every",
+            path,
+        ) {
+            Some((secs, setting)) => seconds(setting, secs, INTERVAL_RANGE)?,
+            None => DEFAULT_FULL_PASS_EVERY,
         };
         let socket = match pick(flags.socket, file.socket, "socket", path) {
             Some((socket, setting)) => socket_path(setting, socket)?,
@@ -198,6 +211,7 @@ impl Settings {
             backend,
             host_netns: flags.host_netns.or(file.host_netns),
             interval,
+            full_pass_every,
             exclude,
             observe_only: flags.observe_only.or(file.observe_only).unwrap_or(false),
             cni_cache,
@@ -423,6 +437,25 @@ mod tests {
         );
         let err = refused("interval = -3.5\n");
         assert!(err.contains("interval -3.5"), "{err}");
+    }
+
+    #[test]
+    fn the_full_pass_period_is_checked_like_the_interval() {
+        let settings = resolve("", Flags::default()).unwrap();
+        assert_eq!(settings.full_pass_every, DEFAULT_FULL_PASS_EVERY);
+        let flags = Flags {
+            full_pass_every: Some(3.0),
+            ..Flags::default()
+        };
+        let settings = resolve("full_pass_every = 60\n", flags).unwrap();
+        assert_eq!(settings.full_pass_every, Duration::from_secs(3));
+        let settings = resolve("full_pass_every = 60\n", Flags::default()).unwrap();
+        assert_eq!(settings.full_pass_every, Duration::from_secs(60));
+        let err = refused("full_pass_every = 0\n");
+        assert!(
+            err.starts_with("config /etc/ng.toml: full_pass_every 0: give a number of seconds"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -23,7 +23,9 @@ pub fn case_of(target: &Target) -> &'static str {
     }
 }
 
-/// Remembers each guarded thing's state from the last pass.
+/// Remembers the guarded things in a told state (conflict, released) after the last pass:
+/// the only ones whose state's arrival is not news (a fleet's healthy thousands need no
+/// entry).
 pub struct Outcomes {
     metrics: Option<Arc<Metrics>>,
     states: HashMap<(String, String, String), String>,
@@ -73,13 +75,13 @@ impl Outcomes {
             }
         }
         for row in rows {
+            let Some((_, what)) = TOLD_STATES.iter().find(|(state, _)| *state == row.state) else {
+                continue;
+            };
             let before = self.states.get(&key(row)).map(String::as_str);
             if before == Some(row.state.as_str()) {
                 continue;
             }
-            let Some((_, what)) = TOLD_STATES.iter().find(|(state, _)| *state == row.state) else {
-                continue;
-            };
             if *what == "conflict" {
                 if let Some(m) = &self.metrics {
                     m.conflicts.with_label_values(&[row.kind.as_str()]).inc();
@@ -91,7 +93,11 @@ impl Outcomes {
     }
 
     fn remember(&mut self, rows: &[StatusRow]) {
-        self.states = rows.iter().map(|r| (key(r), r.state.clone())).collect();
+        self.states = rows
+            .iter()
+            .filter(|r| TOLD_STATES.iter().any(|(state, _)| *state == r.state))
+            .map(|r| (key(r), r.state.clone()))
+            .collect();
         if let Some(m) = &self.metrics {
             let mut counts: HashMap<(String, String), i64> = HashMap::new();
             for row in rows {

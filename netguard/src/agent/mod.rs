@@ -56,6 +56,8 @@ pub struct AgentOptions {
     pub backend: BackendChoice,
     pub host_netns: Option<PathBuf>,
     pub interval: Duration,
+    /// How often every netns is read and every link planned, announced or not.
+    pub full_pass_every: Duration,
     /// Trace, plan and log what would be done; change nothing in the kernel.
     pub observe_only: bool,
     /// Where to serve Prometheus metrics; `None`: nowhere.
@@ -89,6 +91,10 @@ struct Shared {
     unfolded: std::sync::Mutex<Vec<Event>>,
     /// The ledger's status rows when it was last free: what `status` shows while a pass runs.
     rows: std::sync::Mutex<Vec<StatusRow>>,
+    /// The ledger's revision `rows` were made from, and the one the outcomes last saw: an
+    /// idle pass changes neither, and makes neither again.
+    rows_at: std::sync::Mutex<Option<u64>>,
+    told_at: std::sync::Mutex<Option<u64>>,
     /// Set by a stop request: no new pass starts.
     stopping: AtomicBool,
     restorer: Restorer,
@@ -135,10 +141,13 @@ impl Shared {
     }
 
     /// Keeps the rows `status` shows while the ledger is busy.
-    fn keep_rows(&self, ledger: &Ledger) -> Vec<StatusRow> {
-        let rows = status::ledger_rows(ledger.content());
-        *self.rows.lock().unwrap_or_else(|p| p.into_inner()) = rows.clone();
-        rows
+    fn keep_rows(&self, ledger: &Ledger) {
+        let mut at = self.rows_at.lock().unwrap_or_else(|p| p.into_inner());
+        if *at != Some(ledger.revision()) {
+            *self.rows.lock().unwrap_or_else(|p| p.into_inner()) =
+                status::ledger_rows(ledger.content());
+            *at = Some(ledger.revision());
+        }
     }
 
     fn info(&self) -> AgentInfo {
@@ -148,10 +157,10 @@ impl Shared {
     /// Never waits for a pass: while one runs, the rows from before it, with the events seen
     /// since (the tracer notes them at once).
     async fn status(&self) -> Status {
-        let rows = match self.ledger.try_lock() {
-            Ok(ledger) => self.keep_rows(&ledger),
-            Err(_) => self.rows.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-        };
+        if let Ok(ledger) = self.ledger.try_lock() {
+            self.keep_rows(&ledger);
+        }
+        let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let rows = status::with_last_events(
             rows,
             &self.last_events.lock().unwrap_or_else(|p| p.into_inner()),
@@ -242,6 +251,8 @@ pub async fn run(
     let shared = Arc::new(Shared {
         unfolded: Default::default(),
         rows: std::sync::Mutex::new(status::ledger_rows(ledger.content())),
+        rows_at: Default::default(),
+        told_at: Default::default(),
         host_inode,
         ledger: Mutex::new(ledger),
         stopping: Default::default(),
@@ -249,7 +260,8 @@ pub async fn run(
             Restorer::observing(pool, CONCURRENCY)
         } else {
             Restorer::new(pool, CONCURRENCY)
-        },
+        }
+        .with_full_pass_every(options.full_pass_every),
         last_events: std::sync::Mutex::new(LastEvents::new(host_name)),
         info: std::sync::Mutex::new(AgentInfo {
             pid: std::process::id(),

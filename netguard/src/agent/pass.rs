@@ -12,7 +12,7 @@ use super::{Shared, RELEASED_PODS_KEPT};
 use crate::control;
 use crate::event::Event;
 use crate::ledger::{LedgerContent, Locator};
-use crate::restore::Verdict;
+use crate::restore::{Outcome, Verdict};
 use crate::status;
 
 /// Whether an event may call for a pass though it is about no guarded device: it happened in
@@ -62,15 +62,26 @@ pub(super) async fn reconcile(shared: &Shared) -> Option<Duration> {
             if let Some(m) = &shared.metrics {
                 m.pass_duration.observe(started.elapsed().as_secs_f64());
             }
-            shared
-                .outcomes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .after_pass(
-                    &report,
-                    &status::ledger_rows(ledger.content()),
-                    triggered.into_std(),
-                );
+            // Outcomes tell restores, failures and new states: none after a pass that
+            // repaired nothing and left the ledger as the last one told.
+            let mut told = shared.told_at.lock().unwrap_or_else(|p| p.into_inner());
+            let news = report
+                .results
+                .iter()
+                .any(|r| matches!(r.outcome, Outcome::Restored | Outcome::Failed));
+            if news || *told != Some(ledger.revision()) {
+                shared
+                    .outcomes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .after_pass(
+                        &report,
+                        &status::ledger_rows(ledger.content()),
+                        triggered.into_std(),
+                    );
+                *told = Some(ledger.revision());
+            }
+            drop(told);
             for item in report.broken() {
                 tracing::warn!(
                     "{}: {:?}{}",

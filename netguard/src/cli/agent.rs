@@ -30,6 +30,10 @@ pub struct AgentArgs {
     /// Seconds between restore passes when nothing happens.
     #[arg(long, value_name = "SECS")]
     interval: Option<f64>,
+    /// Seconds between full passes, which read every netns and plan every link whether or
+    /// not the kernel announced a change there (default 300).
+    #[arg(long, value_name = "SECS")]
+    full_pass_every: Option<f64>,
     /// A NIC never guarded, by name or MAC (repeatable).
     #[arg(long, value_name = "NAME|MAC")]
     exclude: Vec<String>,
@@ -56,6 +60,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         backend: args.backend,
         host_netns: args.host_netns,
         interval: args.interval,
+        full_pass_every: args.full_pass_every,
         exclude: args.exclude,
         // Only a flag given overrides the file.
         observe_only: args.observe_only.then_some(true),
@@ -71,6 +76,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         backend: settings.backend,
         host_netns: settings.host_netns,
         interval: settings.interval,
+        full_pass_every: settings.full_pass_every,
         observe_only: settings.observe_only,
         metrics: settings.metrics,
         cni_caches: settings.cni_cache,

@@ -147,25 +147,39 @@ pub struct NetnsInventory {
     pub addresses: Vec<LiveAddr>,
     /// Main-table routes.
     pub routes: Vec<LiveRoute>,
+    /// Lookups for a netns with many links (the host's); a container's few are scanned (the
+    /// views of 10,000 netns are kept from pass to pass, and maps would double their size).
     #[serde(skip)]
     by_index: HashMap<u32, usize>,
     #[serde(skip)]
     by_name: HashMap<String, usize>,
 }
 
+/// Up to this many links, lookups scan them rather than keep maps.
+const SCANNED: usize = 16;
+
 impl NetnsInventory {
     pub fn new(
         inode: u64,
-        links: Vec<LiveLink>,
-        addresses: Vec<LiveAddr>,
-        routes: Vec<LiveRoute>,
+        mut links: Vec<LiveLink>,
+        mut addresses: Vec<LiveAddr>,
+        mut routes: Vec<LiveRoute>,
     ) -> Self {
-        let by_index = links
+        // Kept for as long as nothing changes there: no room to grow.
+        links.shrink_to_fit();
+        addresses.shrink_to_fit();
+        routes.shrink_to_fit();
+        let mapped = if links.len() > SCANNED {
+            &links[..]
+        } else {
+            &[]
+        };
+        let by_index = mapped
             .iter()
             .enumerate()
             .map(|(i, l)| (l.ifindex, i))
             .collect();
-        let by_name = links
+        let by_name = mapped
             .iter()
             .enumerate()
             .map(|(i, l)| (l.name.clone(), i))
@@ -181,10 +195,16 @@ impl NetnsInventory {
     }
 
     pub fn link(&self, ifindex: u32) -> Option<&LiveLink> {
+        if self.by_index.is_empty() {
+            return self.links.iter().rev().find(|l| l.ifindex == ifindex);
+        }
         self.by_index.get(&ifindex).map(|i| &self.links[*i])
     }
 
     pub fn link_by_name(&self, name: &str) -> Option<&LiveLink> {
+        if self.by_name.is_empty() {
+            return self.links.iter().rev().find(|l| l.name == name);
+        }
         self.by_name.get(name).map(|i| &self.links[*i])
     }
 
@@ -391,6 +411,12 @@ mod tests {
         assert_eq!(inv.link(5).unwrap().name, "eth0");
         assert_eq!(inv.link_by_name("lo").unwrap().ifindex, 1);
         assert!(inv.link(9).is_none());
+        // A host's many links are looked up through maps, with the same answers.
+        let many: Vec<LiveLink> = (1..=40).map(|i| link(i, &format!("v{i}"))).collect();
+        let inv = NetnsInventory::new(7, many, vec![], vec![]);
+        assert_eq!(inv.link(33).unwrap().name, "v33");
+        assert_eq!(inv.link_by_name("v7").unwrap().ifindex, 7);
+        assert!(inv.link(41).is_none() && inv.link_by_name("eth0").is_none());
     }
 
     #[test]

@@ -154,6 +154,8 @@ pub struct Ledger {
     dirty: bool,
     /// A change since the last save or commit could not be journalled.
     journal_failed: bool,
+    /// Counts the changes to the content since it was opened (not stored).
+    revision: u64,
 }
 
 impl Ledger {
@@ -228,6 +230,7 @@ impl Ledger {
         let mut ledger = Ledger {
             dirty: replayed > 0 || layout < store::VERSION,
             journal_failed: false,
+            revision: 0,
             options,
             content,
             journal,
@@ -300,6 +303,13 @@ impl Ledger {
         &self.content
     }
 
+    /// Differs from one call to the next only if the content changed in between (every
+    /// change is journalled, so every change counts): a pass need not look again at what
+    /// it already planned for an unchanged ledger.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
     fn put_nic(&mut self, record: NicRecord) {
         let entry = JournalEntry::PutNic { nic: record };
         entry.apply(&mut self.content);
@@ -316,6 +326,7 @@ impl Ledger {
     /// in-memory ledger has the change and the next [`save`](Self::save) makes it durable.
     fn append(&mut self, entry: JournalEntry) {
         self.dirty = true;
+        self.revision += 1;
         off_runtime(|| self.append_now(entry))
     }
 

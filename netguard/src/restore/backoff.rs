@@ -96,6 +96,12 @@ impl Flaps {
         }
     }
 
+    /// Whether `target` was restored lately (until its restore held for [`STEADY`]): a pass
+    /// must look at it, whole or not.
+    pub fn follows(&self, target: &Target) -> bool {
+        self.0.contains_key(target)
+    }
+
     /// Why `target` shows as flapping, if it does: restores of it have not held lately.
     pub fn flapping(&self, target: &Target) -> Option<String> {
         let flap = self.0.get(target).filter(|f| f.times > 0)?;

@@ -3,7 +3,6 @@
 //! ledger, plans, applies, and records how each guarded thing stands. Running a pass again on a
 //! healthy system does nothing.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,12 +10,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::event::Netns;
-use futures::StreamExt;
-
-use crate::inventory::{Changed, Changes, InventoryError, NetnsConn, Pool, Pruned};
+use crate::inventory::{InventoryError, Pool, Pruned};
 use crate::ledger::{
-    Flight, KindSpec, Ledger, LedgerContent, LinkState, Locator, Mac, NicIdentity, NicLocation,
-    NicRecord, NicState, Parent,
+    Flight, Ledger, LinkState, Locator, Mac, NicIdentity, NicLocation, NicRecord, NicState,
 };
 
 pub mod action;
@@ -25,11 +21,14 @@ mod backoff;
 mod flight;
 mod mounts;
 pub mod plan;
+mod survey;
 
 pub use action::{describe, Action, Dev};
 pub use apply::{ActionError, Executor, ItemResult, Outcome};
 pub use mounts::MountNotices;
 pub use plan::{Item, Plan, Target, Verdict, World};
+use survey::Known;
+pub use survey::DEFAULT_FULL_PASS_EVERY;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -84,30 +83,9 @@ pub struct Restorer {
     flaps: std::sync::Mutex<backoff::Flaps>,
     /// What the agent's bind-mount watch said (see [`MountNotices`]).
     mounts: std::sync::Mutex<MountNotices>,
+    /// How often everything is read and planned, however quiet the kernel.
+    full_pass_every: Duration,
 }
-
-/// The kernel's view kept from pass to pass, read again only where it may have changed: a
-/// netns the kernel announced a change in (link, address or route), one mounted anew at its
-/// path, one whose last pass left something not whole; everything when notifications were
-/// lost, and every [`READ_ALL_EVERY`] regardless. A pass on an idle host then reads nothing
-/// but one `stat` per netns, and none for a path the agent's bind-mount watch vouches for.
-#[derive(Default)]
-struct Known {
-    world: World,
-    /// The nsid the host gives each netns read: its notifications carry it. `None`: it has
-    /// none, so nothing would say it changed, and it is read every pass.
-    nsids: HashMap<Locator, Option<i32>>,
-    /// Read again at the next pass (`Locator::Host`: the host netns).
-    again: HashSet<Locator>,
-    changes: Option<Changes>,
-    read_all_at: Option<Instant>,
-}
-
-/// However quiet the kernel, everything is read again this often.
-const READ_ALL_EVERY: Duration = Duration::from_secs(300);
-
-/// Namespaces read at once during a survey (each read holds a socket in its netns).
-const READ_CONCURRENCY: usize = 16;
 
 /// After reading this many namespaces in a pass, memory is handed back to the system.
 const GIVE_BACK_AFTER: usize = 64;
@@ -141,6 +119,15 @@ impl Restorer {
             known: Default::default(),
             flaps: Default::default(),
             mounts: Default::default(),
+            full_pass_every: DEFAULT_FULL_PASS_EVERY,
+        }
+    }
+
+    /// Everything is read and planned at least this often (see [`DEFAULT_FULL_PASS_EVERY`]).
+    pub fn with_full_pass_every(self, every: Duration) -> Restorer {
+        Restorer {
+            full_pass_every: every,
+            ..self
         }
     }
 
@@ -153,126 +140,6 @@ impl Restorer {
         self.mounts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Brings the kept view of the host netns and of every netns the ledger's links need up
-    /// to date (see [`Known`]), reading what may have changed concurrently. A netns that
-    /// cannot be opened is noted, not fatal: its links wait.
-    async fn survey(
-        &self,
-        ledger: &LedgerContent,
-    ) -> Result<(tokio::sync::MutexGuard<'_, Known>, Vec<Pruned>, usize), RestoreError> {
-        let mut known = self.known.lock().await;
-        let pruned = self.pool.prune();
-        let mounts = self.mounts().take();
-        let host = self.pool.host().await.map_err(RestoreError::Host)?;
-        // Listening before reading: whatever changes during the reads is announced after.
-        if known.changes.is_none() {
-            match Changes::open(self.pool.path_of(&Locator::Host)).await {
-                Ok(changes) => known.changes = Some(changes),
-                Err(e) => {
-                    tracing::warn!("not listening for changes ({e}): this pass reads every netns")
-                }
-            }
-        }
-        let changed = match &mut known.changes {
-            Some(changes) => changes.take(),
-            None => Changed {
-                anything: true,
-                ..Changed::default()
-            },
-        };
-        let due = known
-            .read_all_at
-            .is_none_or(|at| at.elapsed() >= READ_ALL_EVERY);
-        if changed.anything || due || known.world.host.inode != host.inode {
-            let changes = known.changes.take();
-            *known = Known {
-                changes,
-                read_all_at: Some(Instant::now()),
-                ..Known::default()
-            };
-            known.again.insert(Locator::Host);
-        }
-        let wanted = wanted(ledger);
-        let Known {
-            world,
-            nsids,
-            again,
-            ..
-        } = &mut *known;
-        world.netns.retain(|locator, _| wanted.contains(locator));
-        world.unreachable.clear();
-        nsids.retain(|locator, _| wanted.contains(locator));
-        let stale: Vec<Locator> = wanted
-            .into_iter()
-            .filter(|locator| {
-                let Some(inv) = world.netns.get(*locator) else {
-                    return true;
-                };
-                let announced = match nsids.get(*locator) {
-                    Some(Some(nsid)) => changed.nsids.contains(nsid),
-                    _ => true,
-                };
-                announced
-                    || again.contains(*locator)
-                    || (mounts.may_have_moved(locator)
-                        && self.pool.inode_at(locator) != Some(inv.inode))
-            })
-            .cloned()
-            .collect();
-        let read_host = changed.host || again.contains(&Locator::Host);
-        again.clear();
-        let read = stale.len() + usize::from(read_host);
-        let host = &host;
-        let guarded = &guarded_names(ledger);
-        let reads = futures::stream::iter(stale)
-            .map(|locator: Locator| async move {
-                let path = self.pool.path_of(&locator).to_path_buf();
-                let read = async {
-                    let conn = NetnsConn::open(locator.clone(), &path).await?;
-                    let inventory = conn.dump().await?;
-                    let nsid = host.nsid_of(&conn).await?;
-                    // A netns missing a guarded link is about to be repaired: this pass keeps
-                    // the connection rather than open another (released with the rest).
-                    let missing = guarded.get(&locator).is_some_and(|names| {
-                        names.iter().any(|n| inventory.link_by_name(n).is_none())
-                    });
-                    if missing {
-                        self.pool.adopt(conn);
-                    }
-                    Ok::<_, InventoryError>((inventory, nsid))
-                }
-                .await;
-                (locator, read)
-            })
-            .buffer_unordered(READ_CONCURRENCY)
-            .collect::<Vec<_>>();
-        let host_read = async move {
-            if read_host {
-                Some(host.dump().await)
-            } else {
-                None
-            }
-        };
-        let (host_inv, reads) = futures::join!(host_read, reads);
-        if let Some(inv) = host_inv {
-            world.host = inv.map_err(RestoreError::Host)?;
-        }
-        for (locator, read) in reads {
-            match read {
-                Ok((inv, nsid)) => {
-                    world.netns.insert(locator.clone(), inv);
-                    nsids.insert(locator, nsid);
-                }
-                Err(e) => {
-                    world.netns.remove(&locator);
-                    nsids.remove(&locator);
-                    world.unreachable.insert(locator, e.to_string());
-                }
-            }
-        }
-        Ok((known, pruned, read))
-    }
-
     /// Applies one item planned outside a pass (lend, reclaim), every action read back like
     /// a pass's.
     pub async fn carry_out(&self, item: Item) -> ItemResult {
@@ -283,7 +150,9 @@ impl Restorer {
 
     /// What a pass would do, changing nothing (kernel or ledger): for `--dry-run`.
     pub async fn dry_run(&self, ledger: &Ledger) -> Result<Plan, RestoreError> {
-        let (known, _, _) = self.survey(ledger.content()).await?;
+        let (mut known, _) = self.survey(ledger.content()).await?;
+        // What this survey read again is news to the next pass too.
+        known.plan_all_next();
         let world = &known.world;
         let mut content = ledger.content().clone();
         let see = &mut |identity: NicIdentity, mac, up, location: NicLocation| {
@@ -303,14 +172,21 @@ impl Restorer {
     /// (journalled; the caller saves the ledger once afterwards).
     pub async fn pass(&self, ledger: &mut Ledger) -> Result<PassReport, RestoreError> {
         let started = Instant::now();
-        let (mut known, pruned, read) = self.survey(ledger.content()).await?;
+        let (mut known, surveyed) = self.survey(ledger.content()).await?;
         let world = &known.world;
         let host_netns = self.host_netns(world);
         let see = &mut |identity: NicIdentity, mac, up, location| {
             ledger.see_host_nic(&identity, mac, up, location)
         };
         see_host_nics(see, world, host_netns.clone());
-        let mut plan = plan::plan(ledger.content(), world);
+        let revision = ledger.revision();
+        let mut plan = plan::plan_where(ledger.content(), world, |record| {
+            known.needs_planning(record, &surveyed.fresh, revision)
+        });
+        if !plan.is_whole() {
+            // A link waits for a parent this pass did not plan: plan them all.
+            plan = plan::plan(ledger.content(), world);
+        }
         self.hold_flapping(&mut plan);
         // Temporary names are on disk (the commit below) before any device gets one.
         let flights: Vec<Flight> = plan.actions().filter_map(Action::flight).collect();
@@ -351,14 +227,18 @@ impl Restorer {
                 known.again.insert(Locator::Host);
             }
         }
+        {
+            let flaps = self.flaps.lock().unwrap_or_else(|p| p.into_inner());
+            known.settle(&plan, &results, |t| flaps.follows(t), ledger.revision());
+        }
         drop(known);
         self.pool.release();
-        if read >= GIVE_BACK_AFTER {
+        if surveyed.fresh.read() >= GIVE_BACK_AFTER {
             give_back_memory();
         }
         let report = PassReport {
             results,
-            pruned,
+            pruned: surveyed.pruned,
             took: started.elapsed(),
             next_due,
         };
@@ -423,45 +303,6 @@ impl Restorer {
             names: vec![self.pool.host_name()],
         }
     }
-}
-
-/// Every netns but the host's that the ledger's links live in or hang on.
-/// The names of the links guarded in each netns.
-fn guarded_names(ledger: &LedgerContent) -> HashMap<&Locator, Vec<&str>> {
-    let mut names: HashMap<&Locator, Vec<&str>> = HashMap::new();
-    for record in ledger.links.values() {
-        names
-            .entry(&record.spec.netns)
-            .or_default()
-            .push(&record.spec.name);
-    }
-    names
-}
-
-fn wanted(ledger: &LedgerContent) -> HashSet<&Locator> {
-    let mut wanted = HashSet::new();
-    for record in ledger.links.values() {
-        let spec = &record.spec;
-        wanted.insert(&spec.netns);
-        match &spec.kind {
-            KindSpec::Veth { peer } => {
-                wanted.insert(&peer.netns);
-            }
-            KindSpec::Vlan {
-                parent: Parent::Link { netns, .. },
-                ..
-            }
-            | KindSpec::Macvlan {
-                parent: Parent::Link { netns, .. },
-                ..
-            } => {
-                wanted.insert(netns);
-            }
-            _ => {}
-        }
-    }
-    wanted.remove(&Locator::Host);
-    wanted
 }
 
 /// Every physical NIC in the host netns, as `see(identity, mac, up, location)`.

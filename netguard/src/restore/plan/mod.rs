@@ -1,13 +1,15 @@
 //! Desired (ledger) vs actual (inventory) -> a [`Plan`] of typed actions. Pure: no kernel
 //! access, so every case is unit-tested on made-up inventories.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use serde::Serialize;
 
 use crate::inventory::{LiveLink, NetnsInventory};
-use crate::ledger::{LedgerContent, LinkKey, LinkState, Locator, NicIdentity, NicRecord, NicState};
+use crate::ledger::{
+    LedgerContent, LinkKey, LinkRecord, LinkState, Locator, NicIdentity, NicRecord, NicState,
+};
 use crate::model::DeviceIdentity;
 use crate::restore::action::{Action, Dev};
 use link::plan_link;
@@ -131,6 +133,22 @@ impl Plan {
     pub fn actions(&self) -> impl Iterator<Item = &Action> {
         self.items.iter().flat_map(|i| &i.actions)
     }
+
+    /// Whether every item an item waits for is in the plan.
+    pub fn is_whole(&self) -> bool {
+        let keys: HashSet<&LinkKey> = self
+            .items
+            .iter()
+            .filter_map(|i| match &i.target {
+                Target::Link { key, .. } => Some(key),
+                Target::Nic { .. } => None,
+            })
+            .collect();
+        self.items
+            .iter()
+            .filter_map(|i| i.after.as_ref())
+            .all(|after| keys.contains(after))
+    }
 }
 
 impl fmt::Display for Plan {
@@ -154,6 +172,16 @@ impl fmt::Display for Plan {
 
 /// Compares every guarded NIC and link with the kernel's view.
 pub fn plan(ledger: &LedgerContent, world: &World) -> Plan {
+    plan_where(ledger, world, |_| true)
+}
+
+/// Compares every guarded NIC, and the guarded links `include` accepts, with the kernel's
+/// view.
+pub fn plan_where(
+    ledger: &LedgerContent,
+    world: &World,
+    include: impl Fn(&LinkRecord) -> bool,
+) -> Plan {
     let mut items: Vec<Item> = ledger
         .nics
         .iter()
@@ -164,7 +192,7 @@ pub fn plan(ledger: &LedgerContent, world: &World) -> Plan {
         .values()
         // A stopped container's links wait for its next start (its createRuntime hook); a
         // released one is never re-created.
-        .filter(|r| !matches!(r.state, LinkState::Dormant | LinkState::Released))
+        .filter(|r| !matches!(r.state, LinkState::Dormant | LinkState::Released) && include(r))
         .map(|r| plan_link(r, ledger, world))
         .collect();
     // A link that waits on a parent being re-created in this same pass is planned as if the

@@ -322,6 +322,12 @@ fn driver_reload_recreates_vlan_then_macvlan_in_the_living_pod_netns() {
             "[/proc/111576/ns/net] ip route add default via 10.161.72.1 dev eth0",
         ]
     );
+    assert!(plan.is_whole(), "{plan}");
+    let without_parent = super::plan_where(&content, &world, |r| r.spec.kind.name() != "vlan");
+    assert!(
+        !without_parent.is_whole(),
+        "the macvlan waits for a vlan not planned: {without_parent}"
+    );
 
     // Parent NIC not back yet: both wait; nothing is created.
     let world = World {
