@@ -10,13 +10,16 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::ledger::{Exclusions, Mac};
-pub use crate::restore::DEFAULT_FULL_PASS_EVERY;
 use crate::trace::BackendChoice;
 
 pub const DEFAULT_CONFIG: &str = "/etc/netguard/netguard.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/netguard";
 pub const DEFAULT_SOCKET: &str = "/run/netguard/netguard.sock";
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+/// However quiet the kernel, the agent reads every netns and plans every link again this
+/// often: what no notification announced (one the kernel dropped without saying so) is
+/// repaired by then at the latest.
+pub const DEFAULT_FULL_PASS_EVERY: Duration = Duration::from_secs(300);
 
 /// Seconds between restore passes: more often than this is a busy loop, less often than once
 /// a day is not guarding.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::config::DEFAULT_FULL_PASS_EVERY;
 use crate::event::Netns;
 use crate::inventory::{InventoryError, Pool, Pruned};
 use crate::ledger::{
@@ -28,7 +29,6 @@ pub use apply::{ActionError, Executor, ItemResult, Outcome};
 pub use mounts::MountNotices;
 pub use plan::{Item, Plan, Target, Verdict, World};
 use survey::Known;
-pub use survey::DEFAULT_FULL_PASS_EVERY;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {

@@ -3,7 +3,7 @@
 //! changed for since they were last planned and found whole).
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 
@@ -15,7 +15,7 @@ use crate::ledger::{KindSpec, LedgerContent, LinkRecord, Locator, Parent};
 /// The kernel's view kept from pass to pass, read again only where it may have changed: a
 /// netns the kernel announced a change in (link, address or route), one mounted anew at its
 /// path, one whose last pass left something not whole; everything when notifications were
-/// lost, and every full-pass period ([`DEFAULT_FULL_PASS_EVERY`]) regardless. A pass on an
+/// lost, and every full-pass period ([`crate::config::DEFAULT_FULL_PASS_EVERY`]) regardless. A pass on an
 /// idle host then reads nothing, and `stat`s only the netns paths the agent's bind-mount
 /// watch does not vouch for.
 #[derive(Default)]
@@ -34,11 +34,6 @@ pub(super) struct Known {
     /// it: planned every pass until settled.
     unsettled: HashSet<Locator>,
 }
-
-/// However quiet the kernel, everything is read (and every link planned) again this often:
-/// what no notification announced (one the kernel dropped without saying so) is repaired by
-/// then at the latest.
-pub const DEFAULT_FULL_PASS_EVERY: Duration = Duration::from_secs(300);
 
 /// Namespaces read at once during a survey (each read holds a socket in its netns).
 const READ_CONCURRENCY: usize = 16;
