@@ -288,13 +288,7 @@ pub async fn request_to<R: DeserializeOwned>(
 ) -> Result<R, ApiError> {
     let mut conn = Connection::open(path).await?;
     let agent: AgentInfo = conn.ask(&Request::Agent).await?;
-    if let Some(differs) = meant.differs(&agent) {
-        return Err(ApiError::OtherAgent {
-            path: path.into(),
-            pid: agent.pid,
-            differs,
-        });
-    }
+    check_meant(path, meant, &agent)?;
     conn.ask(request).await
 }
 
@@ -331,15 +325,40 @@ impl Connection {
             path: self.path.clone(),
             source,
         };
-        let mut line = serde_json::to_vec(request).expect("requests always serialize");
-        line.push(b'\n');
-        self.write.write_all(&line).await.map_err(io)?;
+        self.write
+            .write_all(&request_line(request))
+            .await
+            .map_err(io)?;
         let mut answer = String::new();
         self.read.read_line(&mut answer).await.map_err(io)?;
-        serde_json::from_str(&answer).map_err(|source| ApiError::Protocol {
-            path: self.path.clone(),
-            source,
-        })
+        parse_answer(&self.path, &answer)
+    }
+}
+
+/// A request as it goes on the wire: one JSON line.
+pub(crate) fn request_line(request: &Request) -> Vec<u8> {
+    let mut line = serde_json::to_vec(request).expect("requests always serialize");
+    line.push(b'\n');
+    line
+}
+
+/// The agent's answer line, read as `R`.
+pub(crate) fn parse_answer<R: DeserializeOwned>(path: &Path, answer: &str) -> Result<R, ApiError> {
+    serde_json::from_str(answer).map_err(|source| ApiError::Protocol {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Whether the agent at `path`, which said it is `agent`, is the one `meant`.
+pub(crate) fn check_meant(path: &Path, meant: &Meant, agent: &AgentInfo) -> Result<(), ApiError> {
+    match meant.differs(agent) {
+        Some(differs) => Err(ApiError::OtherAgent {
+            path: path.into(),
+            pid: agent.pid,
+            differs,
+        }),
+        None => Ok(()),
     }
 }
 

@@ -229,13 +229,18 @@ fn is_ours(plugin: &Value) -> bool {
     plugin.get("type").and_then(Value::as_str) == Some(PLUGIN)
 }
 
-/// Every netguard binary carries these bytes (this constant): a regular file in the bin dir
-/// holding them is a copy [`Placement::Copy`] made, from this version or another.
-const MARKER: &[u8] = b"netguard CNI plugin binary";
+/// Every netguard binary carries these bytes (this constant; `netguard-shim --version` says
+/// them): a regular file in the bin dir holding them is a copy [`Placement::Copy`] made, from
+/// this version or another.
+pub const MARKER: &str = "netguard CNI plugin binary";
+
+/// Where `netguard-shim`, the small binary runtimes are pointed at, lies relative to the
+/// directory of `netguard`: beside it (a build) or in the package's library dir.
+pub const SHIM_BESIDE: [&str; 2] = ["netguard-shim", "../lib/netguard/netguard-shim"];
 
 fn is_netguard(path: &Path) -> bool {
     std::fs::read(path).is_ok_and(|bytes| {
-        bytes.starts_with(b"\x7fELF") && bytes.windows(MARKER.len()).any(|w| w == MARKER)
+        bytes.starts_with(b"\x7fELF") && bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes())
     })
 }
 
@@ -402,7 +407,7 @@ mod tests {
         // An earlier version's poststart hook goes at the next install.
         std::fs::create_dir_all(&hooks).unwrap();
         std::fs::write(hooks.join("netguard-poststart.json"), "{}").unwrap();
-        install_oci_hooks(&hooks, Path::new("/usr/bin/netguard")).unwrap();
+        install_oci_hooks(&hooks, Path::new("/usr/lib/netguard/netguard-shim")).unwrap();
         assert!(!hooks.join("netguard-poststart.json").exists());
         let text = std::fs::read_to_string(hooks.join("netguard-createruntime.json")).unwrap();
         let doc: Value = serde_json::from_str(&text).unwrap();
@@ -414,7 +419,7 @@ mod tests {
             json!(["netguard", "oci-hook", "--stage", "createRuntime"])
         );
         assert_eq!(doc["hook"]["timeout"], 10);
-        // The package ships what `install oci-hooks` writes for /usr/bin/netguard.
+        // The package ships what `install oci-hooks` writes for its shim.
         for (stage, shipped) in [
             (
                 "createruntime",

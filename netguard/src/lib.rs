@@ -8,6 +8,7 @@ pub mod agent;
 pub mod api;
 mod blocking;
 pub mod capture;
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod event;

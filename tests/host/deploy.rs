@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use netguard_tests::ops::{run, tool, workspace};
-use netguard_tests::{netguard_bin, World};
+use netguard_tests::{netguard_bin, shim_bin, World};
 use serde_json::Value;
 
 #[test]
@@ -107,6 +107,7 @@ fn package_installs_into_a_throwaway_root_with_every_file_in_place() {
 
     let expect = [
         ("usr/bin/netguard", 0o755),
+        ("usr/lib/netguard/netguard-shim", 0o755),
         ("lib/systemd/system/netguard.service", 0o644),
         // A conffile waits under .dpkg-new until dpkg configures the package.
         ("etc/netguard/netguard.toml.dpkg-new", 0o644),
@@ -138,28 +139,63 @@ fn package_installs_into_a_throwaway_root_with_every_file_in_place() {
         assert_eq!(meta.permissions().mode() & 0o7777, mode, "{path}");
         assert_eq!((meta.uid(), meta.gid()), (0, 0), "{path}");
     }
-    // The hooks run the packaged binary, at the stage each is named for.
+    // The hooks run the packaged shim, at the stage each is named for.
     let hook: serde_json::Value = serde_json::from_slice(
         &std::fs::read(root.join("usr/share/containers/oci/hooks.d/netguard-createruntime.json"))
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(hook["hook"]["path"], "/usr/bin/netguard", "{hook}");
+    assert_eq!(
+        hook["hook"]["path"], "/usr/lib/netguard/netguard-shim",
+        "{hook}"
+    );
     assert_eq!(
         hook["stages"],
         serde_json::json!(["createRuntime"]),
         "{hook}"
     );
-    // The CNI plugin: the binary linked into Debian's CNI bin dir, resolving inside the root.
+    // The CNI plugin: the shim linked into Debian's CNI bin dir, resolving inside the root.
     let plugin = root.join("usr/lib/cni/netguard");
     assert_eq!(
         std::fs::read_link(&plugin).unwrap(),
-        Path::new("../../bin/netguard")
+        Path::new("../netguard/netguard-shim")
     );
     assert_eq!(
         std::fs::canonicalize(&plugin).unwrap(),
-        std::fs::canonicalize(root.join("usr/bin/netguard")).unwrap()
+        std::fs::canonicalize(root.join("usr/lib/netguard/netguard-shim")).unwrap()
     );
+    // The packaged binary installs the packaged shim as the plugin (and copies it, as the
+    // DaemonSet does: a copy is recognized as netguard's when it goes).
+    let conflist = dir.0.join("10-pkg.conflist");
+    std::fs::write(
+        &conflist,
+        r#"{"cniVersion": "1.0.0", "name": "pkg", "plugins": [{"type": "bridge"}]}"#,
+    )
+    .unwrap();
+    let packaged = |args: &[&str]| {
+        run(Command::new(root.join("usr/bin/netguard"))
+            .args(args)
+            .arg("--conflist")
+            .arg(&conflist)
+            .arg("--bin-dir")
+            .arg(dir.0.join("pkg-bin")))
+    };
+    let (ok, out) = packaged(&["install", "cni"]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        std::fs::read_link(dir.0.join("pkg-bin/netguard")).unwrap(),
+        std::fs::canonicalize(root.join("usr/lib/netguard/netguard-shim")).unwrap()
+    );
+    let (ok, out) = packaged(&["install", "cni", "--copy"]);
+    assert!(ok, "{out}");
+    let copied = std::fs::read(dir.0.join("pkg-bin/netguard")).unwrap();
+    assert_eq!(
+        copied,
+        std::fs::read(root.join("usr/lib/netguard/netguard-shim")).unwrap()
+    );
+    let (ok, out) = packaged(&["uninstall", "cni"]);
+    assert!(ok, "{out}");
+    assert!(!dir.0.join("pkg-bin/netguard").exists(), "{out}");
     let (ok, depends) = run(Command::new("dpkg-deb")
         .args(["-f"])
         .arg(&deb)
@@ -240,10 +276,18 @@ fn install_cni_and_oci_hooks_and_uninstall_leave_nothing_naming_a_gone_plugin() 
     assert_eq!(doc["plugins"][0]["bridge"], "cni-podman0");
     let backup = std::fs::read_to_string(conf.join("87-podman.conflist.netguard-backup")).unwrap();
     assert_eq!(backup, original);
+    // The plugin is the small shim beside the binary, not the binary itself.
     let linked = std::fs::read_link(bin.join("netguard")).expect("plugin link");
-    assert_eq!(linked, std::fs::canonicalize(netguard_bin()).unwrap());
+    assert_eq!(linked, std::fs::canonicalize(shim_bin()).unwrap());
+    assert!(
+        out.contains(&format!("runtimes run {}", linked.display())),
+        "{out}"
+    );
     let (ok, version) = run(Command::new(bin.join("netguard")).arg("--version"));
-    assert!(ok && version.starts_with("netguard"), "{version}");
+    assert!(
+        ok && version.starts_with("netguard-shim") && version.contains(netguard::install::MARKER),
+        "{version}"
+    );
 
     let (ok, out) = ng(&["install", "oci-hooks", "--dir", hooks.to_str().unwrap()]);
     assert!(ok, "{out}");
@@ -393,6 +437,7 @@ fn container_image_builds_from_an_imported_base_and_prints_the_version() {
     let context = dir.0.join("context");
     std::fs::create_dir_all(&context).unwrap();
     std::fs::copy(&bin, context.join("netguard")).unwrap();
+    std::fs::copy(shim_bin(), context.join("netguard-shim")).unwrap();
     let containerfile = workspace().join("deploy/container/Containerfile");
     let (ok, out) = podman.run(&[
         "build",

@@ -2,9 +2,11 @@
 //! Debian's CNI plugins, each test in its own private podman world inside a test netns (see
 //! `netguard_tests::podman`). Addresses stay in 198.18.0.0/15.
 
+use std::path::Path;
+
 use netguard_tests::cni::{plugin_dir, Attachment, CniRunner};
 use netguard_tests::podman::PodmanWorld;
-use netguard_tests::{ip_in, netguard_bin, wait_until, Netguard, World};
+use netguard_tests::{ip_in, shim_bin, wait_until, Netguard, World};
 use serde_json::json;
 
 /// The harness itself: a busybox container on a bridge + host-local network gets its address
@@ -162,12 +164,8 @@ fn chained_plugin_speaks_cni_and_fails_open() {
     assert_eq!(run.json(), prev);
     assert!(run.stderr.contains("not guarded"), "logged: {}", run.stderr);
 
-    let version = runner.exec_binary(
-        &netguard_bin(),
-        "VERSION",
-        None,
-        br#"{"cniVersion":"1.1.0"}"#,
-    );
+    // What runtimes run: the shim answers VERSION itself.
+    let version = runner.exec_binary(&shim_bin(), "VERSION", None, br#"{"cniVersion":"1.1.0"}"#);
     assert_eq!(
         version.json()["supportedVersions"],
         json!(["0.4.0", "1.0.0", "1.1.0"])
@@ -410,4 +408,59 @@ fn a_podman_macvlan_follows_its_parent_and_stays_deleted_when_deleted_on_purpose
     );
     let text = ng.run_ok(&["status"]).stdout;
     assert!(text.contains("released (deleted by a command"), "{text}");
+}
+
+/// The shim copied alone into a CNI bin dir (as `netguard install cni --copy` does from a
+/// container), with no agent and no netguard to hand the call to: the pod still gets its
+/// result, and stderr says what is missing.
+#[test]
+fn a_lone_shim_with_no_agent_fails_open_and_says_why() {
+    assert!(
+        !Path::new("/usr/bin/netguard").exists(),
+        "this test needs a machine without the netguard package installed"
+    );
+    let w = World::new("cns").with(&["pod"]);
+    let (pod, dir) = (w.ns("pod"), &w.dir);
+    let bin = dir.0.join("cni-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(shim_bin(), bin.join("netguard")).unwrap();
+    let runner = CniRunner::new(vec![bin.clone()]).in_netns(w.host.path());
+    let prev = json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{ "name": "eth0", "sandbox": pod.path() }],
+        "ips": [{ "address": "198.18.23.2/24", "interface": 0 }]
+    });
+    let conflist = json!({
+        "cniVersion": "1.0.0",
+        "name": format!("{}-net", w.host.name),
+        "plugins": [{
+            "type": "netguard",
+            "socket": dir.0.join("no-agent.sock").display().to_string(),
+            "stateDir": dir.0.join("state").display().to_string(),
+        }]
+    });
+    let att = Attachment {
+        container_id: "c0ffee02".into(),
+        netns: Some(pod.path()),
+        ifname: "eth0".into(),
+        args: None,
+    };
+    let run = runner.exec(
+        "ADD",
+        Some(&att),
+        &CniRunner::plugin_config(&conflist, 0, Some(&prev)),
+    );
+    assert!(run.ok(), "fail-open: {run:?}");
+    assert_eq!(run.json(), prev);
+    assert!(
+        run.stderr.contains("not guarded")
+            && run.stderr.contains(&format!(
+                "no netguard binary is beside {}",
+                std::fs::canonicalize(bin.join("netguard"))
+                    .unwrap()
+                    .display()
+            )),
+        "{}",
+        run.stderr
+    );
 }

@@ -13,13 +13,13 @@ use base64::Engine;
 use serde_json::Value;
 
 /// A `CNI_PATH` directory in `dir`: links to Debian's plugins `names`, and `netguard` (this
-/// build) when named.
+/// build's shim, as the package installs it) when named.
 pub fn plugin_dir(dir: &Path, names: &[&str]) -> PathBuf {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).expect("create the plugin directory");
     for name in names {
         let target = match *name {
-            "netguard" => crate::netguard_bin(),
+            "netguard" => crate::shim_bin(),
             system => Path::new(crate::podman::SYSTEM_CNI_DIR).join(system),
         };
         std::os::unix::fs::symlink(target, bin.join(name)).expect("link a CNI plugin");

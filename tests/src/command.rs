@@ -22,6 +22,11 @@ pub fn netguard_bin() -> PathBuf {
         .clone()
 }
 
+/// `netguard-shim` (what runtimes run per container), built beside [`netguard_bin`].
+pub fn shim_bin() -> PathBuf {
+    netguard_bin().with_file_name("netguard-shim")
+}
+
 fn build_netguard() -> PathBuf {
     // Test executables live in <target>/<profile>/deps/.
     let exe = std::env::current_exe().expect("path of the test executable");
@@ -40,8 +45,9 @@ fn build_netguard() -> PathBuf {
             "--quiet",
             "-p",
             "netguard",
-            "--bin",
-            "netguard",
+            "-p",
+            "netguard-shim",
+            "--bins",
             "--target-dir",
         ])
         .arg(target_dir)

@@ -12,7 +12,8 @@ mod world;
 
 pub use bystander::Bystanders;
 pub use command::{
-    netguard_bin, wait_until, wait_until_every, AgentProcess, Netguard, Ran, AGENT_TIMEOUT,
+    netguard_bin, shim_bin, wait_until, wait_until_every, AgentProcess, Netguard, Ran,
+    AGENT_TIMEOUT,
 };
 pub use netns::{dumps, has_addr, ip_in, is_up, link, pings, TestDir, TestNetns, IP};
 pub use watch::{is_at, EventWatch, EVENT_TIMEOUT};

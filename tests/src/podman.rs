@@ -34,7 +34,7 @@ pub struct PodmanWorld {
 
 impl PodmanWorld {
     /// A world whose `cni_plugin_dirs` holds links to every plugin in `/usr/lib/cni` plus
-    /// `netguard` (the workspace's binary, also a CNI plugin), and the busybox image.
+    /// `netguard` (the workspace's shim, as packaged), and the busybox image.
     pub fn new(tag: &str) -> PodmanWorld {
         let world = PodmanWorld {
             world: World::new(tag),
@@ -81,8 +81,8 @@ impl PodmanWorld {
             let name = plugin.file_name().expect("plugin name");
             std::os::unix::fs::symlink(&plugin, self.path("cni").join(name)).expect("link plugin");
         }
-        std::os::unix::fs::symlink(crate::netguard_bin(), self.path("cni/netguard"))
-            .expect("link netguard as a CNI plugin");
+        std::os::unix::fs::symlink(crate::shim_bin(), self.path("cni/netguard"))
+            .expect("link netguard's shim as a CNI plugin");
     }
 
     fn write_containers_conf(&self) {
@@ -222,7 +222,7 @@ network_config_dir = "{net}"
             let hook = json!({
                 "version": "1.0.0",
                 "hook": {
-                    "path": crate::netguard_bin(),
+                    "path": crate::shim_bin(),
                     "args": [
                         "netguard", "oci-hook", "--stage", stage,
                         "--socket", socket, "--state-dir", state_dir,

@@ -81,7 +81,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
 /// Runs `netguard-bench` (it writes the JSON), passing its progress through and returning its
 /// table, which goes at the head of the combined one.
 fn host(quick: bool, args: &[&str]) -> anyhow::Result<String> {
-    shell::build_release(&["netguard", "netguard-bench"])?;
+    shell::build_release(&["netguard", "netguard-shim", "netguard-bench"])?;
     let target = shell::target_dir();
     let mut bench = Command::new(target.join("release/netguard-bench"));
     bench

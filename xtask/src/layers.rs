@@ -27,6 +27,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("display", &["status", "report", "recording"]),
     ("operations", &["control", "install", "outcomes"]),
     ("api", &["api"]),
+    // What runtimes start per container (CNI plugin, OCI hooks) reaching the agent.
+    ("runtimes' client", &["client"]),
     ("agent", &["agent"]),
 ];
 

@@ -18,7 +18,8 @@ pub struct PackageArgs {
     /// Where the .deb goes (default: target/package).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Build from this netguard binary instead of a fresh release build.
+    /// Build from this netguard binary (and the netguard-shim beside it) instead of a fresh
+    /// release build.
     #[arg(long, value_name = "FILE")]
     binary: Option<PathBuf>,
     /// Skip lintian.
@@ -81,19 +82,24 @@ const SHIPPED: [(&str, &str, u32); 7] = [
     ),
 ];
 
-/// The CNI plugin: the binary linked as `netguard` into Debian's CNI bin dir (where
+/// What runtimes run per container (the CNI plugin, the OCI hooks): the small client of the
+/// agent, kept out of PATH; it hands a call to /usr/bin/netguard when no agent runs.
+const SHIM: &str = "usr/lib/netguard/netguard-shim";
+
+/// The CNI plugin: the shim linked as `netguard` into Debian's CNI bin dir (where
 /// containernetworking-plugins puts its plugins), relative as lintian wants.
-const CNI_PLUGIN_LINK: (&str, &str) = ("usr/lib/cni/netguard", "../../bin/netguard");
+const CNI_PLUGIN_LINK: (&str, &str) = ("usr/lib/cni/netguard", "../netguard/netguard-shim");
 
 pub fn run(args: &PackageArgs) -> anyhow::Result<PathBuf> {
     let root = shell::workspace_root();
     let binary = match &args.binary {
         Some(binary) => binary.clone(),
         None => {
-            shell::build_release(&["netguard"])?;
+            shell::build_release(&["netguard", "netguard-shim"])?;
             shell::target_dir().join("release/netguard")
         }
     };
+    let shim = binary.with_file_name("netguard-shim");
     let out = args
         .out
         .clone()
@@ -103,16 +109,18 @@ pub fn run(args: &PackageArgs) -> anyhow::Result<PathBuf> {
     if stage.exists() {
         fs::remove_dir_all(&stage).with_context(|| format!("cannot clear {}", stage.display()))?;
     }
-    // The binary, without its debug info (a package carries none; lintian says so).
+    // The binaries, without their debug info (a package carries none; lintian says so).
     let bin = stage.join("usr/bin/netguard");
-    mkdir_for(&bin)?;
-    shell::run(
-        Command::new("strip")
-            .args(["--strip-unneeded", "-o"])
-            .arg(&bin)
-            .arg(&binary),
-    )?;
-    set_mode(&bin, 0o755)?;
+    for (from, to) in [(&binary, &bin), (&shim, &stage.join(SHIM))] {
+        mkdir_for(to)?;
+        shell::run(
+            Command::new("strip")
+                .args(["--strip-unneeded", "-o"])
+                .arg(to)
+                .arg(from),
+        )?;
+        set_mode(to, 0o755)?;
+    }
     for (from, to, mode) in SHIPPED {
         let to = stage.join(to);
         mkdir_for(&to)?;

@@ -1,6 +1,6 @@
 //! `netguard install` / `netguard uninstall`: the CNI plugin and the OCI hooks.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -53,10 +53,31 @@ pub enum Uninstall {
     },
 }
 
-/// The running binary, by its real path (what the plugin link and the hooks point at).
-fn this_binary() -> anyhow::Result<PathBuf> {
+/// What the plugin link and the hooks point at, by its real path: `netguard-shim` where the
+/// build or the package puts it beside this binary, else this binary itself (which does the
+/// same, slower per container start); with a line saying which.
+fn runtime_binary() -> anyhow::Result<(PathBuf, String)> {
     let exe = std::env::current_exe().context("cannot find the netguard binary")?;
-    std::fs::canonicalize(&exe).with_context(|| format!("cannot resolve {}", exe.display()))
+    let exe =
+        std::fs::canonicalize(&exe).with_context(|| format!("cannot resolve {}", exe.display()))?;
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    let shim = install::SHIM_BESIDE
+        .iter()
+        .find_map(|rel| std::fs::canonicalize(dir.join(rel)).ok());
+    Ok(match shim {
+        Some(shim) => {
+            let note = format!("runtimes run {}", shim.display());
+            (shim, note)
+        }
+        None => {
+            let note = format!(
+                "no netguard-shim beside {}: runtimes run netguard itself, which costs each \
+                 container start more",
+                exe.display()
+            );
+            (exe, note)
+        }
+    })
 }
 
 fn print(done: Vec<String>) -> anyhow::Result<ExitCode> {
@@ -88,14 +109,17 @@ pub fn install(what: Install) -> anyhow::Result<ExitCode> {
             } else {
                 Placement::Link
             };
-            print(install::install_cni(
-                &conflist,
-                &bin_dir,
-                &this_binary()?,
-                placement,
-            )?)
+            let (binary, note) = runtime_binary()?;
+            let mut done = install::install_cni(&conflist, &bin_dir, &binary, placement)?;
+            done.push(note);
+            print(done)
         }
-        Install::OciHooks { dir } => print(install::install_oci_hooks(&dir, &this_binary()?)?),
+        Install::OciHooks { dir } => {
+            let (binary, note) = runtime_binary()?;
+            let mut done = install::install_oci_hooks(&dir, &binary)?;
+            done.push(note);
+            print(done)
+        }
     }
 }
 

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use netguard::agent::StateLock;
-use netguard::api::{self, ApiError, Request};
+use netguard::api::{self, ApiError, Meant, Request};
+use netguard::client::{NoAgent, PATIENCE};
 use netguard::config::{DEFAULT_SOCKET, DEFAULT_STATE_DIR};
 use netguard::control::{self, Operation, Reply};
 use netguard::inventory::Pool;
@@ -41,13 +42,44 @@ impl Place {
     /// A restorer and the ledger, opened here because no agent runs; the lock keeps a
     /// concurrently started agent out until we are done.
     pub async fn open_locally(&self) -> anyhow::Result<(StateLock, Ledger, Restorer)> {
-        let lock = StateLock::acquire(&self.state_dir).await?;
-        let (ledger, opened) = Ledger::open(LedgerOptions::new(&self.state_dir))?;
-        if matches!(opened, netguard::ledger::Opened::Rebuilt { .. }) {
-            eprintln!("netguard: {opened}");
-        }
-        let restorer = Restorer::new(Arc::new(Pool::new(self.host_netns.clone())), 64);
-        Ok((lock, ledger, restorer))
+        open_locally(&self.meant()).await
+    }
+}
+
+async fn open_locally(meant: &Meant) -> anyhow::Result<(StateLock, Ledger, Restorer)> {
+    let lock = StateLock::acquire(&meant.state_dir).await?;
+    let (ledger, opened) = Ledger::open(LedgerOptions::new(&meant.state_dir))?;
+    if matches!(opened, netguard::ledger::Opened::Rebuilt { .. }) {
+        eprintln!("netguard: {opened}");
+    }
+    let restorer = Restorer::new(Arc::new(Pool::new(meant.host_netns.clone())), 64);
+    Ok((lock, ledger, restorer))
+}
+
+/// What a runtime's call (CNI plugin, OCI hook) does when no agent runs: the operation is
+/// carried out here, under the ledger's lock.
+pub struct RunHere;
+
+impl NoAgent for RunHere {
+    fn operate(
+        &self,
+        meant: &Meant,
+        _stdin: &[u8],
+        operation: &Operation,
+    ) -> Result<Reply, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        let done = runtime.block_on(async {
+            tokio::time::timeout(PATIENCE, async {
+                let (_lock, mut ledger, restorer) = open_locally(meant).await?;
+                anyhow::Ok(control::execute(operation, &mut ledger, &restorer).await?)
+            })
+            .await
+        });
+        done.map_err(|_| format!("netguard gave no answer within {PATIENCE:?}"))?
+            .map_err(|e| super::one_line(&e))
     }
 }
 

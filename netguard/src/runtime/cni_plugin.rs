@@ -253,6 +253,17 @@ pub struct Outcome {
     pub code: u8,
 }
 
+impl Outcome {
+    /// Prints the outcome on stdout; its exit code.
+    pub fn print(&self) -> std::process::ExitCode {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        // Nothing more can be said if stdout is closed.
+        let _ = out.write_all(&self.stdout).and_then(|_| out.flush());
+        std::process::ExitCode::from(self.code)
+    }
+}
+
 /// Parses stdin as the network config of this invocation (not for VERSION).
 pub fn parse_config(stdin: &[u8]) -> Result<NetConf, CniError> {
     let conf: NetConf =
