@@ -172,7 +172,7 @@ pub async fn container(
                 });
             };
             let inode = netns::inode_of(&proc_netns)?;
-            let path = named_netns(inode).unwrap_or(proc_netns);
+            let path = named_netns(ledger, &event.id, inode).unwrap_or(proc_netns);
             let locator = Locator::Path(path.clone());
             let incarnation = Incarnation {
                 netns: path,
@@ -278,12 +278,27 @@ pub async fn learn_container(
     Ok(Reply::done(text, &learned))
 }
 
-/// The path under which a runtime bind-mounted the netns with `inode`, if it did.
-fn named_netns(inode: u64) -> Option<PathBuf> {
-    NETNS_DIRS
+/// The path under which a runtime bind-mounted the netns with `inode`, if it did: first the
+/// CNI_NETNS of container `id`'s attachments (podman's CNI ADD, just before, gives the
+/// container's ID), then the runtimes' netns directories, one `stat` per netns on the host.
+fn named_netns(ledger: &Ledger, id: &str, inode: u64) -> Option<PathBuf> {
+    let attached =
+        ledger
+            .links()
+            .filter_map(|record| match (&record.workload, &record.spec.netns) {
+                (Some(Workload::CniAttachment { container_id, .. }), Locator::Path(path))
+                    if container_id == id =>
+                {
+                    Some(path.clone())
+                }
+                _ => None,
+            });
+    let bind_mounted = NETNS_DIRS
         .iter()
         .filter_map(|dir| std::fs::read_dir(dir).ok())
         .flat_map(|entries| entries.flatten())
-        .map(|entry| entry.path())
+        .map(|entry| entry.path());
+    attached
+        .chain(bind_mounted)
         .find(|path| netns::inode_of(path).is_ok_and(|i| i == inode))
 }
