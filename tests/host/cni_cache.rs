@@ -214,3 +214,66 @@ fn a_pods_next_sandbox_continues_its_history() {
     );
     assert_eq!(row(&ng, sb2).unwrap()["state"], "intact");
 }
+
+/// An attachment deleted while no agent ran (libcni's DEL removed its cache file; the pod's
+/// netns lives on): the next agent releases it and says why, and re-creates nothing.
+#[test]
+fn a_cache_file_removed_while_no_agent_ran_is_a_release() {
+    let w = World::new("ccw").with(&["pod"]);
+    let pod = w.ns("pod");
+    let ng = Netguard::new(&w);
+    let cache = w.dir.0.join("results");
+    std::fs::create_dir(&cache).unwrap();
+    let cache_flag = ["--cni-cache", cache.to_str().unwrap()];
+    let agent = ng.start_agent_with(&cache_flag);
+    let runner = CniRunner::new(vec![plugin_dir(&w.dir.0, &["bridge", "host-local"])])
+        .in_netns(w.host.path())
+        .with_cache(cache.clone());
+    let mut net = conflist(&w, "ngbr7", "198.18.27.0/24");
+    net["plugins"].as_array_mut().unwrap().truncate(1);
+    let att = Attachment {
+        container_id: "cafe0003".into(),
+        netns: Some(pod.path()),
+        ifname: "eth0".into(),
+        args: Some("IgnoreUnknown=1;K8S_POD_UID=5c2b".into()),
+    };
+    let result = runner
+        .add(&net, &att)
+        .unwrap_or_else(|run| panic!("ADD: {run:?}"));
+    let file = runner.cache_file(&net, &att).unwrap();
+    wait_until(
+        "eth0 guarded from the cache",
+        || row(&ng, pod).is_some_and(|r| r["state"] == "intact"),
+        || ng.explain(&[pod]),
+    );
+
+    agent.stop();
+    runner
+        .del(&net, &att, Some(&result))
+        .unwrap_or_else(|run| panic!("DEL: {run:?}"));
+    assert!(!file.exists(), "libcni's DEL removes the cache file");
+    assert!(!pod.ip_out(&["link", "show"]).contains("eth0"));
+
+    let _agent = ng.start_agent_with(&cache_flag);
+    wait_until(
+        "released by the next agent",
+        || row(&ng, pod).is_some_and(|r| r["state"] == "released"),
+        || ng.explain(&[pod]),
+    );
+    let released = row(&ng, pod).unwrap();
+    assert_eq!(
+        released["reason"],
+        format!(
+            "libcni cache: {} was removed while no agent ran",
+            file.display()
+        ),
+        "{released}"
+    );
+    // Two passes later eth0 is still gone.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        !pod.ip_out(&["link", "show"]).contains("eth0"),
+        "nothing re-created: {}",
+        ng.explain(&[pod])
+    );
+}

@@ -9,14 +9,16 @@ use std::time::Duration;
 
 use super::Shared;
 use crate::capture::cni;
-use crate::control::runtime::{cni_add, cni_del, note_cannot_restore};
+use crate::control::runtime::{cni_add, cni_del, note_cache_entry};
 use crate::inotify::{Inotify, CHANGES};
-use crate::ledger::{Ledger, LinkState};
+use crate::ledger::{Ledger, LinkState, Workload};
 use crate::runtime::cni_plugin::AttachmentRef;
 
 /// What the cache held at the last look, by file.
 #[derive(Default)]
 struct Seen {
+    /// Whether the ledger was compared with the cache once since the agent started.
+    compared: bool,
     attachments: HashMap<PathBuf, AttachmentRef>,
     /// Files that did not parse, with why (logged once per reason).
     bad: HashMap<PathBuf, String>,
@@ -81,6 +83,10 @@ async fn sync(shared: &Shared, dirs: &[PathBuf], seen: &mut Seen) {
         .filter(|p| p.is_file())
         .collect();
     let mut ledger = shared.ledger.lock().await;
+    if !seen.compared {
+        seen.compared = true;
+        release_deleted_while_away(&mut ledger, dirs, &files);
+    }
     let gone: Vec<PathBuf> = seen
         .attachments
         .keys()
@@ -154,7 +160,7 @@ async fn sync(shared: &Shared, dirs: &[PathBuf], seen: &mut Seen) {
                 Err(e) => tracing::warn!("libcni cache {}: {att} not guarded: {e}", path.display()),
             }
         }
-        note_cannot_restore(&mut ledger, &workload, &cannot_restore);
+        note_cache_entry(&mut ledger, &workload, &path, &cannot_restore);
     }
     if let Err(e) = ledger.save() {
         tracing::error!("{e}");
@@ -163,8 +169,47 @@ async fn sync(shared: &Shared, dirs: &[PathBuf], seen: &mut Seen) {
     shared.wake.notify_one();
 }
 
+/// Attachments a cache file in `dirs` recorded before this agent started, whose file is gone
+/// now: deleted (a successful DEL) while no agent ran, so released, not restored.
+fn release_deleted_while_away(ledger: &mut Ledger, dirs: &[PathBuf], files: &[PathBuf]) {
+    let away: Vec<(AttachmentRef, PathBuf)> = ledger
+        .links()
+        .filter(|r| r.state != LinkState::Released)
+        .filter_map(|r| match (&r.workload, &r.cni_cache_file) {
+            (
+                Some(Workload::CniAttachment {
+                    network,
+                    container_id,
+                    ifname,
+                    pod_uid,
+                }),
+                Some(file),
+            ) if file.parent().is_some_and(|d| dirs.iter().any(|w| w == d))
+                && !files.contains(file) =>
+            {
+                let att = AttachmentRef {
+                    network: network.clone(),
+                    container_id: container_id.clone(),
+                    ifname: ifname.clone(),
+                    netns: None,
+                    pod_uid: pod_uid.clone(),
+                };
+                Some((att, file.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    for (att, file) in away {
+        release(
+            ledger,
+            &att,
+            &format!("{} was removed while no agent ran", file.display()),
+        );
+    }
+}
+
 fn release(ledger: &mut Ledger, att: &AttachmentRef, why: &str) {
-    let reply = cni_del(ledger, att);
+    let reply = cni_del(ledger, att, &format!("libcni cache: {why}"));
     tracing::info!("libcni cache: {why}: {}", reply.text);
 }
 

@@ -284,7 +284,7 @@ pub async fn execute(
             runtime::learn_container(ledger, restorer, netns.as_deref(), container).await?
         }
         Operation::CniAdd { attachment } => runtime::cni_add(ledger, restorer, attachment).await?,
-        Operation::CniDel { attachment } => runtime::cni_del(ledger, attachment),
+        Operation::CniDel { attachment } => runtime::cni_del(ledger, attachment, "CNI DEL"),
         Operation::CniGc { network, valid } => runtime::cni_gc(ledger, network, valid),
         Operation::Container { event } => runtime::container(ledger, restorer, event).await?,
     };

@@ -102,21 +102,25 @@ fn earlier_sandboxes(ledger: &Ledger, workload: &Workload) -> Vec<String> {
     history
 }
 
-/// What the libcni cache says cannot be re-created, on the attachment's links.
-pub fn note_cannot_restore(ledger: &mut Ledger, workload: &Workload, what: &[String]) {
+/// The libcni cache file recording the attachment `workload`, and what it says cannot be
+/// re-created, on the attachment's links.
+pub fn note_cache_entry(ledger: &mut Ledger, workload: &Workload, file: &Path, what: &[String]) {
     for key in ledger.links_of(workload) {
-        ledger.update_link(&key, |r| r.cannot_restore = what.to_vec());
+        ledger.update_link(&key, |r| {
+            r.cannot_restore = what.to_vec();
+            r.cni_cache_file = Some(file.to_path_buf());
+        });
     }
 }
 
-/// CNI DEL: the attachment is released (idempotent; its netns may be gone). A pod's
-/// (`K8S_POD_UID`) stays listed as released for a while, so that its next sandbox continues
-/// its history.
-pub fn cni_del(ledger: &mut Ledger, att: &AttachmentRef) -> Reply {
+/// CNI DEL (or what stands for one: `why`): the attachment is released (idempotent; its
+/// netns may be gone). A pod's (`K8S_POD_UID`) stays listed as released for a while, so that
+/// its next sandbox continues its history.
+pub fn cni_del(ledger: &mut Ledger, att: &AttachmentRef, why: &str) -> Reply {
     let is_it = |w: &Workload| w.is_attachment(&att.network, &att.container_id, &att.ifname);
     let released = match att.pod_uid {
-        Some(_) => ledger.mark_released_where(is_it, "CNI DEL"),
-        None => ledger.release_where(is_it, "CNI DEL"),
+        Some(_) => ledger.mark_released_where(is_it, why),
+        None => ledger.release_where(is_it, why),
     };
     Reply::done(
         format!("released {} link(s) of {att}", released.len()),

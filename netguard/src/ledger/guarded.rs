@@ -43,6 +43,7 @@ impl Ledger {
             workload: old.and_then(|r| r.workload.clone()),
             cannot_restore: old.map(|r| r.cannot_restore.clone()).unwrap_or_default(),
             history: old.map(|r| r.history.clone()).unwrap_or_default(),
+            cni_cache_file: old.and_then(|r| r.cni_cache_file.clone()),
         };
         if self.content.links.get(&record.spec.key()).map(|r| &r.spec) == Some(&record.spec) {
             return;

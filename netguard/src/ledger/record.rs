@@ -3,6 +3,7 @@
 //! serialised as-is into the ledger document and the journal.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -160,6 +161,10 @@ pub struct LinkRecord {
     /// Earlier sandboxes of its pod (`K8S_POD_UID`), oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<String>,
+    /// The libcni cache file that records its attachment: gone while no agent ran, the
+    /// attachment was deleted meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_cache_file: Option<PathBuf>,
 }
 
 /// Everything the ledger holds; `journal_seq` is the last journal entry folded in.

@@ -115,6 +115,7 @@ pub fn sample_content() -> LedgerContent {
                     workload: None,
                     cannot_restore: Vec::new(),
                     history: Vec::new(),
+                    cni_cache_file: None,
                 },
             )
         })

@@ -172,6 +172,7 @@ impl Ledger {
                 workload: old.workload,
                 cannot_restore: old.cannot_restore,
                 history: old.history,
+                cni_cache_file: old.cni_cache_file,
             };
             tracing::info!("{key} of {workload} moves to {}", record.spec.key());
             moved.push(record.spec.key());
