@@ -514,6 +514,7 @@ mod tests {
                     Request::Status => serde_json::to_value(Status {
                         agent: Some(info),
                         rows: vec![],
+                        runtime_failures: vec![],
                     })
                     .unwrap(),
                     Request::Agent => serde_json::to_value(info).unwrap(),

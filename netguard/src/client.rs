@@ -15,6 +15,7 @@ use crate::config::{DEFAULT_SOCKET, DEFAULT_STATE_DIR};
 use crate::control::{Operation, Reply};
 use crate::runtime::cni_plugin::{self, AttachmentRef, GcAttachment, Invocation, PrevResult};
 use crate::runtime::oci_hook::{ContainerEvent, Stage};
+use crate::runtime_failures;
 use crate::status::{AgentInfo, Status};
 
 /// A runtime waits on its plugins and kills a hook at its timeout: netguard gives up well
@@ -48,13 +49,27 @@ impl<F: NoAgent> AgentClient<'_, F> {
             api::check_meant(&self.socket, &self.meant, &agent)?;
             conn.ask::<Result<Reply, String>>(&request)
         });
-        match asked {
+        let done = match asked {
             Ok(answer) => answer,
             Err(ApiError::NoAgent { .. }) => {
                 self.no_agent.operate(&self.meant, self.stdin, &operation)
             }
             Err(e) => Err(e.to_string()),
+        };
+        let failed = match &done {
+            Ok(reply) if !reply.ok => Some(reply.text.replace('\n', "; ")),
+            Ok(_) => None,
+            Err(why) => Some(why.clone()),
+        };
+        if let Some(why) = failed {
+            if let Err(e) = runtime_failures::note(&self.meant.state_dir, &operation.name(), &why) {
+                tracing::warn!(
+                    "cannot note this failure in {}: {e}",
+                    self.meant.state_dir.display()
+                );
+            }
         }
+        done
     }
 }
 

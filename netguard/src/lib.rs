@@ -27,5 +27,6 @@ pub mod report;
 pub mod restore;
 pub mod rtnl;
 pub mod runtime;
+pub mod runtime_failures;
 pub mod status;
 pub mod trace;

@@ -10,6 +10,7 @@ use crate::event::{Event, EventKind};
 use crate::ledger::{Ledger, LedgerContent, NicRecord, NicState};
 use crate::model::{Locator, Workload};
 use crate::restore::{Plan, Target};
+use crate::runtime_failures::RuntimeFailure;
 use crate::trace::{BackendKind, Unavailable};
 
 /// One row of `netguard status`: a guarded NIC or link and how it stands.
@@ -106,6 +107,10 @@ pub struct Status {
     /// `None`: no agent is running; the rows come from the ledger on disk and the live kernel.
     pub agent: Option<AgentInfo>,
     pub rows: Vec<StatusEntry>,
+    /// The latest runtime calls that went wrong outside the ledger (read from the state
+    /// directory by `netguard status`, not sent by the agent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runtime_failures: Vec<RuntimeFailure>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -3,10 +3,11 @@
 //! `netguard_tests::podman`). Addresses stay in 198.18.0.0/15.
 
 use std::path::Path;
+use std::process::Command;
 
 use netguard_tests::cni::{plugin_dir, Attachment, CniRunner};
 use netguard_tests::podman::PodmanWorld;
-use netguard_tests::{ip_in, shim_bin, wait_until, Netguard, World};
+use netguard_tests::{ip_in, netguard_bin, shim_bin, wait_until, Netguard, World};
 use serde_json::json;
 
 /// The harness itself: a busybox container on a bridge + host-local network gets its address
@@ -412,7 +413,7 @@ fn a_podman_macvlan_follows_its_parent_and_stays_deleted_when_deleted_on_purpose
 
 /// The shim copied alone into a CNI bin dir (as `netguard install cni --copy` does from a
 /// container), with no agent and no netguard to hand the call to: the pod still gets its
-/// result, and stderr says what is missing.
+/// result, and stderr and `netguard status` say what is missing.
 #[test]
 fn a_lone_shim_with_no_agent_fails_open_and_says_why() {
     assert!(
@@ -430,13 +431,14 @@ fn a_lone_shim_with_no_agent_fails_open_and_says_why() {
         "interfaces": [{ "name": "eth0", "sandbox": pod.path() }],
         "ips": [{ "address": "198.18.23.2/24", "interface": 0 }]
     });
+    let state_dir = dir.0.join("state");
     let conflist = json!({
         "cniVersion": "1.0.0",
         "name": format!("{}-net", w.host.name),
         "plugins": [{
             "type": "netguard",
             "socket": dir.0.join("no-agent.sock").display().to_string(),
-            "stateDir": dir.0.join("state").display().to_string(),
+            "stateDir": state_dir.display().to_string(),
         }]
     });
     let att = Attachment {
@@ -462,5 +464,23 @@ fn a_lone_shim_with_no_agent_fails_open_and_says_why() {
             )),
         "{}",
         run.stderr
+    );
+    let status = Command::new(netguard_bin())
+        .args(["status", "--state-dir"])
+        .arg(&state_dir)
+        .args(["--socket"])
+        .arg(dir.0.join("no-agent.sock"))
+        .arg("--host-netns")
+        .arg(w.host.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("runtime calls that went wrong")
+            && text.contains(&format!(
+                "CNI ADD of {}-net/c0ffee02/eth0: no agent answers, and no netguard binary",
+                w.host.name
+            )),
+        "{text}"
     );
 }

@@ -20,7 +20,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("netlink plumbing", &["rtnl"]),
     ("service plumbing", &["metrics", "notify"]),
     ("kernel view and event sources", &["inventory", "trace"]),
-    ("capture and record", &["capture", "ledger"]),
+    (
+        "capture and record",
+        &["capture", "ledger", "runtime_failures"],
+    ),
     // Turns the file and flags into the typed settings of the ledger and the tracer.
     ("settings", &["config"]),
     ("plan, apply, verify", &["restore"]),

@@ -168,6 +168,7 @@ impl Shared {
         Status {
             agent: Some(self.info()),
             rows,
+            runtime_failures: Vec::new(),
         }
     }
 

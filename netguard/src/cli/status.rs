@@ -5,14 +5,18 @@ use std::process::ExitCode;
 use anyhow::Context;
 use chrono::Utc;
 use netguard::api::{self, ApiError, Request};
+use netguard::runtime_failures;
 use netguard::status::{self, Status};
+
+/// How many of the latest runtime failures `status` shows.
+const SHOWN_FAILURES: usize = 10;
 
 use super::ops::Place;
 
 pub fn run(place: &Place, json: bool) -> anyhow::Result<ExitCode> {
     super::require_root()?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let (status, no_agent) = runtime.block_on(async {
+    let (mut status, no_agent) = runtime.block_on(async {
         match api::request_to::<Status>(&place.socket, &place.meant(), &Request::Status).await {
             Ok(status) => Ok((status, None)),
             Err(no_agent @ ApiError::NoAgent { .. }) if !place.state_dir.exists() => {
@@ -21,6 +25,7 @@ pub fn run(place: &Place, json: bool) -> anyhow::Result<ExitCode> {
                     Status {
                         agent: None,
                         rows: Vec::new(),
+                        runtime_failures: Vec::new(),
                     },
                     Some(no_agent),
                 ))
@@ -32,6 +37,7 @@ pub fn run(place: &Place, json: bool) -> anyhow::Result<ExitCode> {
                     Status {
                         agent: None,
                         rows: status::rows_with_plan(&ledger, &plan),
+                        runtime_failures: Vec::new(),
                     },
                     Some(no_agent),
                 ))
@@ -39,6 +45,7 @@ pub fn run(place: &Place, json: bool) -> anyhow::Result<ExitCode> {
             Err(e) => Err(e.into()),
         }
     })?;
+    status.runtime_failures = runtime_failures::recent(&place.state_dir, SHOWN_FAILURES);
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(ExitCode::SUCCESS);
@@ -64,6 +71,7 @@ pub fn run(place: &Place, json: bool) -> anyhow::Result<ExitCode> {
         ),
         (None, None) => {}
     }
+    print_runtime_failures(&status);
     if status.rows.is_empty() {
         println!("nothing guarded yet");
         return Ok(ExitCode::SUCCESS);
@@ -130,6 +138,22 @@ fn print_notes(status: &Status) {
         for earlier in &row.history {
             println!("  earlier: {earlier}");
         }
+    }
+}
+
+/// Runtime calls that went wrong where the ledger could not hear of it.
+fn print_runtime_failures(status: &Status) {
+    if status.runtime_failures.is_empty() {
+        return;
+    }
+    println!("runtime calls that went wrong (latest last):");
+    for failure in &status.runtime_failures {
+        println!(
+            "  {} ago: {}: {}",
+            age((Utc::now() - failure.time).num_seconds()),
+            failure.call,
+            failure.why
+        );
     }
 }
 
