@@ -62,12 +62,7 @@ impl<F: NoAgent> AgentClient<'_, F> {
             Err(why) => Some(why.clone()),
         };
         if let Some(why) = failed {
-            if let Err(e) = runtime_failures::note(&self.meant.state_dir, &operation.name(), &why) {
-                tracing::warn!(
-                    "cannot note this failure in {}: {e}",
-                    self.meant.state_dir.display()
-                );
-            }
+            note_failure(&self.meant.state_dir, &operation.name(), &why);
         }
         done
     }
@@ -175,6 +170,7 @@ pub fn oci_hook_call<F: NoAgent>(stage: Stage, socket: PathBuf, state_dir: PathB
         Ok(event) => event,
         Err(why) => {
             tracing::warn!("netguard oci-hook {stage}: {why}; nothing done");
+            note_failure(&state_dir, &format!("hook {stage}"), &why);
             return;
         }
     };
@@ -193,6 +189,13 @@ pub fn oci_hook_call<F: NoAgent>(stage: Stage, socket: PathBuf, state_dir: PathB
         Ok(reply) if reply.ok => tracing::info!("{what}: {}", reply.text),
         Ok(reply) => tracing::warn!("{what}: {}", reply.text),
         Err(why) => tracing::warn!("{what}: {why}"),
+    }
+}
+
+/// Notes a failed call for `status` (runtime_failures); only logged if even that fails.
+fn note_failure(state_dir: &Path, call: &str, why: &str) {
+    if let Err(e) = runtime_failures::note(state_dir, call, why) {
+        tracing::warn!("cannot note this failure in {}: {e}", state_dir.display());
     }
 }
 

@@ -1,15 +1,15 @@
 //! `learn --container` and `lend --container` name a container netguard knows from its OCI
 //! hooks, by a unique prefix of its ID. The test stands in for the runtime: processes in netns
-//! of their own are the containers, and it calls `netguard oci-hook` with the OCI state on
-//! stdin as runc would, against an agent whose host is the test's netns.
+//! of their own are the containers, and it calls the hook as the installed hook files do
+//! (`netguard-shim oci-hook`) with the OCI state on stdin as runc would, against an agent
+//! whose host is the test's netns.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use std::path::Path;
-
-use netguard_tests::{netguard_bin, Netguard, World};
+use netguard_tests::{shim_bin, Netguard, World};
 use serde_json::json;
 
 const A: &str = "aaaa1111aaaa1111aaaa1111aaaa1111aaaa1111aaaa1111aaaa1111aaaa1111";
@@ -47,7 +47,7 @@ impl Drop for Container {
     }
 }
 
-/// `netguard oci-hook --stage STAGE` as a runtime runs it; its stderr.
+/// `netguard-shim oci-hook --stage STAGE` as a runtime runs it; its stderr.
 fn hook(ng: &Netguard, stage: &str, id: &str, pid: Option<u32>, bundle: &Path) -> String {
     let mut state = json!({
         "ociVersion": "1.0.2", "id": id, "status": "created",
@@ -59,7 +59,7 @@ fn hook(ng: &Netguard, stage: &str, id: &str, pid: Option<u32>, bundle: &Path) -
     // The runtime runs its hooks in its own netns: the agent's host.
     let mut child = Command::new("nsenter")
         .arg(format!("--net={}", ng.host_netns.display()))
-        .arg(netguard_bin())
+        .arg(shim_bin())
         .args(["oci-hook", "--stage", stage, "--socket"])
         .arg(&ng.socket)
         .arg("--state-dir")
@@ -227,5 +227,27 @@ fn an_observe_only_agent_re_attaches_nothing_at_a_container_start() {
             .as_str()
             .is_some_and(|r| r.contains("observe-only: not done")),
         "status says why: {eth1}\n{said}"
+    );
+}
+
+/// A hook call that cannot do its work (no pid at createRuntime: a runtime bug or a hook file
+/// at the wrong stage) exits 0, and `status` lists it: the runtime keeps no hook stderr.
+#[test]
+fn a_hook_that_could_do_nothing_is_listed_by_status() {
+    let w = World::new("och");
+    let ng = Netguard::new(&w);
+    let _agent = ng.start_agent();
+    let stderr = hook(&ng, "createRuntime", A, None, &w.dir.0);
+    assert!(stderr.contains("has no pid"), "{stderr}");
+    let text = ng.run_ok(&["status"]).stdout;
+    assert!(
+        text.contains("runtime calls that went wrong")
+            && text.contains("hook createRuntime: the OCI state at createRuntime has no pid"),
+        "{text}"
+    );
+    let json = ng.status_json();
+    assert_eq!(
+        json["runtime_failures"][0]["call"], "hook createRuntime",
+        "{json}"
     );
 }
