@@ -61,6 +61,10 @@ pub enum Request {
     /// Answered with `Result<Reply, String>`.
     Operate {
         operation: crate::control::Operation,
+        /// The agent the client means, checked by the agent itself, so that a runtime's call
+        /// (a CNI ADD, a hook) is one round trip; absent, the client asked `agent` first.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expected: Option<Expected>,
     },
 }
 
@@ -236,7 +240,34 @@ pub struct Meant {
     pub host_netns: Option<PathBuf>,
 }
 
+/// [`Meant`] as the client sees it, sent for the agent to check: its host netns's inode read
+/// by the client (or why it could not be).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expected {
+    pub state_dir: PathBuf,
+    pub host_netns: Option<PathBuf>,
+    pub host_netns_inode: Result<u64, String>,
+}
+
 impl Meant {
+    /// What the agent is to check of itself.
+    pub fn expected(&self) -> Expected {
+        Expected {
+            state_dir: self.state_dir.clone(),
+            host_netns: self.host_netns.clone(),
+            host_netns_inode: crate::netns::host_inode(self.host_netns.as_deref())
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// What differs between this and the agent described by `agent`; `None` when it is the
+    /// agent meant.
+    pub fn differs(&self, agent: &AgentInfo) -> Option<String> {
+        self.expected().differs(agent)
+    }
+}
+
+impl Expected {
     /// What differs between this and the agent described by `agent`; `None` when it is the
     /// agent meant. An agent too old to say where its ledger is passes on what it says.
     pub fn differs(&self, agent: &AgentInfo) -> Option<String> {
@@ -253,7 +284,7 @@ impl Meant {
         if let Some(their_inode) = agent.host_netns_inode {
             let name =
                 |p: Option<&PathBuf>| p.map_or("init_net".into(), |p| p.display().to_string());
-            let ours = crate::netns::host_inode(self.host_netns.as_deref());
+            let ours = &self.host_netns_inode;
             if ours.as_ref().ok() != Some(&their_inode) {
                 differs.push(format!(
                     "its host netns is {} (inode {their_inode}), this command's {} ({})",
@@ -261,7 +292,7 @@ impl Meant {
                     name(self.host_netns.as_ref()),
                     match ours {
                         Ok(inode) => format!("inode {inode}"),
-                        Err(e) => e.to_string(),
+                        Err(e) => e.clone(),
                     }
                 ));
             }
@@ -527,6 +558,7 @@ mod tests {
         }));
         let restore = Request::Operate {
             operation: crate::control::Operation::Restore { dry_run: true },
+            expected: None,
         };
         let other = Meant {
             state_dir: "/var/lib/netguard-b".into(),

@@ -16,7 +16,7 @@ use crate::control::{Operation, Reply};
 use crate::runtime::cni_plugin::{self, AttachmentRef, GcAttachment, Invocation, PrevResult};
 use crate::runtime::oci_hook::{ContainerEvent, Stage};
 use crate::runtime_failures;
-use crate::status::{AgentInfo, Status};
+use crate::status::Status;
 
 /// A runtime waits on its plugins and kills a hook at its timeout: netguard gives up well
 /// before either (fail-open).
@@ -41,14 +41,13 @@ pub struct AgentClient<'a, F> {
 impl<F: NoAgent> AgentClient<'_, F> {
     /// Carries `operation` out through the agent, or through [`NoAgent`] when none runs.
     pub fn submit(&self, operation: Operation) -> Result<Reply, String> {
+        // One round trip: the agent checks itself against what this call means.
         let request = Request::Operate {
             operation: operation.clone(),
+            expected: Some(self.meant.expected()),
         };
-        let asked = Connection::open(&self.socket).and_then(|mut conn| {
-            let agent: AgentInfo = conn.ask(&Request::Agent)?;
-            api::check_meant(&self.socket, &self.meant, &agent)?;
-            conn.ask::<Result<Reply, String>>(&request)
-        });
+        let asked = Connection::open(&self.socket)
+            .and_then(|mut conn| conn.ask::<Result<Reply, String>>(&request));
         let done = match asked {
             Ok(answer) => answer,
             Err(ApiError::NoAgent { .. }) => {

@@ -231,7 +231,8 @@ fn an_observe_only_agent_re_attaches_nothing_at_a_container_start() {
 }
 
 /// A hook call that cannot do its work (no pid at createRuntime: a runtime bug or a hook file
-/// at the wrong stage) exits 0, and `status` lists it: the runtime keeps no hook stderr.
+/// at the wrong stage; the socket of an agent keeping another ledger) exits 0, and `status`
+/// lists it: the runtime keeps no hook stderr.
 #[test]
 fn a_hook_that_could_do_nothing_is_listed_by_status() {
     let w = World::new("och");
@@ -250,4 +251,41 @@ fn a_hook_that_could_do_nothing_is_listed_by_status() {
         json["runtime_failures"][0]["call"], "hook createRuntime",
         "{json}"
     );
+
+    // A hook file naming this agent's socket but another ledger: the agent refuses, in the
+    // one round trip of the call; the failure is noted where that hook means.
+    let mut elsewhere = Netguard::new(&w);
+    elsewhere.state_dir = w.dir.0.join("other-ledger");
+    let container = Container::start();
+    let stderr = hook(
+        &elsewhere,
+        "createRuntime",
+        B,
+        Some(container.0.id()),
+        &w.dir.0,
+    );
+    assert!(
+        stderr.contains("is not the one this command means"),
+        "{stderr}"
+    );
+    elsewhere.socket = w.dir.0.join("no-agent.sock");
+    let text = elsewhere.run_ok(&["status"]).stdout;
+    assert!(
+        text.contains(&format!(
+            "hook CreateRuntime of {B}: the agent answering on"
+        )) && text.contains("is not the one this command means"),
+        "{text}"
+    );
+    // The agent's ledger (document and journal) never heard of the container.
+    for file in std::fs::read_dir(&ng.state_dir).unwrap().flatten() {
+        let name = file.file_name().to_string_lossy().into_owned();
+        if name.starts_with("state") || name.starts_with("journal") {
+            let text = std::fs::read_to_string(file.path()).unwrap_or_default();
+            assert!(!text.contains(B), "{name} records {B}");
+        }
+    }
+    // ... which the same call through the right ledger does.
+    hook(&ng, "createRuntime", B, Some(container.0.id()), &w.dir.0);
+    let journal = std::fs::read_to_string(ng.state_dir.join("journal.jsonl")).unwrap();
+    assert!(journal.contains(B), "{journal}");
 }

@@ -368,14 +368,28 @@ pub async fn run(
         tasks.spawn(async move { keep_watchdog_fed(&s, period).await });
     }
     let s = shared.clone();
+    let socket = options.socket.clone();
     let answer = move |request: Request| {
-        let s = s.clone();
+        let (s, socket) = (s.clone(), socket.clone());
         async move {
             match request {
                 Request::Status => serde_json::to_value(s.status().await).unwrap_or_default(),
                 Request::Agent => serde_json::to_value(s.info()).unwrap_or_default(),
-                Request::Operate { operation } => {
-                    serde_json::to_value(s.operate(&operation).await).unwrap_or_default()
+                Request::Operate {
+                    operation,
+                    expected,
+                } => {
+                    let info = s.info();
+                    let answer = match expected.and_then(|e| e.differs(&info)) {
+                        Some(differs) => Err(api::ApiError::OtherAgent {
+                            path: socket,
+                            pid: info.pid,
+                            differs,
+                        }
+                        .to_string()),
+                        None => s.operate(&operation).await,
+                    };
+                    serde_json::to_value(answer).unwrap_or_default()
                 }
             }
         }

@@ -108,6 +108,7 @@ pub async fn submit(place: &Place, operation: &Operation) -> anyhow::Result<Repl
         &place.meant(),
         &Request::Operate {
             operation: operation.clone(),
+            expected: None,
         },
     )
     .await
