@@ -55,8 +55,8 @@ pub enum ApiError {
 pub enum Request {
     /// Answered with a [`crate::status::Status`].
     Status,
-    /// Answered with the agent's [`AgentInfo`] alone: who it is, asked before each operation
-    /// (a CNI ADD, a hook) without the cost of every status row.
+    /// Answered with the agent's [`AgentInfo`] alone: who it is, asked before a command's
+    /// operation without the cost of every status row.
     Agent,
     /// Answered with `Result<Reply, String>`.
     Operate {
@@ -319,7 +319,13 @@ pub async fn request_to<R: DeserializeOwned>(
 ) -> Result<R, ApiError> {
     let mut conn = Connection::open(path).await?;
     let agent: AgentInfo = conn.ask(&Request::Agent).await?;
-    check_meant(path, meant, &agent)?;
+    if let Some(differs) = meant.differs(&agent) {
+        return Err(ApiError::OtherAgent {
+            path: path.into(),
+            pid: agent.pid,
+            differs,
+        });
+    }
     conn.ask(request).await
 }
 
@@ -379,18 +385,6 @@ pub(crate) fn parse_answer<R: DeserializeOwned>(path: &Path, answer: &str) -> Re
         path: path.into(),
         source,
     })
-}
-
-/// Whether the agent at `path`, which said it is `agent`, is the one `meant`.
-pub(crate) fn check_meant(path: &Path, meant: &Meant, agent: &AgentInfo) -> Result<(), ApiError> {
-    match meant.differs(agent) {
-        Some(differs) => Err(ApiError::OtherAgent {
-            path: path.into(),
-            pid: agent.pid,
-            differs,
-        }),
-        None => Ok(()),
-    }
 }
 
 #[cfg(test)]
