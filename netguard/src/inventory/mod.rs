@@ -32,6 +32,7 @@ pub enum InventoryError {
 
 mod changes;
 mod conn;
+mod linkdump;
 mod pool;
 mod snapshot;
 
