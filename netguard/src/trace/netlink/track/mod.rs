@@ -3,12 +3,13 @@
 //! devices go and come (`causes`). No I/O here: the caller feeds messages, dumps, driver
 //! uevents and the time, and gives the function that reads a bus device's driver.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::{Duration, Instant};
 
 mod causes;
 mod link;
+mod view;
 
 use netlink_packet_route::link::LinkMessage;
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
@@ -22,6 +23,7 @@ use causes::DriverLookup;
 #[cfg(test)]
 use causes::{PARENT_WAIT, UEVENT_WAIT};
 use link::{Link, Seen};
+use view::View;
 
 /// How long the second half of a move may lag behind the first. Both are queued on our socket
 /// back to back; the wait covers a destination we must first discover and dump.
@@ -117,7 +119,7 @@ pub(super) struct Tracker {
     /// nsid (as assigned in the host netns) -> netns inode.
     nsids: HashMap<i32, u64>,
     /// netns inode -> ifindex -> device.
-    views: HashMap<u64, BTreeMap<u32, Link>>,
+    views: HashMap<u64, View>,
     departures: Vec<Departure>,
     dead_veths: Vec<DeadVeth>,
     /// The first end of a veth pair being created: the kernel announces it before the pair is
@@ -288,7 +290,7 @@ impl Tracker {
         let mut arrivals = Vec::new();
         for (netns, msgs) in dumps {
             let mut old = self.views.remove(&netns).unwrap_or_default();
-            let mut fresh = BTreeMap::new();
+            let mut fresh = View::default();
             for seen in msgs.iter().map(Seen::read) {
                 match old.remove(&seen.ifindex) {
                     Some(mut link) if link.same_hardware(&seen) => {
