@@ -11,7 +11,6 @@ mod causes;
 mod link;
 mod view;
 
-use netlink_packet_route::link::LinkMessage;
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -22,7 +21,8 @@ use causes::Causes;
 use causes::DriverLookup;
 #[cfg(test)]
 use causes::{PARENT_WAIT, UEVENT_WAIT};
-use link::{Link, Seen};
+pub(super) use link::Seen;
+use link::Link;
 use view::View;
 
 /// How long the second half of a move may lag behind the first. Both are queued on our socket
@@ -185,7 +185,7 @@ impl Tracker {
         &mut self,
         netns: u64,
         nsid: Option<i32>,
-        links: &[LinkMessage],
+        links: &[Seen],
         announce: bool,
         now: Instant,
     ) -> Vec<Event> {
@@ -197,9 +197,9 @@ impl Tracker {
             }
         }
         self.views.entry(netns).or_default();
-        for msg in links {
+        for seen in links {
             let announce = announce.then_some(Announce::Discovered);
-            events.extend(self.arrive(netns, &Seen::read(msg), announce, now));
+            events.extend(self.arrive(netns, seen, announce, now));
         }
         events
     }
@@ -283,7 +283,7 @@ impl Tracker {
     /// What changed unseen is reported with cause unknown.
     pub(super) fn resync(
         &mut self,
-        dumps: Vec<(u64, Vec<LinkMessage>)>,
+        dumps: Vec<(u64, Vec<Seen>)>,
         now: Instant,
     ) -> Vec<Event> {
         let mut events = Vec::new();
@@ -291,7 +291,7 @@ impl Tracker {
         for (netns, msgs) in dumps {
             let mut old = self.views.remove(&netns).unwrap_or_default();
             let mut fresh = View::default();
-            for seen in msgs.iter().map(Seen::read) {
+            for seen in msgs {
                 match old.remove(&seen.ifindex) {
                     Some(mut link) if link.same_hardware(&seen) => {
                         let before = link.attrs.name.clone();
