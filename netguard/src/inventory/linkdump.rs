@@ -13,7 +13,7 @@ pub(super) async fn links(netns: &File, path: &Path) -> Result<Vec<LiveLink>, In
     let socket = socket_in(netns, path).await?;
     // The reads block (the kernel answers at once); they run off the async workers.
     let read = tokio::task::spawn_blocking(move || {
-        crate::rtnl::dump::links(&socket, None, |m| parse_link(m))
+        crate::rtnl::dump::links(&socket, None, parse_link)
     })
     .await
     .unwrap_or_else(|e| Err(std::io::Error::other(e)));
