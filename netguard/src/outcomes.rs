@@ -52,6 +52,15 @@ impl Outcomes {
     /// After a pass: `rows` are the status rows after it, `triggered` when the event that
     /// woke the pass happened.
     pub fn after_pass(&mut self, report: &PassReport, rows: &[StatusRow], triggered: Instant) {
+        // Looked up once per restore: a burst restores hundreds among thousands of rows.
+        let mut by_link: HashMap<(&str, &str), &StatusRow> = HashMap::new();
+        if report.results.iter().any(|r| r.outcome == Outcome::Restored) {
+            by_link = rows
+                .iter()
+                .filter(|row| row.kind != "nic")
+                .map(|row| ((row.netns.as_str(), row.name.as_str()), row))
+                .collect();
+        }
         for item in &report.results {
             let case = case_of(&item.target);
             let outcome = match item.outcome {
@@ -69,7 +78,13 @@ impl Outcomes {
                 }
             }
             if outcome == "restored" {
-                if let Some(row) = rows.iter().find(|row| is_row_of(&item.target, row)) {
+                let row = match &item.target {
+                    Target::Link { key, .. } => by_link
+                        .get(&(key.netns.to_string().as_str(), key.name.as_str()))
+                        .copied(),
+                    Target::Nic { .. } => rows.iter().find(|row| is_row_of(&item.target, row)),
+                };
+                if let Some(row) = row {
                     tell("restore", row, Some(latency));
                 }
             }

@@ -106,13 +106,17 @@ impl NetnsConn {
         let _one_dump_at_a_time = self.dump_lock.lock().await;
         // Each message is boiled down as it arrives: the decoded messages are many times the
         // size of what we keep (a host with a thousand veths answers megabytes).
-        let links: Vec<LiveLink> = self
-            .link_get()
-            .execute()
-            .try_filter_map(|m| futures::future::ok(parse_link(&m)))
-            .try_collect()
-            .await
-            .map_err(self.err("link dump"))?;
+        let links: Vec<LiveLink> = if self.locator == Locator::Host {
+            // The host's thousands of links, not queued decoded (see `linkdump`).
+            super::linkdump::links(&self.file, &self.path).await?
+        } else {
+            self.link_get()
+                .execute()
+                .try_filter_map(|m| futures::future::ok(parse_link(&m)))
+                .try_collect()
+                .await
+                .map_err(self.err("link dump"))?
+        };
         let addrs: Vec<LiveAddr> = self
             .handle
             .address()

@@ -20,6 +20,11 @@ pub enum InventoryError {
         netns: String,
         source: std::io::Error,
     },
+    #[error("the link dump in netns {netns} failed: {source}")]
+    LinkDump {
+        netns: String,
+        source: std::io::Error,
+    },
     #[error("the netlink connection to netns {0} must be opened inside a tokio runtime")]
     NoRuntime(String),
     #[error("{what} in netns {netns} failed: {source}")]
@@ -32,6 +37,7 @@ pub enum InventoryError {
 
 mod changes;
 mod conn;
+mod linkdump;
 mod pool;
 mod snapshot;
 

@@ -1,6 +1,7 @@
 //! The netlink plumbing every part that talks to the kernel shares: sockets that listen to
 //! every netns, request messages, and names for devices in flight.
 
+pub mod dump;
 pub mod listen;
 pub mod message;
 

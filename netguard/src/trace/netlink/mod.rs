@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netlink_packet_route::link::LinkMessage;
 use netlink_packet_route::RouteNetlinkMessage;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -34,7 +33,7 @@ use crate::inotify::Inotify;
 use crate::netns::{self, NetnsError, Resolver};
 use crate::trace::{Running, TraceOptions};
 use socket::{Listener, Received, Requests};
-use track::{Tracker, UnknownNsid};
+use track::{Seen, Tracker, UnknownNsid};
 use uevent::{DriverChange, Uevents};
 
 /// How often every netns of the machine is looked for: the safety net under inotify, and what
@@ -451,7 +450,7 @@ impl Driver {
         }
     }
 
-    async fn watch(&mut self, path: &Path) -> Result<(i32, Vec<LinkMessage>), NetlinkError> {
+    async fn watch(&mut self, path: &Path) -> Result<(i32, Vec<Seen>), NetlinkError> {
         // Open only as long as the kernel needs the fd: a held fd would keep the netns alive.
         let nsid = {
             let file = netns::open_off_runtime(path).await?;

@@ -5,12 +5,12 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use netlink_packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_ECHO, NLM_F_REQUEST,
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_ECHO, NLM_F_REQUEST,
 };
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::protocols::NETLINK_ROUTE;
@@ -18,7 +18,7 @@ use netlink_sys::Socket;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::track::nsid_of;
+use super::track::{nsid_of, Seen};
 use crate::rtnl::listen::{listen_all_nsid, parse_datagram, recv_tagged, Datagram};
 
 /// Notifications are queued here while we dump or wait on a full event channel; what does
@@ -35,7 +35,8 @@ pub(super) type Connection = rtnetlink::proto::Connection<RouteNetlinkMessage>;
 pub(super) fn open() -> io::Result<(Socket, Connection, Requests)> {
     let listener = listening_socket()?;
     let (connection, handle, _unsolicited) = rtnetlink::new_connection()?;
-    Ok((listener, connection, Requests(handle)))
+    let dumps = Arc::new(Socket::new(NETLINK_ROUTE)?);
+    Ok((listener, connection, Requests { handle, dumps }))
 }
 
 fn listening_socket() -> io::Result<Socket> {
@@ -109,7 +110,12 @@ fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
 }
 
 /// Requests to the kernel from the host netns.
-pub(super) struct Requests(rtnetlink::Handle);
+pub(super) struct Requests {
+    handle: rtnetlink::Handle,
+    /// Link dumps, read one datagram at a time (see [`crate::rtnl::dump`]); one at a time
+    /// (`&mut self`).
+    dumps: Arc<Socket>,
+}
 
 impl Requests {
     /// The nsid of the netns `file` opens, assigning one (in the host netns) if it has none.
@@ -149,25 +155,15 @@ impl Requests {
         ))
     }
 
-    /// Every link of the host netns (`None`) or of the netns with that nsid.
-    pub(super) async fn dump_links(&mut self, nsid: Option<i32>) -> io::Result<Vec<LinkMessage>> {
-        let mut request = LinkMessage::default();
-        if let Some(id) = nsid {
-            request.attributes.push(LinkAttribute::IfNetnsId(id));
-        }
-        let replies = self
-            .call(
-                RouteNetlinkMessage::GetLink(request),
-                NLM_F_REQUEST | NLM_F_DUMP,
-            )
-            .await?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|reply| match reply {
-                RouteNetlinkMessage::NewLink(link) => Some(link),
-                _ => None,
-            })
-            .collect())
+    /// Every link of the host netns (`None`) or of the netns with that nsid, boiled down.
+    pub(super) async fn dump_links(&mut self, nsid: Option<i32>) -> io::Result<Vec<Seen>> {
+        let socket = self.dumps.clone();
+        // The reads block (the kernel answers at once); they run off the async workers.
+        tokio::task::spawn_blocking(move || {
+            crate::rtnl::dump::links(&socket, nsid, |m| Some(Seen::read(m)))
+        })
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
     }
 
     async fn call(
@@ -178,7 +174,7 @@ impl Requests {
         let mut request = NetlinkMessage::from(message);
         request.header.flags = flags;
         let mut responses = self
-            .0
+            .handle
             .request(request)
             .map_err(|_| io::Error::other("the rtnetlink request socket is closed"))?;
         let mut replies = Vec::new();

@@ -42,7 +42,7 @@ impl Attrs {
 
 /// What one RTM_NEWLINK / RTM_DELLINK says about a device.
 #[derive(Debug, Default)]
-pub(super) struct Seen {
+pub(in crate::trace::netlink) struct Seen {
     pub(super) ifindex: u32,
     pub(super) attrs: Attrs,
     /// IFLA_NEW_NETNSID: the destination of a move, as an nsid of the *source* netns.
@@ -51,7 +51,7 @@ pub(super) struct Seen {
 }
 
 impl Seen {
-    pub(super) fn read(msg: &LinkMessage) -> Seen {
+    pub(in crate::trace::netlink) fn read(msg: &LinkMessage) -> Seen {
         let mut seen = Seen {
             ifindex: msg.header.index,
             ..Seen::default()

@@ -3,14 +3,14 @@
 //! devices go and come (`causes`). No I/O here: the caller feeds messages, dumps, driver
 //! uevents and the time, and gives the function that reads a bus device's driver.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::{Duration, Instant};
 
 mod causes;
 mod link;
+mod view;
 
-use netlink_packet_route::link::LinkMessage;
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -21,7 +21,9 @@ use causes::Causes;
 use causes::DriverLookup;
 #[cfg(test)]
 use causes::{PARENT_WAIT, UEVENT_WAIT};
-use link::{Link, Seen};
+pub(super) use link::Seen;
+use link::Link;
+use view::View;
 
 /// How long the second half of a move may lag behind the first. Both are queued on our socket
 /// back to back; the wait covers a destination we must first discover and dump.
@@ -117,7 +119,7 @@ pub(super) struct Tracker {
     /// nsid (as assigned in the host netns) -> netns inode.
     nsids: HashMap<i32, u64>,
     /// netns inode -> ifindex -> device.
-    views: HashMap<u64, BTreeMap<u32, Link>>,
+    views: HashMap<u64, View>,
     departures: Vec<Departure>,
     dead_veths: Vec<DeadVeth>,
     /// The first end of a veth pair being created: the kernel announces it before the pair is
@@ -183,7 +185,7 @@ impl Tracker {
         &mut self,
         netns: u64,
         nsid: Option<i32>,
-        links: &[LinkMessage],
+        links: &[Seen],
         announce: bool,
         now: Instant,
     ) -> Vec<Event> {
@@ -195,9 +197,9 @@ impl Tracker {
             }
         }
         self.views.entry(netns).or_default();
-        for msg in links {
+        for seen in links {
             let announce = announce.then_some(Announce::Discovered);
-            events.extend(self.arrive(netns, &Seen::read(msg), announce, now));
+            events.extend(self.arrive(netns, seen, announce, now));
         }
         events
     }
@@ -281,15 +283,15 @@ impl Tracker {
     /// What changed unseen is reported with cause unknown.
     pub(super) fn resync(
         &mut self,
-        dumps: Vec<(u64, Vec<LinkMessage>)>,
+        dumps: Vec<(u64, Vec<Seen>)>,
         now: Instant,
     ) -> Vec<Event> {
         let mut events = Vec::new();
         let mut arrivals = Vec::new();
         for (netns, msgs) in dumps {
             let mut old = self.views.remove(&netns).unwrap_or_default();
-            let mut fresh = BTreeMap::new();
-            for seen in msgs.iter().map(Seen::read) {
+            let mut fresh = View::default();
+            for seen in msgs {
                 match old.remove(&seen.ifindex) {
                     Some(mut link) if link.same_hardware(&seen) => {
                         let before = link.attrs.name.clone();

@@ -1,5 +1,5 @@
 use super::*;
-use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkLayerType};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage};
 
 const HOST: u64 = 4026531840;
 const INIT: u64 = 4026531999;
@@ -154,7 +154,7 @@ fn move_into_a_netns_found_later_completes_from_its_dump() {
     lo.header.link_layer_type = LinkLayerType::Loopback;
     let events = f
         .tracker
-        .add_netns(C, Some(4), &[lo, veth(2, "eth0", 5)], true, f.now);
+        .add_netns(C, Some(4), &seen([lo, veth(2, "eth0", 5)]), true, f.now);
     assert_eq!(events.len(), 2);
     assert_eq!(
         (events[0].kind, at(&events[0].to)),
@@ -212,7 +212,7 @@ fn dying_netns_takes_its_veths_and_their_peers_and_refunds_its_nic() {
     f.tracker.add_netns(
         4026532009,
         Some(9),
-        &[lo, veth(6, "vb", 5), nic(4, "eth0")],
+        &seen([lo, veth(6, "vb", 5), nic(4, "eth0")]),
         false,
         f.now,
     );
@@ -293,7 +293,7 @@ fn refund_not_seen_is_reported_towards_init_net() {
 fn unrelated_or_late_delete_after_a_teardown_is_explicit() {
     let mut f = fixture();
     f.tracker
-        .add_netns(4026532009, Some(9), &[veth(6, "vb", 5)], false, f.now);
+        .add_netns(4026532009, Some(9), &seen([veth(6, "vb", 5)]), false, f.now);
     f.feed(None, nsid_gone(9));
     f.feed(Some(2), RouteNetlinkMessage::NewLink(veth(5, "other", 2)));
     let events = f.feed(Some(2), RouteNetlinkMessage::DelLink(veth(5, "other", 0)));
@@ -353,6 +353,10 @@ fn resync_reports_what_changed_unseen() {
             ],
         ),
     ];
+    let dumps = dumps
+        .into_iter()
+        .map(|(netns, msgs)| (netns, seen(msgs)))
+        .collect();
     let events = f.tracker.resync(dumps, f.now);
     let summary: Vec<_> = events
         .iter()
@@ -439,7 +443,7 @@ fn a_driver_reload_reads_as_unbind_parent_gone_and_bind() {
     // Bound before the tracer started: the driver is found by the bus address.
     let mut f2 = fixture();
     f2.tracker
-        .add_netns(HOST, None, &[on_bus(nic(4, "eth2"))], false, f2.now);
+        .add_netns(HOST, None, &seen([on_bus(nic(4, "eth2"))]), false, f2.now);
     f2.feed(None, RouteNetlinkMessage::DelLink(on_bus(nic(4, "eth2"))));
     let gone = f2.tracker.on_driver_change(driver(false), f2.now);
     assert_eq!(gone[0].driver.as_deref(), Some("e1000"));
@@ -592,4 +596,9 @@ fn a_moved_upper_waits_for_its_own_lower_only() {
     let events = f.feed(None, RouteNetlinkMessage::DelLink(nic(3, "v0")));
     let gone = events.iter().find(|e| e.current_name() == Some("mv0"));
     assert_eq!(gone.and_then(parent_of), Some(("v0", 3)), "{events:?}");
+}
+
+/// What the tracer's dumps hand the tracker: each message boiled down.
+fn seen(msgs: impl IntoIterator<Item = LinkMessage>) -> Vec<Seen> {
+    msgs.into_iter().map(|m| Seen::read(&m)).collect()
 }
