@@ -15,6 +15,7 @@ use netguard_tests::{AgentProcess, Netguard};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::agent::cpu_time;
 use crate::stats::Samples;
 
 /// Starts and ADDs before the timed ones (image layers, plugin binaries into the page cache).
@@ -30,6 +31,10 @@ pub struct PodmanCost {
     /// The CNI ADD of the chain, seconds.
     pub add_plain: Samples,
     pub add_guarded: Samples,
+    /// The agent's CPU time (user + system) per start and stop of its container, and per
+    /// ADD and DEL of its chain, seconds: work done beside the runtime, on the same cores.
+    pub agent_cpu_per_start: f64,
+    pub agent_cpu_per_add: f64,
 }
 
 impl PodmanCost {
@@ -48,7 +53,8 @@ impl PodmanCost {
         };
         format!(
             "\n7. Cost: podman start and CNI ADD without / with netguard (ms, {} each, alternating)\n\
-             {:<30}{:>10}{:>10}{:>10}{:>10}{:>11}{:>10}\n{}{}",
+             {:<30}{:>10}{:>10}{:>10}{:>10}{:>11}{:>10}\n{}{}\
+             the agent's CPU per start + stop {:.1} ms, per ADD + DEL {:.1} ms\n",
             self.starts,
             "",
             "p50",
@@ -59,6 +65,8 @@ impl PodmanCost {
             "added",
             line("podman start", &self.start_plain, &self.start_guarded),
             line("CNI ADD of the chain", &self.add_plain, &self.add_guarded),
+            self.agent_cpu_per_start * 1e3,
+            self.agent_cpu_per_add * 1e3,
         )
     }
 }
@@ -67,8 +75,8 @@ impl PodmanCost {
 struct Side {
     world: PodmanWorld,
     conflist: Value,
-    /// Keeps the agent of the guarded side running until the side is dropped.
-    _agent: Option<AgentProcess>,
+    /// The guarded side's agent, running until the side is dropped.
+    agent: Option<AgentProcess>,
 }
 
 impl Side {
@@ -106,7 +114,7 @@ impl Side {
         Ok(Side {
             world,
             conflist,
-            _agent: agent,
+            agent,
         })
     }
 
@@ -163,6 +171,15 @@ pub fn run(netguard: &Path, starts: usize) -> anyhow::Result<PodmanCost> {
         guarded.world.world.add("pod").path(),
     ];
     let sides = [&plain, &guarded];
+    let agent = guarded
+        .agent
+        .as_ref()
+        .context("the guarded side has an agent")?
+        .pid();
+    let agent_cpu_per_round = |since: Duration| -> anyhow::Result<f64> {
+        Ok((cpu_time(agent)? - since).as_secs_f64() / (WARM_UP + starts) as f64)
+    };
+    let cpu_before = cpu_time(agent)?;
     let mut times: [Vec<Duration>; 2] = Default::default();
     for i in 0..WARM_UP + starts {
         // Alternating which goes first, so neither always follows the other.
@@ -174,7 +191,9 @@ pub fn run(netguard: &Path, starts: usize) -> anyhow::Result<PodmanCost> {
         }
     }
     let [start_plain, start_guarded] = times.map(|t| Samples::of(&t));
+    let agent_cpu_per_start = agent_cpu_per_round(cpu_before)?;
 
+    let cpu_before = cpu_time(agent)?;
     let runners = [plain.runner(), guarded.runner()];
     let mut times: [Vec<Duration>; 2] = Default::default();
     for i in 0..WARM_UP + starts {
@@ -186,11 +205,14 @@ pub fn run(netguard: &Path, starts: usize) -> anyhow::Result<PodmanCost> {
         }
     }
     let [add_plain, add_guarded] = times.map(|t| Samples::of(&t));
+    let agent_cpu_per_add = agent_cpu_per_round(cpu_before)?;
     Ok(PodmanCost {
         starts,
         start_plain,
         start_guarded,
         add_plain,
         add_guarded,
+        agent_cpu_per_start,
+        agent_cpu_per_add,
     })
 }

@@ -54,7 +54,11 @@ impl Outcomes {
     pub fn after_pass(&mut self, report: &PassReport, rows: &[StatusRow], triggered: Instant) {
         // Looked up once per restore: a burst restores hundreds among thousands of rows.
         let mut by_link: HashMap<(&str, &str), &StatusRow> = HashMap::new();
-        if report.results.iter().any(|r| r.outcome == Outcome::Restored) {
+        if report
+            .results
+            .iter()
+            .any(|r| r.outcome == Outcome::Restored)
+        {
             by_link = rows
                 .iter()
                 .filter(|row| row.kind != "nic")

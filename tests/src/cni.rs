@@ -6,6 +6,8 @@
 //! written at ADD, removed at DEL).
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -154,14 +156,26 @@ impl CniRunner {
         stdin: &[u8],
     ) -> PluginRun {
         let path = std::env::join_paths(&self.plugin_dirs).expect("CNI_PATH");
-        let mut cmd = match &self.host_netns {
-            Some(netns) => {
-                let mut cmd = Command::new("nsenter");
-                cmd.arg(format!("--net={}", netns.display())).arg(binary);
-                cmd
+        let mut cmd = Command::new(binary);
+        // The plugin runs in the netns as a runtime's plugins do, inheriting it: entered
+        // between fork and exec, not through an nsenter process the runtime would not run.
+        let netns = self.host_netns.as_ref().map(|netns| {
+            std::fs::File::open(netns)
+                .unwrap_or_else(|e| panic!("open the netns {}: {e}", netns.display()))
+        });
+        if let Some(netns) = &netns {
+            let fd = netns.as_raw_fd();
+            // SAFETY: only setns, async-signal-safe, runs in the child; `netns` outlives spawn.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
             }
-            None => Command::new(binary),
-        };
+        }
         cmd.env_clear()
             .env("CNI_COMMAND", command)
             .env("CNI_PATH", path)

@@ -162,7 +162,7 @@ async fn sync(shared: &Shared, dirs: &[PathBuf], seen: &mut Seen) {
         }
         note_cache_entry(&mut ledger, &workload, &path, &cannot_restore);
     }
-    if let Err(e) = ledger.save() {
+    if let Err(e) = ledger.save_when_due() {
         tracing::error!("{e}");
     }
     drop(ledger);

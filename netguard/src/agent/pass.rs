@@ -22,7 +22,11 @@ use crate::status;
 pub(super) fn concerns_us(ledger: &LedgerContent, event: &Event, host_inode: u64) -> bool {
     [&event.from, &event.to].into_iter().flatten().any(|place| {
         place.netns.inode == host_inode
-            || place.netns.names.iter().any(|n| links_in(ledger, Path::new(n)))
+            || place
+                .netns
+                .names
+                .iter()
+                .any(|n| links_in(ledger, Path::new(n)))
     })
 }
 
@@ -125,7 +129,7 @@ pub(super) async fn reconcile(shared: &Shared) -> Option<Duration> {
         crate::fault::point("before-save");
     }
     let saving = Instant::now();
-    match ledger.save() {
+    match ledger.save_when_due() {
         Ok(true) => {
             if let Some(m) = &shared.metrics {
                 m.ledger_save_duration

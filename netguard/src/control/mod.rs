@@ -290,9 +290,10 @@ pub async fn execute(
     };
     crate::fault::point("before-save");
     if operation.from_a_runtime() {
-        // A container start waits on this: the journal, fsynced, makes the change durable;
-        // the document is written by the agent's next pass (or replayed at the next open).
-        ledger.commit()?;
+        // A container start waits on this, and what a runtime reports lives no longer than
+        // its netns: a crash of the machine ends both, so the journal written (not fsynced)
+        // is enough; an agent that crashes finds it at its next open. The next pass fsyncs.
+        ledger.ensure_written()?;
     } else {
         ledger.save()?;
     }

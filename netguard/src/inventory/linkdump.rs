@@ -12,11 +12,10 @@ use super::InventoryError;
 pub(super) async fn links(netns: &File, path: &Path) -> Result<Vec<LiveLink>, InventoryError> {
     let socket = socket_in(netns, path).await?;
     // The reads block (the kernel answers at once); they run off the async workers.
-    let read = tokio::task::spawn_blocking(move || {
-        crate::rtnl::dump::links(&socket, None, parse_link)
-    })
-    .await
-    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    let read =
+        tokio::task::spawn_blocking(move || crate::rtnl::dump::links(&socket, None, parse_link))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
     read.map_err(|source| InventoryError::LinkDump {
         netns: path.display().to_string(),
         source,

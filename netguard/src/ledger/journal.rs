@@ -144,6 +144,8 @@ pub struct Journal {
     max_bytes: u64,
     keep: usize,
     next_seq: u64,
+    /// Lines were written since the last fsync.
+    unsynced: bool,
 }
 
 impl Journal {
@@ -177,6 +179,7 @@ impl Journal {
             max_bytes,
             keep,
             next_seq,
+            unsynced: false,
         };
         journal.close_torn_line()?;
         Ok(journal)
@@ -242,6 +245,7 @@ impl Journal {
                 source,
             })?;
         self.size += bytes.len() as u64;
+        self.unsynced = true;
         Ok(())
     }
 
@@ -249,12 +253,18 @@ impl Journal {
         self.next_seq - 1
     }
 
-    pub fn sync(&self) -> Result<(), LedgerError> {
+    /// Makes every line written so far durable (nothing to do when none was written since).
+    pub fn sync(&mut self) -> Result<(), LedgerError> {
+        if !self.unsynced {
+            return Ok(());
+        }
         self.file.sync_data().map_err(|source| LedgerError::Io {
             action: "fsync",
             path: self.path.clone(),
             source,
-        })
+        })?;
+        self.unsynced = false;
+        Ok(())
     }
 
     pub fn needs_rotation(&self) -> bool {

@@ -2,12 +2,14 @@
 //! are, state) and guarded virtual links (full specs to rebuild them).
 //!
 //! One JSON document (`state.json`, atomic writes, checksummed) plus an append-only journal
-//! (`journal.jsonl`, rotated by size). Every change goes to the journal at once; the document is
-//! written by [`Ledger::save`], once per pass, not per change. A document that reads fine but
+//! (`journal.jsonl`, rotated by size). Every change goes to the journal at once; the document,
+//! which compacts it, is written by [`Ledger::save`] (a command, at its end) or, in the agent,
+//! by [`Ledger::save_when_due`]. A document that reads fine but
 //! is damaged is moved aside untouched and the ledger is rebuilt from the journal; one that
 //! cannot be read (an I/O error) stops the open, and stays where it is.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 mod containers;
 mod guarded;
@@ -25,6 +27,13 @@ use journal::{Journal, JournalEntry};
 pub use crate::model::*;
 pub use containers::ContainerError;
 pub use record::*;
+
+/// The agent writes the document once this many journal entries, or this much time, have gone
+/// by since it last did (and at its stop): the journal, fsynced, is the durable record, and the
+/// whole document after every pass cost each container start ~1.5 ms of the agent's CPU and
+/// each pass of a burst at 10,000 links 60-80 ms (docs/benchmarks.md).
+const DOCUMENT_AFTER_ENTRIES: u64 = 4096;
+const DOCUMENT_AFTER: Duration = Duration::from_secs(30);
 
 /// Where the ledger lives unless told otherwise.
 pub const DEFAULT_DIR: &str = "/var/lib/netguard";
@@ -156,6 +165,10 @@ pub struct Ledger {
     journal_failed: bool,
     /// Counts the changes to the content since it was opened (not stored).
     revision: u64,
+    /// When the document was last written (or found current, at open), and how many entries
+    /// were journalled since.
+    documented_at: Instant,
+    journalled_since: u64,
 }
 
 impl Ledger {
@@ -231,6 +244,8 @@ impl Ledger {
             dirty: replayed > 0 || layout < store::VERSION,
             journal_failed: false,
             revision: 0,
+            documented_at: Instant::now(),
+            journalled_since: 0,
             options,
             content,
             journal,
@@ -282,9 +297,34 @@ impl Ledger {
             source,
         })?;
         store::write_atomic(&path, &bytes)?;
+        self.documented_at = Instant::now();
+        self.journalled_since = 0;
         self.dirty = false;
         self.journal_failed = false;
         Ok(true)
+    }
+
+    /// The agent's save after a pass: every change durable (the journal fsynced), and the
+    /// document written only when due ([`DOCUMENT_AFTER_ENTRIES`], [`DOCUMENT_AFTER`]) or when
+    /// a change could not be journalled. `Ok(true)` if the document was written.
+    pub fn save_when_due(&mut self) -> Result<bool, LedgerError> {
+        if self.journal_failed
+            || self.journalled_since >= DOCUMENT_AFTER_ENTRIES
+            || self.documented_at.elapsed() >= DOCUMENT_AFTER
+        {
+            return self.save();
+        }
+        off_runtime(|| self.journal.sync())?;
+        Ok(false)
+    }
+
+    /// Makes sure every change so far is written (journalled, or in the document when it could
+    /// not be), without waiting for the disk: what only outlives the agent, not the machine.
+    pub fn ensure_written(&mut self) -> Result<(), LedgerError> {
+        if self.journal_failed {
+            self.save()?;
+        }
+        Ok(())
     }
 
     /// Makes every change so far durable, for a kernel change about to rely on it (a NIC's
@@ -327,6 +367,7 @@ impl Ledger {
     fn append(&mut self, entry: JournalEntry) {
         self.dirty = true;
         self.revision += 1;
+        self.journalled_since += 1;
         off_runtime(|| self.append_now(entry))
     }
 

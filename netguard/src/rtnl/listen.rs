@@ -5,7 +5,11 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
-use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{
+    DecodeError, Emitable, NetlinkBuffer, NetlinkMessage, NetlinkPayload, NlasIterator,
+    ParseableParametrized,
+};
+use netlink_packet_route::link::{LinkAttribute, LinkHeader, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{Socket, SocketAddr};
 
@@ -84,24 +88,41 @@ pub fn recv_tagged(fd: RawFd, buf: &mut [u8]) -> io::Result<Datagram> {
     })
 }
 
-/// The rtnetlink messages in one datagram; what does not decode is logged and skipped.
-pub fn parse_datagram(mut bytes: &[u8]) -> Vec<RouteNetlinkMessage> {
+/// The rtnetlink messages in one datagram; what does not decode is logged and skipped. Of a
+/// link message only the attributes (`IFLA_*`) in `link_attributes` are decoded: the rest (IPv6
+/// and bridge port settings, statistics) is most of its decoding, and a listener hears every
+/// link message of every netns.
+pub fn parse_datagram(mut bytes: &[u8], link_attributes: &[u16]) -> Vec<RouteNetlinkMessage> {
     let mut messages = Vec::new();
     while !bytes.is_empty() {
-        let len = match NetlinkBuffer::new_checked(bytes) {
-            Ok(buffer) => buffer.length() as usize,
+        let frame = match NetlinkBuffer::new_checked(bytes) {
+            Ok(frame) => frame,
             Err(err) => {
                 tracing::warn!("malformed rtnetlink datagram, rest skipped: {err}");
                 break;
             }
         };
-        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len]) {
-            Ok(NetlinkMessage {
-                payload: NetlinkPayload::InnerMessage(message),
-                ..
-            }) => messages.push(message),
-            Ok(_) => {}
-            Err(err) => tracing::warn!("undecodable rtnetlink message skipped: {err}"),
+        let len = frame.length() as usize;
+        let decoded = match frame.message_type() {
+            libc::RTM_NEWLINK => {
+                link_message(frame.payload(), link_attributes).map(RouteNetlinkMessage::NewLink)
+            }
+            libc::RTM_DELLINK => {
+                link_message(frame.payload(), link_attributes).map(RouteNetlinkMessage::DelLink)
+            }
+            _ => match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len]) {
+                Ok(NetlinkMessage {
+                    payload: NetlinkPayload::InnerMessage(message),
+                    ..
+                }) => Ok(message),
+                Ok(_) => Err(None),
+                Err(err) => Err(Some(err)),
+            },
+        };
+        match decoded {
+            Ok(message) => messages.push(message),
+            Err(None) => {}
+            Err(Some(err)) => tracing::warn!("undecodable rtnetlink message skipped: {err}"),
         }
         // Messages are 4-byte aligned within a datagram.
         bytes = bytes.get(len.next_multiple_of(4)..).unwrap_or_default();
@@ -109,10 +130,27 @@ pub fn parse_datagram(mut bytes: &[u8]) -> Vec<RouteNetlinkMessage> {
     messages
 }
 
+/// A link message with only the attributes whose type is in `keep`.
+fn link_message(payload: &[u8], keep: &[u16]) -> Result<LinkMessage, Option<DecodeError>> {
+    let header = LinkHeader::parse(payload).map_err(Some)?;
+    let mut link = LinkMessage::default();
+    for nla in NlasIterator::new(payload.get(header.buffer_len()..).unwrap_or_default()) {
+        let nla = nla.map_err(Some)?;
+        if keep.contains(&nla.kind()) {
+            link.attributes.push(
+                LinkAttribute::parse_with_param(&nla, header.interface_family).map_err(Some)?,
+            );
+        }
+    }
+    link.header = header;
+    Ok(link)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+
+    const NAME_ONLY: &[u16] = &[libc::IFLA_IFNAME];
 
     fn bytes_of(message: RouteNetlinkMessage) -> Vec<u8> {
         let mut message = NetlinkMessage::from(message);
@@ -129,7 +167,7 @@ mod tests {
         link.attributes = vec![LinkAttribute::IfName("veth7".into())];
         let mut datagram = bytes_of(RouteNetlinkMessage::NewLink(link.clone()));
         datagram.extend(bytes_of(RouteNetlinkMessage::DelLink(link.clone())));
-        let messages = parse_datagram(&datagram);
+        let messages = parse_datagram(&datagram, NAME_ONLY);
         assert_eq!(
             messages,
             vec![
@@ -142,12 +180,32 @@ mod tests {
         // message: skipped, no panic.
         let mut too_long = datagram.clone();
         too_long[0] = 0xff;
-        assert!(parse_datagram(&too_long).is_empty());
-        assert_eq!(parse_datagram(&datagram[..datagram.len() - 3]).len(), 1);
+        assert!(parse_datagram(&too_long, NAME_ONLY).is_empty());
+        assert_eq!(
+            parse_datagram(&datagram[..datagram.len() - 3], NAME_ONLY).len(),
+            1
+        );
         let mut bad_attr = bytes_of(RouteNetlinkMessage::NewLink(LinkMessage::default()));
         bad_attr.extend([64, 0, 3, 0]);
         let len = bad_attr.len() as u32;
         bad_attr[..4].copy_from_slice(&len.to_ne_bytes());
-        assert!(parse_datagram(&bad_attr).is_empty());
+        assert!(parse_datagram(&bad_attr, NAME_ONLY).is_empty());
+    }
+
+    #[test]
+    fn a_link_message_keeps_only_the_attributes_asked_for() {
+        let mut link = LinkMessage::default();
+        link.header.index = 9;
+        link.attributes = vec![
+            LinkAttribute::Mtu(1400),
+            LinkAttribute::IfName("eth9".into()),
+            LinkAttribute::Address(vec![2, 0, 0, 0, 0, 9]),
+        ];
+        let datagram = bytes_of(RouteNetlinkMessage::NewLink(link.clone()));
+        link.attributes = vec![LinkAttribute::IfName("eth9".into())];
+        assert_eq!(
+            parse_datagram(&datagram, NAME_ONLY),
+            vec![RouteNetlinkMessage::NewLink(link)]
+        );
     }
 }

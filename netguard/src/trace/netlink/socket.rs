@@ -8,9 +8,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use netlink_packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_ECHO, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_ECHO, NLM_F_REQUEST};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::protocols::NETLINK_ROUTE;
@@ -99,7 +97,7 @@ fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
             truncated: true, ..
         }) => Ok(Received::Overrun),
         Ok(Datagram { len, nsid, .. }) => Ok(Received::Messages(
-            parse_datagram(&buf[..len])
+            parse_datagram(&buf[..len], Seen::ATTRIBUTES)
                 .into_iter()
                 .map(|m| (nsid, m))
                 .collect(),

@@ -51,6 +51,19 @@ pub(in crate::trace::netlink) struct Seen {
 }
 
 impl Seen {
+    /// The link attributes [`Seen::read`] reads: the listener decodes no others.
+    pub(in crate::trace::netlink) const ATTRIBUTES: &'static [u16] = &[
+        libc::IFLA_IFNAME,
+        libc::IFLA_ADDRESS,
+        libc::IFLA_PERM_ADDRESS,
+        libc::IFLA_LINKINFO,
+        libc::IFLA_LINK,
+        libc::IFLA_LINK_NETNSID,
+        libc::IFLA_PARENT_DEV_NAME,
+        libc::IFLA_NEW_NETNSID,
+        libc::IFLA_NEW_IFINDEX,
+    ];
+
     pub(in crate::trace::netlink) fn read(msg: &LinkMessage) -> Seen {
         let mut seen = Seen {
             ifindex: msg.header.index,

@@ -21,8 +21,8 @@ use causes::Causes;
 use causes::DriverLookup;
 #[cfg(test)]
 use causes::{PARENT_WAIT, UEVENT_WAIT};
-pub(super) use link::Seen;
 use link::Link;
+pub(super) use link::Seen;
 use view::View;
 
 /// How long the second half of a move may lag behind the first. Both are queued on our socket
@@ -281,11 +281,7 @@ impl Tracker {
 
     /// After an overrun: fresh dumps of the watched namespaces, compared with the views.
     /// What changed unseen is reported with cause unknown.
-    pub(super) fn resync(
-        &mut self,
-        dumps: Vec<(u64, Vec<Seen>)>,
-        now: Instant,
-    ) -> Vec<Event> {
+    pub(super) fn resync(&mut self, dumps: Vec<(u64, Vec<Seen>)>, now: Instant) -> Vec<Event> {
         let mut events = Vec::new();
         let mut arrivals = Vec::new();
         for (netns, msgs) in dumps {

@@ -46,7 +46,9 @@ impl std::ops::Index<&u32> for View {
     type Output = Link;
 
     fn index(&self, ifindex: &u32) -> &Link {
-        let at = self.find(*ifindex).expect("no device with that ifindex in the view");
+        let at = self
+            .find(*ifindex)
+            .expect("no device with that ifindex in the view");
         &self.0[at].1
     }
 }
