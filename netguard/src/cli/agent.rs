@@ -81,6 +81,14 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         metrics: settings.metrics,
         cni_caches: settings.cni_cache,
     };
+    // Each thread that allocates may get a malloc arena of its own (up to 8 per core: the
+    // runtime's workers, the blocking pool's threads), and each keeps what a burst freed in
+    // it. Two arenas serve two cores; set before the runtime's threads exist.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let ended = runtime.block_on(async move {
         let mut sigint = signal(SignalKind::interrupt())?;

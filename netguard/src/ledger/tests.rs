@@ -383,3 +383,50 @@ fn a_commit_after_a_failed_append_writes_the_document() {
         "{loaded:?}"
     );
 }
+
+#[test]
+fn the_agent_writes_the_document_only_when_due_and_the_journal_holds_the_rest() {
+    let dir = TempDir::new("ledger-due");
+    let state = dir.path().join(STATE_FILE);
+    let (mut ledger, _) = open(dir.path());
+    let spec = sample_content().links.into_values().next().unwrap().spec;
+    ledger.record_link(spec.clone());
+    assert!(!ledger.save_when_due().unwrap(), "one change is not due");
+    assert!(!state.exists());
+    // A crash now: the journal has the change.
+    std::mem::forget(ledger);
+    let (mut ledger, _) = open(dir.path());
+    assert!(ledger.link(&spec.netns, &spec.name).is_some());
+
+    let mut waiting = true;
+    while ledger.journalled_since < DOCUMENT_AFTER_ENTRIES {
+        waiting = !waiting;
+        let state = if waiting {
+            LinkState::Waiting
+        } else {
+            LinkState::Intact
+        };
+        ledger.set_link_state(&spec.key(), state, None);
+    }
+    assert!(ledger.save_when_due().unwrap(), "written once due");
+    assert!(matches!(store::load(&state).unwrap(), store::Loaded::Good(..)));
+    assert!(!ledger.save_when_due().unwrap(), "and not again");
+}
+
+#[test]
+fn a_runtime_change_is_written_without_fsync_or_into_the_document_when_the_journal_failed() {
+    let dir = TempDir::new("ledger-written");
+    let (mut ledger, _) = open(dir.path());
+    let spec = sample_content().links.into_values().next().unwrap().spec;
+    ledger.record_link(spec.clone());
+    ledger.ensure_written().unwrap();
+    assert!(!dir.path().join(STATE_FILE).exists(), "the journal has it");
+    ledger.journal_failed = true;
+    ledger.ensure_written().unwrap();
+    std::mem::forget(ledger);
+    let loaded = store::load(&dir.path().join(STATE_FILE)).unwrap();
+    assert!(
+        matches!(&loaded, store::Loaded::Good(c, _) if c.links.len() == 1),
+        "{loaded:?}"
+    );
+}
