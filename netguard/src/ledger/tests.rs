@@ -409,7 +409,10 @@ fn the_agent_writes_the_document_only_when_due_and_the_journal_holds_the_rest() 
         ledger.set_link_state(&spec.key(), state, None);
     }
     assert!(ledger.save_when_due().unwrap(), "written once due");
-    assert!(matches!(store::load(&state).unwrap(), store::Loaded::Good(..)));
+    assert!(matches!(
+        store::load(&state).unwrap(),
+        store::Loaded::Good(..)
+    ));
     assert!(!ledger.save_when_due().unwrap(), "and not again");
 }
 
