@@ -64,6 +64,10 @@ struct RunArgs {
     /// Guarded links (and netns) in the scale part.
     #[arg(long, default_value_t = 1000)]
     scale_links: usize,
+    /// Timed starts (and ADDs) per side in the podman part (default 50; 10 with --quick): a
+    /// few percent of a start need more than 50 on a shared machine.
+    #[arg(long)]
+    podman_starts: Option<usize>,
     /// The netguard binary (default: the one next to this one).
     #[arg(long)]
     netguard: Option<PathBuf>,
@@ -220,7 +224,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             Some(scale::run(&netguard, &failed_log, args.scale_links, window, repeats).await?);
     }
     if wants(Part::Podman) {
-        let starts = if args.quick { 10 } else { 50 };
+        let starts = args
+            .podman_starts
+            .unwrap_or(if args.quick { 10 } else { 50 });
         let netguard = netguard.clone();
         results.podman =
             Some(tokio::task::spawn_blocking(move || podman::run(&netguard, starts)).await??);
