@@ -95,6 +95,9 @@ struct Shared {
     /// idle pass changes neither, and makes neither again.
     rows_at: std::sync::Mutex<Option<u64>>,
     told_at: std::sync::Mutex<Option<u64>>,
+    /// The ledger's revision after the last operation: `status` must show what an operation
+    /// answered (a CNI ADD's "guarding eth0 ..."), pass or no pass.
+    operated_at: std::sync::Mutex<Option<u64>>,
     /// Set by a stop request: no new pass starts.
     stopping: AtomicBool,
     restorer: Restorer,
@@ -150,14 +153,25 @@ impl Shared {
         }
     }
 
+    fn rows_behind_an_operation(&self) -> bool {
+        let operated = *self.operated_at.lock().unwrap_or_else(|p| p.into_inner());
+        operated > *self.rows_at.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn info(&self) -> AgentInfo {
         self.info.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Never waits for a pass: while one runs, the rows from before it, with the events seen
-    /// since (the tracer notes them at once).
+    /// Waits for no pass: while one runs, the rows from before it, with the events seen since
+    /// (the tracer notes them at once); unless the rows are older than the last operation,
+    /// whose answer they must show: then for the pass under way.
     async fn status(&self) -> Status {
-        if let Ok(ledger) = self.ledger.try_lock() {
+        let ledger = match self.ledger.try_lock() {
+            Ok(ledger) => Some(ledger),
+            Err(_) if self.rows_behind_an_operation() => Some(self.ledger.lock().await),
+            Err(_) => None,
+        };
+        if let Some(ledger) = ledger {
             self.keep_rows(&ledger);
         }
         let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -195,6 +209,7 @@ impl Shared {
         let reply = control::execute(operation, &mut ledger, &self.restorer)
             .await
             .map_err(|e| e.to_string());
+        *self.operated_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(ledger.revision());
         drop(ledger);
         // What a runtime's start pays for netguard: the wait for the ledger and the work.
         tracing::debug!(
@@ -253,6 +268,7 @@ pub async fn run(
         unfolded: Default::default(),
         rows: std::sync::Mutex::new(status::ledger_rows(ledger.content())),
         rows_at: Default::default(),
+        operated_at: Default::default(),
         told_at: Default::default(),
         host_inode,
         ledger: Mutex::new(ledger),
