@@ -165,10 +165,10 @@ pub struct Ledger {
     journal_failed: bool,
     /// Counts the changes to the content since it was opened (not stored).
     revision: u64,
-    /// When the document was last written (or found current, at open), and how many entries
-    /// were journalled since.
+    /// When the document was last written (or found current, at open), and the revision then
+    /// (every journalled change counts one).
     documented_at: Instant,
-    journalled_since: u64,
+    documented_revision: u64,
 }
 
 impl Ledger {
@@ -245,7 +245,7 @@ impl Ledger {
             journal_failed: false,
             revision: 0,
             documented_at: Instant::now(),
-            journalled_since: 0,
+            documented_revision: 0,
             options,
             content,
             journal,
@@ -298,7 +298,7 @@ impl Ledger {
         })?;
         store::write_atomic(&path, &bytes)?;
         self.documented_at = Instant::now();
-        self.journalled_since = 0;
+        self.documented_revision = self.revision;
         self.dirty = false;
         self.journal_failed = false;
         Ok(true)
@@ -309,7 +309,7 @@ impl Ledger {
     /// a change could not be journalled. `Ok(true)` if the document was written.
     pub fn save_when_due(&mut self) -> Result<bool, LedgerError> {
         if self.journal_failed
-            || self.journalled_since >= DOCUMENT_AFTER_ENTRIES
+            || self.revision - self.documented_revision >= DOCUMENT_AFTER_ENTRIES
             || self.documented_at.elapsed() >= DOCUMENT_AFTER
         {
             return self.save();
@@ -367,7 +367,6 @@ impl Ledger {
     fn append(&mut self, entry: JournalEntry) {
         self.dirty = true;
         self.revision += 1;
-        self.journalled_since += 1;
         off_runtime(|| self.append_now(entry))
     }
 

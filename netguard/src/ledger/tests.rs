@@ -399,7 +399,7 @@ fn the_agent_writes_the_document_only_when_due_and_the_journal_holds_the_rest() 
     assert!(ledger.link(&spec.netns, &spec.name).is_some());
 
     let mut waiting = true;
-    while ledger.journalled_since < DOCUMENT_AFTER_ENTRIES {
+    while ledger.revision - ledger.documented_revision < DOCUMENT_AFTER_ENTRIES {
         waiting = !waiting;
         let state = if waiting {
             LinkState::Waiting
