@@ -64,8 +64,8 @@ struct RunArgs {
     /// Guarded links (and netns) in the scale part.
     #[arg(long, default_value_t = 1000)]
     scale_links: usize,
-    /// Timed starts (and ADDs) per side in the podman part (default 50; 10 with --quick): a
-    /// few percent of a start need more than 50 on a shared machine.
+    /// Timed starts (and ADDs) per side in the podman part (default 150; 10 with --quick): runs
+    /// of 50 of the same build differed by up to ten percent of a start on a shared machine.
     #[arg(long)]
     podman_starts: Option<usize>,
     /// The netguard binary (default: the one next to this one).
@@ -226,7 +226,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if wants(Part::Podman) {
         let starts = args
             .podman_starts
-            .unwrap_or(if args.quick { 10 } else { 50 });
+            .unwrap_or(if args.quick { 10 } else { 150 });
         let netguard = netguard.clone();
         results.podman =
             Some(tokio::task::spawn_blocking(move || podman::run(&netguard, starts)).await??);

@@ -91,6 +91,8 @@ pub async fn chained_driver_reload(agent: &Agent) -> Outcome {
         &[
             "link", "add", "link", "eth1", "name", "eth1.5", "type", "vlan", "id", "5",
         ],
+        // The host's address on the vlan: read only when a host-side link is guarded.
+        &["addr", "add", "198.18.7.1/24", "dev", "eth1.5"],
         &["link", "set", "eth1.5", "up"],
         &["link", "set", "eth2", "up"],
     ] {
@@ -139,6 +141,11 @@ pub async fn chained_driver_reload(agent: &Agent) -> Outcome {
         );
         until(&what, || pod.is_back(mac)).await?;
     }
+    until(
+        "the host vlan eth1.5 back with its address 198.18.7.1/24",
+        || link(None, "eth1.5").is_some_and(|l| has_address(&l, "198.18.7.1", 24)),
+    )
+    .await?;
     deleted_on_purpose(agent, &macvlan).await
 }
 

@@ -70,6 +70,21 @@ impl Ctx<'_> {
         Ok((locator, other))
     }
 
+    /// The host-side vlan or macvlan `link` stands on, which is guarded with it.
+    fn host_parent_to_guard(&self, link: &LiveLink) -> Option<&LiveLink> {
+        if !matches!(link.kind.as_deref(), Some("vlan" | "macvlan")) {
+            return None;
+        }
+        match self.linked(link) {
+            Ok((Locator::Host, parent))
+                if matches!(parent.kind.as_deref(), Some("vlan" | "macvlan")) =>
+            {
+                Some(parent)
+            }
+            _ => None,
+        }
+    }
+
     fn spec(&self, link: &LiveLink) -> Result<LinkSpec, String> {
         let kind = match link.kind.as_deref() {
             Some("veth") => {
@@ -151,19 +166,45 @@ pub async fn learn(
     netns: &[Locator],
 ) -> Result<Learned, InventoryError> {
     let host_conn = pool.host().await?;
-    let host = host_conn.dump().await?;
+    // A container's links need only the host's links (a veth's peer and bridge, a parent):
+    // every CNI ADD learns, and a node's addresses and routes are read only when a host-side
+    // link is guarded too.
+    let mut host = host_conn.links().await?;
+    let mut host_whole = false;
     let mut learned = Learned::default();
     for locator in netns {
-        let (inv, host_nsid) = if *locator == Locator::Host {
-            (host.clone(), None)
+        let pod = if *locator == Locator::Host {
+            None
         } else {
             let conn = pool.get(locator).await?;
-            (conn.dump().await?, conn.nsid_of(&host_conn).await?)
+            Some((conn.dump().await?, conn.nsid_of(&host_conn).await?))
+        };
+        let guards_host_links = match &pod {
+            None => true,
+            Some((inv, host_nsid)) => {
+                let ctx = Ctx {
+                    host: &host,
+                    locator: locator.clone(),
+                    inv,
+                    host_nsid: *host_nsid,
+                };
+                inv.links
+                    .iter()
+                    .any(|l| ctx.host_parent_to_guard(l).is_some())
+            }
+        };
+        if guards_host_links && !host_whole {
+            host = host_conn.dump().await?;
+            host_whole = true;
+        }
+        let (inv, host_nsid) = match &pod {
+            Some((inv, host_nsid)) => (inv, *host_nsid),
+            None => (&host, None),
         };
         let ctx = Ctx {
             host: &host,
             locator: locator.clone(),
-            inv: &inv,
+            inv,
             host_nsid,
         };
         let host_ctx = Ctx {
@@ -185,16 +226,8 @@ pub async fn learn(
             }
             match ctx.spec(link) {
                 Ok(spec) => {
-                    if let Some(Parent::Link {
-                        netns: Locator::Host,
-                        name,
-                    }) = spec.kind.parent()
-                    {
-                        if let Some(parent) = host.link_by_name(name) {
-                            if matches!(parent.kind.as_deref(), Some("vlan" | "macvlan")) {
-                                queue.push_back((&host_ctx, parent));
-                            }
-                        }
+                    if let Some(parent) = ctx.host_parent_to_guard(link) {
+                        queue.push_back((&host_ctx, parent));
                     }
                     // Two macvlans on one vlan reach that vlan twice.
                     if !learned.guarded.contains(&spec.key()) {

@@ -104,19 +104,7 @@ impl NetnsConn {
     /// Links, addresses and routes of this netns.
     pub async fn dump(&self) -> Result<NetnsInventory, InventoryError> {
         let _one_dump_at_a_time = self.dump_lock.lock().await;
-        // Each message is boiled down as it arrives: the decoded messages are many times the
-        // size of what we keep (a host with a thousand veths answers megabytes).
-        let links: Vec<LiveLink> = if self.locator == Locator::Host {
-            // The host's thousands of links, not queued decoded (see `linkdump`).
-            super::linkdump::links(&self.file, &self.path).await?
-        } else {
-            self.link_get()
-                .execute()
-                .try_filter_map(|m| futures::future::ok(parse_link(&m)))
-                .try_collect()
-                .await
-                .map_err(self.err("link dump"))?
-        };
+        let links = self.read_links().await?;
         let addrs: Vec<LiveAddr> = self
             .handle
             .address()
@@ -144,6 +132,29 @@ impl NetnsConn {
             routes.extend(part);
         }
         Ok(NetnsInventory::new(self.inode, links, addrs, routes))
+    }
+
+    /// The links alone: an inventory with no addresses or routes read.
+    pub async fn links(&self) -> Result<NetnsInventory, InventoryError> {
+        let _one_dump_at_a_time = self.dump_lock.lock().await;
+        let links = self.read_links().await?;
+        Ok(NetnsInventory::new(self.inode, links, vec![], vec![]))
+    }
+
+    async fn read_links(&self) -> Result<Vec<LiveLink>, InventoryError> {
+        // Each message is boiled down as it arrives: the decoded messages are many times the
+        // size of what we keep (a host with a thousand veths answers megabytes).
+        if self.locator == Locator::Host {
+            // The host's thousands of links, not queued decoded (see `linkdump`).
+            super::linkdump::links(&self.file, &self.path).await
+        } else {
+            self.link_get()
+                .execute()
+                .try_filter_map(|m| futures::future::ok(parse_link(&m)))
+                .try_collect()
+                .await
+                .map_err(self.err("link dump"))
+        }
     }
 
     /// RTM_GETLINK without the statistics we never read: a much smaller reply.
