@@ -150,7 +150,7 @@ impl Restorer {
 
     /// What a pass would do, changing nothing (kernel or ledger): for `--dry-run`.
     pub async fn dry_run(&self, ledger: &Ledger) -> Result<Plan, RestoreError> {
-        let (mut known, _) = self.survey(ledger.content()).await?;
+        let (mut known, _) = self.survey(ledger).await?;
         // What this survey read again is news to the next pass too.
         known.plan_all_next();
         let world = &known.world;
@@ -172,7 +172,7 @@ impl Restorer {
     /// (journalled; the caller saves the ledger once afterwards).
     pub async fn pass(&self, ledger: &mut Ledger) -> Result<PassReport, RestoreError> {
         let started = Instant::now();
-        let (mut known, surveyed) = self.survey(ledger.content()).await?;
+        let (mut known, surveyed) = self.survey(ledger).await?;
         let world = &known.world;
         let host_netns = self.host_netns(world);
         let see = &mut |identity: NicIdentity, mac, up, location| {

@@ -46,14 +46,22 @@ impl MountNotices {
     /// word from the watch: a path outside the watched directories, one announced, or any
     /// after a loss.
     pub(super) fn may_have_moved(&self, locator: &Locator) -> bool {
+        self.everything
+            || !self.watches(locator)
+            || matches!(locator, Locator::Path(path) if self.changed.contains(path))
+    }
+
+    /// Whether a new mount at `locator` would be announced (the host's netns is no path).
+    pub(super) fn watches(&self, locator: &Locator) -> bool {
         match locator {
-            Locator::Host => true,
-            Locator::Path(path) => {
-                self.everything
-                    || self.changed.contains(path)
-                    || !path.parent().is_some_and(|dir| self.watched.contains(dir))
-            }
+            Locator::Host => false,
+            Locator::Path(path) => path.parent().is_some_and(|dir| self.watched.contains(dir)),
         }
+    }
+
+    /// Nothing mounted or unmounted since the last pass, as far as the watch knows.
+    pub(super) fn nothing_heard(&self) -> bool {
+        !self.everything && self.changed.is_empty()
     }
 }
 
