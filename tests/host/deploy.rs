@@ -133,6 +133,7 @@ fn package_installs_into_a_throwaway_root_with_every_file_in_place() {
             "usr/share/containers/oci/hooks.d/netguard-poststop.json",
             0o644,
         ),
+        ("usr/share/lintian/overrides/netguard", 0o644),
     ];
     for (path, mode) in expect {
         let meta = std::fs::metadata(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));

@@ -42,7 +42,7 @@ const COMPLETIONS: [(&str, &str); 3] = [
 ];
 
 /// Repository files shipped as they are: (source, path in the package, mode).
-const SHIPPED: [(&str, &str, u32); 7] = [
+const SHIPPED: [(&str, &str, u32); 8] = [
     (
         "deploy/systemd/netguard.service",
         "lib/systemd/system/netguard.service",
@@ -78,6 +78,11 @@ const SHIPPED: [(&str, &str, u32); 7] = [
     (
         "deploy/oci-hooks/netguard-poststop.json",
         "usr/share/containers/oci/hooks.d/netguard-poststop.json",
+        0o644,
+    ),
+    (
+        "deploy/debian/lintian-overrides",
+        "usr/share/lintian/overrides/netguard",
         0o644,
     ),
 ];
