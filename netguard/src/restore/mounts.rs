@@ -86,12 +86,16 @@ mod tests {
             "the watch is new"
         );
         let quiet = mounts.take();
+        assert!(quiet.nothing_heard());
+        assert!(quiet.watches(&at("/run/netns/a")));
+        assert!(!quiet.watches(&at("/proc/42/ns/net")));
         assert!(!quiet.may_have_moved(&at("/run/netns/a")));
         assert!(!quiet.may_have_moved(&at("/var/run/netns/a")));
         assert!(quiet.may_have_moved(&at("/proc/42/ns/net")), "not watched");
         assert!(quiet.may_have_moved(&Locator::Host));
         mounts.heard([PathBuf::from("/run/netns/b")], false);
         let heard = mounts.take();
+        assert!(!heard.nothing_heard());
         assert!(heard.may_have_moved(&at("/run/netns/b")));
         assert!(!heard.may_have_moved(&at("/run/netns/a")));
         assert!(
@@ -99,8 +103,10 @@ mod tests {
             "heard once"
         );
         mounts.heard([], true);
+        let overflowed = mounts.take();
+        assert!(!overflowed.nothing_heard());
         assert!(
-            mounts.take().may_have_moved(&at("/run/netns/a")),
+            overflowed.may_have_moved(&at("/run/netns/a")),
             "after an overflow"
         );
     }
