@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::action::Action;
 use super::plan::{Item, Target};
+use super::Outcome;
 
 /// The first wait after a restore did not hold.
 const FIRST: Duration = Duration::from_secs(1);
@@ -73,8 +74,28 @@ impl Flaps {
         ))
     }
 
+    /// Notes how a planned `item` came out at `now`; returns why its target is flapping, if
+    /// it is. A repair of a loss that failed midway counts as a restore that did not hold:
+    /// the link was lost again while being re-created, which is the fight back-off is for.
+    /// A failure keeps its own reason in status.
+    pub fn note(&mut self, item: &Item, outcome: Outcome, now: Instant) -> Option<String> {
+        let target = &item.target;
+        match outcome {
+            Outcome::Restored | Outcome::Failed if restores_a_loss(item) => {
+                self.restored(target, now);
+            }
+            Outcome::Restored | Outcome::Waiting => {}
+            Outcome::Intact => self.intact(target, now),
+            _ => return None,
+        }
+        if outcome == Outcome::Failed {
+            return None;
+        }
+        self.flapping(target)
+    }
+
     /// `target` was restored at `now`.
-    pub fn restored(&mut self, target: &Target, now: Instant) {
+    fn restored(&mut self, target: &Target, now: Instant) {
         let flap = self.0.entry(target.clone()).or_insert(Flap {
             restored_at: now,
             wait: Duration::ZERO,
@@ -86,7 +107,7 @@ impl Flaps {
     }
 
     /// `target` was found whole at `now`: a restore that held for [`STEADY`] ends its back-off.
-    pub fn intact(&mut self, target: &Target, now: Instant) {
+    fn intact(&mut self, target: &Target, now: Instant) {
         if self
             .0
             .get(target)
@@ -161,6 +182,51 @@ mod tests {
         }
         assert_eq!(&waits[..10], &[1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
         assert_eq!(waits[11], 300);
+    }
+
+    /// The repair of vh0 that re-creates the pair.
+    fn re_creation() -> Item {
+        let t = target();
+        let Target::Link { key, .. } = &t else {
+            unreachable!()
+        };
+        Item {
+            actions: vec![Action::CreateVeth {
+                netns: key.netns.clone(),
+                name: key.name.clone(),
+                mac: None,
+                mtu: None,
+                peer: "eth0".into(),
+                peer_netns: key.netns.clone(),
+                peer_mac: None,
+                peer_mtu: None,
+            }],
+            target: t,
+            verdict: super::super::plan::Verdict::Repair,
+            reason: None,
+            after: None,
+        }
+    }
+
+    #[test]
+    fn a_repair_that_failed_because_the_link_went_again_midway_still_backs_off() {
+        let item = re_creation();
+        let mut flaps = Flaps::default();
+        let mut now = Instant::now();
+        assert_eq!(flaps.note(&item, Outcome::Restored, now), None);
+        now += Duration::from_millis(100);
+        assert!(flaps.hold(&item.target, now).is_some(), "lost at once: 1 s");
+        now += FIRST;
+        assert_eq!(flaps.hold(&item.target, now), None);
+        // The pair is deleted while its repair configures it: the repair fails, and the
+        // failure (not the back-off) is what status shows.
+        assert_eq!(flaps.note(&item, Outcome::Failed, now), None);
+        now += Duration::from_millis(5);
+        assert!(
+            flaps.hold(&item.target, now).is_some(),
+            "lost again right after a repair: the wait doubles, not a repair at once"
+        );
+        assert_eq!(flaps.next_due(now), Some(FIRST * 2));
     }
 
     #[test]

@@ -281,18 +281,7 @@ impl Restorer {
             .items
             .iter()
             .zip(results)
-            .map(|(item, r)| {
-                match r.outcome {
-                    Outcome::Restored if backoff::restores_a_loss(item) => {
-                        flaps.restored(&r.target, now)
-                    }
-                    Outcome::Restored => {}
-                    Outcome::Intact => flaps.intact(&r.target, now),
-                    Outcome::Waiting => {}
-                    _ => return None,
-                }
-                flaps.flapping(&r.target)
-            })
+            .map(|(item, r)| flaps.note(item, r.outcome, now))
             .collect();
         (flapping, flaps.next_due(now))
     }
