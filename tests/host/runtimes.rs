@@ -211,6 +211,87 @@ fn chained_plugin_speaks_cni_and_fails_open() {
     assert!(run.ok() && run.stdout.is_empty(), "{run:?}");
 }
 
+/// With an agent, a CNI ADD is answered as soon as the agent holds the ledger and recorded
+/// after: what asks next (`status`, CHECK, DEL) finds it recorded, and an attachment that
+/// cannot be guarded (no eth7 in the pod) still gets its result, with the failure in `status`.
+#[test]
+fn an_add_answered_before_it_is_recorded_is_seen_recorded_by_what_comes_next() {
+    let w = World::new("cna").with(&["pod"]);
+    let (host, pod, dir) = (&w.host, w.ns("pod"), &w.dir);
+    let ng = Netguard::new(&w);
+    let _agent = ng.start_agent();
+    let plugins = plugin_dir(&dir.0, &["bridge", "host-local", "netguard"]);
+    let runner = CniRunner::new(vec![plugins]).in_netns(host.path());
+    let conflist = json!({
+        "cniVersion": "1.0.0",
+        "name": format!("{}-net", host.name),
+        "plugins": [
+            {
+                "type": "bridge", "bridge": "ngbr3", "isGateway": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{ "subnet": "198.18.24.0/24" }]],
+                    "dataDir": dir.0.join("ipam").display().to_string(),
+                }
+            },
+            {
+                "type": "netguard",
+                "socket": ng.socket.display().to_string(),
+                "stateDir": ng.state_dir.display().to_string()
+            }
+        ]
+    });
+    let att = Attachment {
+        container_id: "c0ffee04".into(),
+        netns: Some(pod.path()),
+        ifname: "eth0".into(),
+        args: None,
+    };
+    let result = runner
+        .add(&conflist, &att)
+        .unwrap_or_else(|run| panic!("ADD: {run:?}"));
+    let row = ng
+        .status_row(pod, "eth0")
+        .unwrap_or_else(|| panic!("eth0 not guarded right after ADD: {}", ng.explain(&[pod])));
+    assert_eq!(row["workload"]["container_id"], "c0ffee04", "{row}");
+    runner
+        .check(&conflist, &att, &result)
+        .unwrap_or_else(|run| panic!("CHECK: {run:?}"));
+
+    let absent = Attachment {
+        container_id: "c0ffee05".into(),
+        ifname: "eth7".into(),
+        ..att.clone()
+    };
+    let run = runner.exec(
+        "ADD",
+        Some(&absent),
+        &CniRunner::plugin_config(&conflist, 1, Some(&result)),
+    );
+    assert!(run.ok(), "fail-open: {run:?}");
+    assert_eq!(run.json(), result);
+    let text = ng.run_ok(&["status"]).stdout;
+    assert!(
+        text.contains("runtime calls that went wrong")
+            && text.contains(&format!(
+                "CNI ADD of {}-net/c0ffee05/eth7: eth7 in {} is not guarded",
+                host.name,
+                pod.path().display()
+            )),
+        "{text}\n{}",
+        ng.log()
+    );
+
+    runner
+        .del(&conflist, &att, Some(&result))
+        .unwrap_or_else(|run| panic!("DEL: {run:?}"));
+    assert!(
+        ng.status_row(pod, "eth0").is_none(),
+        "released by DEL: {}",
+        ng.explain(&[pod])
+    );
+}
+
 /// Field report 000 with a real runtime: a `--network none` container gets a veth attached
 /// from outside after it started, learned with `--container`; at `podman restart` the OCI
 /// hooks re-attach it in the new netns before the container's command runs, which then sees

@@ -16,7 +16,6 @@ use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
 
 use crate::api::{self, ApiError, Request};
-use crate::control::{self, Operation};
 use crate::event::Event;
 use crate::inventory::Pool;
 use crate::ledger::{Ledger, LedgerError, LedgerOptions};
@@ -28,6 +27,7 @@ use crate::trace::{BackendChoice, TraceError, TraceOptions, Tracer};
 
 mod cni_cache;
 mod lock;
+mod operate;
 mod pass;
 mod watch;
 
@@ -96,7 +96,7 @@ struct Shared {
     rows_at: std::sync::Mutex<Option<u64>>,
     told_at: std::sync::Mutex<Option<u64>>,
     /// The ledger's revision after the last operation: `status` must show what an operation
-    /// answered (a CNI ADD's "guarding eth0 ..."), pass or no pass.
+    /// answered (a CNI ADD's attachment), pass or no pass.
     operated_at: std::sync::Mutex<Option<u64>>,
     /// Set by a stop request: no new pass starts.
     stopping: AtomicBool,
@@ -184,46 +184,6 @@ impl Shared {
             rows,
             runtime_failures: Vec::new(),
         }
-    }
-
-    async fn operate(&self, operation: &Operation) -> Result<control::Reply, String> {
-        if self.observe_only
-            && matches!(
-                operation,
-                Operation::Lend { .. }
-                    | Operation::LendContainer { .. }
-                    | Operation::Reclaim { .. }
-                    | Operation::Restore { dry_run: false }
-            )
-        {
-            return Err(
-                "the agent runs with --observe-only: it changes nothing in the kernel \
-                 (restart it without --observe-only, or use `restore --dry-run`)"
-                    .to_string(),
-            );
-        }
-        let asked = Instant::now();
-        let mut ledger = self.ledger.lock().await;
-        let waited = asked.elapsed();
-        self.fold_events(&mut ledger, self.host_inode);
-        let reply = control::execute(operation, &mut ledger, &self.restorer)
-            .await
-            .map_err(|e| e.to_string());
-        *self.operated_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(ledger.revision());
-        drop(ledger);
-        // What a runtime's start pays for netguard: the wait for the ledger and the work.
-        tracing::debug!(
-            "{}: waited {waited:?} for the ledger, done in {:?}",
-            operation.name(),
-            asked.elapsed() - waited
-        );
-        // Whatever changed may need a pass (a lend pins nothing the reconciler should keep).
-        // Not after a runtime's: a pass then would hold the ledger while the container's
-        // next hook waits for it, and has nothing to repair.
-        if !operation.from_a_runtime() {
-            self.wake.notify_one();
-        }
-        reply
     }
 }
 
@@ -403,7 +363,7 @@ pub async fn run(
                             differs,
                         }
                         .to_string()),
-                        None => s.operate(&operation).await,
+                        None => s.operate(operation).await,
                     };
                     serde_json::to_value(answer).unwrap_or_default()
                 }
