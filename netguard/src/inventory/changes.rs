@@ -3,10 +3,13 @@
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
 use crate::netns;
-use crate::rtnl::listen::{listen_all_nsid, recv_tagged, Datagram};
+use crate::rtnl::listen::{listen_all_nsid, parse_datagram, recv_tagged, Datagram};
 
 use super::conn::socket_in;
+use super::snapshot::{parse_link, LinkNews, LINK_ATTRIBUTES};
 use super::InventoryError;
 
 /// Which namespaces changed since last asked: a socket in the host netns subscribed to the
@@ -22,7 +25,13 @@ pub struct Changes {
 pub struct Changed {
     /// Notifications were lost (the socket overran): anything may have changed.
     pub anything: bool,
+    /// Something was announced about the host netns.
     pub host: bool,
+    /// The host's links as announced, in order (the host holds every container's host side:
+    /// reading them from the announcements spares a dump of thousands of links).
+    pub host_links: Vec<LinkNews>,
+    /// An address or a route of the host's was announced.
+    pub host_addresses_routes: bool,
     /// Namespaces by the nsid the host gives them.
     pub nsids: std::collections::HashSet<i32>,
 }
@@ -60,7 +69,14 @@ impl Changes {
                 Ok(Datagram {
                     truncated: true, ..
                 }) => changed.anything = true,
-                Ok(Datagram { nsid: None, .. }) => changed.host = true,
+                Ok(Datagram {
+                    nsid: None, len, ..
+                }) => {
+                    changed.host = true;
+                    if !changed.anything {
+                        changed.hear_host(&self.buf[..len]);
+                    }
+                }
                 Ok(Datagram {
                     nsid: Some(nsid), ..
                 }) => {
@@ -76,5 +92,116 @@ impl Changes {
                 }
             }
         }
+    }
+}
+
+impl Changed {
+    /// Notes what one datagram from the host says.
+    fn hear_host(&mut self, datagram: &[u8]) {
+        let messages = parse_datagram(datagram, LINK_ATTRIBUTES);
+        if messages.len() != frames(datagram) {
+            // One did not decode (logged): what it said is unknown.
+            self.anything = true;
+            return;
+        }
+        for message in messages {
+            match message {
+                // A bridge's own notifications about its ports (family AF_BRIDGE) carry only
+                // part of a link, and a port's DELLINK means it left the bridge: the port's
+                // own link notification follows.
+                RouteNetlinkMessage::NewLink(link) | RouteNetlinkMessage::DelLink(link)
+                    if link.header.interface_family == AddressFamily::Bridge => {}
+                RouteNetlinkMessage::NewLink(link) => {
+                    if let Some(live) = parse_link(&link) {
+                        self.host_links.push(LinkNews::Now(live));
+                    }
+                }
+                RouteNetlinkMessage::DelLink(link) => {
+                    self.host_links.push(LinkNews::Gone(link.header.index))
+                }
+                _ => self.host_addresses_routes = true,
+            }
+        }
+    }
+}
+
+/// How many netlink messages `datagram` holds.
+fn frames(mut datagram: &[u8]) -> usize {
+    let mut n = 0;
+    while let Ok(frame) = netlink_packet_core::NetlinkBuffer::new_checked(datagram) {
+        n += 1;
+        let len = (frame.length() as usize).next_multiple_of(4);
+        datagram = datagram.get(len..).unwrap_or_default();
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_core::NetlinkMessage;
+    use netlink_packet_route::address::AddressMessage;
+    use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+
+    use super::*;
+
+    fn bytes_of(message: RouteNetlinkMessage) -> Vec<u8> {
+        let mut message = NetlinkMessage::from(message);
+        message.finalize();
+        let mut buf = vec![0; message.buffer_len()];
+        message.serialize(&mut buf);
+        buf
+    }
+
+    fn link(family: AddressFamily, master: Option<u32>) -> LinkMessage {
+        let mut link = LinkMessage::default();
+        link.header.index = 4;
+        link.header.interface_family = family;
+        link.attributes = vec![LinkAttribute::IfName("vh0".into())];
+        link.attributes.extend(master.map(LinkAttribute::Controller));
+        link
+    }
+
+    #[test]
+    fn the_host_links_are_heard_in_order_and_a_bridges_own_port_notices_are_not() {
+        // `ip link set vh0 nomaster`, as the kernel announces it, then an address.
+        let mut datagram = bytes_of(RouteNetlinkMessage::DelLink(link(
+            AddressFamily::Bridge,
+            Some(2),
+        )));
+        datagram.extend(bytes_of(RouteNetlinkMessage::NewLink(link(
+            AddressFamily::Unspec,
+            None,
+        ))));
+        let mut changed = Changed::default();
+        changed.hear_host(&datagram);
+        let mut vh0 = parse_link(&link(AddressFamily::Unspec, None)).unwrap();
+        assert_eq!(changed.host_links, vec![LinkNews::Now(vh0.clone())]);
+        assert!(!changed.host_addresses_routes && !changed.anything);
+
+        changed.hear_host(&bytes_of(RouteNetlinkMessage::NewLink(link(
+            AddressFamily::Bridge,
+            Some(2),
+        ))));
+        changed.hear_host(&bytes_of(RouteNetlinkMessage::DelLink(link(
+            AddressFamily::Unspec,
+            None,
+        ))));
+        changed.hear_host(&bytes_of(RouteNetlinkMessage::NewAddress(
+            AddressMessage::default(),
+        )));
+        vh0.master = None;
+        assert_eq!(
+            changed.host_links,
+            vec![LinkNews::Now(vh0), LinkNews::Gone(4)]
+        );
+        assert!(changed.host_addresses_routes && !changed.anything);
+
+        // A message that does not decode: anything may have changed.
+        let mut bad = bytes_of(RouteNetlinkMessage::NewLink(LinkMessage::default()));
+        bad.extend([64, 0, 3, 0]);
+        let len = bad.len() as u32;
+        bad[..4].copy_from_slice(&len.to_ne_bytes());
+        changed.hear_host(&bad);
+        assert!(changed.anything);
     }
 }

@@ -105,6 +105,21 @@ impl NetnsConn {
     pub async fn dump(&self) -> Result<NetnsInventory, InventoryError> {
         let _one_dump_at_a_time = self.dump_lock.lock().await;
         let links = self.read_links().await?;
+        let (addrs, routes) = self.read_addresses_routes().await?;
+        Ok(NetnsInventory::new(self.inode, links, addrs, routes))
+    }
+
+    /// The addresses and main-table routes, without the links.
+    pub async fn dump_addresses_routes(
+        &self,
+    ) -> Result<(Vec<LiveAddr>, Vec<LiveRoute>), InventoryError> {
+        let _one_dump_at_a_time = self.dump_lock.lock().await;
+        self.read_addresses_routes().await
+    }
+
+    async fn read_addresses_routes(
+        &self,
+    ) -> Result<(Vec<LiveAddr>, Vec<LiveRoute>), InventoryError> {
         let addrs: Vec<LiveAddr> = self
             .handle
             .address()
@@ -131,7 +146,7 @@ impl NetnsConn {
                 .map_err(self.err("route dump"))?;
             routes.extend(part);
         }
-        Ok(NetnsInventory::new(self.inode, links, addrs, routes))
+        Ok((addrs, routes))
     }
 
     /// The links alone: an inventory with no addresses or routes read.

@@ -45,5 +45,5 @@ pub use changes::{Changed, Changes};
 pub use conn::NetnsConn;
 pub use pool::{Pool, Pruned, MAX_OPEN};
 pub use snapshot::{
-    parse_addr, parse_link, parse_route, LiveAddr, LiveLink, LiveRoute, NetnsInventory,
+    parse_addr, parse_link, parse_route, LinkNews, LiveAddr, LiveLink, LiveRoute, NetnsInventory,
 };

@@ -158,6 +158,13 @@ pub struct NetnsInventory {
 /// Up to this many links, lookups scan them rather than keep maps.
 const SCANNED: usize = 16;
 
+/// A link's news from a notification: what it is now, or that it is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkNews {
+    Now(LiveLink),
+    Gone(u32),
+}
+
 impl NetnsInventory {
     pub fn new(
         inode: u64,
@@ -192,6 +199,42 @@ impl NetnsInventory {
             by_index,
             by_name,
         }
+    }
+
+    /// The same netns after `news`, in the order announced: each notification carries a
+    /// link's whole state, so replaying every one since the read gives each link's latest.
+    pub fn with_news(self, news: &[LinkNews]) -> Self {
+        let mut links = self.links;
+        let mut at: HashMap<u32, usize> = links
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.ifindex, i))
+            .collect();
+        for item in news {
+            match item {
+                LinkNews::Now(link) => match at.get(&link.ifindex) {
+                    Some(&i) => links[i] = link.clone(),
+                    None => {
+                        at.insert(link.ifindex, links.len());
+                        links.push(link.clone());
+                    }
+                },
+                LinkNews::Gone(ifindex) => {
+                    if let Some(i) = at.remove(ifindex) {
+                        links.swap_remove(i);
+                        if let Some(moved) = links.get(i) {
+                            at.insert(moved.ifindex, i);
+                        }
+                    }
+                }
+            }
+        }
+        NetnsInventory::new(self.inode, links, self.addresses, self.routes)
+    }
+
+    /// The same links with addresses and routes read anew.
+    pub fn with_addresses_routes(self, addresses: Vec<LiveAddr>, routes: Vec<LiveRoute>) -> Self {
+        NetnsInventory::new(self.inode, self.links, addresses, routes)
     }
 
     pub fn link(&self, ifindex: u32) -> Option<&LiveLink> {
@@ -249,6 +292,20 @@ impl NetnsInventory {
             .map(|l| (l, l.nic_identity()))
     }
 }
+
+/// The link attributes (`IFLA_*`) [`parse_link`] reads: a listener need decode no others.
+pub const LINK_ATTRIBUTES: &[u16] = &[
+    libc::IFLA_IFNAME,
+    libc::IFLA_ADDRESS,
+    libc::IFLA_PERM_ADDRESS,
+    libc::IFLA_MTU,
+    libc::IFLA_MASTER,
+    libc::IFLA_LINK,
+    libc::IFLA_LINK_NETNSID,
+    libc::IFLA_PARENT_DEV_NAME,
+    libc::IFLA_PARENT_DEV_BUS_NAME,
+    libc::IFLA_LINKINFO,
+];
 
 pub fn parse_link(msg: &LinkMessage) -> Option<LiveLink> {
     let mut link = LiveLink {
@@ -417,6 +474,31 @@ mod tests {
         assert_eq!(inv.link(33).unwrap().name, "v33");
         assert_eq!(inv.link_by_name("v7").unwrap().ifindex, 7);
         assert!(inv.link(41).is_none() && inv.link_by_name("eth0").is_none());
+    }
+
+    #[test]
+    fn news_replayed_in_order_give_each_link_its_latest_state() {
+        let many: Vec<LiveLink> = (1..=40).map(|i| link(i, &format!("v{i}"))).collect();
+        let inv = NetnsInventory::new(7, many, vec![], vec![]);
+        let inv = inv.with_news(&[
+            // v3 renamed, v5 gone, a new v41 that is renamed and then goes, v42 stays.
+            LinkNews::Now(link(3, "vh3")),
+            LinkNews::Gone(5),
+            LinkNews::Now(link(41, "v41")),
+            LinkNews::Now(link(41, "w41")),
+            LinkNews::Now(link(42, "v42")),
+            LinkNews::Gone(41),
+            LinkNews::Gone(99),
+        ]);
+        assert_eq!(inv.links.len(), 40);
+        assert_eq!(inv.link(3).unwrap().name, "vh3");
+        assert!(inv.link_by_name("v3").is_none());
+        assert!(inv.link(5).is_none() && inv.link_by_name("v5").is_none());
+        assert!(inv.link(41).is_none() && inv.link_by_name("w41").is_none());
+        assert_eq!(inv.link_by_name("v42").unwrap().ifindex, 42);
+        // The one moved into v5's place by its removal is still found.
+        assert_eq!(inv.link(40).unwrap().name, "v40");
+        assert_eq!(inv.link_by_name("v40").unwrap().ifindex, 40);
     }
 
     #[test]

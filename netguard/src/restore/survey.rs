@@ -9,7 +9,9 @@ use futures::StreamExt;
 
 use super::plan::{Plan, Target, World};
 use super::{ItemResult, Outcome, RestoreError, Restorer};
-use crate::inventory::{Changed, Changes, InventoryError, NetnsConn, Pruned};
+use crate::inventory::{
+    Changed, Changes, InventoryError, LiveAddr, LiveRoute, NetnsConn, NetnsInventory, Pruned,
+};
 use crate::ledger::{KindSpec, Ledger, LedgerContent, LinkRecord, Locator, Parent};
 
 /// The kernel's view kept from pass to pass, read again only where it may have changed: a
@@ -39,6 +41,27 @@ pub(super) struct Known {
     /// mount notice says otherwise, or a full read is due, the next survey looks at nothing
     /// (at 10,000 netns, checking each one cost an idle pass ~40 ms).
     quiet_at: Option<u64>,
+    /// `world.host` is a whole read, brought up to date since by the host's announcements:
+    /// its links are not dumped again (at 10,000 containers the host holds 10,000 host sides,
+    /// and the kernel looks up each one's peer netns among all 10,000: a dump per pass of a
+    /// burst was most of the agent's time).
+    host_kept: bool,
+}
+
+/// What a survey read of the host netns.
+enum HostDump {
+    Nothing,
+    AddressesRoutes(Vec<LiveAddr>, Vec<LiveRoute>),
+    Whole(NetnsInventory),
+}
+
+/// What a survey reads of the host netns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostRead {
+    Nothing,
+    /// Its addresses and routes; its links come from the announcements.
+    AddressesRoutes,
+    Whole,
 }
 
 /// Namespaces read at once during a survey (each read holds a socket in its netns).
@@ -164,7 +187,7 @@ impl Restorer {
                 }
             }
         }
-        let changed = match &mut known.changes {
+        let mut changed = match &mut known.changes {
             Some(changes) => changes.take(),
             None => Changed {
                 anything: true,
@@ -206,6 +229,7 @@ impl Restorer {
             nsids,
             again,
             quiet_at,
+            host_kept,
             ..
         } = &mut *known;
         world.netns.retain(|locator, _| wanted.contains(locator));
@@ -228,7 +252,22 @@ impl Restorer {
             })
             .cloned()
             .collect();
-        let read_host = changed.host || again.contains(&Locator::Host);
+        let host_read = if !*host_kept {
+            // What was announced before this read is in it.
+            HostRead::Whole
+        } else {
+            let news = std::mem::take(&mut changed.host_links);
+            if !news.is_empty() {
+                world.host = std::mem::take(&mut world.host).with_news(&news);
+            }
+            if changed.host_addresses_routes || again.contains(&Locator::Host) {
+                HostRead::AddressesRoutes
+            } else {
+                HostRead::Nothing
+            }
+        };
+        let read_host =
+            changed.host || again.contains(&Locator::Host) || host_read == HostRead::Whole;
         again.clear();
         let fresh = Fresh {
             host: read_host,
@@ -263,16 +302,27 @@ impl Restorer {
             })
             .buffer_unordered(READ_CONCURRENCY)
             .collect::<Vec<_>>();
-        let host_read = async move {
-            if read_host {
-                Some(host.dump().await)
-            } else {
-                None
+        let host_dump = async move {
+            match host_read {
+                HostRead::Nothing => Ok(HostDump::Nothing),
+                HostRead::AddressesRoutes => host
+                    .dump_addresses_routes()
+                    .await
+                    .map(|(addresses, routes)| HostDump::AddressesRoutes(addresses, routes)),
+                HostRead::Whole => host.dump().await.map(HostDump::Whole),
             }
         };
-        let (host_inv, reads) = futures::join!(host_read, reads);
-        if let Some(inv) = host_inv {
-            world.host = inv.map_err(RestoreError::Host)?;
+        let (host_dump, reads) = futures::join!(host_dump, reads);
+        match host_dump.map_err(RestoreError::Host)? {
+            HostDump::Nothing => {}
+            HostDump::AddressesRoutes(addresses, routes) => {
+                world.host =
+                    std::mem::take(&mut world.host).with_addresses_routes(addresses, routes);
+            }
+            HostDump::Whole(whole) => {
+                world.host = whole;
+                *host_kept = true;
+            }
         }
         let mut quiet = all_watched;
         for (locator, read) in reads {
