@@ -157,7 +157,8 @@ mod tests {
         link.header.index = 4;
         link.header.interface_family = family;
         link.attributes = vec![LinkAttribute::IfName("vh0".into())];
-        link.attributes.extend(master.map(LinkAttribute::Controller));
+        link.attributes
+            .extend(master.map(LinkAttribute::Controller));
         link
     }
 

@@ -165,6 +165,15 @@ pub enum LinkNews {
     Gone(u32),
 }
 
+impl LinkNews {
+    fn ifindex(&self) -> u32 {
+        match self {
+            LinkNews::Now(link) => link.ifindex,
+            LinkNews::Gone(ifindex) => *ifindex,
+        }
+    }
+}
+
 impl NetnsInventory {
     pub fn new(
         inode: u64,
@@ -203,33 +212,44 @@ impl NetnsInventory {
 
     /// The same netns after `news`, in the order announced: each notification carries a
     /// link's whole state, so replaying every one since the read gives each link's latest.
-    pub fn with_news(self, news: &[LinkNews]) -> Self {
-        let mut links = self.links;
-        let mut at: HashMap<u32, usize> = links
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (l.ifindex, i))
-            .collect();
-        for item in news {
-            match item {
-                LinkNews::Now(link) => match at.get(&link.ifindex) {
-                    Some(&i) => links[i] = link.clone(),
-                    None => {
-                        at.insert(link.ifindex, links.len());
-                        links.push(link.clone());
-                    }
-                },
-                LinkNews::Gone(ifindex) => {
-                    if let Some(i) = at.remove(ifindex) {
-                        links.swap_remove(i);
-                        if let Some(moved) = links.get(i) {
-                            at.insert(moved.ifindex, i);
-                        }
-                    }
+    /// The host's maps are updated in place (rebuilding them per pass cost a burst at 10,000
+    /// links its allocations).
+    pub fn with_news(mut self, news: &[LinkNews]) -> Self {
+        if self.by_index.is_empty() {
+            let mut links = std::mem::take(&mut self.links);
+            for item in news {
+                links.retain(|l| l.ifindex != item.ifindex());
+                if let LinkNews::Now(link) = item {
+                    links.push(link.clone());
                 }
             }
+            return NetnsInventory::new(self.inode, links, self.addresses, self.routes);
         }
-        NetnsInventory::new(self.inode, links, self.addresses, self.routes)
+        for item in news {
+            if let Some(i) = self.by_index.remove(&item.ifindex()) {
+                self.unname(i);
+                self.links.swap_remove(i);
+                if let Some(moved) = self.links.get(i) {
+                    self.by_index.insert(moved.ifindex, i);
+                    self.by_name.insert(moved.name.clone(), i);
+                }
+            }
+            if let LinkNews::Now(link) = item {
+                let i = self.links.len();
+                self.by_index.insert(link.ifindex, i);
+                self.by_name.insert(link.name.clone(), i);
+                self.links.push(link.clone());
+            }
+        }
+        self
+    }
+
+    /// Forgets the name of link `i` if it still maps to it.
+    fn unname(&mut self, i: usize) {
+        let name = &self.links[i].name;
+        if self.by_name.get(name) == Some(&i) {
+            self.by_name.remove(name);
+        }
     }
 
     /// The same links with addresses and routes read anew.
@@ -499,6 +519,28 @@ mod tests {
         // The one moved into v5's place by its removal is still found.
         assert_eq!(inv.link(40).unwrap().name, "v40");
         assert_eq!(inv.link_by_name("v40").unwrap().ifindex, 40);
+        // Every link is found by both its ifindex and its name, and by nothing else.
+        for l in &inv.links {
+            assert_eq!(inv.link(l.ifindex), Some(l));
+            assert_eq!(inv.link_by_name(&l.name), Some(l));
+        }
+        assert_eq!((inv.by_index.len(), inv.by_name.len()), (40, 40));
+
+        // Two names swapped by way of a third, as `ip link set name` does it.
+        let inv = inv.with_news(&[
+            LinkNews::Now(link(1, "tmp")),
+            LinkNews::Now(link(2, "v1")),
+            LinkNews::Now(link(1, "v2")),
+        ]);
+        assert_eq!(inv.link_by_name("v1").unwrap().ifindex, 2);
+        assert_eq!(inv.link_by_name("v2").unwrap().ifindex, 1);
+        assert!(inv.link_by_name("tmp").is_none());
+
+        // A container's few links are scanned: the same answers.
+        let few = NetnsInventory::new(9, vec![link(1, "lo"), link(2, "eth0")], vec![], vec![]);
+        let few = few.with_news(&[LinkNews::Now(link(2, "eth1")), LinkNews::Gone(1)]);
+        assert_eq!(few.links, vec![link(2, "eth1")]);
+        assert!(few.link_by_name("eth0").is_none());
     }
 
     #[test]
