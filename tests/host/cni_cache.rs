@@ -5,29 +5,22 @@
 
 use std::time::Duration;
 
-use netguard_tests::cni::{plugin_dir, Attachment, CniRunner};
+use netguard_tests::cni::{bridge_network, plugin_dir, Attachment, CniRunner};
 use netguard_tests::{has_addr, link, wait_until, Netguard, TestNetns, World};
 use serde_json::{json, Value};
 
 /// A bridge network in the test's host stand-in, with `tuning` (a sysctl) and `bandwidth`
 /// (an ingress rate) after it: what those two set up netguard cannot re-create.
 fn conflist(w: &World, bridge: &str, subnet: &str) -> Value {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": format!("{}-net", w.host.name),
-        "plugins": [
-            {
-                "type": "bridge", "bridge": bridge, "isGateway": true,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{ "subnet": subnet }]],
-                    "dataDir": w.dir.0.join("ipam").display().to_string(),
-                }
-            },
-            { "type": "tuning", "sysctl": { "net.ipv4.conf.eth0.arp_notify": "1" } },
-            { "type": "bandwidth", "ingressRate": 8000000, "ingressBurst": 1000000 }
-        ]
-    })
+    bridge_network(
+        w,
+        bridge,
+        subnet,
+        &[
+            json!({ "type": "tuning", "sysctl": { "net.ipv4.conf.eth0.arp_notify": "1" } }),
+            json!({ "type": "bandwidth", "ingressRate": 8000000, "ingressBurst": 1000000 }),
+        ],
+    )
 }
 
 fn row(ng: &Netguard, netns: &TestNetns) -> Option<Value> {

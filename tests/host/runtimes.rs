@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use netguard_tests::cni::{plugin_dir, Attachment, CniRunner};
+use netguard_tests::cni::{bridge_network, plugin_dir, Attachment, CniRunner};
 use netguard_tests::podman::PodmanWorld;
 use netguard_tests::{ip_in, netguard_bin, shim_bin, wait_until, Netguard, World};
 use serde_json::json;
@@ -103,25 +103,10 @@ fn chained_plugin_speaks_cni_and_fails_open() {
     let ng = Netguard::new(&w);
     let plugins = plugin_dir(&dir.0, &["bridge", "host-local", "netguard"]);
     let runner = CniRunner::new(vec![plugins]).in_netns(host.path());
-    let conflist = |state_dir: &str| {
-        json!({
-            // Debian's plugins speak up to 1.0.0.
-            "cniVersion": "1.0.0",
-            "name": format!("{}-net", host.name),
-            "plugins": [
-                {
-                    "type": "bridge", "bridge": "ngbr2", "isGateway": true,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{ "subnet": "198.18.22.0/24" }]],
-                        "dataDir": dir.0.join("ipam").display().to_string(),
-                    }
-                },
-                { "type": "netguard", "socket": ng.socket.display().to_string(), "stateDir": state_dir }
-            ]
-        })
+    let conflist = |state_dir: &Path| {
+        bridge_then_netguard(&w, "ngbr2", "198.18.22.0/24", &ng.socket, state_dir)
     };
-    let good = conflist(&ng.state_dir.display().to_string());
+    let good = conflist(&ng.state_dir);
     let att = Attachment {
         container_id: "c0ffee01".into(),
         netns: Some(pod.path()),
@@ -154,7 +139,7 @@ fn chained_plugin_speaks_cni_and_fails_open() {
     // An unusable ledger: the pod still gets its result.
     let blocked = dir.0.join("a-file");
     std::fs::write(&blocked, "not a directory").unwrap();
-    let bad = conflist(&blocked.join("state").display().to_string());
+    let bad = conflist(&blocked.join("state"));
     let prev = result.clone();
     let run = runner.exec(
         "ADD",
@@ -211,6 +196,22 @@ fn chained_plugin_speaks_cni_and_fails_open() {
     assert!(run.ok() && run.stdout.is_empty(), "{run:?}");
 }
 
+/// A bridge network with netguard after it, on `socket` keeping its ledger in `state_dir`.
+fn bridge_then_netguard(
+    w: &World,
+    bridge: &str,
+    subnet: &str,
+    socket: &Path,
+    state_dir: &Path,
+) -> serde_json::Value {
+    let netguard = json!({
+        "type": "netguard",
+        "socket": socket.display().to_string(),
+        "stateDir": state_dir.display().to_string()
+    });
+    bridge_network(w, bridge, subnet, &[netguard])
+}
+
 /// With an agent, a CNI ADD is answered as soon as the agent holds the ledger and recorded
 /// after: what asks next (`status`, CHECK, DEL) finds it recorded, and an attachment that
 /// cannot be guarded (no eth7 in the pod) still gets its result, with the failure in `status`.
@@ -222,25 +223,7 @@ fn an_add_answered_before_it_is_recorded_is_seen_recorded_by_what_comes_next() {
     let _agent = ng.start_agent();
     let plugins = plugin_dir(&dir.0, &["bridge", "host-local", "netguard"]);
     let runner = CniRunner::new(vec![plugins]).in_netns(host.path());
-    let conflist = json!({
-        "cniVersion": "1.0.0",
-        "name": format!("{}-net", host.name),
-        "plugins": [
-            {
-                "type": "bridge", "bridge": "ngbr3", "isGateway": true,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{ "subnet": "198.18.24.0/24" }]],
-                    "dataDir": dir.0.join("ipam").display().to_string(),
-                }
-            },
-            {
-                "type": "netguard",
-                "socket": ng.socket.display().to_string(),
-                "stateDir": ng.state_dir.display().to_string()
-            }
-        ]
-    });
+    let conflist = bridge_then_netguard(&w, "ngbr3", "198.18.24.0/24", &ng.socket, &ng.state_dir);
     let att = Attachment {
         container_id: "c0ffee04".into(),
         netns: Some(pod.path()),

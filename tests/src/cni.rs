@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use base64::Engine;
-use serde_json::Value;
+use serde_json::{json, Value};
+
+use crate::World;
 
 /// A `CNI_PATH` directory in `dir`: links to Debian's plugins `names`, and `netguard` (this
 /// build's shim, as the package installs it) when named.
@@ -307,4 +309,24 @@ impl CniRunner {
         }
         Ok(())
     }
+}
+
+/// A conflist in `w`'s host stand-in: `bridge` on `bridge` with `host-local` addresses from
+/// `subnet`, then the plugins `after` it.
+pub fn bridge_network(w: &World, bridge: &str, subnet: &str, after: &[Value]) -> Value {
+    let mut plugins = vec![json!({
+        "type": "bridge", "bridge": bridge, "isGateway": true,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{ "subnet": subnet }]],
+            "dataDir": w.dir.0.join("ipam").display().to_string(),
+        }
+    })];
+    plugins.extend_from_slice(after);
+    json!({
+        // Debian's plugins speak up to 1.0.0.
+        "cniVersion": "1.0.0",
+        "name": format!("{}-net", w.host.name),
+        "plugins": plugins,
+    })
 }

@@ -138,19 +138,11 @@ fn frames(mut datagram: &[u8]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use netlink_packet_core::NetlinkMessage;
     use netlink_packet_route::address::AddressMessage;
     use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 
     use super::*;
-
-    fn bytes_of(message: RouteNetlinkMessage) -> Vec<u8> {
-        let mut message = NetlinkMessage::from(message);
-        message.finalize();
-        let mut buf = vec![0; message.buffer_len()];
-        message.serialize(&mut buf);
-        buf
-    }
+    use crate::rtnl::listen::bytes_of;
 
     fn link(family: AddressFamily, master: Option<u32>) -> LinkMessage {
         let mut link = LinkMessage::default();

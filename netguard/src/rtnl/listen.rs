@@ -146,19 +146,21 @@ fn link_message(payload: &[u8], keep: &[u16]) -> Result<LinkMessage, Option<Deco
     Ok(link)
 }
 
+/// `message` as the kernel would send it: for tests of what reads datagrams.
+#[cfg(test)]
+pub(crate) fn bytes_of(message: RouteNetlinkMessage) -> Vec<u8> {
+    let mut message = NetlinkMessage::from(message);
+    message.finalize();
+    let mut buf = vec![0; message.buffer_len()];
+    message.serialize(&mut buf);
+    buf
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const NAME_ONLY: &[u16] = &[libc::IFLA_IFNAME];
-
-    fn bytes_of(message: RouteNetlinkMessage) -> Vec<u8> {
-        let mut message = NetlinkMessage::from(message);
-        message.finalize();
-        let mut buf = vec![0; message.buffer_len()];
-        message.serialize(&mut buf);
-        buf
-    }
 
     #[test]
     fn a_datagram_yields_every_message_and_survives_garbage() {
