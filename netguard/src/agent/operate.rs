@@ -52,7 +52,7 @@ impl Shared {
         tokio::spawn(async move {
             let ledger = shared.ledger.lock().await;
             // A `status` asked from now on waits for the ledger, so that it shows the recording.
-            shared.set_operated_at(Some(RECORDING));
+            shared.set_operated_at(RECORDING);
             let _ = held.send(());
             // Its reply went out already; a failure is noted by `carry_out`.
             let _ = shared.carry_out(ledger, &operation, asked, true).await;
@@ -83,7 +83,7 @@ impl Shared {
         if answered {
             self.note_failure(operation, &reply);
         }
-        self.set_operated_at(Some(ledger.revision()));
+        self.set_operated_at(ledger.revision());
         drop(ledger);
         // What a runtime's start pays for netguard: the wait for the ledger and the work.
         tracing::debug!(
@@ -115,7 +115,7 @@ impl Shared {
         }
     }
 
-    fn set_operated_at(&self, revision: Option<u64>) {
-        *self.operated_at.lock().unwrap_or_else(|p| p.into_inner()) = revision;
+    fn set_operated_at(&self, revision: u64) {
+        *self.operated_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(revision);
     }
 }

@@ -9,9 +9,7 @@ use futures::StreamExt;
 
 use super::plan::{Plan, Target, World};
 use super::{ItemResult, Outcome, RestoreError, Restorer};
-use crate::inventory::{
-    Changed, Changes, InventoryError, LiveAddr, LiveRoute, NetnsConn, NetnsInventory, Pruned,
-};
+use crate::inventory::{Changed, Changes, InventoryError, NetnsConn, Pruned};
 use crate::ledger::{KindSpec, Ledger, LedgerContent, LinkRecord, Locator, Parent};
 
 /// The kernel's view kept from pass to pass, read again only where it may have changed: a
@@ -46,13 +44,6 @@ pub(super) struct Known {
     /// and the kernel looks up each one's peer netns among all 10,000: a dump per pass of a
     /// burst was most of the agent's time).
     host_kept: bool,
-}
-
-/// What a survey read of the host netns.
-enum HostDump {
-    Nothing,
-    AddressesRoutes(Vec<LiveAddr>, Vec<LiveRoute>),
-    Whole(NetnsInventory),
 }
 
 /// What a survey reads of the host netns.
@@ -302,28 +293,22 @@ impl Restorer {
             })
             .buffer_unordered(READ_CONCURRENCY)
             .collect::<Vec<_>>();
-        let host_dump = async move {
+        // The view as it stands goes into the read and comes back brought up to date.
+        let kept = std::mem::take(&mut world.host);
+        let host_view = async move {
             match host_read {
-                HostRead::Nothing => Ok(HostDump::Nothing),
+                HostRead::Nothing => Ok(kept),
                 HostRead::AddressesRoutes => host
                     .dump_addresses_routes()
                     .await
-                    .map(|(addresses, routes)| HostDump::AddressesRoutes(addresses, routes)),
-                HostRead::Whole => host.dump().await.map(HostDump::Whole),
+                    .map(|(addresses, routes)| kept.with_addresses_routes(addresses, routes)),
+                HostRead::Whole => host.dump().await,
             }
         };
-        let (host_dump, reads) = futures::join!(host_dump, reads);
-        match host_dump.map_err(RestoreError::Host)? {
-            HostDump::Nothing => {}
-            HostDump::AddressesRoutes(addresses, routes) => {
-                world.host =
-                    std::mem::take(&mut world.host).with_addresses_routes(addresses, routes);
-            }
-            HostDump::Whole(whole) => {
-                world.host = whole;
-                *host_kept = true;
-            }
-        }
+        let (host_view, reads) = futures::join!(host_view, reads);
+        // A view left half-read is read whole next time.
+        *host_kept = host_view.is_ok();
+        world.host = host_view.map_err(RestoreError::Host)?;
         let mut quiet = all_watched;
         for (locator, read) in reads {
             quiet &= matches!(read, Ok((_, Some(_))));
