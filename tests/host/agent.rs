@@ -128,7 +128,7 @@ fn container_reboot_gets_its_veth_back_from_the_agent() {
     let row =
         s.ng.status_row(w.c(), "eth0")
             .unwrap_or_else(|| panic!("eth0 not in status: {status:#}"));
-    assert_eq!(row["state"], "restored", "{status:#}");
+    assert_eq!(row["state"], "restored", "{status:#}\n{}", s.explain());
 
     // SIGTERM: the agent saves its ledger, removes its socket and exits 0.
     assert!(agent.stop().success(), "{}", s.ng.log());
