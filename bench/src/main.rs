@@ -11,6 +11,7 @@ mod podman;
 mod reaction;
 mod report;
 mod scale;
+mod shift;
 mod stats;
 mod watch;
 mod world;

@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::agent::cpu_time;
+use crate::shift;
 use crate::stats::Samples;
 
 /// Starts and ADDs before the timed ones (image layers, plugin binaries into the page cache).
@@ -28,6 +29,8 @@ pub struct PodmanCost {
     /// `podman start`, seconds: without netguard, and with it chained + hooks + agent.
     pub start_plain: Samples,
     pub start_guarded: Samples,
+    /// The 95 % interval of the guarded median minus the plain one, seconds (`shift.rs`).
+    pub start_added_95: Option<(f64, f64)>,
     /// The CNI ADD of the chain, seconds.
     pub add_plain: Samples,
     pub add_guarded: Samples,
@@ -51,9 +54,19 @@ impl PodmanCost {
                 (guarded.median - plain.median) / plain.median * 100.0,
             )
         };
+        let interval = self.start_added_95.map_or(String::new(), |(lo, hi)| {
+            let percent = |s: f64| s / self.start_plain.median * 100.0;
+            format!(
+                "podman start, added p50 at 95 %: {:+.1} .. {:+.1} ms ({:+.1} .. {:+.1} %)\n",
+                lo * 1e3,
+                hi * 1e3,
+                percent(lo),
+                percent(hi)
+            )
+        });
         format!(
             "\n7. Cost: podman start and CNI ADD without / with netguard (ms, {} each, alternating)\n\
-             {:<30}{:>10}{:>10}{:>10}{:>10}{:>11}{:>10}\n{}{}\
+             {:<30}{:>10}{:>10}{:>10}{:>10}{:>11}{:>10}\n{}{}{}\
              the agent's CPU per start + stop {:.1} ms, per ADD + DEL {:.1} ms\n",
             self.starts,
             "",
@@ -64,6 +77,7 @@ impl PodmanCost {
             "ratio",
             "added",
             line("podman start", &self.start_plain, &self.start_guarded),
+            interval,
             line("CNI ADD of the chain", &self.add_plain, &self.add_guarded),
             self.agent_cpu_per_start * 1e3,
             self.agent_cpu_per_add * 1e3,
@@ -190,6 +204,8 @@ pub fn run(netguard: &Path, starts: usize) -> anyhow::Result<PodmanCost> {
             }
         }
     }
+    let seconds = |t: &[Duration]| t.iter().map(Duration::as_secs_f64).collect::<Vec<_>>();
+    let start_added_95 = shift::median_shift_95(&seconds(&times[0]), &seconds(&times[1]));
     let [start_plain, start_guarded] = times.map(|t| Samples::of(&t));
     let agent_cpu_per_start = agent_cpu_per_round(cpu_before)?;
 
@@ -210,6 +226,7 @@ pub fn run(netguard: &Path, starts: usize) -> anyhow::Result<PodmanCost> {
         starts,
         start_plain,
         start_guarded,
+        start_added_95,
         add_plain,
         add_guarded,
         agent_cpu_per_start,
