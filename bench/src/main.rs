@@ -69,6 +69,10 @@ struct RunArgs {
     /// of 50 of the same build differed by up to ten percent of a start on a shared machine.
     #[arg(long)]
     podman_starts: Option<usize>,
+    /// Leave this part of netguard out of the podman part's guarded side (repeatable; the
+    /// agent always runs), to see what each part costs a start.
+    #[arg(long, value_enum, value_name = "PART")]
+    podman_without: Vec<podman::Part>,
     /// The netguard binary (default: the one next to this one).
     #[arg(long)]
     netguard: Option<PathBuf>,
@@ -229,8 +233,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .podman_starts
             .unwrap_or(if args.quick { 10 } else { 150 });
         let netguard = netguard.clone();
-        results.podman =
-            Some(tokio::task::spawn_blocking(move || podman::run(&netguard, starts)).await??);
+        let without = args.podman_without.clone();
+        results.podman = Some(
+            tokio::task::spawn_blocking(move || podman::run(&netguard, starts, without)).await??,
+        );
     }
     print!("{}", results.table());
     if let Some(path) = &args.json {

@@ -22,10 +22,23 @@ use crate::stats::Samples;
 /// Starts and ADDs before the timed ones (image layers, plugin binaries into the page cache).
 const WARM_UP: usize = 3;
 
+/// A part of netguard the guarded side can be measured without (the agent always runs), to
+/// see what each costs a start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Part {
+    /// `{"type": "netguard"}` in the chain.
+    Plugin,
+    /// The OCI hooks (createRuntime, poststop).
+    Hooks,
+}
+
 #[derive(Debug, Serialize)]
 pub struct PodmanCost {
     /// Timed container starts per side.
     pub starts: usize,
+    /// What the guarded side ran without (nothing: the whole of netguard).
+    pub without: Vec<Part>,
     /// `podman start`, seconds: without netguard, and with it chained + hooks + agent.
     pub start_plain: Samples,
     pub start_guarded: Samples,
@@ -64,10 +77,17 @@ impl PodmanCost {
                 percent(hi)
             )
         });
+        let left_out = if self.without.is_empty() {
+            String::new()
+        } else {
+            let parts: Vec<String> = self.without.iter().map(|p| format!("{p:?}")).collect();
+            format!(" (its {} left out)", parts.join(" and ").to_lowercase())
+        };
         format!(
-            "\n7. Cost: podman start and CNI ADD without / with netguard (ms, {} each, alternating)\n\
+            "\n7. Cost: podman start and CNI ADD without / with netguard{} (ms, {} each, alternating)\n\
              {:<30}{:>10}{:>10}{:>10}{:>10}{:>11}{:>10}\n{}{}{}\
              the agent's CPU per start + stop {:.1} ms, per ADD + DEL {:.1} ms\n",
+            left_out,
             self.starts,
             "",
             "p50",
@@ -94,23 +114,26 @@ struct Side {
 }
 
 impl Side {
-    fn new(tag: &str, subnet: &str, guarded: bool) -> anyhow::Result<Side> {
+    /// A world without netguard (`without` None), or with it but for the parts in `without`.
+    fn new(tag: &str, subnet: &str, without: Option<&[Part]>) -> anyhow::Result<Side> {
         let mut world = PodmanWorld::new(tag);
         let network = world.network_name("br");
         let mut plugins = vec![world.bridge_plugin(&format!("{tag}br"), subnet)];
-        let agent = if guarded {
+        let agent = without.map(|without| {
             let ng = Netguard::new(&world.world);
             let agent = ng.start_agent();
-            world.install_netguard_hooks(&ng.socket, &ng.state_dir);
-            plugins.push(json!({
-                "type": "netguard",
-                "socket": ng.socket,
-                "stateDir": ng.state_dir,
-            }));
-            Some(agent)
-        } else {
-            None
-        };
+            if !without.contains(&Part::Hooks) {
+                world.install_netguard_hooks(&ng.socket, &ng.state_dir);
+            }
+            if !without.contains(&Part::Plugin) {
+                plugins.push(json!({
+                    "type": "netguard",
+                    "socket": ng.socket,
+                    "stateDir": ng.state_dir,
+                }));
+            }
+            agent
+        });
         world.add_network(&network, plugins);
         world.podman_ok(&[
             "create",
@@ -171,15 +194,17 @@ impl Side {
     }
 }
 
-/// Runs the comparison with `starts` timed starts and ADDs per side.
-pub fn run(netguard: &Path, starts: usize) -> anyhow::Result<PodmanCost> {
+/// Runs the comparison with `starts` timed starts and ADDs per side, the guarded side
+/// `without` those parts of netguard.
+pub fn run(netguard: &Path, starts: usize, without: Vec<Part>) -> anyhow::Result<PodmanCost> {
     // The host tests' helpers run this netguard (the release build), not a debug one.
     let netguard = std::fs::canonicalize(netguard)
         .with_context(|| format!("no netguard binary at {}", netguard.display()))?;
     std::env::set_var("NETGUARD_BIN", netguard);
     let mut plain =
-        Side::new("pp", "198.18.40.0/24", false).context("the world without netguard")?;
-    let mut guarded = Side::new("pg", "198.18.41.0/24", true).context("the world with netguard")?;
+        Side::new("pp", "198.18.40.0/24", None).context("the world without netguard")?;
+    let mut guarded =
+        Side::new("pg", "198.18.41.0/24", Some(&without)).context("the world with netguard")?;
     let pods = [
         plain.world.world.add("pod").path(),
         guarded.world.world.add("pod").path(),
@@ -224,6 +249,7 @@ pub fn run(netguard: &Path, starts: usize) -> anyhow::Result<PodmanCost> {
     let agent_cpu_per_add = agent_cpu_per_round(cpu_before)?;
     Ok(PodmanCost {
         starts,
+        without,
         start_plain,
         start_guarded,
         start_added_95,
