@@ -72,7 +72,7 @@ struct RunArgs {
     /// Leave this part of netguard out of the podman part's guarded side (repeatable; the
     /// agent always runs), to see what each part costs a start.
     #[arg(long, value_enum, value_name = "PART")]
-    podman_without: Vec<podman::Part>,
+    podman_without: Vec<podman::Component>,
     /// The netguard binary (default: the one next to this one).
     #[arg(long)]
     netguard: Option<PathBuf>,

@@ -26,7 +26,7 @@ const WARM_UP: usize = 3;
 /// see what each costs a start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-pub enum Part {
+pub enum Component {
     /// `{"type": "netguard"}` in the chain.
     Plugin,
     /// The OCI hooks (createRuntime, poststop).
@@ -38,7 +38,7 @@ pub struct PodmanCost {
     /// Timed container starts per side.
     pub starts: usize,
     /// What the guarded side ran without (nothing: the whole of netguard).
-    pub without: Vec<Part>,
+    pub without: Vec<Component>,
     /// `podman start`, seconds: without netguard, and with it chained + hooks + agent.
     pub start_plain: Samples,
     pub start_guarded: Samples,
@@ -115,17 +115,17 @@ struct Side {
 
 impl Side {
     /// A world without netguard (`without` None), or with it but for the parts in `without`.
-    fn new(tag: &str, subnet: &str, without: Option<&[Part]>) -> anyhow::Result<Side> {
+    fn new(tag: &str, subnet: &str, without: Option<&[Component]>) -> anyhow::Result<Side> {
         let mut world = PodmanWorld::new(tag);
         let network = world.network_name("br");
         let mut plugins = vec![world.bridge_plugin(&format!("{tag}br"), subnet)];
         let agent = without.map(|without| {
             let ng = Netguard::new(&world.world);
             let agent = ng.start_agent();
-            if !without.contains(&Part::Hooks) {
+            if !without.contains(&Component::Hooks) {
                 world.install_netguard_hooks(&ng.socket, &ng.state_dir);
             }
-            if !without.contains(&Part::Plugin) {
+            if !without.contains(&Component::Plugin) {
                 plugins.push(json!({
                     "type": "netguard",
                     "socket": ng.socket,
@@ -196,7 +196,7 @@ impl Side {
 
 /// Runs the comparison with `starts` timed starts and ADDs per side, the guarded side
 /// `without` those parts of netguard.
-pub fn run(netguard: &Path, starts: usize, without: Vec<Part>) -> anyhow::Result<PodmanCost> {
+pub fn run(netguard: &Path, starts: usize, without: Vec<Component>) -> anyhow::Result<PodmanCost> {
     // The host tests' helpers run this netguard (the release build), not a debug one.
     let netguard = std::fs::canonicalize(netguard)
         .with_context(|| format!("no netguard binary at {}", netguard.display()))?;
