@@ -3,12 +3,14 @@
 //! for a small process rather than for loading the whole `netguard` binary (about a
 //! millisecond per call on a test host; docs/benchmarks.md section 7). When no agent answers,
 //! the call is handed whole to `netguard`, which carries it out under the ledger's lock.
+// The C `main` below stands in for std's: see there why.
+#![no_main]
 
-use std::ffi::OsString;
+use std::ffi::{c_char, c_int, OsString};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, Stdio};
 
 use netguard::api::Meant;
 use netguard::client::{self, NoAgent};
@@ -20,26 +22,41 @@ use netguard::runtime::oci_hook::Stage;
 /// Where the package installs `netguard`, when it is not beside this binary.
 const INSTALLED_NETGUARD: &str = "/usr/bin/netguard";
 
-fn main() -> ExitCode {
-    // Runtimes show a plugin's and a hook's stderr: warnings only, no colour codes.
-    tracing_subscriber::fmt()
-        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
-    if std::env::var_os("CNI_COMMAND").is_some() {
-        return client::cni_call(HandOver).print();
+/// The exit code of a panic, as std's start-up makes it.
+const PANICKED: c_int = 101;
+
+/// The process's entry, in place of std's start-up: runtimes exec this binary up to three
+/// times per container start, and std's start-up (the main thread's stack guard, found by
+/// reading /proc/self/maps, and an alternate signal stack) costs about a fifth of each exec
+/// here (docs/benchmarks.md section 7). What of it a socket client needs is kept: SIGPIPE is
+/// ignored (an agent that hangs up is an error to report, not a death that fails the pod), and
+/// a panic ends the process with std's exit code rather than aborting it.
+#[no_mangle]
+pub extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
+    // SAFETY: setting a signal's disposition to SIG_IGN, before any other thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    std::panic::catch_unwind(run).unwrap_or(PANICKED)
+}
+
+fn run() -> c_int {
+    if let Some(command) = std::env::var_os("CNI_COMMAND") {
+        // VERSION, which podman asks of every plugin at every start, logs nothing.
+        if command != "VERSION" {
+            init_logging();
+        }
+        return client::cni_call(HandOver).print().into();
     }
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     match args.first().and_then(|a| a.to_str()) {
         Some("oci-hook") => {
+            init_logging();
             oci_hook(&args[1..]);
-            ExitCode::SUCCESS
+            0
         }
         Some("--version" | "-V") => {
             // The marker tells `netguard uninstall cni` a copy of this binary is netguard's.
             println!("netguard-shim {} ({MARKER})", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+            0
         }
         _ => {
             eprintln!(
@@ -47,9 +64,18 @@ fn main() -> ExitCode {
                  (with CNI_COMMAND set), or as `netguard-shim oci-hook --stage STAGE \
                  [--socket PATH] [--state-dir DIR]`; for anything else run `netguard`"
             );
-            ExitCode::from(2)
+            2
         }
     }
+}
+
+/// Runtimes show a plugin's and a hook's stderr: warnings only, no colour codes.
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
 }
 
 /// `oci-hook --stage STAGE [--socket PATH] [--state-dir DIR]`, as `netguard oci-hook` takes

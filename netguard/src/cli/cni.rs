@@ -9,5 +9,5 @@ use super::ops::RunHere;
 
 pub fn main() -> ExitCode {
     super::init_logging("warn", super::LogFormat::Text);
-    client::cni_call(RunHere).print()
+    ExitCode::from(client::cni_call(RunHere).print())
 }
