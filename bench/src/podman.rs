@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use netguard::config::DEFAULT_INTERVAL;
 use netguard_tests::cni::{Attachment, CniRunner};
 use netguard_tests::podman::{PodmanWorld, IMAGE};
 use netguard_tests::{AgentProcess, Netguard};
@@ -121,7 +122,10 @@ impl Side {
         let mut plugins = vec![world.bridge_plugin(&format!("{tag}br"), subnet)];
         let agent = without.map(|without| {
             let ng = Netguard::new(&world.world);
-            let agent = ng.start_agent();
+            // As installed: the tests' one-second interval would add passes an operator's
+            // agent does not make.
+            let interval = DEFAULT_INTERVAL.as_secs_f64().to_string();
+            let agent = ng.start_agent_with(&["--interval", &interval]);
             if !without.contains(&Component::Hooks) {
                 world.install_netguard_hooks(&ng.socket, &ng.state_dir);
             }

@@ -209,15 +209,20 @@ impl Netguard {
         self.start_agent_with(&[])
     }
 
-    /// [`Netguard::start_agent`] with more agent flags.
+    /// [`Netguard::start_agent`] with more agent flags; `--interval 1` unless they give one.
     pub fn start_agent_with(&self, extra: &[&str]) -> AgentProcess {
         let log = File::options()
             .create(true)
             .append(true)
             .open(self.log_path())
             .expect("open the agent log");
+        let interval: &[&str] = if extra.contains(&"--interval") {
+            &[]
+        } else {
+            &["--interval", "1"]
+        };
         let child = self
-            .command(&[&["agent", "--backend", "netlink", "--interval", "1"], extra].concat())
+            .command(&[&["agent", "--backend", "netlink"], interval, extra].concat())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("agent log"))
             .stderr(log)
