@@ -7,6 +7,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -144,8 +145,8 @@ pub struct Journal {
     max_bytes: u64,
     keep: usize,
     next_seq: u64,
-    /// Lines were written since the last fsync.
-    unsynced: bool,
+    /// When the first line since the last fsync was written.
+    unsynced_since: Option<Instant>,
 }
 
 impl Journal {
@@ -179,7 +180,7 @@ impl Journal {
             max_bytes,
             keep,
             next_seq,
-            unsynced: false,
+            unsynced_since: None,
         };
         journal.close_torn_line()?;
         Ok(journal)
@@ -245,7 +246,7 @@ impl Journal {
                 source,
             })?;
         self.size += bytes.len() as u64;
-        self.unsynced = true;
+        self.unsynced_since.get_or_insert_with(Instant::now);
         Ok(())
     }
 
@@ -253,9 +254,20 @@ impl Journal {
         self.next_seq - 1
     }
 
+    /// How long the oldest line not yet fsynced has waited; `None` when every line is.
+    pub fn unsynced_for(&self) -> Option<Duration> {
+        self.unsynced_since.map(|since| since.elapsed())
+    }
+
+    /// Makes the lines not yet fsynced look `age` older, for tests of when they are.
+    #[cfg(test)]
+    pub(crate) fn age_unsynced(&mut self, age: Duration) {
+        self.unsynced_since = self.unsynced_since.and_then(|since| since.checked_sub(age));
+    }
+
     /// Makes every line written so far durable (nothing to do when none was written since).
     pub fn sync(&mut self) -> Result<(), LedgerError> {
-        if !self.unsynced {
+        if self.unsynced_since.is_none() {
             return Ok(());
         }
         self.file.sync_data().map_err(|source| LedgerError::Io {
@@ -263,7 +275,7 @@ impl Journal {
             path: self.path.clone(),
             source,
         })?;
-        self.unsynced = false;
+        self.unsynced_since = None;
         Ok(())
     }
 

@@ -35,6 +35,13 @@ pub use record::*;
 const DOCUMENT_AFTER_ENTRIES: u64 = 4096;
 const DOCUMENT_AFTER: Duration = Duration::from_secs(30);
 
+/// The agent fsyncs the journal after a pass once its oldest line not yet fsynced is this old
+/// (every interval has a pass): a container start sets off several passes, and an fsync after
+/// each queued with the runtime's own on the same disk. What waits is what the kernel tells
+/// again or what a crash of the machine ends anyway; a kernel change has what it relies on
+/// fsynced before it ([`Ledger::commit`]).
+const JOURNAL_SYNC_AFTER: Duration = Duration::from_secs(1);
+
 /// Where the ledger lives unless told otherwise.
 pub const DEFAULT_DIR: &str = "/var/lib/netguard";
 pub const STATE_FILE: &str = "state.json";
@@ -304,9 +311,10 @@ impl Ledger {
         Ok(true)
     }
 
-    /// The agent's save after a pass: every change durable (the journal fsynced), and the
-    /// document written only when due ([`DOCUMENT_AFTER_ENTRIES`], [`DOCUMENT_AFTER`]) or when
-    /// a change could not be journalled. `Ok(true)` if the document was written.
+    /// The agent's save after a pass: every change written, and durable (the journal fsynced)
+    /// once it is [`JOURNAL_SYNC_AFTER`] old; the document written only when due
+    /// ([`DOCUMENT_AFTER_ENTRIES`], [`DOCUMENT_AFTER`]) or when a change could not be
+    /// journalled. `Ok(true)` if the document was written.
     pub fn save_when_due(&mut self) -> Result<bool, LedgerError> {
         if self.journal_failed
             || self.revision - self.documented_revision >= DOCUMENT_AFTER_ENTRIES
@@ -314,7 +322,13 @@ impl Ledger {
         {
             return self.save();
         }
-        off_runtime(|| self.journal.sync())?;
+        if self
+            .journal
+            .unsynced_for()
+            .is_some_and(|waited| waited >= JOURNAL_SYNC_AFTER)
+        {
+            off_runtime(|| self.journal.sync())?;
+        }
         Ok(false)
     }
 

@@ -417,6 +417,32 @@ fn the_agent_writes_the_document_only_when_due_and_the_journal_holds_the_rest() 
 }
 
 #[test]
+fn the_agent_fsyncs_the_journal_once_its_oldest_unsynced_line_is_due() {
+    let dir = TempDir::new("ledger-sync-due");
+    let (mut ledger, _) = open(dir.path());
+    let spec = sample_content().links.into_values().next().unwrap().spec;
+    ledger.record_link(spec.clone());
+    ledger.save_when_due().unwrap();
+    assert!(
+        ledger.journal.unsynced_for().is_some(),
+        "a line just written waits for a later pass"
+    );
+    ledger.set_link_state(&spec.key(), LinkState::Waiting, None);
+    ledger.journal.age_unsynced(JOURNAL_SYNC_AFTER);
+    ledger.save_when_due().unwrap();
+    assert_eq!(ledger.journal.unsynced_for(), None, "fsynced once due");
+    // Not fsynced, still written: a crash of the agent loses nothing.
+    ledger.set_link_state(&spec.key(), LinkState::Intact, None);
+    ledger.save_when_due().unwrap();
+    std::mem::forget(ledger);
+    let (ledger, _) = open(dir.path());
+    assert_eq!(
+        ledger.link(&spec.netns, &spec.name).unwrap().state,
+        LinkState::Intact
+    );
+}
+
+#[test]
 fn a_runtime_change_is_written_without_fsync_or_into_the_document_when_the_journal_failed() {
     let dir = TempDir::new("ledger-written");
     let (mut ledger, _) = open(dir.path());
