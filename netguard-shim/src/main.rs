@@ -27,7 +27,7 @@ const PANICKED: c_int = 101;
 
 /// The process's entry, in place of std's start-up: runtimes exec this binary up to three
 /// times per container start, and std's start-up (the main thread's stack guard, found by
-/// reading /proc/self/maps, and an alternate signal stack) costs about a fifth of each exec
+/// reading /proc/self/maps, and an alternate signal stack) costs about a tenth of each exec
 /// here (docs/benchmarks.md section 7). What of it a socket client needs is kept: SIGPIPE is
 /// ignored (an agent that hangs up is an error to report, not a death that fails the pod), and
 /// a panic ends the process with std's exit code rather than aborting it.
