@@ -52,6 +52,10 @@ pub struct PodmanCost {
     /// ADD and DEL of its chain, seconds: work done beside the runtime, on the same cores.
     pub agent_cpu_per_start: f64,
     pub agent_cpu_per_add: f64,
+    /// The agent's restore passes per start and stop, and per ADD and DEL: each one a wake-up
+    /// and a look at the ledger beside the runtime.
+    pub agent_passes_per_start: f64,
+    pub agent_passes_per_add: f64,
 }
 
 impl PodmanCost {
@@ -87,7 +91,7 @@ impl PodmanCost {
         format!(
             "\n7. Cost: podman start and CNI ADD without / with netguard{} (ms, {} each, alternating)\n\
              {:<30}{:>10}{:>10}{:>10}{:>10}{:>11}{:>10}\n{}{}{}\
-             the agent's CPU per start + stop {:.1} ms, per ADD + DEL {:.1} ms\n",
+             the agent's CPU per start + stop {:.1} ms ({:.1} passes), per ADD + DEL {:.1} ms ({:.1} passes)\n",
             left_out,
             self.starts,
             "",
@@ -101,7 +105,9 @@ impl PodmanCost {
             interval,
             line("CNI ADD of the chain", &self.add_plain, &self.add_guarded),
             self.agent_cpu_per_start * 1e3,
+            self.agent_passes_per_start,
             self.agent_cpu_per_add * 1e3,
+            self.agent_passes_per_add,
         )
     }
 }
@@ -219,9 +225,17 @@ pub fn run(netguard: &Path, starts: usize, without: Vec<Component>) -> anyhow::R
         .as_ref()
         .context("the guarded side has an agent")?
         .pid();
+    let rounds = (WARM_UP + starts) as f64;
     let agent_cpu_per_round = |since: Duration| -> anyhow::Result<f64> {
-        Ok((cpu_time(agent)? - since).as_secs_f64() / (WARM_UP + starts) as f64)
+        Ok((cpu_time(agent)? - since).as_secs_f64() / rounds)
     };
+    let ng = Netguard::new(&guarded.world.world);
+    let passes = || {
+        ng.status_json()["agent"]["passes"]
+            .as_f64()
+            .unwrap_or_default()
+    };
+    let passes_before = passes();
     let cpu_before = cpu_time(agent)?;
     let mut times: [Vec<Duration>; 2] = Default::default();
     for i in 0..WARM_UP + starts {
@@ -237,7 +251,9 @@ pub fn run(netguard: &Path, starts: usize, without: Vec<Component>) -> anyhow::R
     let start_added_95 = shift::median_shift_95(&seconds(&times[0]), &seconds(&times[1]));
     let [start_plain, start_guarded] = times.map(|t| Samples::of(&t));
     let agent_cpu_per_start = agent_cpu_per_round(cpu_before)?;
+    let agent_passes_per_start = (passes() - passes_before) / rounds;
 
+    let passes_before = passes();
     let cpu_before = cpu_time(agent)?;
     let runners = [plain.runner(), guarded.runner()];
     let mut times: [Vec<Duration>; 2] = Default::default();
@@ -251,6 +267,7 @@ pub fn run(netguard: &Path, starts: usize, without: Vec<Component>) -> anyhow::R
     }
     let [add_plain, add_guarded] = times.map(|t| Samples::of(&t));
     let agent_cpu_per_add = agent_cpu_per_round(cpu_before)?;
+    let agent_passes_per_add = (passes() - passes_before) / rounds;
     Ok(PodmanCost {
         starts,
         without,
@@ -261,5 +278,7 @@ pub fn run(netguard: &Path, starts: usize, without: Vec<Component>) -> anyhow::R
         add_guarded,
         agent_cpu_per_start,
         agent_cpu_per_add,
+        agent_passes_per_start,
+        agent_passes_per_add,
     })
 }

@@ -29,12 +29,14 @@ mod cni_cache;
 mod lock;
 mod operate;
 mod pass;
+mod wake;
 mod watch;
 
 use cni_cache::watch_cni_caches;
 use lock::lock_ledger;
 pub use lock::{LockError, StateLock};
-use pass::{concerns_us, reconcile};
+use pass::reconcile;
+use wake::WakeIndex;
 use watch::watch_bind_mounts;
 
 /// Links repaired at once; the kernel serialises most of the work under RTNL anyway.
@@ -113,6 +115,8 @@ struct Shared {
     metrics: Option<Arc<Metrics>>,
     /// The host netns (init_net or its stand-in).
     host_inode: u64,
+    /// What the guarded links refer to: which events call for a pass.
+    wake_index: std::sync::Mutex<WakeIndex>,
 }
 
 impl Shared {
@@ -125,10 +129,11 @@ impl Shared {
     }
 
     /// Folds in the events the tracer queued; `true` if one calls for a pass (about a guarded
-    /// device, the host netns, or a netns a guarded link lives in).
+    /// device, or about what a guarded link needs: `wake.rs`).
     fn fold_events(&self, ledger: &mut Ledger, host_inode: u64) -> bool {
         let events = std::mem::take(&mut *self.unfolded.lock().unwrap_or_else(|p| p.into_inner()));
         let mut calls_for_pass = false;
+        let mut index = self.wake_index.lock().unwrap_or_else(|p| p.into_inner());
         for event in &events {
             let guarded = ledger.observe(event, host_inode);
             if guarded {
@@ -138,7 +143,11 @@ impl Shared {
                     event.current_name()
                 );
             }
-            calls_for_pass |= guarded || concerns_us(ledger.content(), event, host_inode);
+            // Once one calls for a pass, the rest need not be asked (nor the index rebuilt
+            // after each change in a burst).
+            calls_for_pass = calls_for_pass
+                || guarded
+                || index.concerns_us(ledger.content(), ledger.revision(), event, host_inode);
         }
         calls_for_pass
     }
@@ -231,6 +240,7 @@ pub async fn run(
         operated_at: Default::default(),
         told_at: Default::default(),
         host_inode,
+        wake_index: Default::default(),
         ledger: Mutex::new(ledger),
         stopping: Default::default(),
         restorer: if options.observe_only {

@@ -1,7 +1,6 @@
 //! The reconciler's pass: one restore pass over the ledger (or, observe-only, one plan
-//! logged), and which tracer events call for one.
+//! logged).
 
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -10,40 +9,8 @@ use tokio::time::Instant;
 
 use super::{Shared, RELEASED_PODS_KEPT};
 use crate::control;
-use crate::event::Event;
-use crate::ledger::{LedgerContent, LinkKey, Locator};
 use crate::restore::{Outcome, Verdict};
 use crate::status;
-
-/// Whether an event may call for a pass though it is about no guarded device: it happened in
-/// the host netns (a NIC coming, a parent going) or in a netns a guarded link lives in. Other
-/// users' namespaces coming and going are no reason to wake (a pass over 10,000 links costs
-/// tens of ms); the interval looks at everything anyway.
-pub(super) fn concerns_us(ledger: &LedgerContent, event: &Event, host_inode: u64) -> bool {
-    [&event.from, &event.to].into_iter().flatten().any(|place| {
-        place.netns.inode == host_inode
-            || place
-                .netns
-                .names
-                .iter()
-                .any(|n| links_in(ledger, Path::new(n)))
-    })
-}
-
-/// Whether a guarded link lives in the netns at `path`: the links are ordered by netns first,
-/// so the first key at or after (`path`, "") tells (a scan of every key per event cost
-/// seconds in a burst at 10,000 links).
-fn links_in(ledger: &LedgerContent, path: &Path) -> bool {
-    let first = LinkKey {
-        netns: Locator::Path(path.to_path_buf()),
-        name: String::new(),
-    };
-    ledger
-        .links
-        .range(&first..)
-        .next()
-        .is_some_and(|(key, _)| key.netns == first.netns)
-}
 
 /// One pass (or, observe-only, one plan logged); when a held-back repair is due.
 pub(super) async fn reconcile(shared: &Shared) -> Option<Duration> {

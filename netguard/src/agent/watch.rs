@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::wake::links_in;
 use super::Shared;
 use crate::inotify::Inotify;
-use crate::ledger::Locator;
 
 /// Wakes the reconciler when a netns bind mount appears or goes. Dropping our connection to a
 /// deleted netns is what lets the kernel destroy it (and refund its NICs); a new netns at a
@@ -69,17 +69,13 @@ pub(super) async fn watch_bind_mounts(shared: &Shared) {
     }
 }
 
-/// Whether a guarded link lives at one of `paths` (other users' namespaces coming and going
-/// are no reason for a pass). While a pass holds the ledger, assumed so.
+/// Whether a guarded link (not released) lives at one of `paths` (other users' namespaces
+/// coming and going are no reason for a pass). While a pass holds the ledger, assumed so.
 fn concerns_guarded(shared: &Shared, paths: &[PathBuf]) -> bool {
     let Ok(ledger) = shared.ledger.try_lock() else {
         return true;
     };
-    ledger
-        .content()
-        .links
-        .keys()
-        .any(|key| matches!(&key.netns, Locator::Path(p) if paths.contains(p)))
+    paths.iter().any(|path| links_in(ledger.content(), path))
 }
 
 /// After a bind mount came or went, the reconciler looks again this much later: the mount
