@@ -39,15 +39,10 @@ impl WakeIndex {
         event: &Event,
         host_inode: u64,
     ) -> bool {
-        let departure = matches!(
-            event.kind,
-            EventKind::Unregister
-                | EventKind::Move
-                | EventKind::Rename
-                | EventKind::TeardownBegin
-                | EventKind::TeardownEnd
-        );
-        let leaving = event.from.as_ref().filter(|_| departure);
+        let leaving = event
+            .from
+            .as_ref()
+            .filter(|_| event.kind != EventKind::Register);
         let arriving = event
             .to
             .as_ref()
