@@ -73,6 +73,10 @@ struct RunArgs {
     /// agent always runs), to see what each part costs a start.
     #[arg(long, value_enum, value_name = "PART")]
     podman_without: Vec<podman::Component>,
+    /// Annotate the podman part's guarded container for netguard's OCI hooks, so they run at
+    /// its starts (by default they are installed and the container is one they skip).
+    #[arg(long)]
+    podman_annotated: bool,
     /// The netguard binary (default: the one next to this one).
     #[arg(long)]
     netguard: Option<PathBuf>,
@@ -234,8 +238,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .unwrap_or(if args.quick { 10 } else { 150 });
         let netguard = netguard.clone();
         let without = args.podman_without.clone();
+        let annotated = args.podman_annotated;
         results.podman = Some(
-            tokio::task::spawn_blocking(move || podman::run(&netguard, starts, without)).await??,
+            tokio::task::spawn_blocking(move || podman::run(&netguard, starts, without, annotated))
+                .await??,
         );
     }
     print!("{}", results.table());

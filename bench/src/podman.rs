@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use netguard::config::DEFAULT_INTERVAL;
+use netguard::install::GUARD_ANNOTATION;
 use netguard_tests::cni::{Attachment, CniRunner};
 use netguard_tests::podman::{PodmanWorld, IMAGE};
 use netguard_tests::{AgentProcess, Netguard};
@@ -40,6 +41,9 @@ pub struct PodmanCost {
     pub starts: usize,
     /// What the guarded side ran without (nothing: the whole of netguard).
     pub without: Vec<Component>,
+    /// Whether the guarded side's container carries the annotation netguard's hooks run for
+    /// (else it is a container they leave alone, as most are).
+    pub annotated: bool,
     /// `podman start`, seconds: without netguard, and with it chained + hooks + agent.
     pub start_plain: Samples,
     pub start_guarded: Samples,
@@ -88,6 +92,11 @@ impl PodmanCost {
             let parts: Vec<String> = self.without.iter().map(|p| format!("{p:?}")).collect();
             format!(" (its {} left out)", parts.join(" and ").to_lowercase())
         };
+        let left_out = if self.annotated {
+            format!("{left_out}, the container annotated for its hooks")
+        } else {
+            left_out
+        };
         format!(
             "\n7. Cost: podman start and CNI ADD without / with netguard{} (ms, {} each, alternating)\n\
              {:<30}{:>10}{:>10}{:>10}{:>10}{:>11}{:>10}\n{}{}{}\
@@ -122,7 +131,12 @@ struct Side {
 
 impl Side {
     /// A world without netguard (`without` None), or with it but for the parts in `without`.
-    fn new(tag: &str, subnet: &str, without: Option<&[Component]>) -> anyhow::Result<Side> {
+    fn new(
+        tag: &str,
+        subnet: &str,
+        without: Option<&[Component]>,
+        annotated: bool,
+    ) -> anyhow::Result<Side> {
         let mut world = PodmanWorld::new(tag);
         let network = world.network_name("br");
         let mut plugins = vec![world.bridge_plugin(&format!("{tag}br"), subnet)];
@@ -145,16 +159,13 @@ impl Side {
             agent
         });
         world.add_network(&network, plugins);
-        world.podman_ok(&[
-            "create",
-            "--name",
-            "c",
-            "--network",
-            &network,
-            IMAGE,
-            "sleep",
-            "100000",
-        ]);
+        let annotation = format!("{GUARD_ANNOTATION}=true");
+        let mut create = vec!["create", "--name", "c", "--network", &network];
+        if annotated {
+            create.extend(["--annotation", &annotation]);
+        }
+        create.extend([IMAGE, "sleep", "100000"]);
+        world.podman_ok(&create);
         let conflist = serde_json::from_slice(&std::fs::read(
             world.path("net").join(format!("{network}.conflist")),
         )?)?;
@@ -205,16 +216,21 @@ impl Side {
 }
 
 /// Runs the comparison with `starts` timed starts and ADDs per side, the guarded side
-/// `without` those parts of netguard.
-pub fn run(netguard: &Path, starts: usize, without: Vec<Component>) -> anyhow::Result<PodmanCost> {
+/// `without` those parts of netguard, its container `annotated` for the hooks or not.
+pub fn run(
+    netguard: &Path,
+    starts: usize,
+    without: Vec<Component>,
+    annotated: bool,
+) -> anyhow::Result<PodmanCost> {
     // The host tests' helpers run this netguard (the release build), not a debug one.
     let netguard = std::fs::canonicalize(netguard)
         .with_context(|| format!("no netguard binary at {}", netguard.display()))?;
     std::env::set_var("NETGUARD_BIN", netguard);
     let mut plain =
-        Side::new("pp", "198.18.40.0/24", None).context("the world without netguard")?;
-    let mut guarded =
-        Side::new("pg", "198.18.41.0/24", Some(&without)).context("the world with netguard")?;
+        Side::new("pp", "198.18.40.0/24", None, false).context("the world without netguard")?;
+    let mut guarded = Side::new("pg", "198.18.41.0/24", Some(&without), annotated)
+        .context("the world with netguard")?;
     let pods = [
         plain.world.world.add("pod").path(),
         guarded.world.world.add("pod").path(),
@@ -271,6 +287,7 @@ pub fn run(netguard: &Path, starts: usize, without: Vec<Component>) -> anyhow::R
     Ok(PodmanCost {
         starts,
         without,
+        annotated,
         start_plain,
         start_guarded,
         start_added_95,

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 pub const DEFAULT_CNI_BIN_DIR: &str = "/opt/cni/bin";
 pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
-pub use crate::runtime::oci_hook::DEFAULT_HOOKS_DIR;
+pub use crate::runtime::oci_hook::{DEFAULT_HOOKS_DIR, GUARD_ANNOTATION};
 
 /// The plugin type CNI runs as `<bin dir>/netguard`.
 const PLUGIN: &str = "netguard";
@@ -172,27 +172,73 @@ pub fn conflists_in(dir: &Path) -> Result<Vec<PathBuf>, InstallError> {
 /// shorter, so a container start never waits longer than this on netguard.
 const HOOK_TIMEOUT_SECS: u32 = 10;
 
+/// Which containers the runtime runs netguard's hooks for. Every hook the runtime runs costs
+/// that container's start a process and runc's work around it (~3 ms here, a third of what
+/// netguard added to a start; docs/benchmarks.md section 7), and most containers have nothing
+/// for them: CNI attachments are guarded by the chained plugin alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookScope {
+    /// Containers annotated [`GUARD_ANNOTATION`]`=true`: only they can be bound with
+    /// `learn --container` and `lend --container`.
+    Annotated,
+    /// Every container.
+    Every,
+}
+
+impl HookScope {
+    /// oci-hooks(5) `when`.
+    fn when(self) -> Value {
+        match self {
+            HookScope::Annotated => {
+                let key = format!("^{}$", GUARD_ANNOTATION.replace('.', "\\."));
+                let mut annotations = serde_json::Map::new();
+                annotations.insert(key, json!("^true$"));
+                json!({ "annotations": annotations })
+            }
+            HookScope::Every => json!({ "always": true }),
+        }
+    }
+}
+
+/// The oci-hooks(5) document that runs `binary oci-hook --stage STAGE ARGS...` for `scope`.
+pub fn oci_hook(binary: &Path, stage: &str, args: &[&str], scope: HookScope) -> Value {
+    let mut argv = vec!["netguard", "oci-hook", "--stage", stage];
+    argv.extend_from_slice(args);
+    json!({
+        "version": "1.0.0",
+        "hook": {
+            "path": binary,
+            "args": argv,
+            "timeout": HOOK_TIMEOUT_SECS,
+        },
+        "when": scope.when(),
+        "stages": [stage],
+    })
+}
+
 /// Writes one oci-hooks(5) file per stage into `dir`, each running `binary oci-hook --stage S`
-/// for every container.
-pub fn install_oci_hooks(dir: &Path, binary: &Path) -> Result<Vec<String>, InstallError> {
+/// for the containers of `scope`.
+pub fn install_oci_hooks(
+    dir: &Path,
+    binary: &Path,
+    scope: HookScope,
+) -> Result<Vec<String>, InstallError> {
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     let mut done = Vec::new();
     for stage in HOOK_STAGES {
         let path = hook_file(dir, stage);
-        let hook = json!({
-            "version": "1.0.0",
-            "hook": {
-                "path": binary,
-                "args": ["netguard", "oci-hook", "--stage", stage],
-                "timeout": HOOK_TIMEOUT_SECS,
-            },
-            "when": { "always": true },
-            "stages": [stage],
-        });
+        let hook = oci_hook(binary, stage, &[], scope);
         let text = serde_json::to_string_pretty(&hook).unwrap_or_default() + "\n";
         write_atomic(&path, text.as_bytes(), 0o644)?;
         done.push(format!("{} written", path.display()));
     }
+    done.push(match scope {
+        HookScope::Annotated => format!(
+            "the hooks run for containers started with the annotation {GUARD_ANNOTATION}=true \
+             (podman run --annotation {GUARD_ANNOTATION}=true); --every-container for all"
+        ),
+        HookScope::Every => "the hooks run for every container".to_string(),
+    });
     done.extend(remove_hooks(dir, &RETIRED_STAGES)?);
     Ok(done)
 }
@@ -407,12 +453,23 @@ mod tests {
         // An earlier version's poststart hook goes at the next install.
         std::fs::create_dir_all(&hooks).unwrap();
         std::fs::write(hooks.join("netguard-poststart.json"), "{}").unwrap();
-        install_oci_hooks(&hooks, Path::new("/usr/lib/netguard/netguard-shim")).unwrap();
+        let shim = Path::new("/usr/lib/netguard/netguard-shim");
+        install_oci_hooks(&hooks, shim, HookScope::Every).unwrap();
+        let read = |file: &str| -> Value {
+            serde_json::from_str(&std::fs::read_to_string(hooks.join(file)).unwrap()).unwrap()
+        };
+        assert_eq!(
+            read("netguard-poststop.json")["when"],
+            json!({"always": true})
+        );
+        install_oci_hooks(&hooks, shim, HookScope::Annotated).unwrap();
         assert!(!hooks.join("netguard-poststart.json").exists());
-        let text = std::fs::read_to_string(hooks.join("netguard-createruntime.json")).unwrap();
-        let doc: Value = serde_json::from_str(&text).unwrap();
+        let doc = read("netguard-createruntime.json");
         assert_eq!(doc["version"], "1.0.0");
-        assert_eq!(doc["when"], json!({"always": true}));
+        assert_eq!(
+            doc["when"],
+            json!({"annotations": {"^io\\.netguard\\.guard$": "^true$"}})
+        );
         assert_eq!(doc["stages"], json!(["createRuntime"]));
         assert_eq!(
             doc["hook"]["args"],

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use netguard_tests::ops::{run, tool, workspace};
 use netguard_tests::{netguard_bin, shim_bin, World};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 #[test]
 fn alert_rules_pass_their_promtool_unit_tests() {
@@ -292,13 +292,32 @@ fn install_cni_and_oci_hooks_and_uninstall_leave_nothing_naming_a_gone_plugin() 
 
     let (ok, out) = ng(&["install", "oci-hooks", "--dir", hooks.to_str().unwrap()]);
     assert!(ok, "{out}");
-    for stage in netguard::install::HOOK_STAGES {
+    let hook_of = |stage: &str| -> Value {
         let file = hooks.join(format!("netguard-{}.json", stage.to_lowercase()));
-        let hook: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap()
+    };
+    for stage in netguard::install::HOOK_STAGES {
+        let hook = hook_of(stage);
         assert_eq!(hook["version"], "1.0.0");
         assert_eq!(hook["hook"]["path"], linked.to_str().unwrap());
         assert_eq!(hook["hook"]["args"][3], stage);
-        assert_eq!(hook["when"]["always"], true);
+        assert_eq!(
+            hook["when"],
+            json!({"annotations": {"^io\\.netguard\\.guard$": "^true$"}}),
+            "only for containers annotated io.netguard.guard=true"
+        );
+    }
+    assert!(out.contains("--annotation io.netguard.guard=true"), "{out}");
+    let (ok, out) = ng(&[
+        "install",
+        "oci-hooks",
+        "--dir",
+        hooks.to_str().unwrap(),
+        "--every-container",
+    ]);
+    assert!(ok && out.contains("every container"), "{out}");
+    for stage in netguard::install::HOOK_STAGES {
+        assert_eq!(hook_of(stage)["when"], json!({"always": true}));
     }
 
     let (ok, out) = ng(&[

@@ -275,10 +275,11 @@ fn an_add_answered_before_it_is_recorded_is_seen_recorded_by_what_comes_next() {
     );
 }
 
-/// Field report 000 with a real runtime: a `--network none` container gets a veth attached
-/// from outside after it started, learned with `--container`; at `podman restart` the OCI
-/// hooks re-attach it in the new netns before the container's command runs, which then sees
-/// the veth with its address and pings the bridge, first thing.
+/// Field report 000 with a real runtime: a `--network none` container (annotated for netguard's
+/// hooks) gets a veth attached from outside after it started, learned with `--container`; at
+/// `podman restart` the OCI hooks re-attach it in the new netns before the container's command
+/// runs, which then sees the veth with its address and pings the bridge, first thing. A
+/// container without the annotation is not known: the hooks did not run for it.
 #[test]
 fn oci_hooks_reattach_a_learned_veth_before_the_container_restarts() {
     let world = PodmanWorld::new("pmo");
@@ -294,7 +295,18 @@ fn oci_hooks_reattach_a_learned_veth_before_the_container_restarts() {
     // What the command sees first, at every start.
     let first_thing = "ip -4 addr show dev eth1 > /first 2>&1; \
                        ping -c1 -W2 198.18.23.1 >> /first 2>&1; echo rc=$? >> /first; sleep 600";
-    let id = world.run("c3", "none", &["sh", "-c", first_thing]);
+    let id = world.run_guarded("c3", "none", &["sh", "-c", first_thing]);
+    // The hooks run only for annotated containers: one without is not known to netguard.
+    let plain = world.run("c4", "none", &["sleep", "600"]);
+    let unknown = ng.run(&["learn", "--container", &plain]);
+    assert!(
+        unknown.code() == Some(2)
+            && unknown
+                .stderr
+                .contains(&format!("netguard knows no container {plain}"))
+            && unknown.stderr.contains("io.netguard.guard=true"),
+        "{unknown}"
+    );
     let pid = world.podman_ok(&["inspect", "--format", "{{.State.Pid}}", "c3"]);
     let netns = format!("/proc/{pid}/ns/net");
     world.host().ip(&[

@@ -9,6 +9,8 @@ use std::process::{Command, Output};
 
 use serde_json::{json, Value};
 
+use netguard::install::{self, HookScope};
+
 use crate::{TestNetns, World};
 
 /// Where Debian's `containernetworking-plugins` puts the plugins.
@@ -216,22 +218,13 @@ network_config_dir = "{net}"
     }
 
     /// Hook definitions (oci-hooks(5)) that run `netguard oci-hook --stage S` against this
-    /// agent at the stages netguard installs hooks for.
+    /// agent at the stages netguard installs hooks for, as `install oci-hooks` scopes them:
+    /// for containers annotated `io.netguard.guard=true` ([`PodmanWorld::run_guarded`]).
     pub fn install_netguard_hooks(&self, socket: &Path, state_dir: &Path) {
-        for stage in netguard::install::HOOK_STAGES {
-            let hook = json!({
-                "version": "1.0.0",
-                "hook": {
-                    "path": crate::shim_bin(),
-                    "args": [
-                        "netguard", "oci-hook", "--stage", stage,
-                        "--socket", socket, "--state-dir", state_dir,
-                    ],
-                    "timeout": 10
-                },
-                "when": { "always": true },
-                "stages": [stage]
-            });
+        let (socket, state_dir) = (socket.to_string_lossy(), state_dir.to_string_lossy());
+        let args = ["--socket", &socket, "--state-dir", &state_dir];
+        for stage in install::HOOK_STAGES {
+            let hook = install::oci_hook(&crate::shim_bin(), stage, &args, HookScope::Annotated);
             let file = self.hooks_dir().join(format!("netguard-{stage}.json"));
             std::fs::write(file, serde_json::to_vec_pretty(&hook).unwrap()).expect("write hook");
         }
@@ -239,7 +232,19 @@ network_config_dir = "{net}"
 
     /// `podman run -d --name NAME --network NETWORK IMAGE CMD...`; the container ID.
     pub fn run(&self, name: &str, network: &str, cmd: &[&str]) -> String {
-        let mut args = vec!["run", "-d", "--name", name, "--network", network, IMAGE];
+        self.run_with(name, network, &[], cmd)
+    }
+
+    /// [`PodmanWorld::run`] with the annotation that has netguard's hooks run for it.
+    pub fn run_guarded(&self, name: &str, network: &str, cmd: &[&str]) -> String {
+        let annotation = format!("{}=true", install::GUARD_ANNOTATION);
+        self.run_with(name, network, &["--annotation", &annotation], cmd)
+    }
+
+    fn run_with(&self, name: &str, network: &str, options: &[&str], cmd: &[&str]) -> String {
+        let mut args = vec!["run", "-d", "--name", name, "--network", network];
+        args.extend_from_slice(options);
+        args.push(IMAGE);
         args.extend_from_slice(cmd);
         self.podman_ok(&args)
     }

@@ -68,8 +68,8 @@ const SHIPPED: [(&str, &str, u32); 8] = [
         "usr/share/netguard/kubernetes/netguard-daemonset.yaml",
         0o644,
     ),
-    // Where podman and CRI-O find hooks (oci-hooks(5)): every container is followed once the
-    // package is in.
+    // Where podman and CRI-O find hooks (oci-hooks(5)): every container annotated
+    // io.netguard.guard=true is followed once the package is in.
     (
         "deploy/oci-hooks/netguard-createruntime.json",
         "usr/share/containers/oci/hooks.d/netguard-createruntime.json",

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use netguard::install::{self, Placement};
+use netguard::install::{self, HookScope, Placement};
 
 /// Where the CNI conflists and plugins are.
 #[derive(Args)]
@@ -30,11 +30,16 @@ pub enum Install {
         #[arg(long)]
         copy: bool,
     },
-    /// Write oci-hooks(5) files that run `netguard oci-hook` at createRuntime, poststart and
-    /// poststop of every container.
+    /// Write oci-hooks(5) files that run `netguard oci-hook` at createRuntime and poststop of
+    /// the containers annotated io.netguard.guard=true (those `learn --container` and `lend
+    /// --container` can bind to).
     OciHooks {
         #[arg(long, value_name = "DIR", default_value = install::DEFAULT_HOOKS_DIR)]
         dir: PathBuf,
+        /// Run the hooks for every container, not only the annotated ones (each start then
+        /// pays for a hook process).
+        #[arg(long)]
+        every_container: bool,
     },
 }
 
@@ -114,9 +119,17 @@ pub fn install(what: Install) -> anyhow::Result<ExitCode> {
             done.push(note);
             print(done)
         }
-        Install::OciHooks { dir } => {
+        Install::OciHooks {
+            dir,
+            every_container,
+        } => {
+            let scope = if every_container {
+                HookScope::Every
+            } else {
+                HookScope::Annotated
+            };
             let (binary, note) = runtime_binary()?;
-            let mut done = install::install_oci_hooks(&dir, &binary)?;
+            let mut done = install::install_oci_hooks(&dir, &binary, scope)?;
             done.push(note);
             print(done)
         }

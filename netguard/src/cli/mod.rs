@@ -63,7 +63,8 @@ enum Command {
         netns: Vec<PathBuf>,
         /// The container (its ID or a unique prefix) whose links these are: they then follow it
         /// to its next netns at each start. Its netns by default: the one it runs in. Needs
-        /// netguard's OCI hooks (`netguard install oci-hooks`) to have seen it start.
+        /// netguard's OCI hooks (`netguard install oci-hooks`) to have seen it start: by
+        /// default they run for containers annotated io.netguard.guard=true.
         #[arg(long, value_name = "ID")]
         container: Option<String>,
         #[command(flatten)]

@@ -8,11 +8,11 @@ use chrono::Utc;
 
 use super::journal::JournalEntry;
 use super::{ContainerRecord, Incarnation, Ledger, Workload};
-use crate::runtime::oci_hook::DEFAULT_HOOKS_DIR;
+use crate::runtime::oci_hook::{DEFAULT_HOOKS_DIR, GUARD_ANNOTATION};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ContainerError {
-    #[error("netguard knows no container {id}: it learns containers from its OCI hooks, which have not run for this one; install them with `netguard install oci-hooks` (writes netguard-*.json into {DEFAULT_HOOKS_DIR}, where podman and CRI-O look; --dir for another hooks dir), then start the container again")]
+    #[error("netguard knows no container {id}: it learns containers from its OCI hooks, which have not run for this one; install them with `netguard install oci-hooks` (writes netguard-*.json into {DEFAULT_HOOKS_DIR}, where podman and CRI-O look; --dir for another hooks dir), then start the container with the annotation {GUARD_ANNOTATION}=true (`podman run --annotation {GUARD_ANNOTATION}=true`; the hooks run only for containers that carry it, unless installed with --every-container)")]
     Unknown { id: String },
     #[error("{prefix} is the start of several containers' IDs ({candidates}): give more of it")]
     Ambiguous { prefix: String, candidates: String },

@@ -13,6 +13,11 @@ use oci_spec::runtime::State;
 /// package puts netguard's.
 pub const DEFAULT_HOOKS_DIR: &str = "/usr/share/containers/oci/hooks.d";
 
+/// The OCI annotation that opts a container into netguard's hooks as `install oci-hooks`
+/// writes them (`podman run --annotation io.netguard.guard=true`; CRI-O passes a pod's
+/// annotations on to its containers).
+pub const GUARD_ANNOTATION: &str = "io.netguard.guard";
+
 /// The hook stages netguard acts at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
