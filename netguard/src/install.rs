@@ -173,9 +173,9 @@ pub fn conflists_in(dir: &Path) -> Result<Vec<PathBuf>, InstallError> {
 const HOOK_TIMEOUT_SECS: u32 = 10;
 
 /// Which containers the runtime runs netguard's hooks for. Every hook the runtime runs costs
-/// that container's start a process and runc's work around it (~3 ms here, a third of what
-/// netguard added to a start; docs/benchmarks.md section 7), and most containers have nothing
-/// for them: CNI attachments are guarded by the chained plugin alone.
+/// that container's start a process and runc's work around it (2-3 ms here; docs/benchmarks.md
+/// section 7), and most containers have nothing for them: CNI attachments are guarded by the
+/// chained plugin alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HookScope {
     /// Containers annotated [`GUARD_ANNOTATION`]`=true`: only they can be bound with
