@@ -14,8 +14,8 @@ use oci_spec::runtime::State;
 pub const DEFAULT_HOOKS_DIR: &str = "/usr/share/containers/oci/hooks.d";
 
 /// The OCI annotation that opts a container into netguard's hooks as `install oci-hooks`
-/// writes them (`podman run --annotation io.netguard.guard=true`; CRI-O passes a pod's
-/// annotations on to its containers).
+/// writes them (`podman run --annotation io.netguard.guard=true`: an OCI annotation in the
+/// container's config, which is what oci-hooks(5) `when.annotations` matches).
 pub const GUARD_ANNOTATION: &str = "io.netguard.guard";
 
 /// The hook stages netguard acts at.
