@@ -77,6 +77,10 @@ struct RunArgs {
     /// its starts (by default they are installed and the container is one they skip).
     #[arg(long)]
     podman_annotated: bool,
+    /// Put both sides of the podman part on the chain `podman network create` writes (bridge,
+    /// portmap, firewall, tuning), as a podman host's containers are, rather than bridge alone.
+    #[arg(long)]
+    podman_chain: bool,
     /// The netguard binary (default: the one next to this one).
     #[arg(long)]
     netguard: Option<PathBuf>,
@@ -237,12 +241,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .podman_starts
             .unwrap_or(if args.quick { 10 } else { 150 });
         let netguard = netguard.clone();
-        let without = args.podman_without.clone();
-        let annotated = args.podman_annotated;
-        results.podman = Some(
-            tokio::task::spawn_blocking(move || podman::run(&netguard, starts, without, annotated))
-                .await??,
-        );
+        let setup = podman::Setup {
+            starts,
+            without: args.podman_without.clone(),
+            annotated: args.podman_annotated,
+            podman_chain: args.podman_chain,
+        };
+        results.podman =
+            Some(tokio::task::spawn_blocking(move || podman::run(&netguard, setup)).await??);
     }
     print!("{}", results.table());
     if let Some(path) = &args.json {

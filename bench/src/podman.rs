@@ -1,9 +1,10 @@
 //! What netguard adds to a container start: podman (runc, the CNI backend, Debian's plugins),
 //! each world in a netns of its own with its own storage, run root, CNI config and hooks dirs
 //! (the host tests' `PodmanWorld`). One world starts a container on `bridge` + `host-local`
-//! alone; the other the same chain with netguard after it, its OCI hooks and an agent. Starts
-//! alternate between the two (each container is stopped, untimed, between its starts), and so
-//! do the CNI ADDs of the two chains run by hand into a netns of their own.
+//! alone (or on the chain `podman network create` writes); the other on the same chain with
+//! netguard after it, its OCI hooks and an agent. Starts alternate between the two (each
+//! container is stopped, untimed, between its starts), and so do the CNI ADDs of the two
+//! chains run by hand into a netns of their own.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -35,8 +36,9 @@ pub enum Component {
     Hooks,
 }
 
-#[derive(Debug, Serialize)]
-pub struct PodmanCost {
+/// What is compared.
+#[derive(Debug, Clone, Serialize)]
+pub struct Setup {
     /// Timed container starts per side.
     pub starts: usize,
     /// What the guarded side ran without (nothing: the whole of netguard).
@@ -44,6 +46,15 @@ pub struct PodmanCost {
     /// Whether the guarded side's container carries the annotation netguard's hooks run for
     /// (else it is a container they leave alone, as most are).
     pub annotated: bool,
+    /// Whether both sides' network is the chain `podman network create` writes (bridge,
+    /// portmap, firewall, tuning) rather than bridge alone.
+    pub podman_chain: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PodmanCost {
+    #[serde(flatten)]
+    pub setup: Setup,
     /// `podman start`, seconds: without netguard, and with it chained + hooks + agent.
     pub start_plain: Samples,
     pub start_guarded: Samples,
@@ -86,23 +97,25 @@ impl PodmanCost {
                 percent(hi)
             )
         });
-        let left_out = if self.without.is_empty() {
+        let setup = &self.setup;
+        let mut variant = if setup.without.is_empty() {
             String::new()
         } else {
-            let parts: Vec<String> = self.without.iter().map(|p| format!("{p:?}")).collect();
+            let parts: Vec<String> = setup.without.iter().map(|p| format!("{p:?}")).collect();
             format!(" (its {} left out)", parts.join(" and ").to_lowercase())
         };
-        let left_out = if self.annotated {
-            format!("{left_out}, the container annotated for its hooks")
-        } else {
-            left_out
-        };
+        if setup.annotated {
+            variant.push_str(", the container annotated for its hooks");
+        }
+        if setup.podman_chain {
+            variant.push_str(", on the chain `podman network create` writes");
+        }
         format!(
             "\n7. Cost: podman start and CNI ADD without / with netguard{} (ms, {} each, alternating)\n\
              {:<30}{:>10}{:>10}{:>10}{:>10}{:>11}{:>10}\n{}{}{}\
              the agent's CPU per start + stop {:.1} ms ({:.1} passes), per ADD + DEL {:.1} ms ({:.1} passes)\n",
-            left_out,
-            self.starts,
+            variant,
+            setup.starts,
             "",
             "p50",
             "p99",
@@ -130,17 +143,19 @@ struct Side {
 }
 
 impl Side {
-    /// A world without netguard (`without` None), or with it but for the parts in `without`.
-    fn new(
-        tag: &str,
-        subnet: &str,
-        without: Option<&[Component]>,
-        annotated: bool,
-    ) -> anyhow::Result<Side> {
+    /// A world without netguard (`guarded` false), or with it but for the parts `setup`
+    /// leaves out.
+    fn new(tag: &str, subnet: &str, setup: &Setup, guarded: bool) -> anyhow::Result<Side> {
         let mut world = PodmanWorld::new(tag);
         let network = world.network_name("br");
-        let mut plugins = vec![world.bridge_plugin(&format!("{tag}br"), subnet)];
-        let agent = without.map(|without| {
+        let bridge = format!("{tag}br");
+        let mut plugins = if setup.podman_chain {
+            world.podman_bridge_chain(&bridge, subnet)
+        } else {
+            vec![world.bridge_plugin(&bridge, subnet)]
+        };
+        let without = &setup.without;
+        let agent = guarded.then(|| {
             let ng = Netguard::new(&world.world);
             // As installed: the tests' one-second interval would add passes an operator's
             // agent does not make.
@@ -161,7 +176,7 @@ impl Side {
         world.add_network(&network, plugins);
         let annotation = format!("{GUARD_ANNOTATION}=true");
         let mut create = vec!["create", "--name", "c", "--network", &network];
-        if annotated {
+        if guarded && setup.annotated {
             create.extend(["--annotation", &annotation]);
         }
         create.extend([IMAGE, "sleep", "100000"]);
@@ -215,22 +230,17 @@ impl Side {
     }
 }
 
-/// Runs the comparison with `starts` timed starts and ADDs per side, the guarded side
-/// `without` those parts of netguard, its container `annotated` for the hooks or not.
-pub fn run(
-    netguard: &Path,
-    starts: usize,
-    without: Vec<Component>,
-    annotated: bool,
-) -> anyhow::Result<PodmanCost> {
+/// Runs the comparison `setup` describes.
+pub fn run(netguard: &Path, setup: Setup) -> anyhow::Result<PodmanCost> {
     // The host tests' helpers run this netguard (the release build), not a debug one.
     let netguard = std::fs::canonicalize(netguard)
         .with_context(|| format!("no netguard binary at {}", netguard.display()))?;
     std::env::set_var("NETGUARD_BIN", netguard);
     let mut plain =
-        Side::new("pp", "198.18.40.0/24", None, false).context("the world without netguard")?;
-    let mut guarded = Side::new("pg", "198.18.41.0/24", Some(&without), annotated)
-        .context("the world with netguard")?;
+        Side::new("pp", "198.18.40.0/24", &setup, false).context("the world without netguard")?;
+    let mut guarded =
+        Side::new("pg", "198.18.41.0/24", &setup, true).context("the world with netguard")?;
+    let starts = setup.starts;
     let pods = [
         plain.world.world.add("pod").path(),
         guarded.world.world.add("pod").path(),
@@ -285,9 +295,7 @@ pub fn run(
     let agent_cpu_per_add = agent_cpu_per_round(cpu_before)?;
     let agent_passes_per_add = (passes() - passes_before) / rounds;
     Ok(PodmanCost {
-        starts,
-        without,
-        annotated,
+        setup,
         start_plain,
         start_guarded,
         start_added_95,

@@ -208,6 +208,22 @@ network_config_dir = "{net}"
         })
     }
 
+    /// The chain `podman network create` writes for a bridge network (containers/common's
+    /// CNI backend: `bridge` with `host-local`, then `portmap`, `firewall` and `tuning`), on
+    /// `bridge` with addresses from `subnet`; host-local's data kept in this world's IPAM dir.
+    /// Their iptables rules and sysctls are the world's: podman runs inside its netns.
+    pub fn podman_bridge_chain(&self, bridge: &str, subnet: &str) -> Vec<Value> {
+        let mut bridge = self.bridge_plugin(bridge, subnet);
+        bridge["ipMasq"] = json!(true);
+        bridge["hairpinMode"] = json!(true);
+        vec![
+            bridge,
+            json!({ "type": "portmap", "capabilities": { "portMappings": true } }),
+            json!({ "type": "firewall", "backend": "" }),
+            json!({ "type": "tuning" }),
+        ]
+    }
+
     /// netguard's entry in a conflist, chained after the plugin that makes the link.
     pub fn netguard_plugin(socket: &Path, state_dir: &Path) -> Value {
         json!({

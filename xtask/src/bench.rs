@@ -1,7 +1,8 @@
-//! `cargo xtask bench [--quick] [--only host|vm|podman|scale] [--links N] [--kernel ..]`: the host benchmarks
-//! (`netguard-bench`, in network namespaces it creates and removes) and the VM benchmarks (in
-//! QEMU guests with Debian's kernels and e1000 NICs), one table for both, and the same results
-//! in `<target dir>/bench/latest.json` (the VM part under `vm`).
+//! `cargo xtask bench [--quick] [--only host|vm|podman|scale] [--links N] [--podman-chain]
+//! [--kernel ..]`: the host benchmarks (`netguard-bench`, in network namespaces it creates and
+//! removes) and the VM benchmarks (in QEMU guests with Debian's kernels and e1000 NICs), one
+//! table for both, and the same results in `<target dir>/bench/latest.json` (the VM part under
+//! `vm`).
 
 use std::process::{Command, ExitCode, Stdio};
 
@@ -35,6 +36,10 @@ pub struct BenchArgs {
     /// Guarded links (and netns) of the scale benchmark, e.g. 10000.
     #[arg(long, default_value_t = 1000)]
     links: usize,
+    /// The podman part on the chain `podman network create` writes (bridge, portmap,
+    /// firewall, tuning) rather than bridge alone, on both sides.
+    #[arg(long)]
+    podman_chain: bool,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
@@ -44,12 +49,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let mut table = String::new();
     let mut json = serde_json::json!({});
     let links = args.links.to_string();
-    let host_args: Option<Vec<&str>> = match args.only {
+    let mut host_args: Option<Vec<&str>> = match args.only {
         Some(Part::Scale) => Some(vec!["--parts", "scale", "--scale-links", &links]),
         Some(Part::Podman) => Some(vec!["--parts", "podman"]),
         Some(Part::Vm) => None,
         Some(Part::Host) | None => Some(vec!["--scale-links", &links]),
     };
+    if let (Some(host_args), true) = (host_args.as_mut(), args.podman_chain) {
+        host_args.push("--podman-chain");
+    }
     if let Some(host_args) = host_args {
         table.push_str(&host(args.quick, &host_args)?);
         let text = std::fs::read(&json_path)
